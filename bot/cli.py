@@ -1,0 +1,156 @@
+"""The `lethe` command line.
+
+Exit codes: 0 ok, 1 a check failed, 2 usage error or unknown room, 3 config
+error, 4 homeserver unreachable or login failed. Expected failures print one
+clear line, never a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+from pathlib import Path
+
+import aiohttp
+import click
+
+from bot.config import Config, ConfigError, load_config
+from bot.engine.store import StoreError
+
+EXIT_CHECK_FAILED = 1
+EXIT_USAGE = 2
+EXIT_CONFIG = 3
+EXIT_HOMESERVER = 4
+
+log = logging.getLogger("bot.cli")
+
+
+class Fail(click.ClickException):
+    """An expected failure: message and exit code, no traceback."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+    def show(self, file: object = None) -> None:
+        click.echo(f"lethe: {self.format_message()}", err=True)
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+        force=True,
+    )
+    # Third-party libraries stay quieter than Lethe itself.
+    for name in ("nio", "peewee", "aiohttp", "asyncio"):
+        logging.getLogger(name).setLevel(logging.INFO if level == "DEBUG" else logging.WARNING)
+
+
+def _config(ctx: click.Context) -> Config:
+    path = ctx.obj.get("config_path")
+    if path is None:
+        raise Fail("no config given: use lethe -c CONFIG ... (see config.example.yaml)", EXIT_USAGE)
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        raise Fail(str(exc), EXIT_CONFIG) from None
+
+
+@click.group()
+@click.option(
+    "-c", "--config", "config_path", type=click.Path(path_type=Path), envvar="LETHE_CONFIG",
+    help="Config file (YAML). Also $LETHE_CONFIG.",
+)
+@click.version_option(package_name="lethe-matrix")
+@click.pass_context
+def main(ctx: click.Context, config_path: Path | None) -> None:
+    """Lethe: disappearing messages for Matrix."""
+    ctx.ensure_object(dict)
+    ctx.obj["config_path"] = config_path
+
+
+def run_async(coro_factory: object) -> None:
+    """Run a coroutine, turning the expected failures into exit codes."""
+    from bot.matrix.client import LoginFailed
+    from bot.matrix.http import HomeserverUnavailable
+
+    try:
+        asyncio.run(coro_factory())  # type: ignore[operator]
+    except LoginFailed as exc:
+        raise Fail(str(exc), EXIT_HOMESERVER) from None
+    except (HomeserverUnavailable, aiohttp.ClientError, OSError, TimeoutError) as exc:
+        if isinstance(exc, StoreError):
+            raise Fail(str(exc), EXIT_CONFIG) from None
+        raise Fail(f"homeserver unreachable: {type(exc).__name__}: {exc}", EXIT_HOMESERVER) \
+            from None
+    except StoreError as exc:
+        raise Fail(str(exc), EXIT_CONFIG) from None
+
+
+@main.command()
+@click.pass_context
+def login(ctx: click.Context) -> None:
+    """Log in once with the password and save the device (token file mode 0600)."""
+    from bot.matrix.client import login as do_login
+
+    config = _config(ctx)
+    setup_logging(config.log_level)
+
+    async def go() -> None:
+        client, creds = await do_login(config)
+        try:
+            if client.should_upload_keys:
+                await client.keys_upload()
+        finally:
+            await client.close()
+        click.echo(f"logged in as {creds.user_id}, device {creds.device_id}; "
+                   f"saved in {config.credentials_path}")
+
+    run_async(go)
+
+
+@main.command()
+@click.pass_context
+def run(ctx: click.Context) -> None:
+    """Run the bot until SIGINT or SIGTERM."""
+    from bot.matrix.bot import LetheBot
+
+    config = _config(ctx)
+    setup_logging(config.log_level)
+
+    async def go() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        bot = LetheBot(config)
+        log.info("starting Lethe for %s on %s", config.bot.user_id, config.homeserver.url)
+        await bot.run_until(stop)
+        log.info("stopped")
+
+    run_async(go)
+
+
+@main.command()
+@click.option("--keep", is_flag=True, help="Keep the temporary directory (for inspection).")
+@click.option("--timer", default="5s", show_default=True, help="after-send timer of the demo.")
+def demo(keep: bool, timer: str) -> None:
+    """Start a throwaway local Synapse and show messages disappearing."""
+    from bot.demo import DemoError, run_demo
+    from bot.localsynapse import SynapseNotInstalled
+
+    setup_logging("WARNING")
+    try:
+        asyncio.run(run_demo(timer=timer, keep=keep, echo=click.echo))
+    except SynapseNotInstalled as exc:
+        raise Fail(str(exc), EXIT_CONFIG) from None
+    except DemoError as exc:
+        raise Fail(str(exc), EXIT_CHECK_FAILED) from None
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,215 @@
+"""Typed configuration, loaded from YAML and validated once at start.
+
+Every error names the file, the key and what is wrong.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import yaml
+
+from bot.engine.policy import PolicyError, parse_duration
+
+DEFAULT_PREFIX = "!lethe"
+DEFAULT_CAP = "7d"
+PASSWORD_ENV = "LETHE_PASSWORD"
+PICKLE_KEY_ENV = "LETHE_PICKLE_KEY"
+# Values that must never protect a real key store.
+WEAK_PICKLE_KEYS = frozenset({"", "DEFAULT_KEY", "changeme", "change-me", "pickle_key", "secret"})
+
+_USER_ID = re.compile(r"^@[^:\s]+:[^\s]+$")
+
+
+class ConfigError(ValueError):
+    """The configuration cannot be used."""
+
+
+@dataclass(frozen=True)
+class HomeserverConfig:
+    url: str
+
+
+@dataclass(frozen=True)
+class BotConfig:
+    user_id: str
+    password: str | None = field(default=None, repr=False)
+    device_name: str = "Lethe"
+
+    @property
+    def server_name(self) -> str:
+        return self.user_id.split(":", 1)[1]
+
+
+@dataclass(frozen=True)
+class E2EEConfig:
+    pickle_key: str = field(repr=False)
+    trust: str = "tofu"  # tofu | verified
+
+
+@dataclass(frozen=True)
+class Config:
+    path: Path
+    homeserver: HomeserverConfig
+    bot: BotConfig
+    data_dir: Path
+    e2ee: E2EEConfig
+    invites_allow: tuple[str, ...]
+    command_prefix: str
+    default_cap_ms: int
+    ignore_readers: tuple[str, ...]
+    workers: int = 8
+    log_level: str = "INFO"
+
+    @property
+    def db_path(self) -> Path:
+        return self.data_dir / "lethe.db"
+
+    @property
+    def credentials_path(self) -> Path:
+        return self.data_dir / "credentials.json"
+
+    @property
+    def store_dir(self) -> Path:
+        return self.data_dir / "e2ee"
+
+
+class _Reader:
+    """Walks the YAML mapping, collecting errors with their key paths."""
+
+    def __init__(self, path: Path, data: dict[str, Any]) -> None:
+        self.path = path
+        self.data = data
+
+    def fail(self, key: str, problem: str) -> ConfigError:
+        return ConfigError(f"{self.path}: {key}: {problem}")
+
+    def section(self, key: str, required: bool = False) -> dict[str, Any]:
+        value = self.data.get(key)
+        if value is None:
+            if required:
+                raise self.fail(key, "missing section")
+            return {}
+        if not isinstance(value, dict):
+            raise self.fail(key, f"must be a mapping, not {type(value).__name__}")
+        return value
+
+    def string(self, section: dict[str, Any], key: str, *, default: str | None = None,
+               required: bool = False) -> str | None:
+        value = section.get(key.rsplit(".", 1)[-1])
+        if value is None:
+            if required:
+                raise self.fail(key, "is required")
+            return default
+        if not isinstance(value, str) or not value.strip():
+            raise self.fail(key, f"must be a non-empty string, not {value!r}")
+        return value
+
+    def globs(self, section: dict[str, Any], key: str, default: tuple[str, ...]) -> tuple[str, ...]:
+        value = section.get(key.rsplit(".", 1)[-1])
+        if value is None:
+            return default
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            raise self.fail(key, "must be a list of user-ID globs like '@*:example.org'")
+        return tuple(value)
+
+
+def load_config(path: Path | str, env: dict[str, str] | None = None) -> Config:
+    env = dict(os.environ) if env is None else env
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found (copy config.example.yaml)") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: must be a YAML mapping of settings")
+    r = _Reader(path, data)
+
+    hs = r.section("homeserver", required=True)
+    url = r.string(hs, "homeserver.url", required=True)
+    assert url is not None
+    parsed = urlparse(url)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise r.fail("homeserver.url", f"must be an http(s) URL, not {url!r}")
+
+    bot = r.section("bot", required=True)
+    user_id = r.string(bot, "bot.user_id", required=True)
+    assert user_id is not None
+    if not _USER_ID.match(user_id):
+        raise r.fail("bot.user_id", f"must be a full Matrix user ID like @lethe:example.org, "
+                                    f"not {user_id!r}")
+    password = env.get(PASSWORD_ENV) or r.string(bot, "bot.password")
+    device_name = r.string(bot, "bot.device_name", default="Lethe") or "Lethe"
+
+    data_dir_raw = data.get("data_dir", "data")
+    if not isinstance(data_dir_raw, str) or not data_dir_raw:
+        raise r.fail("data_dir", "must be a directory path")
+    data_dir = Path(data_dir_raw).expanduser()
+    if not data_dir.is_absolute():
+        data_dir = (path.parent / data_dir).resolve()
+
+    e2ee = r.section("e2ee")
+    pickle_key = env.get(PICKLE_KEY_ENV) or r.string(e2ee, "e2ee.pickle_key")
+    if not pickle_key:
+        raise r.fail("e2ee.pickle_key", f"is required (or set {PICKLE_KEY_ENV}); it encrypts "
+                                        "the bot's end-to-end keys on disk")
+    if pickle_key in WEAK_PICKLE_KEYS or len(pickle_key) < 16:
+        raise r.fail("e2ee.pickle_key", "is too weak; use at least 16 random characters "
+                                        "(e.g. `openssl rand -hex 32`)")
+    trust = r.string(e2ee, "e2ee.trust", default="tofu")
+    if trust not in ("tofu", "verified"):
+        raise r.fail("e2ee.trust", f"must be 'tofu' or 'verified', not {trust!r}")
+
+    invites = r.section("invites")
+    server = user_id.split(":", 1)[1]
+    invites_allow = r.globs(invites, "invites.allow", (f"@*:{server}",))
+
+    commands = r.section("commands")
+    prefix = r.string(commands, "commands.prefix", default=DEFAULT_PREFIX) or DEFAULT_PREFIX
+    if any(c.isspace() for c in prefix):
+        raise r.fail("commands.prefix", "must not contain spaces")
+
+    policy = r.section("policy")
+    cap_text = r.string(policy, "policy.default_cap", default=DEFAULT_CAP) or DEFAULT_CAP
+    try:
+        default_cap_ms = parse_duration(cap_text)
+    except PolicyError as exc:
+        raise r.fail("policy.default_cap", str(exc)) from None
+
+    readers = r.section("readers")
+    ignore = r.globs(readers, "readers.ignore", ())
+
+    redaction = r.section("redaction")
+    workers = redaction.get("workers", 8)
+    if not isinstance(workers, int) or isinstance(workers, bool) or not 1 <= workers <= 256:
+        raise r.fail("redaction.workers", f"must be a whole number from 1 to 256, not {workers!r}")
+
+    logging_section = r.section("logging")
+    level = (r.string(logging_section, "logging.level", default="INFO") or "INFO").upper()
+    if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise r.fail("logging.level", f"must be DEBUG, INFO, WARNING or ERROR, not {level!r}")
+
+    return Config(
+        path=path,
+        homeserver=HomeserverConfig(url.rstrip("/")),
+        bot=BotConfig(user_id, password, device_name),
+        data_dir=data_dir,
+        e2ee=E2EEConfig(pickle_key, trust),
+        invites_allow=invites_allow,
+        command_prefix=prefix,
+        default_cap_ms=default_cap_ms,
+        ignore_readers=ignore,
+        workers=workers,
+        log_level=level,
+    )

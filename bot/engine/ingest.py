@@ -1,0 +1,267 @@
+"""Apply what a front saw (room updates in timeline order) to the store, atomically.
+
+Each event is tracked under the policy in force when it was sent; changing the
+policy does not reach back to earlier messages (sweeps of history are explicit).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import logging
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+from bot.engine import reads
+from bot.engine.model import (
+    IngestResult,
+    InvalidPolicy,
+    MemberChange,
+    Message,
+    PolicyChange,
+    PolicyEvent,
+    Receipt,
+    Redaction,
+    RoomUpdate,
+)
+from bot.engine.policy import (
+    BEEPER_EVENT_TYPE,
+    POLICY_EVENT_TYPE,
+    Mode,
+    Policy,
+    PolicyError,
+    StatePolicy,
+    policy_from_beeper,
+    policy_from_state,
+    resolve_policy,
+)
+from bot.engine.store import Store, TrackedEvent
+
+log = logging.getLogger(__name__)
+
+# Receipts often point at events that are not tracked (state events, messages sent
+# while the policy was off): remember recent timeline positions so such receipts
+# still count. Bounded; older ones fall back to the events table.
+_MARKER_MEMORY = 50_000
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    bot_user_id: str
+    ignore_readers: tuple[str, ...] = ()
+    default_cap_ms: int = 7 * 24 * 3600 * 1000
+
+
+@dataclass
+class _RoomState:
+    """Per-room working state for one batch."""
+
+    policy: Policy
+    lethe: StatePolicy | None
+    beeper: StatePolicy | None
+    sender: str | None
+    members: set[str]
+    is_new: bool
+    policy_dirty: bool = False  # the stored state events changed
+    changed: bool = False  # the effective policy changed
+    changed_by: str | None = None
+    read_dirty: bool = False
+    read_at: int = 0
+    tracked_ids: set[str] = field(default_factory=set)
+
+
+class Ingestor:
+    def __init__(self, store: Store, config: IngestConfig) -> None:
+        self._store = store
+        self._config = config
+        self._seq = 0
+        self._markers: OrderedDict[str, int] = OrderedDict()
+
+    async def load(self) -> None:
+        self._seq = await self._store.max_seq()
+
+    def counts_as_reader(self, user_id: str) -> bool:
+        if user_id == self._config.bot_user_id:
+            return False
+        return not any(fnmatch.fnmatchcase(user_id, glob) for glob in self._config.ignore_readers)
+
+    async def apply(
+        self, updates: list[RoomUpdate], now_ms: int, meta: dict[str, str] | None = None
+    ) -> IngestResult:
+        """One transaction: every update, plus ``meta`` (e.g. the sync token that produced
+        them), so a crash can never store the token without the events or vice versa."""
+        changes: list[PolicyChange] = []
+        invalid: list[InvalidPolicy] = []
+        tracked = 0
+        async with self._store.transaction() as conn:
+            for update in updates:
+                room = await self._load_room(update.room_id)
+                tracked += await self._apply_timeline(update, room, now_ms, invalid)
+                await self._apply_receipts(update, room, now_ms)
+                if room.read_dirty:
+                    await reads.mark_read(conn, update.room_id, room.read_at, self._seq)
+                if room.policy_dirty:
+                    await self._store.set_room_policy(
+                        update.room_id, room.policy, room.sender, room.lethe, room.beeper
+                    )
+                if room.changed or room.is_new:
+                    changes.append(
+                        PolicyChange(
+                            update.room_id, room.policy, room.changed_by or "", room.is_new
+                        )
+                    )
+                if update.last_event_id:
+                    await self._store.set_last_event(update.room_id, update.last_event_id)
+            await self._store.set_meta("seq", str(self._seq))
+            for key, value in (meta or {}).items():
+                await self._store.set_meta(key, value)
+        return IngestResult(tuple(changes), tuple(invalid), tracked)
+
+    async def _load_room(self, room_id: str) -> _RoomState:
+        row = await self._store.get_room(room_id)
+        if row is None:
+            await self._store.ensure_room(room_id)
+        async with self._store.conn.execute(
+            "SELECT user_id FROM members WHERE room_id = ?", (room_id,)
+        ) as cur:
+            members = {r[0] for r in await cur.fetchall()}
+        if row is None:
+            return _RoomState(Policy.off(), None, None, None, members, is_new=True)
+        return _RoomState(
+            row.policy, row.lethe_state, row.beeper_state, row.policy_sender, members, False
+        )
+
+    def _next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    async def _apply_timeline(
+        self, update: RoomUpdate, room: _RoomState, now_ms: int, invalid: list[InvalidPolicy]
+    ) -> int:
+        room_id = update.room_id
+        parents = {i.parent_id for i in update.timeline if isinstance(i, Message) and i.parent_id}
+        tracked_parents = await self._store.known_event_ids(parents) if parents else set()
+        rows: list[TrackedEvent] = []
+        for item in update.timeline:
+            # Every timeline event is a position a receipt may point at.
+            if item.event_id is not None:
+                self._remember(item.event_id, self._next_seq())
+            if isinstance(item, Message):
+                row = self._track(room_id, room, item, self._seq, tracked_parents)
+                if row is not None:
+                    rows.append(row)
+                    tracked_parents.add(item.event_id)
+            elif isinstance(item, MemberChange):
+                await self._member(room_id, room, item, now_ms)
+            elif isinstance(item, PolicyEvent):
+                self._policy(room_id, room, item, invalid)
+            elif isinstance(item, Redaction):
+                # Flush first: the target may be in this very batch.
+                await self._store.insert_events(rows)
+                rows = []
+                await self._store.forget_event(room_id, item.target, now_ms)
+        await self._store.insert_events(rows)
+        return len(rows)
+
+    def _track(
+        self,
+        room_id: str,
+        room: _RoomState,
+        msg: Message,
+        seq: int,
+        tracked_parents: set[str],
+    ) -> TrackedEvent | None:
+        policy = room.policy
+        child = msg.parent_id is not None and msg.parent_id in tracked_parents
+        if not policy.active:
+            if not child:
+                return None
+            # Tracked only so it can follow its parent; no deadline of its own.
+            return TrackedEvent(
+                msg.event_id, room_id, msg.sender, seq, msg.origin_ts, msg.thread_id,
+                msg.parent_id, policy, None, None,
+            )
+        assert policy.timer_ms is not None
+        read_at: int | None = None
+        if policy.mode is Mode.AFTER_SEND:
+            due = msg.origin_ts + policy.timer_ms
+        else:
+            assert policy.cap_ms is not None
+            required = room.members - {msg.sender}
+            if required:
+                due = msg.origin_ts + policy.cap_ms
+            else:
+                read_at = msg.origin_ts
+                due = msg.origin_ts + policy.timer_ms
+        return TrackedEvent(
+            msg.event_id, room_id, msg.sender, seq, msg.origin_ts, msg.thread_id,
+            msg.parent_id if child else None, policy, read_at, due,
+        )
+
+    def _remember(self, event_id: str, seq: int) -> None:
+        self._markers[event_id] = seq
+        if len(self._markers) > _MARKER_MEMORY:
+            self._markers.popitem(last=False)
+
+    async def _member(
+        self, room_id: str, room: _RoomState, change: MemberChange, now_ms: int
+    ) -> None:
+        if not self.counts_as_reader(change.user_id):
+            return
+        if change.joined:
+            if change.user_id not in room.members:
+                room.members.add(change.user_id)
+                await self._store.add_member(room_id, change.user_id, self._seq)
+        elif change.user_id in room.members:
+            room.members.discard(change.user_id)
+            await self._store.remove_member(room_id, change.user_id)
+            # One fewer required reader: some messages may now count as read by all.
+            room.read_dirty = True
+            room.read_at = max(room.read_at, now_ms)
+
+    def _policy(
+        self, room_id: str, room: _RoomState, event: PolicyEvent, invalid: list[InvalidPolicy]
+    ) -> None:
+        try:
+            if event.event_type == POLICY_EVENT_TYPE:
+                policy = policy_from_state(event.content)
+            else:
+                policy = policy_from_beeper(event.content, self._config.default_cap_ms)
+        except PolicyError as exc:
+            log.warning("ignoring invalid %s in %s from %s: %s",
+                        event.event_type, room_id, event.sender, exc)
+            if event.in_timeline:
+                invalid.append(InvalidPolicy(room_id, event.sender, event.event_type, str(exc)))
+            return
+        state = StatePolicy(policy, event.event_type, event.sender, event.origin_ts)
+        if event.event_type == POLICY_EVENT_TYPE:
+            room.lethe = state
+        elif event.event_type == BEEPER_EVENT_TYPE:
+            room.beeper = state
+        winner = resolve_policy(room.lethe, room.beeper)
+        new_policy = winner.policy if winner else Policy.off()
+        if new_policy != room.policy:
+            room.changed = True
+            room.changed_by = event.sender
+        room.policy_dirty = True
+        room.policy, room.sender = new_policy, winner.sender if winner else None
+
+    async def _apply_receipts(self, update: RoomUpdate, room: _RoomState, now_ms: int) -> None:
+        for receipt in update.receipts:
+            seq = await self._receipt_seq(update.room_id, receipt)
+            if seq is None:
+                log.debug("receipt in %s for an event Lethe does not know; ignored", update.room_id)
+                continue
+            moved = await self._store.upsert_receipt(
+                update.room_id, receipt.user_id, reads.receipt_thread(receipt.thread_id), seq
+            )
+            if moved and receipt.user_id in room.members:
+                room.read_dirty = True
+                # The receipt's own time, if it is sane: a late sync must not delay redaction.
+                ts = receipt.ts if receipt.ts is not None and receipt.ts <= now_ms else now_ms
+                room.read_at = max(room.read_at, ts)
+
+    async def _receipt_seq(self, room_id: str, receipt: Receipt) -> int | None:
+        seq = self._markers.get(receipt.event_id)
+        if seq is None:
+            seq = await self._store.event_seq(room_id, receipt.event_id)
+        return seq

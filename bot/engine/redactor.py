@@ -1,0 +1,145 @@
+"""Redact one due event, verify it is gone, and decide what happens on failure.
+
+The Matrix I/O is behind ``Transport`` (the nio bot and the appservice bridge
+each provide one). A 200 from ``/redact`` proves nothing (moderators get 200 for
+unknown event ids), so only a fetch that shows empty content counts as done.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from dataclasses import dataclass
+from enum import Enum
+from typing import Protocol
+
+from bot.engine.clock import Clock
+from bot.engine.store import DueEvent, Store
+
+log = logging.getLogger(__name__)
+
+REDACTION_REASON = "expired"  # a fixed word: never anything from the message
+# How often a redaction the homeserver accepted but does not show is retried.
+MAX_UNCONFIRMED = 5
+MAX_BACKOFF_MS = 60_000
+# Short re-checks after a 200, before treating the redaction as unconfirmed.
+_VERIFY_DELAYS_S = (0.0, 0.2, 0.5)
+
+
+class Outcome(Enum):
+    OK = "ok"  # the request was accepted
+    REDACTED = "redacted"  # fetched: content is empty
+    PRESENT = "present"  # fetched: content still there
+    NOT_FOUND = "not_found"
+    FORBIDDEN = "forbidden"
+    RATE_LIMITED = "rate_limited"
+    TRANSIENT = "transient"  # network error, timeout, 5xx
+
+
+@dataclass(frozen=True)
+class Reply:
+    outcome: Outcome
+    retry_after_ms: int | None = None
+    detail: str = ""
+
+
+class Transport(Protocol):
+    async def redact(self, room_id: str, event_id: str, sender: str, txn_id: str) -> Reply: ...
+
+    async def check(self, room_id: str, event_id: str, sender: str) -> Reply:
+        """REDACTED, PRESENT, NOT_FOUND or an error outcome."""
+        ...
+
+
+class Verdict(Enum):
+    DONE = "done"
+    RETRY = "retry"
+    PARK = "park"
+    FAIL = "fail"
+
+
+@dataclass(frozen=True)
+class Decision:
+    verdict: Verdict
+    retry_at: int | None = None
+    reason: str = ""
+
+
+@dataclass
+class RedactionStats:
+    """In-memory counters, read by status, logs and metrics."""
+
+    done: int = 0
+    rate_limited: int = 0
+    retries: int = 0
+    failures: int = 0
+    parked: int = 0
+
+
+def backoff_ms(attempts: int) -> int:
+    return int(min(MAX_BACKOFF_MS, 1000 * 2 ** max(0, attempts - 1)))
+
+
+class Redactor:
+    def __init__(self, store: Store, transport: Transport, clock: Clock, bot_user_id: str) -> None:
+        self._store = store
+        self._transport = transport
+        self._clock = clock
+        self._bot = bot_user_id
+        self.stats = RedactionStats()
+        # The homeserver rate-limits per sender: one 429 pauses every worker.
+        self.paused_until_ms = 0
+
+    async def process(self, event: DueEvent, can_redact_others: bool) -> Decision:
+        if event.sender != self._bot and not can_redact_others:
+            return Decision(Verdict.PARK, reason="no power to redact others' events")
+        if event.attempts > 0:
+            # Sent before (perhaps just before a crash): look before sending again.
+            seen = await self._transport.check(event.room_id, event.event_id, event.sender)
+            if seen.outcome is Outcome.REDACTED:
+                return Decision(Verdict.DONE)
+        txn_id = event.txn_id or f"lethe.{secrets.token_hex(12)}"
+        await self._store.record_txn(event.event_id, txn_id)
+        reply = await self._transport.redact(event.room_id, event.event_id, event.sender, txn_id)
+        if reply.outcome is Outcome.OK:
+            return await self._verify(event)
+        return self._on_error(event, reply)
+
+    async def _verify(self, event: DueEvent) -> Decision:
+        reply = Reply(Outcome.PRESENT)
+        for delay in _VERIFY_DELAYS_S:
+            if delay:
+                await asyncio.sleep(delay)
+            reply = await self._transport.check(event.room_id, event.event_id, event.sender)
+            if reply.outcome is Outcome.REDACTED:
+                return Decision(Verdict.DONE)
+            if reply.outcome is not Outcome.PRESENT:
+                break
+        if reply.outcome is Outcome.NOT_FOUND:
+            # The homeserver took the redaction of an event it cannot show: unconfirmed.
+            return Decision(Verdict.FAIL, reason="unconfirmed: the homeserver does not know it")
+        if reply.outcome is Outcome.PRESENT:
+            if event.attempts + 1 >= MAX_UNCONFIRMED:
+                return Decision(Verdict.FAIL, reason="unconfirmed: content still present")
+            return self._retry(event, backoff_ms(event.attempts + 1), "content still present")
+        return self._on_error(event, reply)
+
+    def _on_error(self, event: DueEvent, reply: Reply) -> Decision:
+        now = self._clock.now_ms()
+        if reply.outcome is Outcome.RATE_LIMITED:
+            self.stats.rate_limited += 1
+            wait = max(reply.retry_after_ms or 1000, 100)
+            self.paused_until_ms = max(self.paused_until_ms, now + wait)
+            return self._retry(event, wait, "rate limited")
+        if reply.outcome is Outcome.FORBIDDEN:
+            if event.sender == self._bot:
+                return self._retry(event, backoff_ms(event.attempts + 1), "forbidden")
+            return Decision(Verdict.PARK, reason=reply.detail or "forbidden")
+        if reply.outcome is Outcome.NOT_FOUND:
+            return Decision(Verdict.FAIL, reason=reply.detail or "event not found")
+        return self._retry(event, backoff_ms(event.attempts + 1), reply.detail or "transient error")
+
+    def _retry(self, event: DueEvent, wait_ms: int, reason: str) -> Decision:
+        self.stats.retries += 1
+        return Decision(Verdict.RETRY, retry_at=self._clock.now_ms() + wait_ms, reason=reason)

@@ -1,0 +1,154 @@
+"""One deadline loop and a bounded pool of redaction workers.
+
+The loop sleeps until the earliest due time and is woken whenever something
+might have become due sooner (new events, receipts, power regained, a worker
+finishing). There is no polling interval.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+
+from bot.engine.clock import Clock
+from bot.engine.redactor import Decision, Redactor, Verdict
+from bot.engine.store import DueEvent, Store
+
+log = logging.getLogger(__name__)
+
+IDLE_RECHECK_MS = 3_600_000  # with nothing scheduled, look again hourly anyway
+
+PowerLookup = Callable[[str], Awaitable[bool]]
+ParkListener = Callable[[str, str], Awaitable[None]]
+
+
+class Scheduler:
+    def __init__(
+        self,
+        store: Store,
+        redactor: Redactor,
+        clock: Clock,
+        can_redact_others: PowerLookup,
+        *,
+        workers: int = 8,
+        on_park: ParkListener | None = None,
+    ) -> None:
+        self._store = store
+        self._redactor = redactor
+        self._clock = clock
+        self._can_redact_others = can_redact_others
+        self._limit = workers
+        self._on_park = on_park
+        self._wake = asyncio.Event()
+        self._loop_task: asyncio.Task[None] | None = None
+        self._workers: set[asyncio.Task[None]] = set()
+        self.alive = False
+        self.last_lag_ms: int | None = None
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def start(self) -> None:
+        await self._store.reset_in_flight()
+        self._loop_task = asyncio.create_task(self._run(), name="lethe-scheduler")
+
+    async def stop(self) -> None:
+        tasks = [t for t in (self._loop_task, *self._workers) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        self._workers.clear()
+        self._loop_task = None
+        self.alive = False
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._workers)
+
+    async def _run(self) -> None:
+        self.alive = True
+        try:
+            while True:
+                self._wake.clear()
+                now = self._clock.now_ms()
+                paused = self._redactor.paused_until_ms
+                if paused > now:
+                    await self._clock.sleep_until(paused, asyncio.Event())
+                    continue
+                free = self._limit - len(self._workers)
+                if free > 0:
+                    batch = await self._store.claim_due(now, free)
+                    for event in batch:
+                        self._spawn(event)
+                    if len(batch) == free:
+                        continue
+                if len(self._workers) >= self._limit:
+                    await self._wake.wait()  # a worker finishing wakes us
+                    continue
+                next_due = await self._store.next_due()
+                deadline = next_due if next_due is not None else now + IDLE_RECHECK_MS
+                await self._clock.sleep_until(deadline, self._wake)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("scheduler loop failed")
+            self.alive = False
+            raise
+
+    def _spawn(self, event: DueEvent) -> None:
+        task = asyncio.create_task(self._work(event), name=f"lethe-redact-{event.event_id}")
+        self._workers.add(task)
+        task.add_done_callback(self._worker_done)
+
+    def _worker_done(self, task: asyncio.Task[None]) -> None:
+        self._workers.discard(task)
+        self._wake.set()
+        if not task.cancelled() and task.exception() is not None:
+            log.error("redaction worker failed", exc_info=task.exception())
+
+    async def _work(self, event: DueEvent) -> None:
+        try:
+            decision = await self._redactor.process(
+                event, await self._can_redact_others(event.room_id)
+            )
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # keep the event: a bug here must not lose a deadline
+            log.exception("redacting %s failed unexpectedly", event.event_id)
+            decision = Decision(
+                Verdict.RETRY, retry_at=self._clock.now_ms() + 30_000, reason=type(exc).__name__
+            )
+        await self._apply(event, decision)
+
+    async def _apply(self, event: DueEvent, decision: Decision) -> None:
+        now = self._clock.now_ms()
+        stats = self._redactor.stats
+        if decision.verdict is Verdict.DONE:
+            await self._store.finish_redacted(event.room_id, event.event_id, now)
+            stats.done += 1
+            self.last_lag_ms = now - event.due_at
+            log.info(
+                "redacted %s in %s, %.2f s after its due time",
+                event.event_id, event.room_id, (now - event.due_at) / 1000,
+            )
+        elif decision.verdict is Verdict.RETRY:
+            assert decision.retry_at is not None
+            await self._store.reschedule(event.event_id, decision.retry_at)
+            log.info(
+                "will retry %s in %s in %.1f s: %s",
+                event.event_id, event.room_id, (decision.retry_at - now) / 1000, decision.reason,
+            )
+        elif decision.verdict is Verdict.PARK:
+            await self._store.park(event.room_id, event.event_id)
+            stats.parked += 1
+            log.warning(
+                "cannot redact %s in %s (%s); kept until the bot has power",
+                event.event_id, event.room_id, decision.reason,
+            )
+            if self._on_park is not None:
+                await self._on_park(event.room_id, decision.reason)
+        else:
+            await self._store.fail(event.room_id, event.event_id)
+            stats.failures += 1
+            log.error("giving up on %s in %s: %s", event.event_id, event.room_id, decision.reason)

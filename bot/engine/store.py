@@ -1,0 +1,588 @@
+"""Durable state in SQLite: schema, numbered migrations and every query the engine runs.
+
+What is stored is only what retention needs: event ids, senders, timeline order,
+thread and relation ids, timestamps and due times. Never message content. Rows
+of verified redactions are deleted; rooms keep counters only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sqlite3
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from bot.engine.policy import Mode, Policy, PolicyError, Readers, StatePolicy, policy_from_state
+
+# Event status values.
+WAITING = 0  # tracked; due_at set when its deadline is known
+IN_FLIGHT = 1  # handed to a redaction worker of this process (reset on start)
+PARKED = 2  # due, but the bot may not redact it in this room; resumes when power returns
+FAILED = 3  # gave up (the homeserver does not confirm the redaction)
+
+_MODE_CODE = {Mode.OFF: 0, Mode.AFTER_SEND: 1, Mode.AFTER_READ: 2}
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    # 1: the core schema.
+    (
+        """CREATE TABLE meta (
+            key TEXT PRIMARY KEY,
+            value TEXT NOT NULL
+        ) WITHOUT ROWID""",
+        """CREATE TABLE rooms (
+            room_id TEXT PRIMARY KEY,
+            lethe_state TEXT,
+            beeper_state TEXT,
+            policy TEXT NOT NULL DEFAULT '{}',
+            policy_sender TEXT,
+            can_redact INTEGER NOT NULL DEFAULT 1,
+            bot_level INTEGER,
+            redact_level INTEGER,
+            last_event_id TEXT,
+            redacted_count INTEGER NOT NULL DEFAULT 0,
+            failed_count INTEGER NOT NULL DEFAULT 0
+        ) WITHOUT ROWID""",
+        """CREATE TABLE events (
+            event_id TEXT PRIMARY KEY,
+            room_id TEXT NOT NULL,
+            sender TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            origin_ts INTEGER NOT NULL,
+            thread_id TEXT,
+            parent_id TEXT,
+            mode INTEGER NOT NULL,
+            timer_ms INTEGER,
+            cap_ms INTEGER,
+            readers_any INTEGER NOT NULL DEFAULT 0,
+            read_at INTEGER,
+            due_at INTEGER,
+            status INTEGER NOT NULL DEFAULT 0,
+            txn_id TEXT,
+            attempts INTEGER NOT NULL DEFAULT 0
+        )""",
+        "CREATE INDEX events_due ON events(due_at) WHERE status = 0 AND due_at IS NOT NULL",
+        "CREATE INDEX events_room_seq ON events(room_id, seq)",
+        "CREATE INDEX events_parent ON events(parent_id) WHERE parent_id IS NOT NULL",
+        """CREATE TABLE members (
+            room_id TEXT NOT NULL,
+            user_id TEXT NOT NULL,
+            join_seq INTEGER NOT NULL,
+            PRIMARY KEY (room_id, user_id)
+        ) WITHOUT ROWID""",
+        # thread: '' for an unthreaded receipt, 'main', or a thread root's event id.
+        """CREATE TABLE receipts (
+            room_id TEXT NOT NULL,
+            user_id TEXT NOT NULL,
+            thread TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            PRIMARY KEY (room_id, user_id, thread)
+        ) WITHOUT ROWID""",
+    ),
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+class StoreError(RuntimeError):
+    """The database cannot be used; the message names the file and the problem."""
+
+
+@dataclass(frozen=True)
+class RoomRow:
+    room_id: str
+    policy: Policy
+    policy_sender: str | None
+    lethe_state: StatePolicy | None
+    beeper_state: StatePolicy | None
+    can_redact: bool
+    bot_level: int | None
+    redact_level: int | None
+    last_event_id: str | None
+    redacted_count: int
+    failed_count: int
+
+
+@dataclass(frozen=True)
+class TrackedEvent:
+    """A row to insert: one timeline event under the policy in force when it was sent."""
+
+    event_id: str
+    room_id: str
+    sender: str
+    seq: int
+    origin_ts: int
+    thread_id: str | None
+    parent_id: str | None
+    policy: Policy
+    read_at: int | None
+    due_at: int | None
+
+
+@dataclass(frozen=True)
+class DueEvent:
+    event_id: str
+    room_id: str
+    sender: str
+    due_at: int
+    txn_id: str | None
+    attempts: int
+
+
+@dataclass(frozen=True)
+class PendingEvent:
+    """Ids and times only: what `pending` listings show."""
+
+    event_id: str
+    room_id: str
+    sender: str
+    origin_ts: int
+    due_at: int | None
+    status: int
+
+
+def _state_to_json(state: StatePolicy | None) -> str | None:
+    if state is None:
+        return None
+    return json.dumps(
+        {
+            "policy": state.policy.to_state(),
+            "event_type": state.event_type,
+            "sender": state.sender,
+            "origin_ts": state.origin_ts,
+        }
+    )
+
+
+def _state_from_json(raw: str | None) -> StatePolicy | None:
+    if raw is None:
+        return None
+    data = json.loads(raw)
+    return StatePolicy(
+        policy_from_state(data["policy"]), data["event_type"], data["sender"], data["origin_ts"]
+    )
+
+
+class Store:
+    """One aiosqlite connection. Writers hold ``transaction()``; readers need nothing."""
+
+    def __init__(self, conn: aiosqlite.Connection, path: Path, readonly: bool) -> None:
+        self._conn = conn
+        self.path = path
+        self.readonly = readonly
+        self._write_lock = asyncio.Lock()
+
+    # --- opening -----------------------------------------------------------
+
+    @classmethod
+    async def open(cls, path: Path, *, readonly: bool = False) -> Store:
+        path = Path(path)
+        existed = path.exists()
+        if readonly and not existed:
+            raise StoreError(f"{path}: no Lethe database here (has the bot run yet?)")
+        if not readonly:
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        uri = f"file:{path}?mode={'ro' if readonly else 'rwc'}"
+        try:
+            conn = await aiosqlite.connect(uri, uri=True, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise StoreError(f"{path}: cannot open the database: {exc}") from None
+        store = cls(conn, path, readonly)
+        try:
+            await store._prepare(existed)
+        except BaseException:
+            await conn.close()
+            raise
+        if not existed:
+            os.chmod(path, 0o600)
+        return store
+
+    async def _prepare(self, existed: bool) -> None:
+        try:
+            await self._conn.execute("PRAGMA busy_timeout = 5000")
+            if not self.readonly:
+                await self._conn.execute("PRAGMA journal_mode = WAL")
+                # FULL: a committed "redaction due" must survive power loss, not only a crash.
+                await self._conn.execute("PRAGMA synchronous = FULL")
+            version = await self._schema_version(existed)
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{self.path}: not a usable SQLite database: {exc}") from None
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"{self.path}: schema version {version} is newer than this Lethe "
+                f"understands ({SCHEMA_VERSION}); upgrade Lethe"
+            )
+        if version < SCHEMA_VERSION:
+            if self.readonly:
+                raise StoreError(f"{self.path}: schema is out of date; run the bot once to migrate")
+            await self._migrate(version)
+
+    async def _schema_version(self, existed: bool) -> int:
+        async with self._conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table'"
+        ) as cur:
+            tables = {row[0] for row in await cur.fetchall()}
+        if "schema_version" not in tables:
+            if tables:
+                # Never silently build our schema over somebody else's data.
+                raise StoreError(
+                    f"{self.path}: exists but is not a Lethe database (tables: "
+                    f"{', '.join(sorted(tables))}); move it away or fix data_dir"
+                )
+            return 0
+        async with self._conn.execute("SELECT version FROM schema_version") as cur:
+            row = await cur.fetchone()
+        if row is None:
+            raise StoreError(f"{self.path}: schema_version table is empty; the file is damaged")
+        return int(row[0])
+
+    async def _migrate(self, current: int) -> None:
+        async with self.transaction() as conn:
+            if current == 0:
+                await conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+                await conn.execute("INSERT INTO schema_version VALUES (0)")
+            for number in range(current + 1, SCHEMA_VERSION + 1):
+                for statement in MIGRATIONS[number - 1]:
+                    await conn.execute(statement)
+                await conn.execute("UPDATE schema_version SET version = ?", (number,))
+
+    async def close(self) -> None:
+        await self._conn.close()
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        """Serialise writers and make each batch atomic."""
+        if self.readonly:
+            raise StoreError(f"{self.path}: opened read-only")
+        async with self._write_lock:
+            await self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._conn
+            except BaseException:
+                await self._conn.execute("ROLLBACK")
+                raise
+            await self._conn.execute("COMMIT")
+
+    @property
+    def conn(self) -> aiosqlite.Connection:
+        return self._conn
+
+    # --- meta --------------------------------------------------------------
+
+    async def get_meta(self, key: str) -> str | None:
+        async with self._conn.execute("SELECT value FROM meta WHERE key = ?", (key,)) as cur:
+            row = await cur.fetchone()
+        return None if row is None else str(row[0])
+
+    async def set_meta(self, key: str, value: str) -> None:
+        """Within a transaction."""
+        await self._conn.execute(
+            "INSERT INTO meta (key, value) VALUES (?, ?) "
+            "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+            (key, value),
+        )
+
+    async def max_seq(self) -> int:
+        stored = await self.get_meta("seq")
+        return int(stored) if stored is not None else 0
+
+    # --- rooms -------------------------------------------------------------
+
+    async def ensure_room(self, room_id: str) -> None:
+        """Within a transaction."""
+        await self._conn.execute(
+            "INSERT INTO rooms (room_id) VALUES (?) ON CONFLICT DO NOTHING", (room_id,)
+        )
+
+    async def get_room(self, room_id: str) -> RoomRow | None:
+        async with self._conn.execute(
+            "SELECT room_id, policy, policy_sender, lethe_state, beeper_state, can_redact, "
+            "bot_level, redact_level, last_event_id, redacted_count, failed_count "
+            "FROM rooms WHERE room_id = ?",
+            (room_id,),
+        ) as cur:
+            row = await cur.fetchone()
+        return None if row is None else _room_row(row)
+
+    async def list_rooms(self) -> list[RoomRow]:
+        async with self._conn.execute(
+            "SELECT room_id, policy, policy_sender, lethe_state, beeper_state, can_redact, "
+            "bot_level, redact_level, last_event_id, redacted_count, failed_count "
+            "FROM rooms ORDER BY room_id"
+        ) as cur:
+            return [_room_row(row) for row in await cur.fetchall()]
+
+    async def set_room_policy(
+        self,
+        room_id: str,
+        policy: Policy,
+        sender: str | None,
+        lethe_state: StatePolicy | None,
+        beeper_state: StatePolicy | None,
+    ) -> None:
+        """Within a transaction."""
+        await self._conn.execute(
+            "UPDATE rooms SET policy = ?, policy_sender = ?, lethe_state = ?, beeper_state = ? "
+            "WHERE room_id = ?",
+            (
+                json.dumps(policy.to_state()),
+                sender,
+                _state_to_json(lethe_state),
+                _state_to_json(beeper_state),
+                room_id,
+            ),
+        )
+
+    async def set_room_power(
+        self, room_id: str, can_redact: bool, bot_level: int | None, redact_level: int | None
+    ) -> None:
+        """Within a transaction. Regaining power puts parked events back on the schedule."""
+        await self._conn.execute(
+            "UPDATE rooms SET can_redact = ?, bot_level = ?, redact_level = ? WHERE room_id = ?",
+            (int(can_redact), bot_level, redact_level, room_id),
+        )
+        if can_redact:
+            await self._conn.execute(
+                "UPDATE events SET status = ? WHERE room_id = ? AND status = ?",
+                (WAITING, room_id, PARKED),
+            )
+
+    async def set_last_event(self, room_id: str, event_id: str) -> None:
+        """Within a transaction."""
+        await self._conn.execute(
+            "UPDATE rooms SET last_event_id = ? WHERE room_id = ?", (event_id, room_id)
+        )
+
+    async def delete_room(self, room_id: str) -> None:
+        """Within a transaction: the bot left; nothing there can be redacted by it any more."""
+        for table in ("events", "members", "receipts", "rooms"):
+            await self._conn.execute(f"DELETE FROM {table} WHERE room_id = ?", (room_id,))
+
+    # --- members -----------------------------------------------------------
+
+    async def add_member(self, room_id: str, user_id: str, join_seq: int) -> None:
+        """Within a transaction. A member already present keeps its original join position."""
+        await self._conn.execute(
+            "INSERT INTO members (room_id, user_id, join_seq) VALUES (?, ?, ?) "
+            "ON CONFLICT DO NOTHING",
+            (room_id, user_id, join_seq),
+        )
+
+    async def remove_member(self, room_id: str, user_id: str) -> bool:
+        """Within a transaction. Returns whether the user was a counted member."""
+        cur = await self._conn.execute(
+            "DELETE FROM members WHERE room_id = ? AND user_id = ?", (room_id, user_id)
+        )
+        await self._conn.execute(
+            "DELETE FROM receipts WHERE room_id = ? AND user_id = ?", (room_id, user_id)
+        )
+        return cur.rowcount > 0
+
+    async def member_count(self, room_id: str) -> int:
+        async with self._conn.execute(
+            "SELECT count(*) FROM members WHERE room_id = ?", (room_id,)
+        ) as cur:
+            row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
+    # --- receipts ----------------------------------------------------------
+
+    async def upsert_receipt(self, room_id: str, user_id: str, thread: str, seq: int) -> bool:
+        """Within a transaction. Receipts only move forward; returns whether this one did."""
+        cur = await self._conn.execute(
+            "INSERT INTO receipts (room_id, user_id, thread, seq) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (room_id, user_id, thread) DO UPDATE SET seq = excluded.seq "
+            "WHERE excluded.seq > receipts.seq",
+            (room_id, user_id, thread, seq),
+        )
+        return cur.rowcount > 0
+
+    # --- events ------------------------------------------------------------
+
+    async def insert_events(self, rows: Sequence[TrackedEvent]) -> None:
+        """Within a transaction. An event seen twice (backfill overlap) keeps its first row."""
+        await self._conn.executemany(
+            "INSERT INTO events (event_id, room_id, sender, seq, origin_ts, thread_id, parent_id, "
+            "mode, timer_ms, cap_ms, readers_any, read_at, due_at) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            [
+                (
+                    r.event_id,
+                    r.room_id,
+                    r.sender,
+                    r.seq,
+                    r.origin_ts,
+                    r.thread_id,
+                    r.parent_id,
+                    _MODE_CODE[r.policy.mode],
+                    r.policy.timer_ms,
+                    r.policy.cap_ms,
+                    int(r.policy.readers is Readers.ANY),
+                    r.read_at,
+                    r.due_at,
+                )
+                for r in rows
+            ],
+        )
+
+    async def known_event_ids(self, event_ids: Iterable[str]) -> set[str]:
+        ids = list(event_ids)
+        known: set[str] = set()
+        for start in range(0, len(ids), 500):
+            chunk = ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            async with self._conn.execute(
+                f"SELECT event_id FROM events WHERE event_id IN ({marks})", chunk
+            ) as cur:
+                known.update(row[0] for row in await cur.fetchall())
+        return known
+
+    async def event_seq(self, room_id: str, event_id: str) -> int | None:
+        async with self._conn.execute(
+            "SELECT seq FROM events WHERE event_id = ? AND room_id = ?", (event_id, room_id)
+        ) as cur:
+            row = await cur.fetchone()
+        return None if row is None else int(row[0])
+
+    async def forget_event(self, room_id: str, event_id: str, now_ms: int) -> bool:
+        """Within a transaction: somebody (maybe we, seen back through sync) redacted it.
+        A row a worker holds is left to that worker, which verifies and counts it."""
+        cur = await self._conn.execute(
+            "DELETE FROM events WHERE event_id = ? AND room_id = ? AND status != ?",
+            (event_id, room_id, IN_FLIGHT),
+        )
+        if cur.rowcount:
+            await self._cascade(room_id, event_id, now_ms)
+        return cur.rowcount > 0
+
+    async def _cascade(self, room_id: str, parent_id: str, now_ms: int) -> None:
+        """Edits, reactions and thread replies go with their parent: due now."""
+        await self._conn.execute(
+            "UPDATE events SET due_at = min(coalesce(due_at, ?), ?) "
+            "WHERE parent_id = ? AND room_id = ? AND status IN (?, ?)",
+            (now_ms, now_ms, parent_id, room_id, WAITING, PARKED),
+        )
+
+    async def reset_in_flight(self) -> None:
+        """On start: whatever a previous process had in flight is due again."""
+        async with self.transaction() as conn:
+            await conn.execute(
+                "UPDATE events SET status = ? WHERE status = ?", (WAITING, IN_FLIGHT)
+            )
+
+    async def next_due(self) -> int | None:
+        async with self._conn.execute(
+            "SELECT min(due_at) FROM events WHERE status = 0 AND due_at IS NOT NULL"
+        ) as cur:
+            row = await cur.fetchone()
+        return None if row is None or row[0] is None else int(row[0])
+
+    async def claim_due(self, now_ms: int, limit: int) -> list[DueEvent]:
+        """Mark up to ``limit`` due events in flight and return them, earliest first."""
+        async with self.transaction() as conn:
+            async with conn.execute(
+                "SELECT event_id, room_id, sender, due_at, txn_id, attempts FROM events "
+                "WHERE status = 0 AND due_at IS NOT NULL AND due_at <= ? "
+                "ORDER BY due_at LIMIT ?",
+                (now_ms, limit),
+            ) as cur:
+                rows = [DueEvent(*row) for row in await cur.fetchall()]
+            await conn.executemany(
+                "UPDATE events SET status = ? WHERE event_id = ?",
+                [(IN_FLIGHT, row.event_id) for row in rows],
+            )
+        return rows
+
+    async def record_txn(self, event_id: str, txn_id: str) -> None:
+        """Persist the transaction id before the request, so a retry after a crash reuses it."""
+        async with self.transaction() as conn:
+            await conn.execute(
+                "UPDATE events SET txn_id = ?, attempts = attempts + 1 WHERE event_id = ?",
+                (txn_id, event_id),
+            )
+
+    async def finish_redacted(self, room_id: str, event_id: str, now_ms: int) -> None:
+        """Verified gone: drop the row, count it, and let its edits, reactions and
+        thread replies follow at once."""
+        async with self.transaction() as conn:
+            cur = await conn.execute(
+                "DELETE FROM events WHERE event_id = ? AND room_id = ?", (event_id, room_id)
+            )
+            if cur.rowcount:
+                await conn.execute(
+                    "UPDATE rooms SET redacted_count = redacted_count + 1 WHERE room_id = ?",
+                    (room_id,),
+                )
+            await self._cascade(room_id, event_id, now_ms)
+
+    async def reschedule(self, event_id: str, due_at: int) -> None:
+        async with self.transaction() as conn:
+            await conn.execute(
+                "UPDATE events SET status = ?, due_at = ? WHERE event_id = ?",
+                (WAITING, due_at, event_id),
+            )
+
+    async def park(self, room_id: str, event_id: str) -> None:
+        """No power to redact here: keep it due, out of the loop, until power returns."""
+        async with self.transaction() as conn:
+            await conn.execute(
+                "UPDATE events SET status = ? WHERE event_id = ?", (PARKED, event_id)
+            )
+            await conn.execute(
+                "UPDATE rooms SET can_redact = 0 WHERE room_id = ?", (room_id,)
+            )
+
+    async def fail(self, room_id: str, event_id: str) -> None:
+        async with self.transaction() as conn:
+            await conn.execute(
+                "UPDATE events SET status = ? WHERE event_id = ?", (FAILED, event_id)
+            )
+            await conn.execute(
+                "UPDATE rooms SET failed_count = failed_count + 1 WHERE room_id = ?", (room_id,)
+            )
+
+    async def pending_count(self, room_id: str | None = None) -> int:
+        sql = "SELECT count(*) FROM events WHERE status != 3"
+        args: tuple[Any, ...] = ()
+        if room_id is not None:
+            sql += " AND room_id = ?"
+            args = (room_id,)
+        async with self._conn.execute(sql, args) as cur:
+            row = await cur.fetchone()
+        return int(row[0]) if row else 0
+
+    async def pending(self, room_id: str | None = None, limit: int = 1000) -> list[PendingEvent]:
+        sql = "SELECT event_id, room_id, sender, origin_ts, due_at, status FROM events"
+        args: list[Any] = []
+        if room_id is not None:
+            sql += " WHERE room_id = ?"
+            args.append(room_id)
+        sql += " ORDER BY due_at IS NULL, due_at, seq LIMIT ?"
+        args.append(limit)
+        async with self._conn.execute(sql, args) as cur:
+            return [PendingEvent(*row) for row in await cur.fetchall()]
+
+
+def _room_row(row: sqlite3.Row | tuple[Any, ...]) -> RoomRow:
+    try:
+        policy = policy_from_state(json.loads(row[1]))
+    except (PolicyError, ValueError):
+        policy = Policy.off()
+    return RoomRow(
+        room_id=row[0],
+        policy=policy,
+        policy_sender=row[2],
+        lethe_state=_state_from_json(row[3]),
+        beeper_state=_state_from_json(row[4]),
+        can_redact=bool(row[5]),
+        bot_level=row[6],
+        redact_level=row[7],
+        last_event_id=row[8],
+        redacted_count=row[9],
+        failed_count=row[10],
+    )

@@ -1,0 +1,458 @@
+"""The Lethe bot: a nio client in front of the retention engine.
+
+Tasks it owns (all cancelled on stop): the sync loop, the action worker, and the
+engine's scheduler with its redaction workers. The sync loop persists each sync
+(events, receipts, members, policies and the sync token in one transaction)
+and hands follow-up work to the action worker through a queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+from nio import (
+    AsyncClient,
+    JoinError,
+    LocalProtocolError,
+    OlmUnverifiedDeviceError,
+    RoomSendResponse,
+    SendRetryError,
+    SyncError,
+    SyncResponse,
+)
+
+from bot.config import Config
+from bot.engine.engine import SYNC_TOKEN_KEY, Engine, EngineConfig
+from bot.engine.model import IngestResult
+from bot.engine.policy import BEEPER_EVENT_TYPE, POLICY_EVENT_TYPE, Mode
+from bot.engine.power import PowerState, describe_level
+from bot.engine.store import Store
+from bot.matrix.client import Credentials, LoginFailed, login
+from bot.matrix.commands import CommandError, Help, SetPolicy, Status, parse_command, usage
+from bot.matrix.handlers import CommandRequest, SyncReader, SyncReading, inviter_allowed
+from bot.matrix.http import HomeserverUnavailable, HttpTransport, MatrixHttp
+from bot.matrix.status import status_text
+
+log = logging.getLogger(__name__)
+
+SYNC_TIMEOUT_MS = 30_000
+MAX_SYNC_BACKOFF_S = 30.0
+BACKFILL_PAGES = 20  # up to 2,000 events of a gap per room and sync
+
+
+@dataclass(frozen=True)
+class Join:
+    room_id: str
+    inviter: str | None
+
+
+@dataclass(frozen=True)
+class Notice:
+    room_id: str
+    text: str
+
+
+@dataclass(frozen=True)
+class CheckPower:
+    room_id: str
+    announce: bool
+
+
+@dataclass(frozen=True)
+class LeaveIfAlone:
+    room_id: str
+
+
+Action = Join | Notice | CheckPower | LeaveIfAlone | CommandRequest
+
+
+class LetheBot:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.client: AsyncClient | None = None
+        self.creds: Credentials | None = None
+        self.engine: Engine | None = None
+        self.http: MatrixHttp | None = None
+        self.reader = SyncReader(config.bot.user_id, config.command_prefix)
+        self._actions: asyncio.Queue[Action] = asyncio.Queue()
+        self._tasks: list[asyncio.Task[None]] = []
+        self.synced = asyncio.Event()  # set after each persisted sync (tests wait on it)
+        self.sync_count = 0
+        self.last_sync_at: float | None = None
+        self._power_ok: dict[str, bool] = {}
+
+    # --- lifecycle -----------------------------------------------------------
+
+    async def start(self) -> None:
+        self.client, self.creds = await login(self.config)
+        self.http = MatrixHttp(self.config.homeserver.url, self.creds.access_token)
+        store = await Store.open(self.config.db_path)
+        self.engine = Engine(
+            store,
+            HttpTransport(self.http),
+            EngineConfig(
+                self.config.bot.user_id,
+                self.config.ignore_readers,
+                self.config.default_cap_ms,
+                self.config.workers,
+            ),
+            on_park=self._on_park,
+        )
+        await self.engine.start()
+        if self.client.should_upload_keys:
+            await self.client.keys_upload()
+        self._tasks = [
+            asyncio.create_task(self._sync_loop(), name="lethe-sync"),
+            asyncio.create_task(self._action_loop(), name="lethe-actions"),
+        ]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        if self.engine is not None:
+            await self.engine.close()
+        if self.http is not None:
+            await self.http.close()
+        if self.client is not None:
+            await self.client.close()
+
+    async def run_until(self, stop: asyncio.Event) -> None:
+        """Run until ``stop`` is set or a task fails for good."""
+        await self.start()
+        try:
+            stopper = asyncio.create_task(stop.wait())
+            done, _ = await asyncio.wait(
+                [stopper, *self._tasks], return_when=asyncio.FIRST_COMPLETED
+            )
+            stopper.cancel()
+            for task in done:
+                if task is not stopper and not task.cancelled() and task.exception():
+                    raise task.exception()  # type: ignore[misc]
+        finally:
+            await self.stop()
+
+    @property
+    def sync_alive(self) -> bool:
+        return self.last_sync_at is not None and time.monotonic() - self.last_sync_at < 120
+
+    # --- sync --------------------------------------------------------------
+
+    async def _sync_loop(self) -> None:
+        assert self.client is not None and self.engine is not None
+        token = await self.engine.sync_token()
+        first = True
+        failures = 0
+        down_since: float | None = None
+        while True:
+            try:
+                resp = await self.client.sync(
+                    timeout=0 if first else SYNC_TIMEOUT_MS,
+                    since=token,
+                    full_state=True if first else None,
+                )
+            except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+                resp = None
+                problem = type(exc).__name__
+            if isinstance(resp, SyncResponse):
+                if down_since is not None:
+                    log.info("homeserver is back after %.1f s", time.monotonic() - down_since)
+                    down_since = None
+                failures = 0
+                await self._on_sync(resp, first)
+                token = resp.next_batch
+                first = False
+                await self._after_sync()
+                continue
+            if isinstance(resp, SyncError):
+                if resp.status_code in ("M_UNKNOWN_TOKEN", "M_FORBIDDEN"):
+                    raise LoginFailed(f"the homeserver rejected the bot's login: {resp.message}")
+                problem = f"{resp.status_code}"
+            failures += 1
+            if down_since is None:
+                down_since = time.monotonic()
+            wait = min(MAX_SYNC_BACKOFF_S, 0.5 * 2 ** min(failures, 8))
+            log.warning("sync failed (%s); retrying in %.1f s", problem, wait)
+            await asyncio.sleep(wait)
+
+    async def _after_sync(self) -> None:
+        """The E2EE housekeeping nio's sync_forever would do."""
+        client = self.client
+        assert client is not None
+        try:
+            await client.send_to_device_messages()
+            if client.should_upload_keys:
+                await client.keys_upload()
+            if client.should_query_keys:
+                await client.keys_query()
+            if client.should_claim_keys:
+                await client.keys_claim(client.get_users_for_key_claiming())
+        except (TimeoutError, aiohttp.ClientError, OSError, LocalProtocolError) as exc:
+            log.warning("key maintenance failed (%s); will retry after the next sync",
+                        type(exc).__name__)
+
+    async def _on_sync(self, resp: SyncResponse, first: bool) -> None:
+        assert self.engine is not None
+        known = {row.room_id for row in await self.engine.store.list_rooms()}
+        backfill = await self._backfill(resp, known)
+        now = self.engine.clock.now_ms()
+        reading = self.reader.read(resp, known, now, backfill)
+        for room_id in reading.left:
+            log.info("left %s; forgetting its schedule", room_id)
+            await self.engine.forget_room(room_id)
+            self._power_ok.pop(room_id, None)
+        result = await self.engine.ingest(
+            reading.updates, meta={SYNC_TOKEN_KEY: resp.next_batch}
+        )
+        self.sync_count += 1
+        self.last_sync_at = time.monotonic()
+        self.synced.set()
+        self.synced = asyncio.Event()
+        self._hand_off(reading, result, first)
+
+    def _hand_off(self, reading: SyncReading, result: IngestResult, first: bool) -> None:
+        put = self._actions.put_nowait
+        for invite in reading.invites:
+            put(Join(invite.room_id, invite.inviter))
+        for room_id in sorted(reading.power_changed):
+            put(CheckPower(room_id, announce=not first))
+        for change in result.policy_changes:
+            if change.initial:
+                put(Notice(change.room_id, self._hello(change.policy.describe())))
+            elif change.sender != self.config.bot.user_id:
+                # The bot announces its own changes when it makes them.
+                put(Notice(change.room_id, f"{change.sender} changed the retention policy: "
+                                           f"{change.policy.describe()}"))
+        for bad in result.invalid_policies:
+            put(Notice(bad.room_id, f"Ignoring the {bad.event_type} state event from "
+                                    f"{bad.sender}: {bad.reason}. The policy is unchanged."))
+        for command in reading.commands:
+            put(command)
+        for update in reading.updates:
+            if any(getattr(i, "joined", True) is False for i in update.timeline):
+                put(LeaveIfAlone(update.room_id))
+
+    def _hello(self, policy: str) -> str:
+        p = self.config.command_prefix
+        return (f"Lethe is here to make messages disappear. Policy: {policy}. "
+                f"Set one with `{p} after-send 1d` or `{p} after-read 1h`; `{p} help` for more.")
+
+    async def _backfill(
+        self, resp: SyncResponse, known: set[str]
+    ) -> dict[str, list[Mapping[str, Any]]]:
+        """After a gap, page back through /messages to the last event Lethe saw, so
+        nothing sent while it was away escapes its timer."""
+        assert self.engine is not None and self.http is not None
+        gaps: dict[str, list[Mapping[str, Any]]] = {}
+        for room_id, info in resp.rooms.join.items():
+            if not info.timeline.limited or room_id not in known:
+                continue
+            row = await self.engine.store.get_room(room_id)
+            stop_at = row.last_event_id if row else None
+            if stop_at is None:
+                continue
+            first_ids = {getattr(e, "event_id", None) for e in info.timeline.events}
+            if stop_at in first_ids:
+                continue
+            events: list[Mapping[str, Any]] = []
+            token = info.timeline.prev_batch
+            found = False
+            for _ in range(BACKFILL_PAGES):
+                try:
+                    page = await self.http.messages(room_id, token)
+                except HomeserverUnavailable:
+                    break
+                chunk = page.body.get("chunk") if page.ok else None
+                if not isinstance(chunk, list) or not chunk:
+                    break
+                for event in chunk:
+                    if not isinstance(event, Mapping):
+                        continue
+                    if event.get("event_id") == stop_at:
+                        found = True
+                        break
+                    events.append(event)
+                token = page.body.get("end")
+                if found or not isinstance(token, str):
+                    break
+            if not found:
+                log.warning("gap in %s: paged back %d events without reaching the last one "
+                            "seen; older ones in the gap are not tracked", room_id, len(events))
+            events.reverse()
+            gaps[room_id] = events
+            log.info("gap in %s: caught up on %d events", room_id, len(events))
+        return gaps
+
+    # --- actions -----------------------------------------------------------
+
+    async def _action_loop(self) -> None:
+        while True:
+            action = await self._actions.get()
+            try:
+                await self._act(action)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("action %s failed", type(action).__name__)
+
+    async def _act(self, action: Action) -> None:
+        if isinstance(action, Join):
+            await self._join(action)
+        elif isinstance(action, Notice):
+            await self.notice(action.room_id, action.text)
+        elif isinstance(action, CheckPower):
+            await self._check_power(action.room_id, action.announce)
+        elif isinstance(action, LeaveIfAlone):
+            await self._leave_if_alone(action.room_id)
+        else:
+            await self._command(action)
+
+    async def _join(self, invite: Join) -> None:
+        assert self.client is not None
+        if not inviter_allowed(invite.inviter, self.config.invites_allow):
+            log.warning("refusing invite to %s from %s (not in invites.allow)",
+                        invite.room_id, invite.inviter)
+            await self.client.room_leave(invite.room_id)
+            return
+        resp = await self.client.join(invite.room_id)
+        if isinstance(resp, JoinError):
+            log.warning("could not join %s: %s", invite.room_id, resp.message)
+        else:
+            log.info("joined %s on the invite of %s", invite.room_id, invite.inviter)
+
+    async def notice(self, room_id: str, text: str) -> str | None:
+        """Send an m.notice (encrypted where the room is); returns its event id."""
+        assert self.client is not None
+        try:
+            resp = await self.client.room_send(
+                room_id,
+                "m.room.message",
+                {"msgtype": "m.notice", "body": text},
+                ignore_unverified_devices=self.config.e2ee.trust == "tofu",
+            )
+        except OlmUnverifiedDeviceError as exc:
+            log.warning("not sending a notice to %s: unverified device %s (e2ee.trust is "
+                        "'verified')", room_id, exc.device.id)
+            return None
+        except (TimeoutError, LocalProtocolError, SendRetryError, aiohttp.ClientError,
+                OSError) as exc:
+            log.warning("could not send a notice to %s: %s", room_id, type(exc).__name__)
+            return None
+        if isinstance(resp, RoomSendResponse):
+            return resp.event_id
+        log.warning("could not send a notice to %s: %s", room_id, getattr(resp, "message", ""))
+        return None
+
+    def power(self, room_id: str) -> PowerState:
+        return PowerState.from_state(
+            self.reader.create_events.get(room_id), self.reader.power_levels.get(room_id)
+        )
+
+    async def _check_power(self, room_id: str, announce: bool) -> None:
+        assert self.engine is not None
+        if room_id not in self.reader.create_events:
+            return  # not a room we are in (any more)
+        power = self.power(room_id)
+        bot = self.config.bot.user_id
+        can = power.can_redact_others(bot)
+        level = power.level(bot)
+        await self.engine.set_power(
+            room_id, can, None if level == float("inf") else int(level), power.redact
+        )
+        before = self._power_ok.get(room_id)
+        self._power_ok[room_id] = can
+        if before == can:
+            return
+        if not can:
+            await self.notice(room_id, self._no_power_text(power))
+        elif before is False and announce:
+            await self.notice(room_id, "I can redact messages here again; the policy is "
+                                       "enforced, including what came due meanwhile.")
+
+    def _no_power_text(self, power: PowerState) -> str:
+        level = describe_level(power.level(self.config.bot.user_id))
+        return (f"I cannot redact other people's messages here: my power level is {level} "
+                f"and redacting needs {power.redact}. Give me power level {power.redact} "
+                "(moderator) so the policy can be enforced; until then expired messages "
+                "stay and I keep them scheduled.")
+
+    async def _on_park(self, room_id: str, reason: str) -> None:
+        if self._power_ok.get(room_id, True):
+            self._power_ok[room_id] = False
+            self._actions.put_nowait(Notice(room_id, self._no_power_text(self.power(room_id))))
+
+    async def _leave_if_alone(self, room_id: str) -> None:
+        assert self.client is not None and self.engine is not None
+        room = self.client.rooms.get(room_id)
+        if room is None or room.joined_count > 1:
+            return
+        log.info("leaving %s: the bot is its last member", room_id)
+        await self.client.room_leave(room_id)
+        await self.engine.forget_room(room_id)
+
+    # --- commands ----------------------------------------------------------
+
+    async def _command(self, request: CommandRequest) -> None:
+        assert self.engine is not None
+        prefix = self.config.command_prefix
+        try:
+            command = parse_command(request.body, prefix, self.config.default_cap_ms)
+        except CommandError as exc:
+            await self.notice(request.room_id, f"{request.sender}: {exc}")
+            return
+        if isinstance(command, Help):
+            await self.notice(request.room_id, usage(prefix))
+        elif isinstance(command, Status):
+            status = await self.engine.status(request.room_id)
+            await self.notice(request.room_id, status_text(status, self.power(request.room_id),
+                                                           self.config.bot.user_id))
+        elif isinstance(command, SetPolicy):
+            await self._set_policy(request, command)
+
+    async def _set_policy(self, request: CommandRequest, command: SetPolicy) -> None:
+        assert self.http is not None
+        room_id, sender = request.room_id, request.sender
+        power = self.power(room_id)
+        bot = self.config.bot.user_id
+        for event_type in (POLICY_EVENT_TYPE, BEEPER_EVENT_TYPE):
+            if not power.can_send_state(sender, event_type):
+                log.info("refused a policy change in %s by %s (no power)", room_id, sender)
+                await self.notice(
+                    room_id,
+                    f"{sender}: you may not change the retention policy here: that needs "
+                    f"power level {power.needed_for_state(event_type)}, you have "
+                    f"{describe_level(power.level(sender))}. Nothing was changed.",
+                )
+                return
+            if not power.can_send_state(bot, event_type):
+                await self.notice(
+                    room_id,
+                    f"I may not change room settings here (I need power level "
+                    f"{power.needed_for_state(event_type)}). Nothing was changed.",
+                )
+                return
+        policy = command.policy
+        for event_type, content in (
+            (POLICY_EVENT_TYPE, policy.to_state()),
+            (BEEPER_EVENT_TYPE, policy.to_beeper()),
+        ):
+            try:
+                reply = await self.http.put_state(room_id, event_type, content)
+            except HomeserverUnavailable:
+                reply = None
+            if reply is None or not reply.ok:
+                await self.notice(room_id, "Could not write the policy to the room state; "
+                                           "please try again.")
+                return
+        log.info("policy in %s set to %s by %s", room_id, policy.mode.value, sender)
+        text = f"{sender} changed the retention policy: {policy.describe()}"
+        if policy.mode is not Mode.OFF and not power.can_redact_others(bot):
+            text += " " + self._no_power_text(power)
+        await self.notice(room_id, text)

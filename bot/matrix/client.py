@@ -1,0 +1,149 @@
+"""Login and restore: one device, one E2EE store, kept across restarts.
+
+The first run logs in with the password and saves the access token and device
+id (mode 0600) under ``data_dir``; later runs restore that login so the device
+id, and with it every E2EE session, stays the same.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from nio import AsyncClient, AsyncClientConfig, LoginResponse, WhoamiResponse
+
+from bot.config import Config
+
+log = logging.getLogger(__name__)
+
+
+class LoginFailed(RuntimeError):
+    """The homeserver refused the login, or no credentials are available."""
+
+
+@dataclass(frozen=True)
+class Credentials:
+    user_id: str
+    device_id: str
+    access_token: str
+    homeserver: str
+
+    def __repr__(self) -> str:  # never print the token
+        return f"Credentials(user_id={self.user_id!r}, device_id={self.device_id!r})"
+
+
+def secure_dir(path: Path) -> None:
+    path.mkdir(parents=True, exist_ok=True)
+    os.chmod(path, 0o700)
+
+
+def write_secret(path: Path, text: str) -> None:
+    """Create or replace a file readable by its owner only, atomically."""
+    secure_dir(path.parent)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def load_credentials(path: Path) -> Credentials | None:
+    if not path.exists():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return Credentials(
+            data["user_id"], data["device_id"], data["access_token"], data["homeserver"]
+        )
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise LoginFailed(
+            f"{path}: credentials file is damaged ({type(exc).__name__}); "
+            "delete it and run `lethe login` again (a new device will be created)"
+        ) from None
+
+
+def save_credentials(path: Path, creds: Credentials) -> None:
+    write_secret(
+        path,
+        json.dumps(
+            {
+                "user_id": creds.user_id,
+                "device_id": creds.device_id,
+                "access_token": creds.access_token,
+                "homeserver": creds.homeserver,
+            }
+        ),
+    )
+
+
+def make_client(config: Config, device_id: str | None = None) -> AsyncClient:
+    secure_dir(config.data_dir)
+    secure_dir(config.store_dir)
+    client_config = AsyncClientConfig(
+        store_sync_tokens=False,  # Lethe stores the token with the events it covers
+        encryption_enabled=True,
+        pickle_key=config.e2ee.pickle_key,
+        max_limit_exceeded=3,
+        max_timeouts=2,
+        request_timeout=40,
+    )
+    return AsyncClient(
+        config.homeserver.url,
+        config.bot.user_id,
+        device_id=device_id or "",
+        store_path=str(config.store_dir),
+        config=client_config,
+    )
+
+
+def lock_down_store(config: Config) -> None:
+    """The key store holds private keys: owner-only, whatever the umask was."""
+    secure_dir(config.store_dir)
+    for entry in config.store_dir.iterdir():
+        if entry.is_file():
+            os.chmod(entry, 0o600)
+
+
+async def login(config: Config) -> tuple[AsyncClient, Credentials]:
+    """Restore the saved login, or log in with the password on first run."""
+    creds = load_credentials(config.credentials_path)
+    if creds is not None:
+        if creds.user_id != config.bot.user_id:
+            raise LoginFailed(
+                f"{config.credentials_path} belongs to {creds.user_id}, but bot.user_id is "
+                f"{config.bot.user_id}; use another data_dir"
+            )
+        client = make_client(config, creds.device_id)
+        client.restore_login(creds.user_id, creds.device_id, creds.access_token)
+        who = await client.whoami()
+        if not isinstance(who, WhoamiResponse):
+            await client.close()
+            raise LoginFailed(
+                f"the saved login for {creds.user_id} was refused "
+                f"({getattr(who, 'status_code', '?')}); run `lethe login` again"
+            )
+        lock_down_store(config)
+        log.info("restored login for %s, device %s", creds.user_id, creds.device_id)
+        return client, creds
+    if not config.bot.password:
+        raise LoginFailed(
+            "no saved login and no password: set bot.password or LETHE_PASSWORD for the "
+            "first login"
+        )
+    client = make_client(config)
+    resp = await client.login(config.bot.password, device_name=config.bot.device_name)
+    if not isinstance(resp, LoginResponse):
+        await client.close()
+        raise LoginFailed(
+            f"login as {config.bot.user_id} failed: {getattr(resp, 'message', resp)}"
+        )
+    creds = Credentials(resp.user_id, resp.device_id, resp.access_token, config.homeserver.url)
+    save_credentials(config.credentials_path, creds)
+    lock_down_store(config)
+    log.info("logged in as %s, new device %s", creds.user_id, creds.device_id)
+    return client, creds

@@ -1,0 +1,111 @@
+"""Translate raw Matrix event JSON into engine values. No nio, no I/O: the bot and the
+bridge both use it. Malformed events become None (ignored), never an exception.
+Message content is looked at only for relations (``m.relates_to``, which stays in
+clear text even in encrypted rooms) and is never copied.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from bot.engine.model import (
+    Marker,
+    MemberChange,
+    Message,
+    PolicyEvent,
+    Receipt,
+    Redaction,
+    TimelineItem,
+)
+from bot.engine.policy import POLICY_STATE_TYPES
+
+_PARENT_RELATIONS = ("m.replace", "m.annotation", "m.reference", "m.thread")
+
+
+def _str(value: object) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def _relation(content: Mapping[str, Any]) -> tuple[str | None, str | None]:
+    """(thread_id, parent_id) from ``m.relates_to``."""
+    rel = content.get("m.relates_to")
+    if not isinstance(rel, Mapping):
+        return None, None
+    rel_type = rel.get("rel_type")
+    target = _str(rel.get("event_id"))
+    if target is None or rel_type not in _PARENT_RELATIONS:
+        return None, None
+    if rel_type == "m.thread":
+        return target, target
+    return None, target
+
+
+def to_item(event: Mapping[str, Any], *, in_timeline: bool = True) -> TimelineItem | None:
+    event_id = _str(event.get("event_id"))
+    sender = _str(event.get("sender"))
+    event_type = _str(event.get("type"))
+    ts = event.get("origin_server_ts")
+    if event_id is None or sender is None or event_type is None:
+        return None
+    if not isinstance(ts, int) or isinstance(ts, bool):
+        return None
+    raw_content = event.get("content")
+    content: Mapping[str, Any] = raw_content if isinstance(raw_content, Mapping) else {}
+    position = event_id if in_timeline else None
+    if "state_key" in event:
+        state_key = event.get("state_key")
+        if event_type == "m.room.member" and isinstance(state_key, str):
+            membership = content.get("membership")
+            if membership == "join":
+                return MemberChange(state_key, True, position)
+            if membership in ("leave", "ban"):
+                return MemberChange(state_key, False, position)
+        elif event_type in POLICY_STATE_TYPES and state_key == "":
+            return PolicyEvent(event_type, sender, ts, dict(content), in_timeline, position)
+        return Marker(event_id) if in_timeline else None
+    if not in_timeline:
+        return None
+    if event_type == "m.room.redaction":
+        target = _str(event.get("redacts")) or _str(content.get("redacts"))
+        return Redaction(target, event_id) if target else Marker(event_id)
+    unsigned = event.get("unsigned")
+    if isinstance(unsigned, Mapping) and unsigned.get("redacted_because"):
+        return Marker(event_id)  # already redacted: nothing left to do
+    thread_id, parent_id = _relation(content)
+    return Message(event_id, sender, ts, thread_id, parent_id)
+
+
+def to_items(
+    events: Iterable[Mapping[str, Any]], *, in_timeline: bool = True
+) -> list[TimelineItem]:
+    items = []
+    for event in events:
+        item = to_item(event, in_timeline=in_timeline)
+        if item is not None:
+            items.append(item)
+    return items
+
+
+def receipts_from_content(content: object) -> list[Receipt]:
+    """Public ``m.read`` receipts from an ``m.receipt`` EDU's content. Private receipts
+    (``m.read.private``) never reach the bot, and would not count if they did."""
+    found: list[Receipt] = []
+    if not isinstance(content, Mapping):
+        return found
+    for event_id, by_type in content.items():
+        if not isinstance(event_id, str) or not isinstance(by_type, Mapping):
+            continue
+        readers = by_type.get("m.read")
+        if not isinstance(readers, Mapping):
+            continue
+        for user_id, info in readers.items():
+            if not isinstance(user_id, str):
+                continue
+            info = info if isinstance(info, Mapping) else {}
+            ts = info.get("ts")
+            thread = _str(info.get("thread_id"))
+            found.append(
+                Receipt(user_id, event_id, thread, ts if isinstance(ts, int) else None)
+            )
+    return found

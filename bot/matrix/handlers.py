@@ -1,0 +1,194 @@
+"""Read a nio sync response into engine updates and follow-up work, without I/O.
+
+The bot persists the updates (one engine transaction, with the sync token) and
+only then hands the follow-up work (joins, commands, notices, power checks) to
+its action worker.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from nio import InviteMemberEvent, MegolmEvent, ReceiptEvent, RoomMessageText, SyncResponse
+
+from bot.engine.model import MemberChange, Message, PolicyEvent, Receipt, RoomUpdate, TimelineItem
+from bot.matrix.commands import is_command
+from bot.matrix.events import to_item, to_items
+
+# Commands older than this when first seen (e.g. after a long outage) are not run.
+COMMAND_MAX_AGE_MS = 10 * 60 * 1000
+
+
+@dataclass(frozen=True)
+class Invite:
+    room_id: str
+    inviter: str | None
+
+
+@dataclass(frozen=True)
+class CommandRequest:
+    room_id: str
+    sender: str
+    event_id: str
+    body: str = field(repr=False)  # plaintext: never logged, never stored
+
+
+@dataclass
+class SyncReading:
+    updates: list[RoomUpdate] = field(default_factory=list)
+    invites: list[Invite] = field(default_factory=list)
+    left: list[str] = field(default_factory=list)
+    commands: list[CommandRequest] = field(default_factory=list)
+    # Rooms whose create or power levels event arrived: power must be re-checked.
+    power_changed: set[str] = field(default_factory=set)
+    undecryptable: int = 0
+
+
+def inviter_allowed(inviter: str | None, allow: Sequence[str]) -> bool:
+    return inviter is not None and any(fnmatch.fnmatchcase(inviter, glob) for glob in allow)
+
+
+def _source(event: Any) -> Mapping[str, Any] | None:
+    source = getattr(event, "source", None)
+    return source if isinstance(source, Mapping) else None
+
+
+class SyncReader:
+    """Holds what must survive between syncs: the create and power levels events of each
+    room (for power checks), read from the state the homeserver sends."""
+
+    def __init__(self, bot_user_id: str, prefix: str) -> None:
+        self.bot_user_id = bot_user_id
+        self.prefix = prefix
+        self.create_events: dict[str, Mapping[str, Any]] = {}
+        self.power_levels: dict[str, Mapping[str, Any]] = {}
+
+    def read(
+        self,
+        resp: SyncResponse,
+        known_rooms: set[str],
+        now_ms: int,
+        backfill: Mapping[str, list[Mapping[str, Any]]] | None = None,
+    ) -> SyncReading:
+        """``backfill`` holds, per room, the raw events of a gap (oldest first) that the
+        bot paged in from ``/messages`` because the timeline was limited."""
+        reading = SyncReading()
+        for room_id, info in resp.rooms.invite.items():
+            reading.invites.append(Invite(room_id, self._inviter(info.invite_state)))
+        reading.left.extend(resp.rooms.leave.keys())
+        for room_id, info in resp.rooms.join.items():
+            gap = (backfill or {}).get(room_id)
+            update = self._room(room_id, info, room_id not in known_rooms, now_ms, gap, reading)
+            reading.updates.append(update)
+        return reading
+
+    def _inviter(self, invite_state: Sequence[Any]) -> str | None:
+        # nio keeps no raw source for stripped invite state, only parsed fields.
+        for event in invite_state:
+            if (
+                isinstance(event, InviteMemberEvent)
+                and event.state_key == self.bot_user_id
+                and event.membership == "invite"
+            ):
+                return event.sender if isinstance(event.sender, str) else None
+        return None
+
+    def _watch_power(self, room_id: str, source: Mapping[str, Any], reading: SyncReading) -> None:
+        if source.get("state_key") != "":
+            return
+        if source.get("type") == "m.room.create":
+            self.create_events[room_id] = source
+            reading.power_changed.add(room_id)
+        elif source.get("type") == "m.room.power_levels":
+            content = source.get("content")
+            self.power_levels[room_id] = content if isinstance(content, Mapping) else {}
+            reading.power_changed.add(room_id)
+
+    def _room(
+        self,
+        room_id: str,
+        info: Any,
+        is_new: bool,
+        now_ms: int,
+        gap: list[Mapping[str, Any]] | None,
+        reading: SyncReading,
+    ) -> RoomUpdate:
+        items: list[TimelineItem] = []
+        state_sources = [s for s in (_source(e) for e in info.state) if s is not None]
+        for source in state_sources:
+            self._watch_power(room_id, source, reading)
+        if gap is None:
+            # The state block is the state at the start of the timeline.
+            items.extend(to_items(state_sources, in_timeline=False))
+        else:
+            for source in gap:
+                if "state_key" in source:
+                    self._watch_power(room_id, source, reading)
+            items.extend(to_items(gap))
+        if is_new:
+            reading.power_changed.add(room_id)
+
+        timeline = list(info.timeline.events)
+        sources = [_source(e) for e in timeline]
+        start = 0
+        if is_new:
+            # Track only what was sent after the bot joined: older history is swept
+            # only when explicitly asked.
+            for index, source in enumerate(sources):
+                if (
+                    source
+                    and source.get("type") == "m.room.member"
+                    and source.get("state_key") == self.bot_user_id
+                    and (source.get("content") or {}).get("membership") == "join"
+                ):
+                    start = index
+        last_event_id = None
+        seen_join = not is_new or start == 0
+        for index, (event, source) in enumerate(zip(timeline, sources, strict=True)):
+            if source is None:
+                continue
+            last_event_id = source.get("event_id") or last_event_id
+            if "state_key" in source:
+                self._watch_power(room_id, source, reading)
+            item = to_item(source)
+            if item is None:
+                continue
+            if index < start:
+                # Before our join: keep state (policy, members), never track messages.
+                if isinstance(item, MemberChange | PolicyEvent):
+                    items.append(_as_state(item))
+                continue
+            if index == start:
+                seen_join = True
+            if isinstance(event, MegolmEvent):
+                reading.undecryptable += 1
+            if (
+                seen_join
+                and isinstance(item, Message)
+                and isinstance(event, RoomMessageText)
+                and item.sender != self.bot_user_id
+                and now_ms - item.origin_ts <= COMMAND_MAX_AGE_MS
+                and is_command(event.body, self.prefix)
+            ):
+                reading.commands.append(
+                    CommandRequest(room_id, item.sender, item.event_id, event.body)
+                )
+            items.append(item)
+
+        receipts = tuple(
+            Receipt(r.user_id, r.event_id, r.thread_id, r.timestamp)
+            for ev in info.ephemeral
+            if isinstance(ev, ReceiptEvent)
+            for r in ev.receipts
+            if r.receipt_type == "m.read"
+        )
+        return RoomUpdate(room_id, tuple(items), receipts, last_event_id)
+
+
+def _as_state(item: MemberChange | PolicyEvent) -> TimelineItem:
+    if isinstance(item, MemberChange):
+        return MemberChange(item.user_id, item.joined)
+    return PolicyEvent(item.event_type, item.sender, item.origin_ts, item.content, False)

@@ -1,0 +1,48 @@
+"""Fixtures: one real Synapse on loopback for the session, fresh people and a fresh bot
+per test (so tests do not see each other's rooms)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from bot.localsynapse import LocalSynapse, synapse_available
+from tests.harness import BotHandle, Person, unique, write_bot_config
+
+
+@pytest.fixture(scope="session")
+def synapse(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSynapse]:
+    if not synapse_available():
+        pytest.fail("matrix-synapse is not installed: pip install -e '.[test]'")
+    hs = LocalSynapse(tmp_path_factory.mktemp("synapse"))
+    hs.start()
+    yield hs
+    hs.stop()
+
+
+@pytest.fixture
+async def people(synapse: LocalSynapse, tmp_path: Path) -> AsyncIterator[PeopleFactory]:
+    made: list[Person] = []
+
+    async def make(name: str) -> Person:
+        person = Person(synapse, unique(name), tmp_path / "people" / name)
+        await person.start()
+        made.append(person)
+        return person
+
+    yield make
+    for person in made:
+        await person.close()
+
+
+PeopleFactory = "Callable[[str], Awaitable[Person]]"
+
+
+@pytest.fixture
+async def lethe(synapse: LocalSynapse, tmp_path: Path) -> AsyncIterator[BotHandle]:
+    """A configured bot, not yet started (tests start and stop it)."""
+    handle = BotHandle(write_bot_config(synapse, tmp_path / "bot"))
+    yield handle
+    await handle.stop()
