@@ -74,7 +74,12 @@ def parse_duration(text: str) -> int:
                 f"unknown duration {text!r}: give each unit once, largest first (e.g. 1h30m)"
             )
         last_unit = unit_index
-        total += int(match.group(1)) * _UNITS_MS[match.group(2)]
+        digits = match.group(1).lstrip("0")
+        # A count this long is over the limit whatever its unit; int() of thousands of
+        # digits would raise a ValueError that is not a PolicyError.
+        if len(digits) > 16:
+            raise PolicyError(f"duration {text!r} is too long (at most 100 years)")
+        total += int(digits or "0") * _UNITS_MS[match.group(2)]
         pos = match.end()
         if total > MAX_DURATION_MS:
             raise PolicyError(f"duration {text!r} is too long (at most 100 years)")
