@@ -118,7 +118,9 @@ class Engine:
             await self.store.ensure_room(room_id)
             await self.store.set_room_power(room_id, can_redact, bot_level, redact_level)
         self.scheduler.wake()
-        return before is None or before.can_redact != can_redact
+        # A new room row starts as "can redact", so only a lack of power is news there.
+        was = before.can_redact if before is not None else True
+        return was != can_redact
 
     async def forget_room(self, room_id: str) -> None:
         async with self.store.transaction():

@@ -185,8 +185,14 @@ class Store:
         existed = path.exists()
         if readonly and not existed:
             raise StoreError(f"{path}: no Lethe database here (has the bot run yet?)")
+        if existed:
+            _check_header(path)
         if not readonly:
             path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            if not existed:
+                # Create it private before SQLite does: its -wal and -shm files take
+                # their mode from the database file.
+                os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
         uri = f"file:{path}?mode={'ro' if readonly else 'rwc'}"
         try:
             conn = await aiosqlite.connect(uri, uri=True, isolation_level=None)
@@ -205,11 +211,13 @@ class Store:
     async def _prepare(self, existed: bool) -> None:
         try:
             await self._conn.execute("PRAGMA busy_timeout = 5000")
+            # Before switching to WAL, which rewrites the file header: a foreign
+            # database must be left exactly as it was.
+            version = await self._schema_version(existed)
             if not self.readonly:
                 await self._conn.execute("PRAGMA journal_mode = WAL")
                 # FULL: a committed "redaction due" must survive power loss, not only a crash.
                 await self._conn.execute("PRAGMA synchronous = FULL")
-            version = await self._schema_version(existed)
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"{self.path}: not a usable SQLite database: {exc}") from None
         if version > SCHEMA_VERSION:
@@ -566,6 +574,20 @@ class Store:
         args.append(limit)
         async with self._conn.execute(sql, args) as cur:
             return [PendingEvent(*row) for row in await cur.fetchall()]
+
+
+_SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def _check_header(path: Path) -> None:
+    """SQLite takes a short non-database file for an empty database and writes over it."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(_SQLITE_HEADER))
+    except OSError as exc:
+        raise StoreError(f"{path}: cannot read the database: {exc}") from None
+    if head and head != _SQLITE_HEADER:
+        raise StoreError(f"{path}: not a SQLite database; move it away or fix data_dir")
 
 
 def _room_row(row: sqlite3.Row | tuple[Any, ...]) -> RoomRow:

@@ -363,16 +363,16 @@ class LetheBot:
         bot = self.config.bot.user_id
         can = power.can_redact_others(bot)
         level = power.level(bot)
-        await self.engine.set_power(
+        # Compared with what the database says, so a restart does not repeat notices.
+        changed = await self.engine.set_power(
             room_id, can, None if level == float("inf") else int(level), power.redact
         )
-        before = self._power_ok.get(room_id)
         self._power_ok[room_id] = can
-        if before == can:
+        if not changed:
             return
         if not can:
             await self.notice(room_id, self._no_power_text(power))
-        elif before is False and announce:
+        elif announce:
             await self.notice(room_id, "I can redact messages here again; the policy is "
                                        "enforced, including what came due meanwhile.")
 

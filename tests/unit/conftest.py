@@ -1,0 +1,261 @@
+"""Fixtures for the engine's unit tests: a real temporary SQLite file, a fake clock
+and a fake Transport. Nothing here sleeps for a fixed time: waits poll a condition
+until a deadline."""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import sqlite3
+from collections import defaultdict, deque
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import settings
+
+from bot.engine.clock import FakeClock
+from bot.engine.engine import Engine, EngineConfig
+from bot.engine.model import IngestResult, PolicyEvent, Receipt, RoomUpdate, TimelineItem
+from bot.engine.policy import POLICY_EVENT_TYPE, Policy
+from bot.engine.redactor import Outcome, Reply
+from bot.engine.store import Store
+
+# No per-example deadline to flake on a slow CI machine.
+settings.register_profile("lethe-unit", deadline=None)
+settings.load_profile("lethe-unit")
+
+BOT = "@bot:x"
+ALICE = "@alice:x"
+BOB = "@bob:x"
+CAROL = "@carol:x"
+DAVE = "@dave:x"
+ADMIN = "@admin:x"
+ROOM = "!room:x"
+T0 = 1_700_000_000_000
+
+Predicate = Callable[[], Any]
+
+
+async def eventually(predicate: Predicate, timeout: float = 5, what: str = "") -> Any:
+    """Poll ``predicate`` (sync or async) every 10 ms until it is truthy; fail at the deadline."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        value = predicate()
+        if inspect.isawaitable(value):
+            value = await value
+        if value:
+            return value
+        if loop.time() >= deadline:
+            raise AssertionError(f"condition not met within {timeout} s: {what or predicate}")
+        await asyncio.sleep(0.01)
+
+
+class TestClock(FakeClock):
+    """FakeClock that knows who sleeps on it, so tests can tell when the scheduler is idle."""
+
+    __test__ = False
+
+    def __init__(self, start_ms: int = T0) -> None:
+        super().__init__(start_ms)
+        self._sleepers: dict[int, tuple[int, asyncio.Event]] = {}
+        self._next = 0
+
+    async def sleep_until(self, deadline_ms: int, wake: asyncio.Event) -> None:
+        self._next += 1
+        key = self._next
+        self._sleepers[key] = (deadline_ms, wake)
+        try:
+            await super().sleep_until(deadline_ms, wake)
+        finally:
+            del self._sleepers[key]
+
+    def idle(self) -> bool:
+        """Somebody sleeps on the clock and nobody is about to wake up."""
+        now = self.now_ms()
+        return bool(self._sleepers) and all(
+            deadline > now and not wake.is_set() for deadline, wake in self._sleepers.values()
+        )
+
+
+class FakeTransport:
+    """Records calls; replies are scripted per event id (default: OK / whatever is true).
+
+    A successful redact marks the event redacted, so ``check`` then says REDACTED;
+    otherwise ``check`` says PRESENT. ``on_redact`` runs inside ``redact`` before it
+    replies (to inspect the database, or to block)."""
+
+    def __init__(self) -> None:
+        self.redact_calls: list[tuple[str, str, str, str]] = []
+        self.check_calls: list[tuple[str, str, str]] = []
+        self.redacted: set[str] = set()
+        self._redact_replies: dict[str, deque[Reply]] = defaultdict(deque)
+        self._check_replies: dict[str, deque[Reply]] = defaultdict(deque)
+        self.on_redact: Callable[[str, str, str, str], Awaitable[None]] | None = None
+
+    def script_redact(self, event_id: str, *replies: Reply) -> None:
+        self._redact_replies[event_id].extend(replies)
+
+    def script_check(self, event_id: str, *replies: Reply) -> None:
+        self._check_replies[event_id].extend(replies)
+
+    def redacted_ids(self) -> list[str]:
+        return [call[1] for call in self.redact_calls]
+
+    async def redact(self, room_id: str, event_id: str, sender: str, txn_id: str) -> Reply:
+        self.redact_calls.append((room_id, event_id, sender, txn_id))
+        if self.on_redact is not None:
+            await self.on_redact(room_id, event_id, sender, txn_id)
+        queue = self._redact_replies[event_id]
+        reply = queue.popleft() if queue else Reply(Outcome.OK)
+        if reply.outcome is Outcome.OK:
+            self.redacted.add(event_id)
+        return reply
+
+    async def check(self, room_id: str, event_id: str, sender: str) -> Reply:
+        self.check_calls.append((room_id, event_id, sender))
+        queue = self._check_replies[event_id]
+        if queue:
+            return queue.popleft()
+        return Reply(Outcome.REDACTED if event_id in self.redacted else Outcome.PRESENT)
+
+
+class Harness:
+    """One engine on a temporary database, driven by a TestClock."""
+
+    __test__ = False
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        clock: TestClock | None = None,
+        transport: FakeTransport | None = None,
+        config: EngineConfig | None = None,
+        on_park: Callable[[str, str], Awaitable[None]] | None = None,
+    ) -> None:
+        self.path = path
+        self.on_park = on_park
+        self.clock = clock or TestClock()
+        self.transport = transport or FakeTransport()
+        self.config = config or EngineConfig(bot_user_id=BOT)
+        self.engine: Engine | None = None
+
+    @property
+    def store(self) -> Store:
+        assert self.engine is not None
+        return self.engine.store
+
+    async def start(self) -> Harness:
+        store = await Store.open(self.path)
+        self.engine = Engine(
+            store, self.transport, self.config, clock=self.clock, on_park=self.on_park
+        )
+        await self.engine.start()
+        await self.settle()
+        return self
+
+    async def close(self) -> None:
+        if self.engine is not None:
+            await self.engine.close()
+            self.engine = None
+
+    def now(self) -> int:
+        return self.clock.now_ms()
+
+    # --- driving -----------------------------------------------------------
+
+    async def ingest(
+        self,
+        *timeline: TimelineItem,
+        receipts: tuple[Receipt, ...] = (),
+        room: str = ROOM,
+        meta: dict[str, str] | None = None,
+        settle: bool = True,
+    ) -> IngestResult:
+        assert self.engine is not None
+        result = await self.engine.ingest(
+            [RoomUpdate(room, tuple(timeline), tuple(receipts))], meta=meta
+        )
+        if settle:
+            await self.settle()
+        return result
+
+    async def receipts(self, *receipts: Receipt, room: str = ROOM) -> IngestResult:
+        return await self.ingest(receipts=receipts, room=room)
+
+    def policy_event(self, policy: Policy, sender: str = ADMIN) -> PolicyEvent:
+        return PolicyEvent(POLICY_EVENT_TYPE, sender, self.now(), policy.to_state())
+
+    async def set_policy(self, policy: Policy, room: str = ROOM) -> IngestResult:
+        return await self.ingest(self.policy_event(policy), room=room)
+
+    async def advance(self, ms: int) -> None:
+        self.clock.advance(ms)
+        await self.settle()
+
+    async def settle(self, timeout: float = 5) -> None:
+        """Wait until the scheduler sleeps with nothing due and no worker runs."""
+        assert self.engine is not None
+        scheduler = self.engine.scheduler
+
+        def idle() -> bool:
+            task = scheduler._loop_task
+            if task is not None and task.done():
+                task.result()  # re-raise whatever killed the loop
+                raise AssertionError("scheduler loop stopped")
+            return scheduler.in_flight == 0 and self.clock.idle()
+
+        await eventually(idle, timeout, "scheduler idle")
+
+    # --- looking -----------------------------------------------------------
+
+    async def event(self, event_id: str) -> dict[str, Any] | None:
+        async with self.store.conn.execute(
+            "SELECT * FROM events WHERE event_id = ?", (event_id,)
+        ) as cur:
+            row = await cur.fetchone()
+            if row is None:
+                return None
+            return dict(zip([c[0] for c in cur.description], row, strict=True))
+
+    async def event_ids(self) -> set[str]:
+        async with self.store.conn.execute("SELECT event_id FROM events") as cur:
+            return {row[0] for row in await cur.fetchall()}
+
+    async def room_row(self, room: str = ROOM) -> dict[str, Any]:
+        async with self.store.conn.execute("SELECT * FROM rooms WHERE room_id = ?", (room,)) as cur:
+            row = await cur.fetchone()
+            assert row is not None, f"no room {room}"
+            return dict(zip([c[0] for c in cur.description], row, strict=True))
+
+    def sync_db(self) -> sqlite3.Connection:
+        """A second, independent connection: sees only what is committed."""
+        return sqlite3.connect(self.path)
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "data" / "lethe.db"
+
+
+@pytest.fixture
+async def make_harness(db_path: Path):
+    """Factory: ``await make_harness(clock=..., transport=..., config=..., path=...)``."""
+    made: list[Harness] = []
+
+    async def make(path: Path | None = None, **kwargs: Any) -> Harness:
+        harness = Harness(path or db_path, **kwargs)
+        made.append(harness)
+        return await harness.start()
+
+    yield make
+    for harness in reversed(made):
+        await harness.close()
+
+
+@pytest.fixture
+async def h(make_harness) -> Harness:
+    return await make_harness()

@@ -1,0 +1,166 @@
+"""Opening, migrating and protecting the SQLite file."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import stat
+from pathlib import Path
+
+import pytest
+
+from bot.engine.policy import Policy
+from bot.engine.store import SCHEMA_VERSION, Store, StoreError
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def _names(directory: Path) -> list[str]:
+    return sorted(os.listdir(directory))
+
+
+def _tables(path: Path) -> set[str]:
+    with sqlite3.connect(path) as conn:
+        return {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+
+
+async def test_new_database_gets_schema_version(db_path: Path) -> None:
+    store = await Store.open(db_path)
+    try:
+        async with store.conn.execute("SELECT version FROM schema_version") as cur:
+            rows = await cur.fetchall()
+        assert [tuple(r) for r in rows] == [(SCHEMA_VERSION,)]
+    finally:
+        await store.close()
+    assert {"schema_version", "meta", "rooms", "events", "members", "receipts"} <= _tables(db_path)
+
+
+async def test_reopen_keeps_data_and_does_not_migrate_again(db_path: Path) -> None:
+    store = await Store.open(db_path)
+    async with store.transaction():
+        await store.ensure_room("!r:x")
+        await store.set_room_policy("!r:x", Policy.after_send(60_000), "@a:x", None, None)
+        await store.set_meta("sync_token", "s42")
+    await store.close()
+
+    store = await Store.open(db_path)
+    try:
+        room = await store.get_room("!r:x")
+        assert room is not None
+        assert room.policy == Policy.after_send(60_000)
+        assert room.policy_sender == "@a:x"
+        assert await store.get_meta("sync_token") == "s42"
+        async with store.conn.execute("SELECT count(*), max(version) FROM schema_version") as cur:
+            assert tuple(await cur.fetchone()) == (1, SCHEMA_VERSION)
+    finally:
+        await store.close()
+
+
+async def test_transaction_rolls_back_on_error(db_path: Path) -> None:
+    store = await Store.open(db_path)
+    try:
+        with pytest.raises(RuntimeError):
+            async with store.transaction():
+                await store.set_meta("k", "v")
+                raise RuntimeError("boom")
+        assert await store.get_meta("k") is None
+        async with store.transaction():  # the lock was released and no transaction is open
+            await store.set_meta("k", "w")
+        assert await store.get_meta("k") == "w"
+    finally:
+        await store.close()
+
+
+async def test_foreign_sqlite_database_is_refused_and_left_alone(tmp_path: Path) -> None:
+    path = tmp_path / "other.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE accounts (id INTEGER PRIMARY KEY, name TEXT)")
+        conn.execute("INSERT INTO accounts (name) VALUES ('precious')")
+    conn.close()
+    before = path.read_bytes()
+    mode_before = _mode(path)
+
+    with pytest.raises(StoreError) as err:
+        await Store.open(path)
+    assert str(path) in str(err.value)
+    assert "accounts" in str(err.value)
+
+    assert path.read_bytes() == before, "the foreign database was modified"
+    assert _mode(path) == mode_before
+    assert _names(tmp_path) == ["other.db"]
+    assert _tables(path) == {"accounts"}
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"this is not a database, just some text " * 50, b"x", b"SQLite format 2\x00" + b"\x00" * 200],
+)
+async def test_garbage_file_is_refused(tmp_path: Path, content: bytes) -> None:
+    path = tmp_path / "lethe.db"
+    path.write_bytes(content)
+    with pytest.raises(StoreError) as err:
+        await Store.open(path)
+    assert str(path) in str(err.value)
+    assert path.read_bytes() == content
+
+
+async def test_readonly_open_of_missing_file(tmp_path: Path) -> None:
+    path = tmp_path / "nothing-here.db"
+    with pytest.raises(StoreError) as err:
+        await Store.open(path, readonly=True)
+    assert str(path) in str(err.value)
+    assert not path.exists()
+
+
+async def test_readonly_store_reads_but_refuses_writes(db_path: Path) -> None:
+    store = await Store.open(db_path)
+    async with store.transaction():
+        await store.set_meta("sync_token", "s1")
+    await store.close()
+
+    ro = await Store.open(db_path, readonly=True)
+    try:
+        assert await ro.get_meta("sync_token") == "s1"
+        with pytest.raises(StoreError):
+            async with ro.transaction():
+                pass
+    finally:
+        await ro.close()
+
+
+async def test_newer_schema_is_refused(db_path: Path) -> None:
+    store = await Store.open(db_path)
+    await store.close()
+    with sqlite3.connect(db_path) as conn:
+        conn.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION + 1,))
+    conn.close()
+    with pytest.raises(StoreError, match="newer"):
+        await Store.open(db_path)
+
+
+async def test_database_files_are_private(db_path: Path) -> None:
+    store = await Store.open(db_path)
+    try:
+        async with store.transaction():
+            await store.set_meta("k", "v")
+        assert _mode(db_path) == 0o600
+        # The WAL and shared-memory files hold the same data while the store is open.
+        for suffix in ("-wal", "-shm"):
+            side = db_path.with_name(db_path.name + suffix)
+            if side.exists():
+                assert _mode(side) == 0o600, side.name
+        assert _mode(db_path.parent) & 0o077 == 0
+    finally:
+        await store.close()
+
+
+async def test_existing_file_mode_is_not_changed(tmp_path: Path) -> None:
+    path = tmp_path / "lethe.db"
+    store = await Store.open(path)
+    await store.close()
+    os.chmod(path, 0o640)
+    store = await Store.open(path)
+    await store.close()
+    assert _mode(path) == 0o640
