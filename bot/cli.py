@@ -24,6 +24,8 @@ EXIT_USAGE = 2
 EXIT_CONFIG = 3
 EXIT_HOMESERVER = 4
 
+QUIET_LIBRARIES = ("nio", "peewee", "aiohttp", "aiosqlite", "asyncio")
+
 log = logging.getLogger("bot.cli")
 
 
@@ -45,8 +47,9 @@ def setup_logging(level: str) -> None:
         stream=sys.stderr,
         force=True,
     )
-    # Third-party libraries stay quieter than Lethe itself.
-    for name in ("nio", "peewee", "aiohttp", "asyncio"):
+    # Third-party libraries stay quieter than Lethe itself (nio logs whole responses,
+    # tokens included, at DEBUG).
+    for name in QUIET_LIBRARIES:
         logging.getLogger(name).setLevel(logging.INFO if level == "DEBUG" else logging.WARNING)
     # nio warns about every redacted encrypted event failing its schema: expected here.
     logging.getLogger("nio.events").setLevel(logging.ERROR)

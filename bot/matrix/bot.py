@@ -126,8 +126,8 @@ class LetheBot:
 
     async def run_until(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set or a task fails for good."""
-        await self.start()
         try:
+            await self.start()
             stopper = asyncio.create_task(stop.wait())
             done, _ = await asyncio.wait(
                 [stopper, *self._tasks], return_when=asyncio.FIRST_COMPLETED
@@ -211,6 +211,8 @@ class LetheBot:
         result = await self.engine.ingest(
             reading.updates, meta={SYNC_TOKEN_KEY: resp.next_batch}
         )
+        log.debug("sync persisted: %d joined room(s) updated, %d event(s) tracked",
+                  len(reading.updates), result.tracked)
         self.sync_count += 1
         self.last_sync_at = time.monotonic()
         self.synced.set()

@@ -120,7 +120,11 @@ async def login(config: Config) -> tuple[AsyncClient, Credentials]:
             )
         client = make_client(config, creds.device_id)
         client.restore_login(creds.user_id, creds.device_id, creds.access_token)
-        who = await client.whoami()
+        try:
+            who = await client.whoami()
+        except BaseException:
+            await client.close()
+            raise
         if not isinstance(who, WhoamiResponse):
             await client.close()
             raise LoginFailed(
@@ -136,7 +140,11 @@ async def login(config: Config) -> tuple[AsyncClient, Credentials]:
             "first login"
         )
     client = make_client(config)
-    resp = await client.login(config.bot.password, device_name=config.bot.device_name)
+    try:
+        resp = await client.login(config.bot.password, device_name=config.bot.device_name)
+    except BaseException:
+        await client.close()
+        raise
     if not isinstance(resp, LoginResponse):
         await client.close()
         raise LoginFailed(
