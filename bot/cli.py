@@ -65,7 +65,31 @@ def _config(ctx: click.Context) -> Config:
         raise Fail(str(exc), EXIT_CONFIG) from None
 
 
-@click.group()
+class Lethe(click.Group):
+    """The `lethe` group. Subgroups of optional parts (the bridge) are imported only
+    when used, so the bot never imports them."""
+
+    lazy = {"bridge": "bridge.cli:bridge"}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), *self.lazy])
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self.lazy:
+            module_name, attr = self.lazy[cmd_name].split(":")
+            import importlib
+
+            try:
+                module = importlib.import_module(module_name)
+            except ModuleNotFoundError:
+                return None
+            command = getattr(module, attr)
+            assert isinstance(command, click.Command)
+            return command
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=Lethe)
 @click.option(
     "-c", "--config", "config_path", type=click.Path(path_type=Path), envvar="LETHE_CONFIG",
     help="Config file (YAML). Also $LETHE_CONFIG.",

@@ -56,6 +56,7 @@ class Engine:
         *,
         clock: Clock | None = None,
         on_park: Callable[[str, str], Awaitable[None]] | None = None,
+        needs_power: Callable[[str], bool] | None = None,
     ) -> None:
         self.store = store
         self.config = config
@@ -64,7 +65,9 @@ class Engine:
             store,
             IngestConfig(config.bot_user_id, config.ignore_readers, config.default_cap_ms),
         )
-        self._redactor = Redactor(store, transport, self.clock, config.bot_user_id)
+        self._redactor = Redactor(
+            store, transport, self.clock, config.bot_user_id, needs_power
+        )
         self.scheduler = Scheduler(
             store,
             self._redactor,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 from typing import Protocol
@@ -82,17 +83,28 @@ def backoff_ms(attempts: int) -> int:
 
 
 class Redactor:
-    def __init__(self, store: Store, transport: Transport, clock: Clock, bot_user_id: str) -> None:
+    def __init__(
+        self,
+        store: Store,
+        transport: Transport,
+        clock: Clock,
+        bot_user_id: str,
+        needs_power: Callable[[str], bool] | None = None,
+    ) -> None:
         self._store = store
         self._transport = transport
         self._clock = clock
         self._bot = bot_user_id
+        # Whether redacting this sender's events needs the room's redact power level:
+        # the bot needs it for everyone but itself; the bridge only for remote senders,
+        # since it acts as each local sender.
+        self._needs_power = needs_power or (lambda sender: sender != bot_user_id)
         self.stats = RedactionStats()
         # The homeserver rate-limits per sender: one 429 pauses every worker.
         self.paused_until_ms = 0
 
     async def process(self, event: DueEvent, can_redact_others: bool) -> Decision:
-        if event.sender != self._bot and not can_redact_others:
+        if self._needs_power(event.sender) and not can_redact_others:
             return Decision(Verdict.PARK, reason="no power to redact others' events")
         if event.attempts > 0:
             # Sent before (perhaps just before a crash): look before sending again.
@@ -133,7 +145,7 @@ class Redactor:
             self.paused_until_ms = max(self.paused_until_ms, now + wait)
             return self._retry(event, wait, "rate limited")
         if reply.outcome is Outcome.FORBIDDEN:
-            if event.sender == self._bot:
+            if not self._needs_power(event.sender):
                 return self._retry(event, backoff_ms(event.attempts + 1), "forbidden")
             return Decision(Verdict.PARK, reason=reply.detail or "forbidden")
         if reply.outcome is Outcome.NOT_FOUND:
