@@ -79,7 +79,7 @@ class Config:
         return self.data_dir / "e2ee"
 
 
-class _Reader:
+class ConfigReader:
     """Walks the YAML mapping, collecting errors with their key paths."""
 
     def __init__(self, path: Path, data: dict[str, Any]) -> None:
@@ -118,10 +118,66 @@ class _Reader:
             raise self.fail(key, "must be a list of user-ID globs like '@*:example.org'")
         return tuple(value)
 
+    def user_id(self, section: dict[str, Any], key: str) -> str:
+        """A required full Matrix user ID."""
+        user_id = self.string(section, key, required=True)
+        assert user_id is not None
+        if not _USER_ID.match(user_id):
+            raise self.fail(key, f"must be a full Matrix user ID like @lethe:example.org, "
+                                 f"not {user_id!r}")
+        return user_id
 
-def load_config(path: Path | str, env: dict[str, str] | None = None) -> Config:
-    env = dict(os.environ) if env is None else env
-    path = Path(path)
+    def duration(self, section: dict[str, Any], key: str, default: str) -> int:
+        text = self.string(section, key, default=default) or default
+        try:
+            return parse_duration(text)
+        except PolicyError as exc:
+            raise self.fail(key, str(exc)) from None
+
+    # --- settings the bot and the bridge share ----------------------------------
+
+    def homeserver_url(self) -> str:
+        hs = self.section("homeserver", required=True)
+        url = self.string(hs, "homeserver.url", required=True)
+        assert url is not None
+        parsed = urlparse(url)
+        if parsed.scheme not in ("http", "https") or not parsed.netloc:
+            raise self.fail("homeserver.url", f"must be an http(s) URL, not {url!r}")
+        return url.rstrip("/")
+
+    def data_dir(self) -> Path:
+        raw = self.data.get("data_dir", "data")
+        if not isinstance(raw, str) or not raw:
+            raise self.fail("data_dir", "must be a directory path")
+        data_dir = Path(raw).expanduser()
+        if not data_dir.is_absolute():
+            data_dir = (self.path.parent / data_dir).resolve()
+        return data_dir
+
+    def default_cap_ms(self) -> int:
+        return self.duration(self.section("policy"), "policy.default_cap", DEFAULT_CAP)
+
+    def ignore_readers(self) -> tuple[str, ...]:
+        return self.globs(self.section("readers"), "readers.ignore", ())
+
+    def workers(self) -> int:
+        workers = self.section("redaction").get("workers", 8)
+        if not isinstance(workers, int) or isinstance(workers, bool) or not 1 <= workers <= 256:
+            raise self.fail("redaction.workers",
+                            f"must be a whole number from 1 to 256, not {workers!r}")
+        return workers
+
+    def log_level(self) -> str:
+        section = self.section("logging")
+        level = (self.string(section, "logging.level", default="INFO") or "INFO").upper()
+        if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+            raise self.fail("logging.level",
+                            f"must be DEBUG, INFO, WARNING or ERROR, not {level!r}")
+        return level
+
+
+def read_config_file(path: Path) -> ConfigReader:
+    """Read and parse a YAML config file; errors name the file."""
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -134,30 +190,21 @@ def load_config(path: Path | str, env: dict[str, str] | None = None) -> Config:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: must be a YAML mapping of settings")
-    r = _Reader(path, data)
+    return ConfigReader(path, data)
 
-    hs = r.section("homeserver", required=True)
-    url = r.string(hs, "homeserver.url", required=True)
-    assert url is not None
-    parsed = urlparse(url)
-    if parsed.scheme not in ("http", "https") or not parsed.netloc:
-        raise r.fail("homeserver.url", f"must be an http(s) URL, not {url!r}")
+
+def load_config(path: Path | str, env: dict[str, str] | None = None) -> Config:
+    env = dict(os.environ) if env is None else env
+    path = Path(path)
+    r = read_config_file(path)
+    url = r.homeserver_url()
 
     bot = r.section("bot", required=True)
-    user_id = r.string(bot, "bot.user_id", required=True)
-    assert user_id is not None
-    if not _USER_ID.match(user_id):
-        raise r.fail("bot.user_id", f"must be a full Matrix user ID like @lethe:example.org, "
-                                    f"not {user_id!r}")
+    user_id = r.user_id(bot, "bot.user_id")
     password = env.get(PASSWORD_ENV) or r.string(bot, "bot.password")
     device_name = r.string(bot, "bot.device_name", default="Lethe") or "Lethe"
 
-    data_dir_raw = data.get("data_dir", "data")
-    if not isinstance(data_dir_raw, str) or not data_dir_raw:
-        raise r.fail("data_dir", "must be a directory path")
-    data_dir = Path(data_dir_raw).expanduser()
-    if not data_dir.is_absolute():
-        data_dir = (path.parent / data_dir).resolve()
+    data_dir = r.data_dir()
 
     e2ee = r.section("e2ee")
     pickle_key = env.get(PICKLE_KEY_ENV) or r.string(e2ee, "e2ee.pickle_key")
@@ -180,36 +227,16 @@ def load_config(path: Path | str, env: dict[str, str] | None = None) -> Config:
     if any(c.isspace() for c in prefix):
         raise r.fail("commands.prefix", "must not contain spaces")
 
-    policy = r.section("policy")
-    cap_text = r.string(policy, "policy.default_cap", default=DEFAULT_CAP) or DEFAULT_CAP
-    try:
-        default_cap_ms = parse_duration(cap_text)
-    except PolicyError as exc:
-        raise r.fail("policy.default_cap", str(exc)) from None
-
-    readers = r.section("readers")
-    ignore = r.globs(readers, "readers.ignore", ())
-
-    redaction = r.section("redaction")
-    workers = redaction.get("workers", 8)
-    if not isinstance(workers, int) or isinstance(workers, bool) or not 1 <= workers <= 256:
-        raise r.fail("redaction.workers", f"must be a whole number from 1 to 256, not {workers!r}")
-
-    logging_section = r.section("logging")
-    level = (r.string(logging_section, "logging.level", default="INFO") or "INFO").upper()
-    if level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
-        raise r.fail("logging.level", f"must be DEBUG, INFO, WARNING or ERROR, not {level!r}")
-
     return Config(
         path=path,
-        homeserver=HomeserverConfig(url.rstrip("/")),
+        homeserver=HomeserverConfig(url),
         bot=BotConfig(user_id, password, device_name),
         data_dir=data_dir,
         e2ee=E2EEConfig(pickle_key, trust),
         invites_allow=invites_allow,
         command_prefix=prefix,
-        default_cap_ms=default_cap_ms,
-        ignore_readers=ignore,
-        workers=workers,
-        log_level=level,
+        default_cap_ms=r.default_cap_ms(),
+        ignore_readers=r.ignore_readers(),
+        workers=r.workers(),
+        log_level=r.log_level(),
     )
