@@ -20,7 +20,9 @@ from bot.localsynapse import LocalSynapse
 from bot.matrix.bot import LetheBot
 from bot.people import Person, eventually, stays
 
-__all__ = ["BotHandle", "Person", "eventually", "stays", "unique", "write_bot_config"]
+__all__ = [
+    "BotHandle", "Person", "bot_room", "eventually", "stays", "unique", "write_bot_config",
+]
 
 _names = itertools.count(1)
 
@@ -84,3 +86,25 @@ def write_bot_config(hs: LocalSynapse, directory: Path, **overrides: Any) -> Con
     directory.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(data))
     return load_config(path)
+
+
+async def bot_room(
+    people: Any, lethe: BotHandle, *others: str, bot_power: int | None = 50,
+    policy: str | None = None,
+) -> tuple[Person, list[Person], str]:
+    """alice creates an encrypted room with ``others`` and the bot (given ``bot_power``),
+    everyone joins, the bot runs and greets; with ``policy`` (e.g. "after-send 3s")
+    alice sets it and waits for the bot's announcement."""
+    alice = await people("alice")
+    members = [await people(name) for name in others]
+    power = {lethe.user_id: bot_power} if bot_power is not None else None
+    room = await alice.create_room([*(m.user_id for m in members), lethe.user_id], power=power)
+    for member in members:
+        await member.join(room)
+    if lethe.task is None:
+        await lethe.start()
+    await alice.wait_notice(room, "Lethe is here")
+    if policy is not None:
+        await alice.send(room, f"!lethe {policy}")
+        await alice.wait_notice(room, f"changed the retention policy: {policy}")
+    return alice, members, room

@@ -10,23 +10,16 @@ from __future__ import annotations
 
 import time
 
-from tests.harness import BotHandle, Person, eventually, stays
+from tests.harness import BotHandle, Person, bot_room, eventually, stays
 
 
-async def _room(people, lethe: BotHandle, command: str, expect: str) -> tuple[
+async def _room(people, lethe: BotHandle, command: str | None = None, expect: str = "") -> tuple[
         Person, Person, Person, str]:
     """alice, bob, carol and the bot in a fresh encrypted room under ``command``."""
-    alice = await people("alice")
-    bob = await people("bob")
-    carol = await people("carol")
-    room = await alice.create_room(
-        [bob.user_id, carol.user_id, lethe.user_id], power={lethe.user_id: 50})
-    await bob.join(room)
-    await carol.join(room)
-    await lethe.start()
-    await alice.wait_notice(room, "Lethe is here")
-    await alice.send(room, command)
-    await alice.wait_notice(room, f"changed the retention policy: {expect}")
+    alice, (bob, carol), room = await bot_room(people, lethe, "bob", "carol")
+    if command is not None:
+        await alice.send(room, command)
+        await alice.wait_notice(room, f"changed the retention policy: {expect}")
     return alice, bob, carol, room
 
 
@@ -128,15 +121,7 @@ async def test_after_read_threaded_receipts(people, lethe) -> None:
 
 
 async def test_after_read_unthreaded_receipt_covers_earlier_thread_reply(people, lethe) -> None:
-    alice = await people("alice")
-    bob = await people("bob")
-    carol = await people("carol")
-    room = await alice.create_room(
-        [bob.user_id, carol.user_id, lethe.user_id], power={lethe.user_id: 50})
-    await bob.join(room)
-    await carol.join(room)
-    await lethe.start()
-    await alice.wait_notice(room, "Lethe is here")
+    alice, bob, carol, room = await _room(people, lethe)
     # The root is sent while the policy is off: it is not tracked, so the reply's fate is
     # its own and not that of its parent.
     root = await alice.send(room, "canary-after-read untracked root")

@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-from tests.harness import eventually
+from tests.harness import bot_room, eventually
 
 
 async def test_after_send_redacts_in_encrypted_room(people, lethe) -> None:
-    alice = await people("alice")
-    bob = await people("bob")
-    room = await alice.create_room([bob.user_id, lethe.user_id], power={lethe.user_id: 50})
-    await bob.join(room)
-    await lethe.start()
-    await alice.wait_notice(room, "Lethe is here")
+    alice, (bob,), room = await bot_room(people, lethe, "bob")
 
     await alice.send(room, "!lethe after-send 3s")
     await alice.wait_notice(room, "changed the retention policy: after-send 3s")

@@ -22,7 +22,7 @@ import yaml
 from bot.cli import QUIET_LIBRARIES
 from bot.config import Config
 from bot.localsynapse import LocalSynapse, find_free_port
-from tests.harness import BotHandle, Person, eventually
+from tests.harness import BotHandle, Person, bot_room, eventually
 
 REPO = Path(__file__).resolve().parent.parent
 GAP_MESSAGES = 25  # more than Synapse's default sync timeline limit (10)
@@ -31,15 +31,7 @@ GAP_MESSAGES = 25  # more than Synapse's default sync timeline limit (10)
 async def policy_room(people, lethe: BotHandle) -> tuple[Person, Person, str]:
     """alice (gives the bot power 50), bob and the bot in an encrypted room whose
     policy is after-send 3s; the bot is started."""
-    alice = await people("alice")
-    bob = await people("bob")
-    room = await alice.create_room([bob.user_id, lethe.user_id], power={lethe.user_id: 50})
-    await bob.join(room)
-    if lethe.task is None:
-        await lethe.start()
-    await alice.wait_notice(room, "Lethe is here")
-    await alice.send(room, "!lethe after-send 3s")
-    await alice.wait_notice(room, "changed the retention policy: after-send 3s")
+    alice, (bob,), room = await bot_room(people, lethe, "bob", policy="after-send 3s")
     return alice, bob, room
 
 

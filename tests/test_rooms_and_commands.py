@@ -11,7 +11,7 @@ from urllib.parse import quote
 
 from nio import JoinedRoomsResponse
 
-from tests.harness import BotHandle, Person, eventually, stays, write_bot_config
+from tests.harness import BotHandle, Person, bot_room, eventually, stays, write_bot_config
 
 LETHE = "chat.lethe.policy"
 BEEPER = "com.beeper.disappearing_timer"
@@ -105,12 +105,7 @@ async def test_joins_on_allowed_invite_and_refuses_others(
 
 
 async def test_unauthorized_command_is_refused_and_policy_unchanged(people, lethe) -> None:
-    alice = await people("alice")
-    bob = await people("bob")
-    room = await alice.create_room([bob.user_id, lethe.user_id], power={lethe.user_id: 50})
-    await bob.join(room)
-    await lethe.start()
-    await alice.wait_notice(room, "Lethe is here")
+    alice, (bob,), room = await bot_room(people, lethe, "bob")
 
     # bob (power 0) with no policy yet: refused, state stays absent.
     await bob.send(room, "!lethe after-send 5s")
@@ -181,12 +176,7 @@ async def test_bot_without_power_says_so_and_keeps_pending(people, lethe) -> Non
 
 
 async def test_policy_set_in_room_state_is_honoured(people, lethe) -> None:
-    alice = await people("alice")
-    bob = await people("bob")
-    room = await alice.create_room([bob.user_id, lethe.user_id], power={lethe.user_id: 50})
-    await bob.join(room)
-    await lethe.start()
-    await alice.wait_notice(room, "Lethe is here")
+    alice, (bob,), room = await bot_room(people, lethe, "bob")
 
     # Beeper's event, as a Beeper client or a mautrix bridge would write it.
     assert await alice.put_state(room, BEEPER, {"type": "after_send", "timer": 2000}) == 200
@@ -218,12 +208,7 @@ async def test_policy_set_in_room_state_is_honoured(people, lethe) -> None:
 
 
 async def test_edits_and_reactions_go_with_their_message(people, lethe) -> None:
-    alice = await people("alice")
-    bob = await people("bob")
-    room = await alice.create_room([bob.user_id, lethe.user_id], power={lethe.user_id: 50})
-    await bob.join(room)
-    await lethe.start()
-    await alice.wait_notice(room, "Lethe is here")
+    alice, (bob,), room = await bot_room(people, lethe, "bob")
 
     await alice.send(room, "!lethe after-send 4s")
     await alice.wait_notice(room, "changed the retention policy: after-send 4s")
@@ -281,12 +266,7 @@ async def test_help_and_malformed_command(people, lethe) -> None:
 
 
 async def test_bot_leaves_when_last_member(people, lethe) -> None:
-    alice = await people("alice")
-    bob = await people("bob")
-    room = await alice.create_room([bob.user_id, lethe.user_id], power={lethe.user_id: 50})
-    await bob.join(room)
-    await lethe.start()
-    await alice.wait_notice(room, "Lethe is here")
+    alice, (bob,), room = await bot_room(people, lethe, "bob")
     assert room in await _bot_joined_rooms(lethe)
 
     await alice.client.room_leave(room)
