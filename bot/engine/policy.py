@@ -40,6 +40,13 @@ class PolicyError(ValueError):
     """Input that does not describe a valid policy or duration."""
 
 
+def shown(value: object, limit: int = 40) -> str:
+    """``repr`` of bad input for an error message, cut short: the error goes back to
+    the room as a notice, and must not echo a flood (or much content) back."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 class Mode(StrEnum):
     OFF = "off"
     AFTER_SEND = "after_send"
@@ -58,38 +65,38 @@ def parse_duration(text: str) -> int:
     least one second.
     """
     if not isinstance(text, str):
-        raise PolicyError(f"duration must be text like 30s, 5m, 1h30m, 2d or 1w, not {text!r}")
+        raise PolicyError(f"duration must be text like 30s, 5m, 1h30m, 2d or 1w, not {shown(text)}")
     raw = text.strip().lower()
     if not raw:
         raise PolicyError("duration is empty; use e.g. 30s, 5m, 1h30m, 2d or 1w")
     pos = 0
     total = 0
     last_unit = -1
-    for match in _PART.finditer(raw):
-        if match.start() != pos:
-            break
+    # Anchored matches, not finditer: after a run of digits with no unit, finditer
+    # would rescan from every later digit (quadratic; minutes for one long message).
+    while (match := _PART.match(raw, pos)) is not None:
         unit_index = _UNIT_ORDER.index(match.group(2))
         if unit_index <= last_unit:
             raise PolicyError(
-                f"unknown duration {text!r}: give each unit once, largest first (e.g. 1h30m)"
+                f"unknown duration {shown(text)}: give each unit once, largest first (e.g. 1h30m)"
             )
         last_unit = unit_index
         digits = match.group(1).lstrip("0")
         # A count this long is over the limit whatever its unit; int() of thousands of
         # digits would raise a ValueError that is not a PolicyError.
         if len(digits) > 16:
-            raise PolicyError(f"duration {text!r} is too long (at most 100 years)")
+            raise PolicyError(f"duration {shown(text)} is too long (at most 100 years)")
         total += int(digits or "0") * _UNITS_MS[match.group(2)]
         pos = match.end()
         if total > MAX_DURATION_MS:
-            raise PolicyError(f"duration {text!r} is too long (at most 100 years)")
+            raise PolicyError(f"duration {shown(text)} is too long (at most 100 years)")
     if pos != len(raw) or pos == 0:
         raise PolicyError(
-            f"unknown duration {text!r}; use a number and a unit s, m, h, d or w "
+            f"unknown duration {shown(text)}; use a number and a unit s, m, h, d or w "
             "(e.g. 30s, 5m, 1h30m, 2d, 1w)"
         )
     if total < MIN_DURATION_MS:
-        raise PolicyError(f"duration {text!r} is too short; the minimum is 1s")
+        raise PolicyError(f"duration {shown(text)} is too short; the minimum is 1s")
     return total
 
 
@@ -187,7 +194,7 @@ class Policy:
 
 def _check_ms(name: str, value: object) -> None:
     if not isinstance(value, int) or isinstance(value, bool):
-        raise PolicyError(f"{name} must be a whole number of milliseconds, not {value!r}")
+        raise PolicyError(f"{name} must be a whole number of milliseconds, not {shown(value)}")
     if value < MIN_DURATION_MS:
         raise PolicyError(f"{name} must be at least 1s")
     if value > MAX_DURATION_MS:
@@ -204,7 +211,7 @@ def policy_from_state(content: object) -> Policy:
         mode = Mode(content.get("mode"))
     except ValueError:
         raise PolicyError(
-            f"unknown mode {content.get('mode')!r}; expected off, after_send or after_read"
+            f"unknown mode {shown(content.get('mode'))}; expected off, after_send or after_read"
         ) from None
     if mode is Mode.OFF:
         return Policy.off()
@@ -217,7 +224,7 @@ def policy_from_state(content: object) -> Policy:
         readers = Readers(content.get("readers", Readers.ALL.value))
     except ValueError:
         raise PolicyError(
-            f"unknown readers {content.get('readers')!r}; expected all or any"
+            f"unknown readers {shown(content.get('readers'))}; expected all or any"
         ) from None
     _check_ms("timer_ms", timer)
     _check_ms("cap_ms", cap)
@@ -240,7 +247,7 @@ def policy_from_beeper(content: object, default_cap_ms: int) -> Policy:
         assert isinstance(timer, int)
         return Policy.after_read(timer, max(default_cap_ms, timer))
     raise PolicyError(
-        f"unknown disappearing_timer type {kind!r}; expected after_read or after_send"
+        f"unknown disappearing_timer type {shown(kind)}; expected after_read or after_send"
     )
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bot.engine.policy import Policy, PolicyError, Readers, parse_duration
+from bot.engine.policy import Policy, PolicyError, Readers, parse_duration, shown
 
 
 class CommandError(ValueError):
@@ -70,7 +70,7 @@ def parse_command(body: str, prefix: str, default_cap_ms: int) -> Command:
             return SetPolicy(_after_read(rest, prefix, default_cap_ms))
     except PolicyError as exc:
         raise CommandError(str(exc)) from None
-    raise CommandError(f"unknown command {' '.join(words[1:])[:60]!r}; try {prefix} help")
+    raise CommandError(f"unknown command {shown(' '.join(words[1:]), 60)}; try {prefix} help")
 
 
 def _after_read(rest: list[str], prefix: str, default_cap_ms: int) -> Policy:
@@ -86,7 +86,7 @@ def _after_read(rest: list[str], prefix: str, default_cap_ms: int) -> Policy:
     seen: set[str] = set()
     while options:
         if len(options) < 2:
-            raise CommandError(f"{options[0]!r} needs a value: cap DUR or readers all|any")
+            raise CommandError(f"{shown(options[0])} needs a value: cap DUR or readers all|any")
         key, value, options = options[0], options[1], options[2:]
         if key in seen:
             raise CommandError(f"{key} given twice")
@@ -95,10 +95,10 @@ def _after_read(rest: list[str], prefix: str, default_cap_ms: int) -> Policy:
             cap = parse_duration(value)
         elif key == "readers":
             if value not in ("all", "any"):
-                raise CommandError(f"readers must be all or any, not {value!r}")
+                raise CommandError(f"readers must be all or any, not {shown(value)}")
             readers = Readers(value)
         else:
-            raise CommandError(f"unknown option {key!r}; expected cap or readers")
+            raise CommandError(f"unknown option {shown(key)}; expected cap or readers")
     if cap is None:
         cap = max(default_cap_ms, timer)
     return Policy.after_read(timer, cap, readers)

@@ -21,10 +21,20 @@ from bot.engine.model import (
 from bot.engine.policy import POLICY_STATE_TYPES
 
 _PARENT_RELATIONS = ("m.replace", "m.annotation", "m.reference", "m.thread")
+# The largest integer canonical JSON allows: no real event carries a larger timestamp,
+# and one that did would overflow the due time stored in SQLite.
+MAX_TS = 2**53 - 1
 
 
 def _str(value: object) -> str | None:
     return value if isinstance(value, str) and value else None
+
+
+def _ts(value: object) -> int | None:
+    """A timestamp as Matrix allows it (canonical JSON: an integer, here not negative)."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_TS:
+        return value
+    return None
 
 
 def _relation(content: Mapping[str, Any]) -> tuple[str | None, str | None]:
@@ -45,10 +55,8 @@ def to_item(event: Mapping[str, Any], *, in_timeline: bool = True) -> TimelineIt
     event_id = _str(event.get("event_id"))
     sender = _str(event.get("sender"))
     event_type = _str(event.get("type"))
-    ts = event.get("origin_server_ts")
-    if event_id is None or sender is None or event_type is None:
-        return None
-    if not isinstance(ts, int) or isinstance(ts, bool):
+    ts = _ts(event.get("origin_server_ts"))
+    if event_id is None or sender is None or event_type is None or ts is None:
         return None
     raw_content = event.get("content")
     content: Mapping[str, Any] = raw_content if isinstance(raw_content, Mapping) else {}
@@ -103,9 +111,6 @@ def receipts_from_content(content: object) -> list[Receipt]:
             if not isinstance(user_id, str):
                 continue
             info = info if isinstance(info, Mapping) else {}
-            ts = info.get("ts")
             thread = _str(info.get("thread_id"))
-            found.append(
-                Receipt(user_id, event_id, thread, ts if isinstance(ts, int) else None)
-            )
+            found.append(Receipt(user_id, event_id, thread, _ts(info.get("ts"))))
     return found
