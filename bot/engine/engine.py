@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from bot.engine.clock import Clock, SystemClock
@@ -31,6 +31,7 @@ class EngineConfig:
     ignore_readers: tuple[str, ...] = ()
     default_cap_ms: int = 7 * 24 * 3600 * 1000
     workers: int = 8
+    default_policy: Policy = field(default_factory=Policy.off)  # rooms without policy state
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,10 @@ class Engine:
         self.clock = clock or SystemClock()
         self._ingestor = Ingestor(
             store,
-            IngestConfig(config.bot_user_id, config.ignore_readers, config.default_cap_ms),
+            IngestConfig(
+                config.bot_user_id, config.ignore_readers, config.default_cap_ms,
+                config.default_policy,
+            ),
         )
         self._redactor = Redactor(
             store, transport, self.clock, config.bot_user_id, needs_power
@@ -100,9 +104,15 @@ class Engine:
         await self.store.close()
 
     async def ingest(
-        self, updates: list[RoomUpdate], *, meta: dict[str, str] | None = None
+        self,
+        updates: list[RoomUpdate],
+        *,
+        meta: dict[str, str] | None = None,
+        appservice_txn: str | None = None,
     ) -> IngestResult:
-        result = await self._ingestor.apply(updates, self.clock.now_ms(), meta)
+        """Store ``updates`` in one transaction, together with ``meta`` and (for the
+        bridge) the id of the appservice transaction that carried them."""
+        result = await self._ingestor.apply(updates, self.clock.now_ms(), meta, appservice_txn)
         self.scheduler.wake()
         return result
 

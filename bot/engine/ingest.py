@@ -49,6 +49,8 @@ class IngestConfig:
     bot_user_id: str
     ignore_readers: tuple[str, ...] = ()
     default_cap_ms: int = 7 * 24 * 3600 * 1000
+    # For rooms whose state holds no policy event (the bridge's server-wide default).
+    default_policy: Policy = field(default_factory=Policy.off)
 
 
 @dataclass
@@ -85,10 +87,15 @@ class Ingestor:
         return not any(fnmatch.fnmatchcase(user_id, glob) for glob in self._config.ignore_readers)
 
     async def apply(
-        self, updates: list[RoomUpdate], now_ms: int, meta: dict[str, str] | None = None
+        self,
+        updates: list[RoomUpdate],
+        now_ms: int,
+        meta: dict[str, str] | None = None,
+        appservice_txn: str | None = None,
     ) -> IngestResult:
         """One transaction: every update, plus ``meta`` (e.g. the sync token that produced
-        them), so a crash can never store the token without the events or vice versa."""
+        them) or the id of the appservice transaction that carried them, so a crash can
+        never store the token without the events or vice versa."""
         changes: list[PolicyChange] = []
         invalid: list[InvalidPolicy] = []
         tracked = 0
@@ -114,6 +121,8 @@ class Ingestor:
             await self._store.set_meta("seq", str(self._seq))
             for key, value in (meta or {}).items():
                 await self._store.set_meta(key, value)
+            if appservice_txn is not None:
+                await self._store.record_appservice_txn(appservice_txn, now_ms)
         return IngestResult(tuple(changes), tuple(invalid), tracked)
 
     async def _load_room(self, room_id: str) -> _RoomState:
@@ -124,11 +133,18 @@ class Ingestor:
             "SELECT user_id FROM members WHERE room_id = ?", (room_id,)
         ) as cur:
             members = {r[0] for r in await cur.fetchall()}
+        default = self._config.default_policy
         if row is None:
-            return _RoomState(Policy.off(), None, None, None, members, is_new=True)
-        return _RoomState(
+            return _RoomState(
+                default, None, None, None, members, is_new=True, policy_dirty=default.active
+            )
+        room = _RoomState(
             row.policy, row.lethe_state, row.beeper_state, row.policy_sender, members, False
         )
+        if row.lethe_state is None and row.beeper_state is None and row.policy != default:
+            # No policy in the room's state: the default applies, as configured now.
+            room.policy, room.sender, room.policy_dirty = default, None, True
+        return room
 
     def _next_seq(self) -> int:
         self._seq += 1

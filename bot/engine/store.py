@@ -27,6 +27,9 @@ IN_FLIGHT = 1  # handed to a redaction worker of this process (reset on start)
 PARKED = 2  # due, but the bot may not redact it in this room; resumes when power returns
 FAILED = 3  # gave up (the homeserver does not confirm the redaction)
 
+# How long a committed appservice transaction id is remembered.
+APPSERVICE_TXN_KEEP_MS = 7 * 24 * 3600 * 1000
+
 _MODE_CODE = {Mode.OFF: 0, Mode.AFTER_SEND: 1, Mode.AFTER_READ: 2}
 
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
@@ -84,6 +87,15 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             seq INTEGER NOT NULL,
             PRIMARY KEY (room_id, user_id, thread)
         ) WITHOUT ROWID""",
+    ),
+    # 2: the appservice bridge: transactions the homeserver pushed and the bridge
+    # committed, so a re-sent transaction id is not processed twice.
+    (
+        """CREATE TABLE appservice_txns (
+            txn_id TEXT PRIMARY KEY,
+            done_at INTEGER NOT NULL
+        ) WITHOUT ROWID""",
+        "CREATE INDEX appservice_txns_done ON appservice_txns(done_at)",
     ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
@@ -293,6 +305,25 @@ class Store:
             "INSERT INTO meta (key, value) VALUES (?, ?) "
             "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
             (key, value),
+        )
+
+    # --- appservice transactions -------------------------------------------
+
+    async def appservice_txn_done(self, txn_id: str) -> bool:
+        async with self._conn.execute(
+            "SELECT 1 FROM appservice_txns WHERE txn_id = ?", (txn_id,)
+        ) as cur:
+            return await cur.fetchone() is not None
+
+    async def record_appservice_txn(self, txn_id: str, now_ms: int) -> None:
+        """Within the transaction that stores the pushed events. A homeserver re-sends
+        only transactions it has no answer for, so old ids are dropped after a while."""
+        await self._conn.execute(
+            "INSERT INTO appservice_txns (txn_id, done_at) VALUES (?, ?) ON CONFLICT DO NOTHING",
+            (txn_id, now_ms),
+        )
+        await self._conn.execute(
+            "DELETE FROM appservice_txns WHERE done_at < ?", (now_ms - APPSERVICE_TXN_KEEP_MS,)
         )
 
     async def max_seq(self) -> int:
