@@ -89,7 +89,9 @@ class MatrixHttp:
                     body = await resp.json(content_type=None)
                 except (ValueError, aiohttp.ContentTypeError):
                     body = {}
-                if not isinstance(body, dict):
+                if isinstance(body, list):
+                    body = {"chunk": body}  # GET /state answers with a bare list
+                elif not isinstance(body, dict):
                     body = {}
                 retry = body.get("retry_after_ms")
                 if not isinstance(retry, int) and "Retry-After" in resp.headers:
@@ -120,6 +122,7 @@ class MatrixHttp:
         )
 
     async def full_state(self, room_id: str, **params: str) -> HttpReply:
+        """The room's current state events, in ``body["chunk"]``."""
         return await self.request(
             "GET", f"{CLIENT_V3}/rooms/{q(room_id)}/state", params=params or None
         )
