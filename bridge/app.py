@@ -1,0 +1,367 @@
+"""The bridge: an appservice in front of the retention engine.
+
+The homeserver pushes every event and read receipt of each room with a local member.
+Each transaction is stored (events, receipts, members, policies and the transaction
+id) in one engine transaction and only then answered 200, so a re-sent transaction
+is recognised and a crash loses nothing. Redactions act as the local sender
+(``?user_id=``); remote senders' events need the bridge's own bot user with power.
+
+Tasks it owns (all cancelled on stop): the HTTP listener, the start-up ping retry,
+and the engine's scheduler with its redaction workers.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from bot.engine.engine import Engine, EngineConfig
+from bot.engine.model import Receipt
+from bot.engine.power import describe_level
+from bot.engine.store import Store
+from bot.matrix.events import receipts_from_content
+from bot.matrix.http import HomeserverUnavailable, HttpTransport, MatrixHttp, q
+from bridge.config import BridgeConfig, is_loopback
+from bridge.registration import Registration, check_matches, load_registration
+from bridge.rooms import RoomReader, RoomReading, RoomView
+from bridge.server import AppserviceServer
+
+log = logging.getLogger(__name__)
+
+CLIENT_V1 = "/_matrix/client/v1"
+CLIENT_V3 = "/_matrix/client/v3"
+EPHEMERAL_KEYS = ("ephemeral", "de.sorunome.msc2409.ephemeral")
+MAX_PING_BACKOFF_S = 60.0
+STATE_READERS = 5  # local members tried when reading a newly seen room's state
+
+
+class RegistrationNotLoaded(RuntimeError):
+    """The homeserver does not know this bridge's as_token."""
+
+
+class CannotListen(RuntimeError):
+    """The appservice API's address is taken or not available."""
+
+
+@dataclass
+class BridgeStats:
+    """In-memory counters, read by tests, logs and metrics."""
+
+    transactions: int = 0
+    duplicates: int = 0
+    events: int = 0
+    unenforceable_rooms: set[str] = field(default_factory=set)
+
+
+@dataclass
+class _RoomBatch:
+    events: list[Mapping[str, Any]] = field(default_factory=list)
+    receipts: list[Receipt] = field(default_factory=list)
+
+
+class Bridge:
+    def __init__(self, config: BridgeConfig) -> None:
+        self.config = config
+        self.registration: Registration | None = None
+        self.engine: Engine | None = None
+        self.http: MatrixHttp | None = None
+        self.stats = BridgeStats()
+        self.rooms: dict[str, RoomView] = {}
+        self.pinged = asyncio.Event()  # the homeserver answered a ping (tests wait on it)
+        self._reader = RoomReader(config)
+        self._server: AppserviceServer | None = None
+        self._lock = asyncio.Lock()  # one transaction at a time, in the order they come
+        self._ping_task: asyncio.Task[None] | None = None
+
+    # --- lifecycle -----------------------------------------------------------
+
+    async def start(self) -> None:
+        config = self.config
+        self.registration = registration = load_registration(config.registration_path)
+        check_matches(registration, config)
+        if not is_loopback(config.host):
+            log.warning("listening on %s, not a loopback address: only the homeserver should "
+                        "reach the appservice API", config.host)
+        self.http = MatrixHttp(config.homeserver_url, registration.as_token)
+        store = await Store.open(config.db_path)
+        self.engine = Engine(
+            store,
+            HttpTransport(self.http, as_user=self._act_as),
+            EngineConfig(
+                config.user_id,
+                config.ignore_readers + config.defer_to,  # bots do not read
+                config.default_cap_ms,
+                config.workers,
+                config.default_policy,
+            ),
+            on_park=self._on_park,
+            needs_power=lambda sender: not config.is_local(sender),
+        )
+        await self.engine.start()
+        self._server = AppserviceServer(registration.hs_token, self.on_transaction)
+        try:
+            await self._server.start(config.host, config.port)
+        except OSError as exc:
+            raise CannotListen(f"cannot listen on {config.host}:{config.port} "
+                               f"(bridge.listen): {exc.strerror or exc}") from None
+        log.info("appservice API on %s:%d; homeserver %s", config.host, config.port,
+                 config.homeserver_url)
+        # Last: a successful ping also makes the homeserver re-send what it queued.
+        if not await self._ping():
+            self._ping_task = asyncio.create_task(self._ping_until_answered(),
+                                                  name="lethe-bridge-ping")
+
+    async def stop(self) -> None:
+        if self._ping_task is not None:
+            self._ping_task.cancel()
+            await asyncio.gather(self._ping_task, return_exceptions=True)
+            self._ping_task = None
+        if self._server is not None:
+            await self._server.stop()
+            self._server = None
+        if self.engine is not None:
+            await self.engine.close()
+            self.engine = None
+        if self.http is not None:
+            await self.http.close()
+            self.http = None
+
+    async def run_until(self, stop: asyncio.Event) -> None:
+        """Run until ``stop`` is set or a task fails for good."""
+        try:
+            await self.start()
+            waiters = [asyncio.create_task(stop.wait())]
+            if self._ping_task is not None:
+                waiters.append(self._ping_task)
+            done, _ = await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+            waiters[0].cancel()
+            for task in done:
+                if task is not waiters[0] and not task.cancelled() and task.exception():
+                    raise task.exception()  # type: ignore[misc]
+        finally:
+            await self.stop()
+
+    def _act_as(self, sender: str) -> str | None:
+        """Redact a local sender's event as that sender: no power needed."""
+        return sender if self.config.is_local(sender) else None
+
+    # --- ping ----------------------------------------------------------------
+
+    async def _ping(self) -> bool:
+        """Ask the homeserver to ping us back. Raises RegistrationNotLoaded when it does
+        not know the bridge; False when it could not be asked or could not reach us."""
+        assert self.http is not None and self.registration is not None
+        path = f"{CLIENT_V1}/appservice/{q(self.registration.id)}/ping"
+        try:
+            reply = await self.http.request(
+                "POST", path, json={"transaction_id": f"lethe.ping.{secrets.token_hex(6)}"})
+        except HomeserverUnavailable as exc:
+            log.warning("homeserver %s unreachable (%s); will ping again",
+                        self.config.homeserver_url, exc)
+            return False
+        if reply.ok:
+            log.info("the homeserver reaches the bridge (ping %s ms)",
+                     reply.body.get("duration_ms"))
+            self.pinged.set()
+            return True
+        if reply.status in (401, 403):
+            raise RegistrationNotLoaded(
+                f"the homeserver at {self.config.homeserver_url} does not accept this "
+                f"bridge's registration ({reply.errcode or reply.status}): add "
+                f"{self.config.registration_path} to app_service_config_files in "
+                "homeserver.yaml and restart the homeserver")
+        detail = reply.body.get("error") or reply.errcode or f"HTTP {reply.status}"
+        log.error("the homeserver cannot reach the bridge at the url in %s (%s); check that "
+                  "it points at %s:%d", self.config.registration_path, detail,
+                  self.config.host, self.config.port)
+        return False
+
+    async def _ping_until_answered(self) -> None:
+        wait = 1.0
+        while True:
+            await asyncio.sleep(wait)
+            if await self._ping():
+                return
+            wait = min(MAX_PING_BACKOFF_S, wait * 2)
+
+    # --- transactions --------------------------------------------------------
+
+    async def on_transaction(self, txn_id: str, body: Mapping[str, Any]) -> None:
+        """Store one pushed transaction; returns only once it is committed."""
+        async with self._lock:
+            assert self.engine is not None
+            if await self.engine.store.appservice_txn_done(txn_id):
+                self.stats.duplicates += 1
+                log.info("transaction %s was already processed; acknowledged again", txn_id)
+                return
+            batches = _by_room(body)
+            readings: dict[str, RoomReading] = {}
+            try:
+                for room_id, batch in batches.items():
+                    readings[room_id] = await self._read_room(room_id, batch)
+                updates = [r.update for r in readings.values() if r.update is not None]
+                result = await self.engine.ingest(updates, appservice_txn=txn_id)
+            except BaseException:
+                # Not stored: the homeserver sends it again, and these rooms must then be
+                # read from scratch, as if never seen.
+                for room_id in batches:
+                    self.rooms.pop(room_id, None)
+                raise
+            self.stats.transactions += 1
+            self.stats.events += sum(len(b.events) for b in batches.values())
+            log.debug("transaction %s stored: %d room(s), %d event(s) tracked",
+                      txn_id, len(updates), result.tracked)
+            for change in result.policy_changes:
+                log.info("policy in %s: %s%s", change.room_id, change.policy.describe(),
+                         f" (set by {change.sender})" if change.sender else "")
+            for room_id, reading in readings.items():
+                try:
+                    await self._follow_up(self.rooms[room_id], reading)
+                except Exception:
+                    # Stored already: a failure here must not make the homeserver resend.
+                    log.exception("follow-up work for %s failed", room_id)
+
+    async def _read_room(self, room_id: str, batch: _RoomBatch) -> RoomReading:
+        view = self.rooms.get(room_id)
+        if view is None:
+            view = self.rooms[room_id] = RoomView(room_id)
+        initial = []
+        first_sight = not view.loaded
+        if first_sight:
+            if any(e.get("type") == "m.room.create" for e in batch.events):
+                state: list[Mapping[str, Any]] | None = []  # it is all in the push
+            else:
+                state = await self._fetch_state(view, batch)
+            initial = self._reader.load(view, state or [], batch.events,
+                                        complete=state is not None)
+        return self._reader.read(view, initial, batch.events, batch.receipts,
+                                 first_sight=first_sight)
+
+    async def _fetch_state(
+        self, view: RoomView, batch: _RoomBatch
+    ) -> list[Mapping[str, Any]] | None:
+        """The room's current state, read as one of its local members (the bridge is
+        not a member itself); None when no new candidate could read it."""
+        assert self.http is not None
+        room_id = view.room_id
+        candidates = [u for u in self._state_readers(batch) if u not in view.state_tried]
+        for user in candidates:
+            view.state_tried.add(user)
+            params = {} if user == self.config.user_id else {"user_id": user}
+            reply = await self.http.full_state(room_id, **params)
+            if reply.ok:
+                chunk = reply.body.get("chunk")
+                return [e for e in chunk if isinstance(e, Mapping)] \
+                    if isinstance(chunk, list) else []
+            if reply.status == 429 or reply.status >= 500:
+                view.state_tried.discard(user)
+                raise HomeserverUnavailable(f"reading the state of {room_id}: "
+                                            f"HTTP {reply.status}")
+            log.debug("cannot read the state of %s as %s: %s", room_id, user,
+                      reply.errcode or reply.status)
+        if candidates:
+            log.warning("cannot read the state of %s as any local member yet; until then its "
+                        "members and policy are learnt from its events", room_id)
+        return None
+
+    def _state_readers(self, batch: _RoomBatch) -> list[str]:
+        """Local users likely to be joined: members joining in the batch, senders,
+        readers; then the bridge's own bot."""
+        joined, senders = [], []
+        for event in batch.events:
+            sender = event.get("sender")
+            content = event.get("content")
+            if (event.get("type") == "m.room.member" and isinstance(content, Mapping)
+                    and content.get("membership") == "join"):
+                joined.append(event.get("state_key"))
+            elif isinstance(sender, str):
+                senders.append(sender)
+        readers = [r.user_id for r in batch.receipts]
+        found: list[str] = []
+        for user in [*joined, *senders, *readers]:
+            if isinstance(user, str) and self.config.is_local(user) and user not in found:
+                found.append(user)
+        return [*found[:STATE_READERS], self.config.user_id]
+
+    async def _follow_up(self, view: RoomView, reading: RoomReading) -> None:
+        """After the commit: forget rooms that left bridge.rooms, record power, accept
+        invites of the bridge's bot."""
+        assert self.engine is not None
+        if reading.forget:
+            await self.engine.forget_room(view.room_id)
+            view.recorded = None
+            self.stats.unenforceable_rooms.discard(view.room_id)
+        if not view.watched:
+            return
+        if reading.power_inputs_changed:
+            await self._record_power(view)
+        if reading.invited_by is not None:
+            await self._join(view.room_id, reading.invited_by)
+
+    async def _record_power(self, view: RoomView) -> None:
+        assert self.engine is not None
+        enforcement = self._reader.enforcement(view)
+        if enforcement == view.recorded:
+            return
+        view.recorded = enforcement
+        await self.engine.set_power(view.room_id, enforcement.can_redact,
+                                    enforcement.bot_level, enforcement.redact_level)
+        if enforcement.can_redact:
+            if view.room_id in self.stats.unenforceable_rooms:
+                self.stats.unenforceable_rooms.discard(view.room_id)
+                log.info("%s: the bridge can redact every message there again", view.room_id)
+            return
+        if view.room_id not in self.stats.unenforceable_rooms:
+            self.stats.unenforceable_rooms.add(view.room_id)
+            level = "none" if not view.bot_joined else describe_level(
+                enforcement.bot_level if enforcement.bot_level is not None else float("inf"))
+            log.warning(
+                "%s is not enforceable for its %d member(s) on other servers: the bridge's "
+                "bot %s is %s with power level %s, redacting needs %d. Invite it and give it "
+                "power level %d; until then their expired messages stay, kept scheduled.",
+                view.room_id, enforcement.remote_members, self.config.user_id,
+                "joined" if view.bot_joined else "not joined", level,
+                enforcement.redact_level, enforcement.redact_level)
+
+    async def _on_park(self, room_id: str, reason: str) -> None:
+        if room_id not in self.stats.unenforceable_rooms:
+            self.stats.unenforceable_rooms.add(room_id)
+            log.warning("%s: cannot redact a remote sender's message (%s); the room is "
+                        "listed as not enforceable until the bridge's bot %s has power there",
+                        room_id, reason, self.config.user_id)
+
+    async def _join(self, room_id: str, inviter: str) -> None:
+        assert self.http is not None
+        try:
+            reply = await self.http.request("POST", f"{CLIENT_V3}/rooms/{q(room_id)}/join",
+                                            json={})
+        except HomeserverUnavailable as exc:
+            log.warning("could not join %s on the invite of %s: %s", room_id, inviter, exc)
+            return
+        if reply.ok:
+            log.info("the bridge's bot joined %s on the invite of %s", room_id, inviter)
+        else:
+            log.warning("could not join %s on the invite of %s: %s", room_id, inviter,
+                        reply.errcode or reply.status)
+
+
+def _by_room(body: Mapping[str, Any]) -> dict[str, _RoomBatch]:
+    """Split a transaction into rooms, keeping each room's events in order."""
+    batches: dict[str, _RoomBatch] = {}
+    events = body.get("events")
+    for event in events if isinstance(events, list) else []:
+        if isinstance(event, Mapping) and isinstance(event.get("room_id"), str):
+            batches.setdefault(event["room_id"], _RoomBatch()).events.append(event)
+    # Homeservers send the same list under the stable and the unstable key; use one.
+    ephemeral = next((body[k] for k in EPHEMERAL_KEYS if isinstance(body.get(k), list)), [])
+    for edu in ephemeral:
+        if (isinstance(edu, Mapping) and edu.get("type") == "m.receipt"
+                and isinstance(edu.get("room_id"), str)):
+            receipts = receipts_from_content(edu.get("content"))
+            if receipts:
+                batches.setdefault(edu["room_id"], _RoomBatch()).receipts.extend(receipts)
+    return batches

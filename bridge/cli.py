@@ -1,0 +1,85 @@
+"""`lethe bridge ...`: write the appservice registration, run the bridge.
+
+Loaded lazily by the `lethe` group, so the bot never imports the bridge.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from pathlib import Path
+
+import click
+
+from bot.cli import EXIT_CONFIG, EXIT_HOMESERVER, EXIT_USAGE, Fail, run_async, setup_logging
+from bot.config import ConfigError
+from bridge.config import BridgeConfig, load_bridge_config
+from bridge.registration import RegistrationError, build_registration, write_registration
+
+log = logging.getLogger("bridge.cli")
+
+
+def _config(ctx: click.Context) -> BridgeConfig:
+    path = (ctx.find_root().obj or {}).get("config_path")
+    if path is None:
+        raise Fail("no config given: use lethe -c CONFIG bridge ... (see config.example.yaml)",
+                   EXIT_USAGE)
+    try:
+        return load_bridge_config(path)
+    except ConfigError as exc:
+        raise Fail(str(exc), EXIT_CONFIG) from None
+
+
+@click.group()
+def bridge() -> None:
+    """The appservice bridge: server-wide enforcement, no bot in the rooms."""
+
+
+@bridge.command()
+@click.option("--url", required=True,
+              help="Where the homeserver reaches the bridge, e.g. http://127.0.0.1:29331.")
+@click.option("--out", type=click.Path(path_type=Path),
+              help="Registration file to write (default: bridge.registration of the config).")
+@click.option("--force", is_flag=True, help="Replace an existing file (new tokens).")
+@click.pass_context
+def registration(ctx: click.Context, url: str, out: Path | None, force: bool) -> None:
+    """Write the appservice registration file (mode 0600) for the homeserver."""
+    config = _config(ctx)
+    path = out if out is not None else config.registration_path
+    try:
+        write_registration(path, build_registration(config, url), force=force)
+    except RegistrationError as exc:
+        raise Fail(str(exc), EXIT_USAGE) from None
+    except OSError as exc:
+        raise Fail(f"{path}: cannot write: {exc.strerror}", EXIT_CONFIG) from None
+    click.echo(f"wrote {path} (mode 0600; it holds the bridge's tokens). Add it to "
+               "homeserver.yaml and restart the homeserver:\n"
+               f"  app_service_config_files:\n    - {path.resolve()}")
+
+
+@bridge.command()
+@click.pass_context
+def run(ctx: click.Context) -> None:
+    """Run the bridge until SIGINT or SIGTERM."""
+    from bridge.app import Bridge, CannotListen, RegistrationNotLoaded
+
+    config = _config(ctx)
+    setup_logging(config.log_level)
+
+    async def go() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        log.info("starting the Lethe bridge as %s for %s", config.user_id,
+                 config.homeserver_url)
+        await Bridge(config).run_until(stop)
+        log.info("stopped")
+
+    try:
+        run_async(go)
+    except (RegistrationError, CannotListen) as exc:
+        raise Fail(str(exc), EXIT_CONFIG) from None
+    except RegistrationNotLoaded as exc:
+        raise Fail(str(exc), EXIT_HOMESERVER) from None

@@ -1,0 +1,191 @@
+"""The bridge's configuration: its own ``bridge`` section of the Lethe YAML config, plus
+the settings it shares with the bot (``homeserver.url``, ``data_dir``,
+``policy.default_cap``, ``readers.ignore``, ``redaction.workers``, ``logging.level``),
+read with the bot's reader so both name keys and problems the same way.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import ipaddress
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bot.config import ConfigReader, read_config_file
+from bot.engine.policy import Mode, Policy, PolicyError, Readers, format_duration
+
+DEFAULT_ID = "lethe"
+DEFAULT_PORT = 29331
+DEFAULT_REGISTRATION = "lethe-registration.yaml"
+DEFAULT_DATABASE = "bridge.db"
+
+_POLICY_KEYS = {"mode", "timer", "cap", "readers"}
+
+
+@dataclass(frozen=True)
+class RoomFilter:
+    """Which rooms the bridge enforces: a room is in when its ID or one of its aliases
+    matches an ``include`` glob and none matches an ``exclude`` glob."""
+
+    include: tuple[str, ...] = ("*",)
+    exclude: tuple[str, ...] = ()
+
+    def allows(self, room_id: str, aliases: Iterable[str] = ()) -> bool:
+        names = (room_id, *aliases)
+
+        def matches(globs: tuple[str, ...]) -> bool:
+            return any(fnmatch.fnmatchcase(n, g) for n in names for g in globs)
+
+        return matches(self.include) and not matches(self.exclude)
+
+
+@dataclass(frozen=True)
+class BridgeConfig:
+    path: Path
+    homeserver_url: str
+    user_id: str  # the bridge's own bot user (the registration's sender_localpart)
+    appservice_id: str
+    registration_path: Path
+    host: str
+    port: int
+    db_path: Path
+    default_policy: Policy
+    rooms: RoomFilter
+    defer_to: tuple[str, ...]  # user-ID globs of Lethe bots that own the rooms they are in
+    default_cap_ms: int
+    ignore_readers: tuple[str, ...]
+    workers: int
+    log_level: str
+
+    @property
+    def server_name(self) -> str:
+        return self.user_id.split(":", 1)[1]
+
+    @property
+    def localpart(self) -> str:
+        return self.user_id[1:].split(":", 1)[0]
+
+    def is_local(self, user_id: str) -> bool:
+        return user_id.partition(":")[2] == self.server_name
+
+    def defers_to(self, user_id: str) -> bool:
+        return any(fnmatch.fnmatchcase(user_id, glob) for glob in self.defer_to)
+
+
+def load_bridge_config(path: Path | str) -> BridgeConfig:
+    path = Path(path)
+    r = read_config_file(path)
+    homeserver_url = r.homeserver_url()
+    data_dir = r.data_dir()
+    default_cap_ms = r.default_cap_ms()
+
+    bridge = r.section("bridge", required=True)
+    user_id = r.user_id(bridge, "bridge.user_id")
+    appservice_id = r.string(bridge, "bridge.id", default=DEFAULT_ID) or DEFAULT_ID
+
+    registration = r.string(bridge, "bridge.registration", default=DEFAULT_REGISTRATION)
+    assert registration is not None
+    registration_path = _relative_to(path.parent, registration)
+    database = r.string(bridge, "bridge.database", default=DEFAULT_DATABASE)
+    assert database is not None
+    db_path = _relative_to(data_dir, database)
+
+    listen = _subsection(r, bridge, "bridge.listen")
+    host = r.string(listen, "bridge.listen.host", default="127.0.0.1") or "127.0.0.1"
+    port = listen.get("port", DEFAULT_PORT)
+    if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
+        raise r.fail("bridge.listen.port", f"must be a TCP port from 1 to 65535, not {port!r}")
+
+    rooms = _subsection(r, bridge, "bridge.rooms")
+    room_filter = RoomFilter(
+        _room_globs(r, rooms, "bridge.rooms.include", ("*",)),
+        _room_globs(r, rooms, "bridge.rooms.exclude", ()),
+    )
+
+    return BridgeConfig(
+        path=path,
+        homeserver_url=homeserver_url,
+        user_id=user_id,
+        appservice_id=appservice_id,
+        registration_path=registration_path,
+        host=host,
+        port=port,
+        db_path=db_path,
+        default_policy=_default_policy(r, bridge, default_cap_ms),
+        rooms=room_filter,
+        defer_to=r.globs(bridge, "bridge.defer_to", ()),
+        default_cap_ms=default_cap_ms,
+        ignore_readers=r.ignore_readers(),
+        workers=r.workers(),
+        log_level=r.log_level(),
+    )
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _relative_to(base: Path, raw: str) -> Path:
+    candidate = Path(raw).expanduser()
+    return candidate if candidate.is_absolute() else (base / candidate).resolve()
+
+
+def _subsection(r: ConfigReader, section: dict[str, Any], key: str) -> dict[str, Any]:
+    value = section.get(key.rsplit(".", 1)[-1])
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise r.fail(key, f"must be a mapping, not {type(value).__name__}")
+    return value
+
+
+def _room_globs(
+    r: ConfigReader, section: dict[str, Any], key: str, default: tuple[str, ...]
+) -> tuple[str, ...]:
+    value = section.get(key.rsplit(".", 1)[-1])
+    if value is None:
+        return default
+    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+        raise r.fail(key, "must be a list of room ID or alias globs like '#*:example.org'")
+    return tuple(value)
+
+
+def _default_policy(r: ConfigReader, bridge: dict[str, Any], default_cap_ms: int) -> Policy:
+    key = "bridge.default_policy"
+    raw = _subsection(r, bridge, key)
+    if not raw:
+        return Policy.off()
+    unknown = sorted(set(raw) - _POLICY_KEYS)
+    if unknown:
+        raise r.fail(f"{key}.{unknown[0]}", "unknown key; expected mode, timer, cap or readers")
+    try:
+        mode = Mode(raw.get("mode"))
+    except ValueError:
+        raise r.fail(f"{key}.mode", f"must be off, after_send or after_read, "
+                                    f"not {raw.get('mode')!r}") from None
+    if mode is Mode.OFF:
+        return Policy.off()
+    if raw.get("timer") is None:
+        raise r.fail(f"{key}.timer", f"is required for {mode.value}, e.g. 3d")
+    timer = r.duration(raw, f"{key}.timer", "")
+    if mode is Mode.AFTER_SEND:
+        if "cap" in raw or "readers" in raw:
+            raise r.fail(key, "cap and readers apply only to after_read")
+        return Policy.after_send(timer)
+    cap = r.duration(raw, f"{key}.cap", format_duration(max(default_cap_ms, timer)))
+    try:
+        readers = Readers(raw.get("readers", Readers.ALL.value))
+    except ValueError:
+        raise r.fail(f"{key}.readers", f"must be all or any, not {raw.get('readers')!r}") \
+            from None
+    try:
+        return Policy.after_read(timer, cap, readers)
+    except PolicyError as exc:
+        raise r.fail(key, str(exc)) from None

@@ -1,0 +1,183 @@
+"""What the bridge knows about each room, and how one room's share of a pushed
+transaction becomes an engine update. No I/O here.
+
+Ownership (so a message is never redacted twice when the Lethe bot and the bridge
+run against one homeserver): a message sent while a Lethe bot (``bridge.defer_to``)
+is joined to the room belongs to that bot; every other message of an included room
+belongs to the bridge. The bot tracks only what is sent after it joined, and the
+bridge stops tracking at that same join event, so the two never share a message.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from bot.engine.model import Marker, Message, Receipt, RoomUpdate, TimelineItem
+from bot.engine.power import PowerState
+from bot.matrix.events import to_item, to_items
+from bridge.config import BridgeConfig
+
+
+@dataclass(frozen=True)
+class Enforcement:
+    """Whether the bridge can redact everything the room's policy makes due: local
+    senders' events always (it acts as them); remote senders' events only through its
+    own bot user, joined and with the room's redact power."""
+
+    can_redact: bool
+    bot_level: int | None  # None: unlimited (a room creator)
+    redact_level: int
+    remote_members: int
+
+
+@dataclass
+class RoomView:
+    room_id: str
+    loaded: bool = False  # this process has read the room's state (or seen its creation)
+    state_tried: set[str] = field(default_factory=set)  # users it failed to read it as
+    watched: bool = False  # included by bridge.rooms
+    create: Mapping[str, Any] | None = None
+    power_levels: Mapping[str, Any] | None = None
+    aliases: tuple[str, ...] = ()
+    remote_members: set[str] = field(default_factory=set)
+    owners: set[str] = field(default_factory=set)  # joined Lethe bots (bridge.defer_to)
+    bot_joined: bool = False
+    recorded: Enforcement | None = None  # last given to the engine
+
+
+@dataclass
+class RoomReading:
+    """One room's share of a transaction, read."""
+
+    update: RoomUpdate | None = None
+    invited_by: str | None = None  # a local user invited the bridge's bot
+    power_inputs_changed: bool = False
+    forget: bool = False  # not (or no longer) in bridge.rooms: drop what the engine has
+
+
+def state_key(event: Mapping[str, Any]) -> tuple[str, str] | None:
+    key = event.get("state_key")
+    kind = event.get("type")
+    return (kind, key) if isinstance(kind, str) and isinstance(key, str) else None
+
+
+class RoomReader:
+    """Reads events into room views, applying the bridge's room filter and ownership."""
+
+    def __init__(self, config: BridgeConfig) -> None:
+        self.config = config
+
+    def observe(self, view: RoomView, event: Mapping[str, Any], reading: RoomReading) -> None:
+        """Update ``view`` with a state event."""
+        key = state_key(event)
+        if key is None:
+            return
+        kind, skey = key
+        content = event.get("content")
+        content = content if isinstance(content, Mapping) else {}
+        if kind == "m.room.create" and skey == "":
+            view.create = event
+            reading.power_inputs_changed = True
+        elif kind == "m.room.power_levels" and skey == "":
+            view.power_levels = content
+            reading.power_inputs_changed = True
+        elif kind == "m.room.canonical_alias" and skey == "":
+            aliases = [content.get("alias"), *(content.get("alt_aliases") or [])]
+            view.aliases = tuple(a for a in aliases if isinstance(a, str) and a)
+        elif kind == "m.room.member":
+            self._member(view, skey, content.get("membership"), event, reading)
+
+    def _member(
+        self, view: RoomView, user_id: str, membership: object, event: Mapping[str, Any],
+        reading: RoomReading,
+    ) -> None:
+        joined = membership == "join"
+        if user_id == self.config.user_id:
+            if membership == "invite":
+                sender = event.get("sender")
+                if isinstance(sender, str) and self.config.is_local(sender):
+                    reading.invited_by = sender
+            if view.bot_joined != joined:
+                view.bot_joined = joined
+                reading.power_inputs_changed = True
+            return
+        if self.config.defers_to(user_id):
+            (view.owners.add if joined else view.owners.discard)(user_id)
+        if not self.config.is_local(user_id):
+            before = len(view.remote_members)
+            (view.remote_members.add if joined else view.remote_members.discard)(user_id)
+            reading.power_inputs_changed |= before != len(view.remote_members)
+
+    def load(
+        self,
+        view: RoomView,
+        state: Iterable[Mapping[str, Any]],
+        events: Iterable[Mapping[str, Any]],
+        *,
+        complete: bool = True,
+    ) -> list[TimelineItem]:
+        """First sight: the room's current state as the state block before the
+        transaction's ``events``. State those events set themselves is left out, so a
+        member who joins (or a policy set) in the middle of them counts from there on.
+        Not ``complete`` (the state could not be read): it is tried again next time."""
+        later = {key for key in map(state_key, events) if key is not None}
+        before = [event for event in state if state_key(event) not in later]
+        ignored = RoomReading()
+        for event in before:
+            self.observe(view, event, ignored)
+        view.loaded = complete
+        view.watched = self.config.rooms.allows(view.room_id, view.aliases)
+        return to_items(before, in_timeline=False)
+
+    def read(
+        self,
+        view: RoomView,
+        initial: list[TimelineItem],
+        events: Iterable[Mapping[str, Any]],
+        receipts: Iterable[Receipt],
+        *,
+        first_sight: bool = False,
+    ) -> RoomReading:
+        reading = RoomReading(
+            power_inputs_changed=first_sight, forget=first_sight and not view.watched
+        )
+        items: list[TimelineItem] = list(initial) if view.watched else []
+        last_event_id: str | None = None
+        for event in events:
+            self.observe(view, event, reading)
+            allowed = self.config.rooms.allows(view.room_id, view.aliases)
+            if allowed != view.watched:
+                view.watched = allowed
+                reading.forget = not allowed
+                if allowed:
+                    # Its members and policy are unknown: read its state again next time.
+                    view.loaded = False
+            if not view.watched:
+                continue
+            item = to_item(event)
+            if item is None:
+                continue
+            event_id = event.get("event_id")
+            last_event_id = event_id if isinstance(event_id, str) else last_event_id
+            if isinstance(item, Message) and view.owners:
+                # A Lethe bot is in the room: the message is the bot's. Still a position
+                # receipts may point at.
+                item = Marker(item.event_id)
+            items.append(item)
+        if not view.watched:
+            return reading
+        reading.update = RoomUpdate(view.room_id, tuple(items), tuple(receipts), last_event_id)
+        return reading
+
+    def enforcement(self, view: RoomView) -> Enforcement:
+        power = PowerState.from_state(view.create, view.power_levels)
+        bot = self.config.user_id
+        level = power.level(bot)
+        can = not view.remote_members or (view.bot_joined and power.can_redact_others(bot))
+        return Enforcement(
+            can, None if math.isinf(level) else int(level), power.redact,
+            len(view.remote_members),
+        )

@@ -1,0 +1,564 @@
+"""The appservice bridge against a real Synapse that has loaded the registration
+`lethe bridge registration` wrote. The bridge is never a member of the rooms it
+enforces; the rooms are end-to-end encrypted.
+
+This module runs its own Synapse (the registration must be loaded at start), so the
+session's shared homeserver is left alone. Each test runs a fresh bridge on the same
+registration and port, with its own database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import aiohttp
+import pytest
+import yaml
+
+from bot.engine.store import FAILED, PARKED
+from bot.localsynapse import LocalSynapse, find_free_port, synapse_available
+from bridge.app import Bridge, RegistrationNotLoaded
+from bridge.config import BridgeConfig, load_bridge_config
+from bridge.registration import build_registration, load_registration, write_registration
+from tests.harness import BotHandle, Person, eventually, stays, unique, write_bot_config
+
+LETHE = "chat.lethe.policy"
+BEEPER = "com.beeper.disappearing_timer"
+
+
+@dataclass
+class BridgeServer:
+    """The module's homeserver and what every bridge config of the module shares."""
+
+    hs: LocalSynapse
+    port: int
+    registration: Path
+    base_dir: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def bridge_user(self) -> str:
+        return f"@lethe-bridge:{self.hs.server_name}"
+
+    def config(self, directory: Path, **bridge: Any) -> BridgeConfig:
+        directory.mkdir(parents=True, exist_ok=True)
+        data = {
+            "homeserver": {"url": self.hs.base_url},
+            "data_dir": str(directory / "data"),
+            "policy": {"default_cap": "1h"},
+            "logging": {"level": "DEBUG"},
+            "bridge": {
+                "user_id": self.bridge_user,
+                "registration": str(self.registration),
+                "listen": {"host": "127.0.0.1", "port": self.port},
+                **bridge,
+            },
+        }
+        path = directory / "lethe.yaml"
+        path.write_text(yaml.safe_dump(data))
+        return load_bridge_config(path)
+
+
+@pytest.fixture(scope="module")
+def bridge_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BridgeServer]:
+    if not synapse_available():
+        pytest.fail("matrix-synapse is not installed: pip install -e '.[test]'")
+    base = tmp_path_factory.mktemp("bridge")
+    hs = LocalSynapse(base / "synapse")
+    server = BridgeServer(hs, find_free_port(), base / "registration.yaml", base)
+    config = server.config(base / "registration-writer")
+    write_registration(server.registration, build_registration(config, server.url))
+    hs.add_app_service_config(server.registration)
+    hs.start()
+    yield server
+    hs.stop()
+
+
+@pytest.fixture
+async def people(bridge_server: BridgeServer, tmp_path: Path) -> AsyncIterator[Any]:
+    """People on the module's homeserver (the shared `people` fixture uses the other)."""
+    made: list[Person] = []
+
+    async def make(name: str) -> Person:
+        person = Person(bridge_server.hs, unique(name), tmp_path / "people" / name)
+        await person.start()
+        made.append(person)
+        return person
+
+    yield make
+    for person in made:
+        await person.close()
+
+
+class BridgeHandle:
+    """A bridge running in this event loop, as `lethe bridge run` would run it."""
+
+    def __init__(self, config: BridgeConfig) -> None:
+        self.config = config
+        self.bridge: Bridge | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._stop: asyncio.Event | None = None
+
+    async def start(self) -> Bridge:
+        self.bridge = bridge = Bridge(self.config)
+        self._stop = asyncio.Event()
+        self._task = task = asyncio.create_task(bridge.run_until(self._stop))
+        await eventually(lambda: bridge.pinged.is_set() or task.done(), 30,
+                         what="the homeserver answering the bridge's ping")
+        if task.done():
+            task.result()
+        return bridge
+
+    async def stop(self) -> None:
+        if self._stop is not None and self._task is not None:
+            self._stop.set()
+            await asyncio.wait_for(self._task, 30)
+        self._task = None
+
+    async def tracked(self, *event_ids: str) -> None:
+        """Wait until the bridge has stored these events (pushed and committed)."""
+        assert self.bridge is not None and self.bridge.engine is not None
+        store = self.bridge.engine.store
+
+        async def known() -> bool:
+            return await store.known_event_ids(event_ids) == set(event_ids)
+
+        await eventually(known, 20, what="the bridge tracking the events")
+
+
+@pytest.fixture
+async def bridges(bridge_server: BridgeServer, tmp_path: Path) -> AsyncIterator[Any]:
+    """Factory: ``await bridges(name, **bridge_section)`` -> a started BridgeHandle."""
+    made: list[BridgeHandle] = []
+
+    async def make(name: str = "bridge", **bridge: Any) -> BridgeHandle:
+        handle = BridgeHandle(bridge_server.config(tmp_path / name, **bridge))
+        made.append(handle)
+        await handle.start()
+        return handle
+
+    yield make
+    for handle in made:
+        await handle.stop()
+
+
+# --- helpers -------------------------------------------------------------------
+
+
+async def encrypted_room(people: Any, *others: str) -> tuple[Person, list[Person], str]:
+    alice = await people("alice")
+    members = [await people(name) for name in others]
+    room = await alice.create_room([m.user_id for m in members])
+    for member in members:
+        await member.join(room)
+    return alice, members, room
+
+
+async def redactions(person: Person, room: str) -> list[dict[str, Any]]:
+    """Every m.room.redaction in the room's history, as ``person`` sees it."""
+    status, data = await person.api(
+        "GET", f"/rooms/{quote(room)}/messages", params={"dir": "b", "limit": "500"})
+    assert status == 200, data
+    return [e for e in data.get("chunk", []) if e.get("type") == "m.room.redaction"]
+
+
+def target(redaction: dict[str, Any]) -> str:
+    return redaction.get("redacts") or redaction["content"]["redacts"]
+
+
+async def joined_members(person: Person, room: str) -> set[str]:
+    status, data = await person.api("GET", f"/rooms/{quote(room)}/joined_members")
+    assert status == 200, data
+    return set(data["joined"])
+
+
+async def push(server: BridgeServer, txn_id: str, body: dict[str, Any], *,
+               token: str | None = None, legacy: bool = False) -> tuple[int, dict[str, Any]]:
+    """PUT a transaction to the bridge as the homeserver would."""
+    hs_token = load_registration(server.registration).hs_token if token is None else token
+    headers = {} if legacy else {"Authorization": f"Bearer {hs_token}"}
+    params = {"access_token": hs_token} if legacy else None
+    async with aiohttp.ClientSession() as session, session.put(
+        f"{server.url}/_matrix/app/v1/transactions/{quote(txn_id)}",
+        json=body, headers=headers, params=params,
+    ) as resp:
+        return resp.status, await resp.json(content_type=None)
+
+
+def not_redacted(person: Person, room: str, *events: str):
+    async def check() -> bool:
+        for event in events:
+            if await person.is_redacted(room, event):
+                return False
+        return True
+    return check
+
+
+def all_redacted(person: Person, room: str, *events: str):
+    async def check() -> bool:
+        for event in events:
+            if not await person.is_redacted(room, event):
+                return False
+        return True
+    return check
+
+
+# --- the appservice API --------------------------------------------------------
+
+
+async def test_hs_token_is_required(bridge_server: BridgeServer, bridges, caplog) -> None:
+    caplog.set_level(logging.DEBUG)
+    await bridges()
+    body = {"events": []}
+    for token in ("wrong-" + secrets.token_hex(8), ""):
+        status, data = await push(bridge_server, "t-bad", body, token=token)
+        assert (status, data.get("errcode")) == (403, "M_FORBIDDEN")
+    async with aiohttp.ClientSession() as session:
+        async with session.put(f"{bridge_server.url}/_matrix/app/v1/transactions/t-none",
+                               json=body) as resp:
+            assert resp.status == 403
+            assert (await resp.json())["errcode"] == "M_FORBIDDEN"
+        async with session.post(f"{bridge_server.url}/_matrix/app/v1/ping", json={},
+                                headers={"Authorization": "Bearer nope"}) as resp:
+            assert resp.status == 403
+        good = {"Authorization": f"Bearer {load_registration(bridge_server.registration).hs_token}"}
+        async with session.post(f"{bridge_server.url}/_matrix/app/v1/ping", json={},
+                                headers=good) as resp:
+            assert resp.status == 200
+        for path in ("/users/%40someone%3Alocalhost", "/rooms/%23somewhere%3Alocalhost"):
+            async with session.get(f"{bridge_server.url}/_matrix/app/v1{path}",
+                                   headers=good) as resp:
+                assert resp.status == 404
+                assert (await resp.json())["errcode"] == "M_NOT_FOUND"
+    # The legacy query parameter is accepted too, and it is not logged.
+    status, _ = await push(bridge_server, "t-legacy-" + secrets.token_hex(4), body, legacy=True)
+    assert status == 200
+    registration = load_registration(bridge_server.registration)
+    assert registration.hs_token not in caplog.text
+    assert registration.as_token not in caplog.text
+
+
+async def test_message_text_is_neither_logged_nor_stored(bridges, people, caplog) -> None:
+    caplog.set_level(logging.DEBUG)
+    handle = await bridges(default_policy={"mode": "after_send", "timer": "2s"})
+    alice = await people("alice")
+    room = await alice.create_room(encrypted=False)
+    canary = f"canary-{secrets.token_hex(8)}"
+    message = await alice.send(room, canary)
+    await eventually(all_redacted(alice, room, message), 20, what="redaction")
+    await handle.stop()
+    # alice's own client (nio) logs what it syncs; everything else must not.
+    logged = "\n".join(r.getMessage() for r in caplog.records if not r.name.startswith("nio"))
+    assert "redacted" in logged
+    assert canary not in logged
+    for path in handle.config.db_path.parent.iterdir():
+        assert canary.encode() not in path.read_bytes(), f"{path.name} holds message text"
+
+
+async def test_registration_not_loaded_is_reported(
+    bridge_server: BridgeServer, tmp_path: Path
+) -> None:
+    config = bridge_server.config(tmp_path / "stranger",
+                                  registration=str(tmp_path / "unknown-registration.yaml"))
+    write_registration(config.registration_path, build_registration(config, bridge_server.url))
+    bridge = Bridge(config)
+    with pytest.raises(RegistrationNotLoaded) as err:
+        await asyncio.wait_for(bridge.run_until(asyncio.Event()), 30)
+    assert "app_service_config_files" in str(err.value)
+    assert str(config.registration_path) in str(err.value)
+    assert bridge.engine is None, "not stopped cleanly"
+
+
+# --- enforcement ---------------------------------------------------------------
+
+
+async def test_after_send_in_encrypted_room_without_membership(
+    bridge_server: BridgeServer, bridges, people
+) -> None:
+    """The server-wide default applies; each redaction is sent as the message's own
+    local sender, and the bridge's bot never joins."""
+    handle = await bridges(default_policy={"mode": "after_send", "timer": "3s"})
+    alice, (bob,), room = await encrypted_room(people, "bob")
+    from_alice = await alice.send(room, "canary-bridge alice's secret")
+    from_bob = await bob.send(room, "canary-bridge bob's secret")
+    assert (await bob.event(room, from_alice))["type"] == "m.room.encrypted"
+    await handle.tracked(from_alice, from_bob)
+    await eventually(all_redacted(alice, room, from_alice, from_bob), 20,
+                     what="both messages redacted")
+    senders = {target(r): r["sender"] for r in await redactions(alice, room)}
+    assert senders == {from_alice: alice.user_id, from_bob: bob.user_id}
+    assert bridge_server.bridge_user not in await joined_members(alice, room)
+    room_row = await handle.bridge.engine.room(room)
+    assert room_row is not None and room_row.redacted_count == 2
+
+
+async def test_after_read_uses_pushed_receipts(bridges, people) -> None:
+    handle = await bridges()
+    alice, (bob, carol), room = await encrypted_room(people, "bob", "carol")
+    assert await alice.put_state(room, LETHE, {
+        "mode": "after_read", "timer_ms": 1000, "cap_ms": 3_600_000, "readers": "all"}) == 200
+    first = await alice.send(room, "canary-bridge first")
+    second = await alice.send(room, "canary-bridge second")
+    await handle.tracked(first, second)
+
+    # bob reads the first publicly, carol the second only privately.
+    await bob.receipt(room, first)
+    await carol.receipt(room, second, private=True)
+    assert await stays(not_redacted(alice, room, first, second), 3), \
+        "redacted although carol sent no public receipt"
+
+    await carol.receipt(room, first)
+    await eventually(all_redacted(alice, room, first), 20, what="first redacted after both read")
+    assert await stays(not_redacted(alice, room, second), 1.5), \
+        "second redacted although the public receipts only reach the first"
+
+
+async def test_beeper_disappearing_timer_set_by_a_user(bridges, people) -> None:
+    handle = await bridges(default_policy={"mode": "after_send", "timer": "1h"})
+    alice, (bob,), room = await encrypted_room(people, "bob")
+    assert await alice.put_state(room, BEEPER, {"type": "after_send", "timer": 2000}) == 200
+    message = await bob.send(room, "canary-bridge beeper")
+    await handle.tracked(message)
+    await eventually(all_redacted(alice, room, message), 20,
+                     what="redaction under the Beeper timer, not the 1h default")
+    row = await handle.bridge.engine.room(room)
+    assert row is not None and row.policy_sender == alice.user_id
+
+
+async def test_excluded_rooms_are_left_alone(bridges, people) -> None:
+    handle = await bridges(default_policy={"mode": "after_send", "timer": "2s"},
+                           rooms={"exclude": ["#keep-*"]})
+    alice, (bob,), kept_room = await encrypted_room(people, "bob")
+    alias = f"#keep-{secrets.token_hex(4)}:{alice.hs.server_name}"
+    status, _ = await alice.api("PUT", f"/directory/room/{quote(alias)}", {"room_id": kept_room})
+    assert status == 200
+    assert await alice.put_state(kept_room, "m.room.canonical_alias", {"alias": alias}) == 200
+    other_room = await alice.create_room()
+    kept = await bob.send(kept_room, "canary-bridge kept")
+    gone = await alice.send(other_room, "canary-bridge gone")
+    await eventually(all_redacted(alice, other_room, gone), 20, what="the other room enforced")
+    assert await stays(not_redacted(alice, kept_room, kept), 3)
+    assert await handle.bridge.engine.room(kept_room) is None
+
+
+# --- durability ----------------------------------------------------------------
+
+
+async def test_same_transaction_twice_is_processed_once(
+    bridge_server: BridgeServer, bridges, people
+) -> None:
+    handle = await bridges(default_policy={"mode": "after_send", "timer": "1h"})
+    alice, _, room = await encrypted_room(people)
+    known = await alice.send(room, "canary-bridge makes the room known")
+    await handle.tracked(known)
+    store = handle.bridge.engine.store
+
+    now = int(time.time() * 1000)
+    message = {"type": "m.room.message", "room_id": room, "sender": alice.user_id,
+               "event_id": f"$dup-{secrets.token_hex(6)}", "origin_server_ts": now,
+               "content": {"msgtype": "m.text", "body": "x"}}
+    txn = f"dup-{secrets.token_hex(6)}"
+    assert (await push(bridge_server, txn, {"events": [message]}))[0] == 200
+    assert await store.known_event_ids([message["event_id"]]) == {message["event_id"]}
+    # Somebody redacts it: the bridge forgets it.
+    redaction = {"type": "m.room.redaction", "room_id": room, "sender": alice.user_id,
+                 "event_id": f"$red-{secrets.token_hex(6)}", "origin_server_ts": now + 1,
+                 "redacts": message["event_id"], "content": {}}
+    assert (await push(bridge_server, f"r-{txn}", {"events": [redaction]}))[0] == 200
+    assert await store.known_event_ids([message["event_id"]]) == set()
+
+    before = handle.bridge.stats.transactions
+    assert (await push(bridge_server, txn, {"events": [message]}))[0] == 200
+    assert await store.known_event_ids([message["event_id"]]) == set(), \
+        "the re-sent transaction was processed again"
+    assert handle.bridge.stats.transactions == before
+    assert handle.bridge.stats.duplicates == 1
+
+    # Durably: a restarted bridge still knows the transaction.
+    await handle.stop()
+    await handle.start()
+    assert (await push(bridge_server, txn, {"events": [message]}))[0] == 200
+    assert await handle.bridge.engine.store.known_event_ids([message["event_id"]]) == set()
+    assert handle.bridge.stats.duplicates == 1
+
+
+async def test_stopped_bridge_catches_up_when_restarted(bridges, people) -> None:
+    handle = await bridges(default_policy={"mode": "after_send", "timer": "2s"})
+    alice, (bob,), room = await encrypted_room(people, "bob")
+    first = await alice.send(room, "canary-bridge before the stop")
+    await handle.tracked(first)
+
+    await handle.stop()
+    sent = [await alice.send(room, f"canary-bridge while down {i}") for i in range(3)]
+    sent.append(await bob.send(room, "canary-bridge bob while down"))
+    # Due after 2 s; nobody redacts them while the bridge is down.
+    assert await stays(not_redacted(alice, room, *sent), 3)
+
+    await handle.start()  # the homeserver re-sends what it could not deliver
+    await eventually(all_redacted(alice, room, first, *sent), 60,
+                     what="everything redacted after the restart")
+    senders = Counter(r["sender"] for r in await redactions(alice, room))
+    assert senders == Counter({alice.user_id: 4, bob.user_id: 1})
+
+
+# --- power and ownership -------------------------------------------------------
+
+
+async def test_remote_sender_without_power_is_reported_not_retried(
+    bridge_server: BridgeServer, bridges, people, caplog
+) -> None:
+    """A sender of another server can only be redacted by the bridge's own bot, with
+    power. Without it the room is reported and the event parked, not retried; given
+    power, the bot joins on invite and the parked event is tried once more."""
+    caplog.set_level(logging.INFO)
+    handle = await bridges(default_policy={"mode": "after_send", "timer": "1s"})
+    alice, _, room = await encrypted_room(people)
+    known = await alice.send(room, "canary-bridge makes the room known")
+    await handle.tracked(known)
+
+    # This homeserver does not federate, so the remote member and message are pushed
+    # by hand, as the homeserver would push them.
+    remote = "@mallory:elsewhere.example"
+    now = int(time.time() * 1000)
+    join = {"type": "m.room.member", "room_id": room, "sender": remote, "state_key": remote,
+            "event_id": f"$join-{secrets.token_hex(6)}", "origin_server_ts": now,
+            "content": {"membership": "join"}}
+    message = {"type": "m.room.encrypted", "room_id": room, "sender": remote,
+               "event_id": f"$remote-{secrets.token_hex(6)}", "origin_server_ts": now,
+               "content": {"algorithm": "m.megolm.v1.aes-sha2", "ciphertext": "AAAA"}}
+    assert (await push(bridge_server, f"remote-{secrets.token_hex(6)}",
+                       {"events": [join, message]}))[0] == 200
+    engine = handle.bridge.engine
+    status = await engine.status(room)
+    assert status is not None and not status.can_redact
+    assert "not enforceable" in caplog.text
+
+    async def parked() -> bool:
+        event = await engine.store.pending(room)
+        return [(e.event_id, e.status) for e in event] == [(message["event_id"], PARKED)]
+
+    await eventually(parked, 20, what="the remote message parked")
+    assert await stays(parked, 2), "a parked event was picked up again"
+    async with engine.store.conn.execute(
+        "SELECT attempts FROM events WHERE event_id = ?", (message["event_id"],)
+    ) as cur:
+        assert (await cur.fetchone())[0] == 0, "a redaction was attempted without power"
+    assert room in handle.bridge.stats.unenforceable_rooms
+
+    # alice gives the bridge's bot power and invites it: it joins, and the parked
+    # event is tried (the homeserver does not know it, so it fails for good).
+    await alice.set_power(room, bridge_server.bridge_user, 50)
+    await alice.invite(room, bridge_server.bridge_user)
+    await eventually(lambda: _has(alice, room, bridge_server.bridge_user), 20,
+                     what="the bridge's bot joining on the invite")
+
+    async def failed() -> bool:
+        return [e.status for e in await engine.store.pending(room)] == [FAILED]
+
+    await eventually(failed, 20, what="the unknown remote event given up on")
+    status = await engine.status(room)
+    assert status is not None and status.can_redact and status.failed == 1
+    assert room not in handle.bridge.stats.unenforceable_rooms
+
+
+async def _has(person: Person, room: str, user_id: str) -> bool:
+    return user_id in await joined_members(person, room)
+
+
+async def test_bot_and_bridge_never_redact_the_same_message(
+    bridge_server: BridgeServer, bridges, people, tmp_path: Path
+) -> None:
+    """Messages sent while the Lethe bot is in the room are the bot's; the others are
+    the bridge's. Each message is redacted exactly once."""
+    lethe = BotHandle(write_bot_config(bridge_server.hs, tmp_path / "bot"))
+    try:
+        handle = await bridges(defer_to=[lethe.user_id])
+        alice, (bob,), room = await encrypted_room(people, "bob")
+        assert await alice.put_state(room, LETHE, {"mode": "after_send",
+                                                   "timer_ms": 4000}) == 200
+        before = [await alice.send(room, "canary-bridge before the bot"),
+                  await bob.send(room, "canary-bridge bob before the bot")]
+        await handle.tracked(*before)
+
+        await alice.set_power(room, lethe.user_id, 50)
+        await alice.invite(room, lethe.user_id)
+        await lethe.start()
+        await alice.wait_notice(room, "Lethe is here")
+        after = [await alice.send(room, "canary-bridge with the bot"),
+                 await bob.send(room, "canary-bridge bob with the bot")]
+        await eventually(all_redacted(alice, room, *before, *after), 30,
+                         what="every message redacted")
+        # Long enough for a second redaction by the other party to show.
+        assert await stays(lambda: _single_redactions(alice, room), 5)
+        by_target = {target(r): r["sender"] for r in await redactions(alice, room)}
+        assert {by_target[e] for e in before} == {alice.user_id, bob.user_id}, \
+            "messages from before the bot joined are the bridge's (as their senders)"
+        assert {by_target[e] for e in after} == {lethe.user_id}, \
+            "messages sent while the bot is in the room are the bot's"
+    finally:
+        await lethe.stop()
+
+
+async def _single_redactions(person: Person, room: str) -> bool:
+    counts = Counter(target(r) for r in await redactions(person, room))
+    assert counts and max(counts.values()) == 1, f"redacted more than once: {counts}"
+    return True
+
+
+# --- a bridge added to a running homeserver -------------------------------------
+
+
+async def test_rooms_from_before_the_bridge_are_read_from_state(
+    bridge_server: BridgeServer, people, tmp_path: Path
+) -> None:
+    """A bridge registered on a homeserver that already has rooms is pushed only what
+    happens afterwards: members and policy come from the room's state, read as a
+    local member. (Runs last: it restarts the module's homeserver.)"""
+    alice, (bob, carol), room = await encrypted_room(people, "bob", "carol")
+    assert await alice.put_state(room, LETHE, {
+        "mode": "after_read", "timer_ms": 1000, "cap_ms": 3_600_000, "readers": "all"}) == 200
+
+    # A second appservice, loaded only now: it has seen nothing of this room.
+    port = find_free_port()
+    config = bridge_server.config(
+        tmp_path / "late", id="lethe-late", user_id=f"@lethe-late:{bridge_server.hs.server_name}",
+        registration=str(tmp_path / "late-registration.yaml"),
+        listen={"host": "127.0.0.1", "port": port})
+    write_registration(config.registration_path,
+                       build_registration(config, f"http://127.0.0.1:{port}"))
+    bridge_server.hs.add_app_service_config(config.registration_path)
+    await asyncio.to_thread(bridge_server.hs.restart)
+    handle = BridgeHandle(config)
+    await handle.start()
+    try:
+        message = await alice.send(room, "canary-bridge after the bridge came")
+        await handle.tracked(message)
+        engine = handle.bridge.engine
+        async with engine.store.conn.execute(
+            "SELECT user_id FROM members WHERE room_id = ?", (room,)
+        ) as cur:
+            assert {r[0] for r in await cur.fetchall()} == {
+                alice.user_id, bob.user_id, carol.user_id}
+        row = await engine.room(room)
+        assert row is not None and row.policy_sender == alice.user_id
+
+        await bob.receipt(room, message)
+        assert await stays(not_redacted(alice, room, message), 2), \
+            "redacted before carol (a member from before the bridge) read it"
+        await carol.receipt(room, message)
+        await eventually(all_redacted(alice, room, message), 20,
+                         what="redaction once every member read it")
+    finally:
+        await handle.stop()

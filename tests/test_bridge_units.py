@@ -1,0 +1,313 @@
+"""The bridge without a homeserver: its config, the registration file and CLI, the
+engine changes it relies on (default policy, appservice transaction ids committed
+with their events, migration 2) and the ownership rule on pushed events."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import stat
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from bot.cli import main
+from bot.config import ConfigError
+from bot.engine.engine import EngineConfig
+from bot.engine.model import Marker, MemberChange, Message, PolicyEvent, RoomUpdate
+from bot.engine.policy import BEEPER_EVENT_TYPE, POLICY_EVENT_TYPE, Policy, Readers
+from bot.engine.store import MIGRATIONS, SCHEMA_VERSION, Store
+from bridge.config import RoomFilter, load_bridge_config
+from bridge.registration import load_registration
+from bridge.rooms import RoomReader, RoomView
+from tests.unit.conftest import ALICE, BOB, BOT, ROOM, Harness
+
+H = 3_600_000
+
+
+def minimal(**bridge: Any) -> dict[str, Any]:
+    return {
+        "homeserver": {"url": "http://127.0.0.1:8008"},
+        "bridge": {"user_id": "@lethe-bridge:example.org", **bridge},
+    }
+
+
+def write(tmp_path: Path, data: Any) -> Path:
+    path = tmp_path / "lethe.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def error(tmp_path: Path, data: Any) -> str:
+    path = write(tmp_path, data)
+    with pytest.raises(ConfigError) as info:
+        load_bridge_config(path)
+    assert str(path) in str(info.value)
+    return str(info.value)
+
+
+# --- config ------------------------------------------------------------------------
+
+
+def test_minimal_bridge_config_defaults(tmp_path: Path) -> None:
+    config = load_bridge_config(write(tmp_path, minimal()))
+    assert (config.server_name, config.localpart) == ("example.org", "lethe-bridge")
+    assert (config.host, config.port, config.appservice_id) == ("127.0.0.1", 29331, "lethe")
+    assert config.registration_path == tmp_path / "lethe-registration.yaml"
+    assert config.db_path == tmp_path / "data" / "bridge.db"
+    assert config.default_policy == Policy.off()
+    assert config.rooms == RoomFilter(("*",), ())
+    assert config.defer_to == ()
+    assert config.is_local("@alice:example.org")
+    assert not config.is_local("@alice:example.org.evil")
+    assert not config.is_local("@alice:elsewhere.example")
+
+
+def test_default_policies(tmp_path: Path) -> None:
+    def policy(raw: dict[str, Any]) -> Policy:
+        data = minimal(default_policy=raw)
+        data["policy"] = {"default_cap": "2d"}
+        return load_bridge_config(write(tmp_path, data)).default_policy
+
+    assert policy({"mode": "after_send", "timer": "3d"}) == Policy.after_send(72 * H)
+    assert policy({"mode": "after_read", "timer": "1h"}) == Policy.after_read(H, 48 * H)
+    assert policy({"mode": "after_read", "timer": "1h", "cap": "1d", "readers": "any"}) == \
+        Policy.after_read(H, 24 * H, Readers.ANY)
+    assert policy({"mode": "off"}) == Policy.off()
+
+
+@pytest.mark.parametrize(("bridge", "key"), [
+    ({"user_id": "lethe-bridge"}, "bridge.user_id"),
+    ({"default_policy": {"mode": "sometimes"}}, "bridge.default_policy.mode"),
+    ({"default_policy": {"mode": "after_send"}}, "bridge.default_policy.timer"),
+    ({"default_policy": {"mode": "after_send", "timer": "soon"}}, "bridge.default_policy.timer"),
+    ({"default_policy": {"mode": "after_send", "timer": "1h", "ttl": 3}},
+     "bridge.default_policy.ttl"),
+    ({"default_policy": {"mode": "after_read", "timer": "2h", "cap": "1h"}},
+     "bridge.default_policy"),
+    ({"default_policy": "3d"}, "bridge.default_policy"),
+    ({"listen": {"port": 70000}}, "bridge.listen.port"),
+    ({"rooms": {"exclude": "#secret:x"}}, "bridge.rooms.exclude"),
+    ({"defer_to": "@lethe:x"}, "bridge.defer_to"),
+])
+def test_config_errors_name_the_key(tmp_path: Path, bridge: dict[str, Any], key: str) -> None:
+    assert f": {key}: " in error(tmp_path, minimal(**bridge))
+
+
+def test_missing_bridge_section(tmp_path: Path) -> None:
+    data = minimal()
+    del data["bridge"]
+    assert ": bridge: missing section" in error(tmp_path, data)
+
+
+def test_room_filter() -> None:
+    rooms = RoomFilter(("*",), ("#private-*", "!secret:*"))
+    assert rooms.allows("!abc:x")
+    assert not rooms.allows("!secret:x")
+    assert not rooms.allows("!abc:x", ["#public:x", "#private-talk:x"])
+    only = RoomFilter(("#team-*",), ())
+    assert only.allows("!abc:x", ["#team-a:x"]) and not only.allows("!abc:x")
+
+
+# --- registration and the CLI --------------------------------------------------------
+
+
+def test_registration_cli_writes_a_private_file(tmp_path: Path) -> None:
+    config = write(tmp_path, minimal(id="lethe-test"))
+    runner = CliRunner()
+    out = tmp_path / "reg" / "registration.yaml"
+    result = runner.invoke(main, ["-c", str(config), "bridge", "registration",
+                                  "--url", "http://127.0.0.1:29331", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert stat.S_IMODE(os.stat(out).st_mode) == 0o600
+    data = yaml.safe_load(out.read_text())
+    assert data["id"] == "lethe-test"
+    assert data["url"] == "http://127.0.0.1:29331"
+    assert data["sender_localpart"] == "lethe-bridge"
+    assert data["namespaces"]["users"] == [{"exclusive": False, "regex": r"@.*:example\.org"}]
+    assert data["receive_ephemeral"] is True and data["rate_limited"] is False
+    assert len(data["as_token"]) >= 32 and len(data["hs_token"]) >= 32
+    assert data["as_token"] != data["hs_token"]
+    assert data["as_token"] not in result.output and data["hs_token"] not in result.output
+    assert "app_service_config_files" in result.output
+    assert load_registration(out).hs_token == data["hs_token"]
+
+    # Never replaced by accident: the homeserver holds these tokens.
+    again = runner.invoke(main, ["-c", str(config), "bridge", "registration",
+                                 "--url", "http://127.0.0.1:29331", "--out", str(out)])
+    assert again.exit_code == 2 and "--force" in again.output
+    assert yaml.safe_load(out.read_text())["as_token"] == data["as_token"]
+    forced = runner.invoke(main, ["-c", str(config), "bridge", "registration",
+                                  "--url", "http://127.0.0.1:29331", "--out", str(out),
+                                  "--force"])
+    assert forced.exit_code == 0, forced.output
+    assert yaml.safe_load(out.read_text())["as_token"] != data["as_token"]
+    assert stat.S_IMODE(os.stat(out).st_mode) == 0o600
+    assert sorted(p.name for p in out.parent.iterdir()) == ["registration.yaml"]
+
+
+def test_registration_default_path_and_bad_url(tmp_path: Path) -> None:
+    config = write(tmp_path, minimal())
+    runner = CliRunner()
+    bad = runner.invoke(main, ["-c", str(config), "bridge", "registration", "--url", "nowhere"])
+    assert bad.exit_code == 2 and "--url" in bad.output
+    good = runner.invoke(main, ["-c", str(config), "bridge", "registration",
+                                "--url", "http://127.0.0.1:1"])
+    assert good.exit_code == 0, good.output
+    assert (tmp_path / "lethe-registration.yaml").exists()
+
+
+def test_run_without_registration_says_how_to_make_one(tmp_path: Path) -> None:
+    config = write(tmp_path, minimal())
+    result = CliRunner().invoke(main, ["-c", str(config), "bridge", "run"])
+    assert result.exit_code == 3
+    assert "lethe bridge registration" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_bridge_config_errors_exit_3(tmp_path: Path) -> None:
+    config = write(tmp_path, minimal(listen={"port": "http"}))
+    result = CliRunner().invoke(main, ["-c", str(config), "bridge", "run"])
+    assert result.exit_code == 3 and "bridge.listen.port" in result.output
+
+
+# --- engine: default policy, transaction ids, migration --------------------------------
+
+
+async def _harness(tmp_path: Path, policy: Policy) -> Harness:
+    return await Harness(tmp_path / "bridge.db",
+                         config=EngineConfig(BOT, default_policy=policy)).start()
+
+
+async def test_default_policy_applies_until_room_state_sets_one(tmp_path: Path) -> None:
+    h = await _harness(tmp_path, Policy.after_send(H))
+    try:
+        result = await h.ingest(Message("$m1", ALICE, h.now()))
+        assert [(c.policy, c.initial) for c in result.policy_changes] == \
+            [(Policy.after_send(H), True)]
+        assert (await h.event("$m1"))["due_at"] == h.now() + H
+        # A state event in the room wins, even one that turns retention off.
+        await h.ingest(PolicyEvent(BEEPER_EVENT_TYPE, BOB, h.now(), {}))
+        await h.ingest(Message("$m2", ALICE, h.now()))
+        assert await h.event("$m2") is None
+        room = await h.engine.room(ROOM)
+        assert room is not None and room.policy == Policy.off() and room.policy_sender == BOB
+    finally:
+        await h.close()
+
+
+async def test_changed_default_reaches_rooms_without_policy_state(tmp_path: Path) -> None:
+    h = await _harness(tmp_path, Policy.after_send(H))
+    await h.ingest(Message("$a", ALICE, h.now()), room="!plain:x")
+    await h.ingest(PolicyEvent(POLICY_EVENT_TYPE, BOB, h.now(), Policy.after_send(5000)
+                               .to_state()), room="!own:x")
+    await h.close()
+    h = await _harness(tmp_path, Policy.after_send(2 * H))
+    try:
+        await h.ingest(Message("$b", ALICE, h.now()), room="!plain:x")
+        await h.ingest(Message("$c", ALICE, h.now()), room="!own:x")
+        assert (await h.event("$b"))["timer_ms"] == 2 * H
+        assert (await h.event("$c"))["timer_ms"] == 5000
+        plain = await h.engine.room("!plain:x")
+        assert plain is not None and plain.policy == Policy.after_send(2 * H)
+    finally:
+        await h.close()
+
+
+async def test_appservice_txn_commits_with_its_events(tmp_path: Path) -> None:
+    h = await _harness(tmp_path, Policy.after_send(H))
+    try:
+        store = h.store
+        assert not await store.appservice_txn_done("t1")
+        await h.engine.ingest([_update("$m1")], appservice_txn="t1")
+        assert await store.appservice_txn_done("t1")
+        assert await h.event_ids() == {"$m1"}
+
+        async def broken(txn_id: str, now_ms: int) -> None:
+            raise sqlite3.OperationalError("disk I/O error")
+
+        store.record_appservice_txn = broken  # type: ignore[method-assign]
+        with pytest.raises(sqlite3.OperationalError):
+            await h.engine.ingest([_update("$m2")], appservice_txn="t2")
+        del store.record_appservice_txn
+        assert await h.event_ids() == {"$m1"}, "events stored without their transaction id"
+        assert not await store.appservice_txn_done("t2")
+        # Old ids are pruned: the homeserver re-sends only what it has no answer for.
+        h.clock.advance(8 * 24 * H)
+        await h.engine.ingest([], appservice_txn="t3")
+        assert not await store.appservice_txn_done("t1")
+        assert await store.appservice_txn_done("t3")
+    finally:
+        await h.close()
+
+
+def _update(event_id: str) -> RoomUpdate:
+    return RoomUpdate(ROOM, (Message(event_id, ALICE, 1),))
+
+
+async def test_migration_2_keeps_a_version_1_database(tmp_path: Path) -> None:
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+        conn.execute("INSERT INTO schema_version VALUES (1)")
+        for statement in MIGRATIONS[0]:
+            conn.execute(statement)
+        conn.execute("INSERT INTO rooms (room_id) VALUES ('!kept:x')")
+    conn.close()
+    store = await Store.open(path)
+    try:
+        assert await store.get_room("!kept:x") is not None
+        assert not await store.appservice_txn_done("t1")
+        async with store.conn.execute("SELECT version FROM schema_version") as cur:
+            assert (await cur.fetchone())[0] == SCHEMA_VERSION == 2
+    finally:
+        await store.close()
+
+
+# --- ownership, on pushed events -------------------------------------------------------
+
+
+def _event(kind: str, sender: str, event_id: str, **extra: Any) -> dict[str, Any]:
+    return {"type": kind, "sender": sender, "event_id": event_id, "origin_server_ts": 1,
+            "room_id": ROOM, "content": extra.pop("content", {"body": "x"}), **extra}
+
+
+def _member(user: str, membership: str, event_id: str) -> dict[str, Any]:
+    return _event("m.room.member", user, event_id, state_key=user,
+                  content={"membership": membership})
+
+
+def test_messages_while_a_lethe_bot_is_joined_are_the_bots(tmp_path: Path) -> None:
+    config = load_bridge_config(write(tmp_path, minimal(defer_to=["@lethe:example.org"])))
+    reader = RoomReader(config)
+    view = RoomView(ROOM, loaded=True, watched=True)
+    events = [
+        _event("m.room.message", "@a:example.org", "$before"),
+        _member("@lethe:example.org", "join", "$botjoin"),
+        _event("m.room.message", "@a:example.org", "$during"),
+        _member("@lethe:example.org", "leave", "$botleave"),
+        _event("m.room.message", "@a:example.org", "$after"),
+    ]
+    reading = reader.read(view, [], events, [])
+    assert reading.update is not None
+    kinds = [(type(i).__name__, getattr(i, "event_id", None)) for i in reading.update.timeline]
+    assert kinds == [
+        ("Message", "$before"), ("MemberChange", "$botjoin"), ("Marker", "$during"),
+        ("MemberChange", "$botleave"), ("Message", "$after")]
+    assert isinstance(reading.update.timeline[2], Marker)
+
+
+def test_first_sight_state_leaves_out_what_the_transaction_changes(tmp_path: Path) -> None:
+    config = load_bridge_config(write(tmp_path, minimal()))
+    reader = RoomReader(config)
+    view = RoomView(ROOM)
+    state = [_member("@a:example.org", "join", "$a"), _member("@b:example.org", "join", "$b")]
+    events = [_event("m.room.message", "@a:example.org", "$m"),
+              _member("@b:example.org", "join", "$b")]
+    initial = reader.load(view, state, events)
+    assert initial == [MemberChange("@a:example.org", True)], \
+        "bob joins after the message, in the transaction itself"
+    assert view.loaded and view.watched
