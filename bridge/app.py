@@ -15,13 +15,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from bot.engine.engine import Engine, EngineConfig
 from bot.engine.model import Receipt
 from bot.engine.power import describe_level
+from bot.engine.redactor import Outcome, Reply
 from bot.engine.store import Store
 from bot.matrix.events import receipts_from_content
 from bot.matrix.http import HomeserverUnavailable, HttpTransport, MatrixHttp, q
@@ -90,7 +91,7 @@ class Bridge:
         store = await Store.open(config.db_path)
         self.engine = Engine(
             store,
-            HttpTransport(self.http, as_user=self._act_as),
+            BridgeTransport(self.http, config.is_local),
             EngineConfig(
                 config.user_id,
                 config.ignore_readers + config.defer_to,  # bots do not read
@@ -144,10 +145,6 @@ class Bridge:
                     raise task.exception()  # type: ignore[misc]
         finally:
             await self.stop()
-
-    def _act_as(self, sender: str) -> str | None:
-        """Redact a local sender's event as that sender: no power needed."""
-        return sender if self.config.is_local(sender) else None
 
     # --- ping ----------------------------------------------------------------
 
@@ -347,6 +344,29 @@ class Bridge:
         else:
             log.warning("could not join %s on the invite of %s: %s", room_id, inviter,
                         reply.errcode or reply.status)
+
+
+class BridgeTransport:
+    """Redacts a local sender's event as that sender (no power needed), a remote
+    sender's as the bridge's bot. A local sender who has left the room may not redact
+    any more: then the bridge's bot tries, which works where it has power."""
+
+    def __init__(self, http: MatrixHttp, is_local: Callable[[str], bool]) -> None:
+        self._is_local = is_local
+        self._as_sender = HttpTransport(http, as_user=lambda s: s if is_local(s) else None)
+        self._as_bot = HttpTransport(http)
+
+    async def redact(self, room_id: str, event_id: str, sender: str, txn_id: str) -> Reply:
+        reply = await self._as_sender.redact(room_id, event_id, sender, txn_id)
+        if reply.outcome is Outcome.FORBIDDEN and self._is_local(sender):
+            return await self._as_bot.redact(room_id, event_id, sender, txn_id)
+        return reply
+
+    async def check(self, room_id: str, event_id: str, sender: str) -> Reply:
+        reply = await self._as_sender.check(room_id, event_id, sender)
+        if reply.outcome is Outcome.FORBIDDEN and self._is_local(sender):
+            return await self._as_bot.check(room_id, event_id, sender)
+        return reply
 
 
 def _by_room(body: Mapping[str, Any]) -> dict[str, _RoomBatch]:

@@ -473,6 +473,26 @@ async def test_remote_sender_without_power_is_reported_not_retried(
     assert room not in handle.bridge.stats.unenforceable_rooms
 
 
+async def test_message_of_a_local_sender_who_left_goes_through_the_bridge_bot(
+    bridge_server: BridgeServer, bridges, people
+) -> None:
+    """Who has left a room may not redact in it any more; the bridge's bot, with power,
+    redacts such a message instead."""
+    await bridges(default_policy={"mode": "after_send", "timer": "3s"})
+    alice, (bob,), room = await encrypted_room(people, "bob")
+    await alice.set_power(room, bridge_server.bridge_user, 50)
+    await alice.invite(room, bridge_server.bridge_user)
+    await eventually(lambda: _has(alice, room, bridge_server.bridge_user), 20,
+                     what="the bridge's bot joining on the invite")
+    stays_ = await alice.send(room, "canary-bridge alice stays")
+    leaves = await bob.send(room, "canary-bridge bob leaves")
+    status, _ = await bob.api("POST", f"/rooms/{quote(room)}/leave", {})
+    assert status == 200
+    await eventually(all_redacted(alice, room, stays_, leaves), 20, what="both redacted")
+    senders = {target(r): r["sender"] for r in await redactions(alice, room)}
+    assert senders == {stays_: alice.user_id, leaves: bridge_server.bridge_user}
+
+
 async def _has(person: Person, room: str, user_id: str) -> bool:
     return user_id in await joined_members(person, room)
 
