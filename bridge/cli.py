@@ -8,12 +8,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import time
 from pathlib import Path
 
 import click
 
 from bot.cli import EXIT_CONFIG, EXIT_HOMESERVER, EXIT_USAGE, Fail, run_async, setup_logging
 from bot.config import ConfigError
+from bot.engine.store import RoomRow, Store
 from bridge.config import BridgeConfig, load_bridge_config
 from bridge.registration import RegistrationError, build_registration, write_registration
 
@@ -83,3 +85,67 @@ def run(ctx: click.Context) -> None:
         raise Fail(str(exc), EXIT_CONFIG) from None
     except RegistrationNotLoaded as exc:
         raise Fail(str(exc), EXIT_HOMESERVER) from None
+
+
+@bridge.command()
+@click.option("--json", "as_json", is_flag=True,
+              help="Print JSON on stdout (for scripts), nothing else.")
+@click.pass_context
+def rooms(ctx: click.Context, as_json: bool) -> None:
+    """The rooms the bridge enforces, from its database (read-only, safe while it runs):
+    policy, whether it can enforce it, pending count and next due time."""
+    from bot.admin.census import room_schedules
+    from bot.admin.output import emit_json, relative, short_policy, table
+
+    config = _config(ctx)
+
+    async def go() -> None:
+        store = await Store.open(config.db_path, readonly=True)
+        try:
+            rows = await store.list_rooms()
+            schedules = await room_schedules(store)
+        finally:
+            await store.close()
+        found = []
+        for row in rows:
+            schedule = schedules.get(row.room_id)
+            found.append({
+                "room_id": row.room_id,
+                "policy": {**row.policy.to_state(), "text": row.policy.describe()},
+                "policy_sender": row.policy_sender,
+                "can_enforce": row.can_redact,
+                "bot_level": row.bot_level,
+                "redact_level": row.redact_level,
+                "pending": schedule.pending if schedule else 0,
+                "next_due": schedule.next_due if schedule else None,
+                "redacted": row.redacted_count,
+                "failed": row.failed_count,
+            })
+        if as_json:
+            emit_json(found)
+            return
+        if not found:
+            click.echo("The bridge has seen no rooms yet.")
+            return
+        now = int(time.time() * 1000)
+        table(
+            ("ID", "POLICY", "ENFORCED", "PENDING", "NEXT DUE", "REDACTED", "FAILED"),
+            [
+                (
+                    room["room_id"], short_policy(row.policy), _enforced(row),
+                    room["pending"], relative(room["next_due"], now), room["redacted"],
+                    room["failed"],
+                )
+                for row, room in zip(rows, found, strict=True)
+            ],
+        )
+
+    run_async(go)
+
+
+def _enforced(row: RoomRow) -> str:
+    if row.can_redact:
+        return "yes"
+    level = "unknown" if row.bot_level is None else row.bot_level
+    return (f"NO (remote senders: the bridge's bot must be joined with power level "
+            f"{row.redact_level}; its level: {level})")

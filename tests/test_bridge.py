@@ -10,6 +10,7 @@ registration and port, with its own database.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import secrets
 import time
@@ -23,7 +24,9 @@ from urllib.parse import quote
 import aiohttp
 import pytest
 import yaml
+from click.testing import CliRunner
 
+from bot.cli import main
 from bot.engine.store import FAILED, PARKED
 from bot.localsynapse import LocalSynapse, find_free_port, synapse_available
 from bridge.app import Bridge, RegistrationNotLoaded
@@ -456,6 +459,10 @@ async def test_remote_sender_without_power_is_reported_not_retried(
     ) as cur:
         assert (await cur.fetchone())[0] == 0, "a redaction was attempted without power"
     assert room in handle.bridge.stats.unenforceable_rooms
+    listed = await _bridge_rooms(handle.config, "--json")
+    mine = next(r for r in json.loads(listed) if r["room_id"] == room)
+    assert (mine["can_enforce"], mine["pending"]) == (False, 1)
+    assert "NO (remote senders" in await _bridge_rooms(handle.config)
 
     # alice gives the bridge's bot power and invites it: it joins, and the parked
     # event is tried (the homeserver does not know it, so it fails for good).
@@ -491,6 +498,14 @@ async def test_message_of_a_local_sender_who_left_goes_through_the_bridge_bot(
     await eventually(all_redacted(alice, room, stays_, leaves), 20, what="both redacted")
     senders = {target(r): r["sender"] for r in await redactions(alice, room)}
     assert senders == {stays_: alice.user_id, leaves: bridge_server.bridge_user}
+
+
+async def _bridge_rooms(config: BridgeConfig, *args: str) -> str:
+    """`lethe bridge rooms`, run as a command (in a thread: it runs its own loop)."""
+    result = await asyncio.to_thread(
+        CliRunner().invoke, main, ["-c", str(config.path), "bridge", "rooms", *args])
+    assert result.exit_code == 0, result.output
+    return result.output
 
 
 async def _has(person: Person, room: str, user_id: str) -> bool:

@@ -311,3 +311,17 @@ def test_first_sight_state_leaves_out_what_the_transaction_changes(tmp_path: Pat
     assert initial == [MemberChange("@a:example.org", True)], \
         "bob joins after the message, in the transaction itself"
     assert view.loaded and view.watched
+
+
+def test_example_config_bridge_section_loads(tmp_path: Path) -> None:
+    """config.example.yaml documents the bridge section commented out; uncommented, it
+    must be a valid bridge config."""
+    text = (Path(__file__).parent.parent / "config.example.yaml").read_text()
+    head, found, tail = text.partition("# bridge:\n")
+    assert found, "no bridge section in config.example.yaml"
+    lines = [line[2:] if line.startswith("# ") else line for line in tail.splitlines()]
+    path = tmp_path / "lethe.yaml"
+    path.write_text(head + "bridge:\n" + "\n".join(lines) + "\n")
+    config = load_bridge_config(path)
+    assert config.default_policy == Policy.after_send(72 * H)
+    assert config.defer_to == ("@lethe:example.org",)
