@@ -32,6 +32,14 @@ APPSERVICE_TXN_KEEP_MS = 7 * 24 * 3600 * 1000
 
 _MODE_CODE = {Mode.OFF: 0, Mode.AFTER_SEND: 1, Mode.AFTER_READ: 2}
 
+# An event's deadline under its policy. A retry moves due_at later, so the lag of a
+# redaction is measured from this instead (or from due_at when that is earlier: a
+# child due with its parent, or an event with no deadline of its own).
+_DEADLINE = """coalesce(CASE mode
+    WHEN 1 THEN origin_ts + timer_ms
+    WHEN 2 THEN min(origin_ts + cap_ms, coalesce(read_at + timer_ms, origin_ts + cap_ms))
+    END, due_at)"""
+
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
     # 1: the core schema.
     (
@@ -141,7 +149,7 @@ class DueEvent:
     event_id: str
     room_id: str
     sender: str
-    due_at: int
+    due_at: int  # when the policy made it due (not a later retry time): lag counts from here
     txn_id: str | None
     attempts: int
 
@@ -525,8 +533,8 @@ class Store:
         """Mark up to ``limit`` due events in flight and return them, earliest first."""
         async with self.transaction() as conn:
             async with conn.execute(
-                "SELECT event_id, room_id, sender, due_at, txn_id, attempts FROM events "
-                "WHERE status = 0 AND due_at IS NOT NULL AND due_at <= ? "
+                f"SELECT event_id, room_id, sender, min(due_at, {_DEADLINE}), txn_id, attempts "
+                "FROM events WHERE status = 0 AND due_at IS NOT NULL AND due_at <= ? "
                 "ORDER BY due_at LIMIT ?",
                 (now_ms, limit),
             ) as cur:

@@ -72,6 +72,19 @@ async def test_transient_error_backs_off_and_retries(h: Harness) -> None:
     assert h.transport.check_calls.count((ROOM, "$m1", ALICE)) >= 3
 
 
+async def test_lag_counts_from_the_deadline_not_the_last_retry(h: Harness) -> None:
+    """Retries move an event's due time on; the lag reported (log, metrics) must still
+    say how late the redaction was against the policy."""
+    h.transport.script_redact("$m1", *[Reply(Outcome.TRANSIENT, detail="down")] * 3)
+    due = await _one_due(h)
+    await h.advance(M)
+    for attempt in (1, 2, 3):
+        await h.advance(backoff_ms(attempt))
+    assert await h.event("$m1") is None
+    assert h.engine is not None
+    assert h.engine.scheduler.last_lag_ms == h.now() - due == sum(backoff_ms(n) for n in (1, 2, 3))
+
+
 async def test_forbidden_parks_until_power_returns(h: Harness) -> None:
     assert h.engine is not None
     h.transport.script_redact("$m1", Reply(Outcome.FORBIDDEN, detail="M_FORBIDDEN"))
