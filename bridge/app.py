@@ -213,6 +213,8 @@ class Bridge:
             log.debug("transaction %s stored: %d room(s), %d event(s) tracked",
                       txn_id, len(updates), result.tracked)
             for change in result.policy_changes:
+                if change.initial and not change.policy.active:
+                    continue  # every room the bridge meets; only enforcement is news
                 log.info("policy in %s: %s%s", change.room_id, change.policy.describe(),
                          f" (set by {change.sender})" if change.sender else "")
             for room_id, reading in readings.items():
@@ -245,7 +247,9 @@ class Bridge:
         not a member itself); None when no new candidate could read it."""
         assert self.http is not None
         room_id = view.room_id
-        candidates = [u for u in self._state_readers(batch) if u not in view.state_tried]
+        joining = _joining(batch)
+        candidates = [u for u in self._state_readers(batch)
+                      if u in joining or u not in view.state_tried]
         for user in candidates:
             view.state_tried.add(user)
             params = {} if user == self.config.user_id else {"user_id": user}
@@ -268,21 +272,14 @@ class Bridge:
     def _state_readers(self, batch: _RoomBatch) -> list[str]:
         """Local users likely to be joined: members joining in the batch, senders,
         readers; then the bridge's own bot."""
-        joined, senders = [], []
-        for event in batch.events:
-            sender = event.get("sender")
-            content = event.get("content")
-            if (event.get("type") == "m.room.member" and isinstance(content, Mapping)
-                    and content.get("membership") == "join"):
-                joined.append(event.get("state_key"))
-            elif isinstance(sender, str):
-                senders.append(sender)
+        senders = [e.get("sender") for e in batch.events if e.get("type") != "m.room.member"]
         readers = [r.user_id for r in batch.receipts]
         found: list[str] = []
-        for user in [*joined, *senders, *readers]:
+        for user in [*_joining(batch), *senders, *readers]:
             if isinstance(user, str) and self.config.is_local(user) and user not in found:
                 found.append(user)
-        return [*found[:STATE_READERS], self.config.user_id]
+        bot = self.config.user_id
+        return [*[u for u in found if u != bot][:STATE_READERS], bot]
 
     async def _follow_up(self, view: RoomView, reading: RoomReading) -> None:
         """After the commit: forget rooms that left bridge.rooms, record power, accept
@@ -367,6 +364,19 @@ class BridgeTransport:
         if reply.outcome is Outcome.FORBIDDEN and self._is_local(sender):
             return await self._as_bot.check(room_id, event_id, sender)
         return reply
+
+
+def _joining(batch: _RoomBatch) -> list[str]:
+    """Users whose join is in the batch: they can read the room's state now, whatever
+    an earlier attempt found."""
+    found = []
+    for event in batch.events:
+        content = event.get("content")
+        user = event.get("state_key")
+        if (event.get("type") == "m.room.member" and isinstance(user, str)
+                and isinstance(content, Mapping) and content.get("membership") == "join"):
+            found.append(user)
+    return found
 
 
 def _by_room(body: Mapping[str, Any]) -> dict[str, _RoomBatch]:
