@@ -110,12 +110,13 @@ class ConfigReader:
             raise self.fail(key, f"must be a non-empty string, not {value!r}")
         return value
 
-    def globs(self, section: dict[str, Any], key: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    def globs(self, section: dict[str, Any], key: str, default: tuple[str, ...],
+              what: str = "user-ID globs like '@*:example.org'") -> tuple[str, ...]:
         value = section.get(key.rsplit(".", 1)[-1])
         if value is None:
             return default
         if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-            raise self.fail(key, "must be a list of user-ID globs like '@*:example.org'")
+            raise self.fail(key, f"must be a list of {what}")
         return tuple(value)
 
     def user_id(self, section: dict[str, Any], key: str) -> str:

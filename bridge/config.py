@@ -99,9 +99,10 @@ def load_bridge_config(path: Path | str) -> BridgeConfig:
         raise r.fail("bridge.listen.port", f"must be a TCP port from 1 to 65535, not {port!r}")
 
     rooms = _subsection(r, bridge, "bridge.rooms")
+    room_globs = "room ID or alias globs like '#*:example.org'"
     room_filter = RoomFilter(
-        _room_globs(r, rooms, "bridge.rooms.include", ("*",)),
-        _room_globs(r, rooms, "bridge.rooms.exclude", ()),
+        r.globs(rooms, "bridge.rooms.include", ("*",), room_globs),
+        r.globs(rooms, "bridge.rooms.exclude", (), room_globs),
     )
 
     return BridgeConfig(
@@ -144,17 +145,6 @@ def _subsection(r: ConfigReader, section: dict[str, Any], key: str) -> dict[str,
     if not isinstance(value, dict):
         raise r.fail(key, f"must be a mapping, not {type(value).__name__}")
     return value
-
-
-def _room_globs(
-    r: ConfigReader, section: dict[str, Any], key: str, default: tuple[str, ...]
-) -> tuple[str, ...]:
-    value = section.get(key.rsplit(".", 1)[-1])
-    if value is None:
-        return default
-    if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
-        raise r.fail(key, "must be a list of room ID or alias globs like '#*:example.org'")
-    return tuple(value)
 
 
 def _default_policy(r: ConfigReader, bridge: dict[str, Any], default_cap_ms: int) -> Policy:
