@@ -55,6 +55,7 @@ class BridgeStats:
     transactions: int = 0
     duplicates: int = 0
     events: int = 0
+    tracked: int = 0  # events put on a retention schedule
     unenforceable_rooms: set[str] = field(default_factory=set)
 
 
@@ -210,6 +211,7 @@ class Bridge:
                 raise
             self.stats.transactions += 1
             self.stats.events += sum(len(b.events) for b in batches.values())
+            self.stats.tracked += result.tracked
             log.debug("transaction %s stored: %d room(s), %d event(s) tracked",
                       txn_id, len(updates), result.tracked)
             for change in result.policy_changes:
