@@ -24,6 +24,9 @@ REDACTION_REASON = "expired"  # a fixed word: never anything from the message
 # How often a redaction the homeserver accepted but does not show is retried.
 MAX_UNCONFIRMED = 5
 MAX_BACKOFF_MS = 60_000
+# After a 429, redactions go one at a time until this many in a row were accepted:
+# workers released together when a pause ends would mostly earn 429s again.
+CALM_AFTER = 10
 # Short re-checks after a 200, before treating the redaction as unconfirmed.
 _VERIFY_DELAYS_S = (0.0, 0.2, 0.5)
 
@@ -102,6 +105,8 @@ class Redactor:
         self.stats = RedactionStats()
         # The homeserver rate-limits per sender: one 429 pauses every worker.
         self.paused_until_ms = 0
+        self.throttled = False  # since a 429, until CALM_AFTER accepted in a row
+        self._accepted_in_a_row = 0
 
     async def process(self, event: DueEvent, can_redact_others: bool) -> Decision:
         if self._needs_power(event.sender) and not can_redact_others:
@@ -115,6 +120,9 @@ class Redactor:
         await self._store.record_txn(event.event_id, txn_id)
         reply = await self._transport.redact(event.room_id, event.event_id, event.sender, txn_id)
         if reply.outcome is Outcome.OK:
+            self._accepted_in_a_row += 1
+            if self._accepted_in_a_row >= CALM_AFTER:
+                self.throttled = False
             return await self._verify(event)
         return self._on_error(event, reply)
 
@@ -142,6 +150,7 @@ class Redactor:
         if reply.outcome is Outcome.RATE_LIMITED:
             self.stats.rate_limited += 1
             wait = max(reply.retry_after_ms or 1000, 100)
+            self.throttled, self._accepted_in_a_row = True, 0
             self.paused_until_ms = max(self.paused_until_ms, now + wait)
             return self._retry(event, wait, "rate limited")
         if reply.outcome is Outcome.FORBIDDEN:

@@ -76,14 +76,15 @@ class Scheduler:
                 if paused > now:
                     await self._clock.sleep_until(paused, asyncio.Event())
                     continue
-                free = self._limit - len(self._workers)
+                limit = 1 if self._redactor.throttled else self._limit
+                free = limit - len(self._workers)
                 if free > 0:
                     batch = await self._store.claim_due(now, free)
                     for event in batch:
                         self._spawn(event)
                     if len(batch) == free:
                         continue
-                if len(self._workers) >= self._limit:
+                if len(self._workers) >= limit:
                     await self._wake.wait()  # a worker finishing wakes us
                     continue
                 next_due = await self._store.next_due()

@@ -7,7 +7,7 @@ import asyncio
 from bot.engine.engine import EngineConfig
 from bot.engine.model import Message
 from bot.engine.policy import Policy
-from bot.engine.redactor import MAX_BACKOFF_MS, Outcome, Reply, backoff_ms
+from bot.engine.redactor import CALM_AFTER, MAX_BACKOFF_MS, Outcome, Reply, backoff_ms
 from bot.engine.store import FAILED, PARKED, WAITING
 
 from .conftest import ALICE, BOB, BOT, ROOM, Harness, eventually
@@ -241,6 +241,34 @@ async def test_worker_pool_is_bounded(make_harness) -> None:
     await h.settle()
     assert sorted(h.transport.redacted_ids()) == [f"$m{i}" for i in range(5)]
     assert await h.event_ids() == set()
+
+
+async def test_after_a_429_redactions_go_one_at_a_time_until_calm(make_harness) -> None:
+    """Releasing every worker when a pause ends would earn a 429 for all but one."""
+    h: Harness = await make_harness(config=EngineConfig(bot_user_id=BOT, workers=4))
+    active = 0
+    seen: list[int] = []  # redactions in flight as each one starts
+
+    async def track(*_: str) -> None:
+        nonlocal active
+        active += 1
+        seen.append(active)
+        await asyncio.sleep(0.005)  # real time: lets a wrong scheduler start more
+        active -= 1
+
+    h.transport.on_redact = track
+    h.transport.script_redact("$m0", Reply(Outcome.RATE_LIMITED, retry_after_ms=1_000))
+    await h.set_policy(Policy.after_send(M))
+    t = h.now()
+    await h.ingest(*(Message(f"$m{i}", ALICE, t) for i in range(30)))
+    await h.advance(M)
+    assert len(seen) == 4 and max(seen) > 1, seen  # the first batch, one of them refused
+    await h.advance(1_000)
+    assert await h.event_ids() == set()
+    # At most 3 of the first batch counted towards calm: then the next ones go singly ...
+    assert seen[4:4 + CALM_AFTER - 3] == [1] * (CALM_AFTER - 3), seen
+    # ... and once calm, in parallel again.
+    assert max(seen[4 + CALM_AFTER:]) > 1, seen
 
 
 async def test_worker_crash_keeps_the_event(h: Harness) -> None:
