@@ -25,7 +25,7 @@ from bot.localsynapse import LocalSynapse, find_free_port
 from tests.harness import BotHandle, Person, bot_room, eventually
 
 REPO = Path(__file__).resolve().parent.parent
-GAP_MESSAGES = 25  # more than Synapse's default sync timeline limit (10)
+GAP_MESSAGES = 50  # well over Synapse's default sync timeline limit (10)
 
 
 async def policy_room(people, lethe: BotHandle) -> tuple[Person, Person, str]:
