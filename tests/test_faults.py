@@ -213,6 +213,12 @@ async def test_sigkill_while_redacting_loses_nothing_and_redacts_nothing_twice(
         (event,) = seen[target]
         assert event["sender"] == config.bot.user_id
         assert event["content"].get("reason") == REASON, event["content"]
+    # What a redaction leaves: the event's id, type, sender and time, no content.
+    pruned = await alice.event(room, targets[0])
+    assert pruned["content"] == {}
+    assert (pruned["event_id"], pruned["type"], pruned["sender"]) == (
+        targets[0], "m.room.message", alice.user_id)
+    assert isinstance(pruned["origin_server_ts"], int)
     with sqlite3.connect(config.db_path) as db:
         left = db.execute(f"SELECT count(*) FROM events WHERE event_id IN "
                           f"({','.join('?' * len(targets))})", targets).fetchone()[0]
