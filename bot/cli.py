@@ -1,8 +1,9 @@
-"""The `lethe` command line.
+"""The `lethe` command line. The administration commands live in bot/admin/ and are
+registered here; docs/cli.md describes them all.
 
-Exit codes: 0 ok, 1 a check failed, 2 usage error or unknown room, 3 config
-error, 4 homeserver unreachable or login failed. Expected failures print one
-clear line, never a traceback.
+Exit codes: 0 ok, 1 a check failed (or the room refused: no power), 2 usage error
+or unknown room, 3 config or database error, 4 homeserver unreachable or login
+failed. Expected failures print one clear line, never a traceback.
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ import asyncio
 import logging
 import signal
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import TypeVar
 
 import aiohttp
 import click
@@ -27,6 +30,8 @@ EXIT_HOMESERVER = 4
 QUIET_LIBRARIES = ("nio", "peewee", "aiohttp", "aiosqlite", "asyncio")
 
 log = logging.getLogger("bot.cli")
+
+T = TypeVar("T")
 
 
 class Fail(click.ClickException):
@@ -55,7 +60,8 @@ def setup_logging(level: str) -> None:
     logging.getLogger("nio.events").setLevel(logging.ERROR)
 
 
-def _config(ctx: click.Context) -> Config:
+def cli_config(ctx: click.Context) -> Config:
+    """The config named by -c/--config (or $LETHE_CONFIG), loaded and validated."""
     path = ctx.obj.get("config_path")
     if path is None:
         raise Fail("no config given: use lethe -c CONFIG ... (see config.example.yaml)", EXIT_USAGE)
@@ -65,11 +71,35 @@ def _config(ctx: click.Context) -> Config:
         raise Fail(str(exc), EXIT_CONFIG) from None
 
 
-class Lethe(click.Group):
-    """The `lethe` group. Subgroups of optional parts (the bridge) are imported only
-    when used, so the bot never imports them."""
+F = TypeVar("F", bound=Callable[..., object])
 
-    lazy = {"bridge": "bridge.cli:bridge"}
+
+def config_option(command: F) -> F:
+    """-c/--config after the command name too (`lethe rooms list -c lethe.yaml`)."""
+
+    def remember(ctx: click.Context, param: click.Parameter, value: Path | None) -> None:
+        if value is not None:
+            ctx.ensure_object(dict)["config_path"] = value
+
+    return click.option(
+        "-c", "--config", type=click.Path(path_type=Path), expose_value=False,
+        callback=remember, help="Config file (YAML); may also come before the command.",
+    )(command)
+
+
+class Lethe(click.Group):
+    """The `lethe` group. Commands are imported only when used: the bot never imports
+    the bridge, and `lethe run` does not load the administration commands."""
+
+    lazy = {
+        "audit": "bot.admin.audit:audit",
+        "bridge": "bridge.cli:bridge",
+        "doctor": "bot.admin.doctor:doctor",
+        "pending": "bot.admin.pending:pending",
+        "policy": "bot.admin.policy:policy",
+        "purge": "bot.admin.purge:purge",
+        "rooms": "bot.admin.rooms:rooms",
+    }
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted([*super().list_commands(ctx), *self.lazy])
@@ -81,7 +111,11 @@ class Lethe(click.Group):
 
             try:
                 module = importlib.import_module(module_name)
-            except ModuleNotFoundError:
+            except ModuleNotFoundError as exc:
+                # An optional part that is not installed; a missing dependency of an
+                # installed one is a real error.
+                if exc.name is None or not f"{module_name}.".startswith(f"{exc.name}."):
+                    raise
                 return None
             command = getattr(module, attr)
             assert isinstance(command, click.Command)
@@ -102,13 +136,18 @@ def main(ctx: click.Context, config_path: Path | None) -> None:
     ctx.obj["config_path"] = config_path
 
 
-def run_async(coro_factory: object) -> None:
+def run_async(coro_factory: Callable[[], Awaitable[T]]) -> T:
     """Run a coroutine, turning the expected failures into exit codes."""
     from bot.matrix.client import LoginFailed
     from bot.matrix.http import HomeserverUnavailable
 
+    async def main() -> T:
+        return await coro_factory()
+
     try:
-        asyncio.run(coro_factory())  # type: ignore[operator]
+        return asyncio.run(main())
+    except ConfigError as exc:
+        raise Fail(str(exc), EXIT_CONFIG) from None
     except LoginFailed as exc:
         raise Fail(str(exc), EXIT_HOMESERVER) from None
     except (HomeserverUnavailable, aiohttp.ClientError, OSError, TimeoutError) as exc:
@@ -119,12 +158,13 @@ def run_async(coro_factory: object) -> None:
 
 
 @main.command()
+@config_option
 @click.pass_context
 def login(ctx: click.Context) -> None:
     """Log in once with the password and save the device (token file mode 0600)."""
     from bot.matrix.client import login as do_login
 
-    config = _config(ctx)
+    config = cli_config(ctx)
     setup_logging(config.log_level)
 
     async def go() -> None:
@@ -141,12 +181,13 @@ def login(ctx: click.Context) -> None:
 
 
 @main.command()
+@config_option
 @click.pass_context
 def run(ctx: click.Context) -> None:
     """Run the bot until SIGINT or SIGTERM."""
     from bot.matrix.bot import LetheBot
 
-    config = _config(ctx)
+    config = cli_config(ctx)
     setup_logging(config.log_level)
 
     async def go() -> None:

@@ -5,6 +5,7 @@ Every error names the file, the key and what is wrong.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from dataclasses import dataclass, field
@@ -53,6 +54,18 @@ class E2EEConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    """Where `lethe run` serves Prometheus metrics and /health (loopback only)."""
+
+    host: str
+    port: int
+
+    @property
+    def listen(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
 class Config:
     path: Path
     homeserver: HomeserverConfig
@@ -65,6 +78,7 @@ class Config:
     ignore_readers: tuple[str, ...]
     workers: int = 8
     log_level: str = "INFO"
+    metrics: MetricsConfig | None = None  # None: no metrics endpoint
 
     @property
     def db_path(self) -> Path:
@@ -176,6 +190,30 @@ class ConfigReader:
                             f"must be DEBUG, INFO, WARNING or ERROR, not {level!r}")
         return level
 
+    def metrics(self) -> MetricsConfig | None:
+        """``metrics.listen: "127.0.0.1:9464"``; absent means off. Only loopback
+        addresses: the endpoint has no authentication."""
+        listen = self.string(self.section("metrics"), "metrics.listen")
+        if listen is None:
+            return None
+        host, sep, port_text = listen.strip().rpartition(":")
+        if host.startswith("[") and host.endswith("]"):
+            host = host[1:-1]
+        if not sep or not host or not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
+            raise self.fail("metrics.listen", f"must be HOST:PORT like 127.0.0.1:9464, "
+                                              f"not {listen!r}")
+        if host != "localhost":
+            try:
+                loopback = ipaddress.ip_address(host).is_loopback
+            except ValueError:
+                loopback = False
+            if not loopback:
+                raise self.fail("metrics.listen", f"{host!r} is not a loopback address; the "
+                                                  "endpoint has no authentication, so it only "
+                                                  "listens on 127.0.0.1, ::1 or localhost (put "
+                                                  "a proxy in front to expose it)")
+        return MetricsConfig(host, int(port_text))
+
 
 def read_config_file(path: Path) -> ConfigReader:
     """Read and parse a YAML config file; errors name the file."""
@@ -240,4 +278,5 @@ def load_config(path: Path | str, env: dict[str, str] | None = None) -> Config:
         ignore_readers=r.ignore_readers(),
         workers=r.workers(),
         log_level=r.log_level(),
+        metrics=r.metrics(),
     )

@@ -21,6 +21,8 @@ IDLE_RECHECK_MS = 3_600_000  # with nothing scheduled, look again hourly anyway
 
 PowerLookup = Callable[[str], Awaitable[bool]]
 ParkListener = Callable[[str, str], Awaitable[None]]
+# Told of each verified redaction: the event and its lag in ms (due time -> verified).
+RedactionListener = Callable[[DueEvent, int], None]
 
 
 class Scheduler:
@@ -45,9 +47,14 @@ class Scheduler:
         self._workers: set[asyncio.Task[None]] = set()
         self.alive = False
         self.last_lag_ms: int | None = None
+        self._redaction_listeners: list[RedactionListener] = []
 
     def wake(self) -> None:
         self._wake.set()
+
+    def observe_redactions(self, listener: RedactionListener) -> None:
+        """Fronts hook metrics in here; the engine itself knows nothing of them."""
+        self._redaction_listeners.append(listener)
 
     async def start(self) -> None:
         await self._store.reset_in_flight()
@@ -129,6 +136,8 @@ class Scheduler:
             await self._store.finish_redacted(event.room_id, event.event_id, now)
             stats.done += 1
             self.last_lag_ms = now - event.due_at
+            for listener in self._redaction_listeners:
+                listener(event, self.last_lag_ms)
             log.info(
                 "redacted %s in %s, %.2f s after its due time",
                 event.event_id, event.room_id, (now - event.due_at) / 1000,

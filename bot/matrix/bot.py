@@ -1,9 +1,10 @@
 """The Lethe bot: a nio client in front of the retention engine.
 
-Tasks it owns (all cancelled on stop): the sync loop, the action worker, and the
-engine's scheduler with its redaction workers. The sync loop persists each sync
-(events, receipts, members, policies and the sync token in one transaction)
-and hands follow-up work to the action worker through a queue.
+Tasks it owns (all cancelled on stop): the sync loop, the action worker, the
+engine's scheduler with its redaction workers, and the metrics server when
+configured. The sync loop persists each sync (events, receipts, members,
+policies and the sync token in one transaction) and hands follow-up work to the
+action worker through a queue.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -29,21 +31,24 @@ from nio import (
 
 from bot.config import Config
 from bot.engine.engine import SYNC_TOKEN_KEY, Engine, EngineConfig
-from bot.engine.model import IngestResult
-from bot.engine.policy import BEEPER_EVENT_TYPE, POLICY_EVENT_TYPE, Mode
+from bot.engine.model import IngestResult, PolicyEvent
+from bot.engine.policy import Mode, Policy
 from bot.engine.power import PowerState, describe_level
 from bot.engine.store import Store
 from bot.matrix.client import Credentials, LoginFailed, login
 from bot.matrix.commands import CommandError, Help, SetPolicy, Status, parse_command, usage
 from bot.matrix.handlers import CommandRequest, SyncReader, SyncReading, inviter_allowed
 from bot.matrix.http import HomeserverUnavailable, HttpTransport, MatrixHttp
+from bot.matrix.policy_state import PolicyWriteFailed, missing_policy_power, write_policy
 from bot.matrix.status import status_text
+from bot.metrics import LetheMetrics, MetricsServer
 
 log = logging.getLogger(__name__)
 
 SYNC_TIMEOUT_MS = 30_000
 MAX_SYNC_BACKOFF_S = 30.0
 BACKFILL_PAGES = 20  # up to 2,000 events of a gap per room and sync
+OWN_WRITES_KEPT = 256  # policy state events this process wrote, remembered by id
 
 
 @dataclass(frozen=True)
@@ -69,7 +74,17 @@ class LeaveIfAlone:
     room_id: str
 
 
-Action = Join | Notice | CheckPower | LeaveIfAlone | CommandRequest
+@dataclass(frozen=True)
+class OwnAccountPolicyChange:
+    """The policy was changed by state events sent from the bot's own account: by this
+    process for a command (already announced), or by `lethe policy set|clear`."""
+
+    room_id: str
+    policy: Policy
+    event_ids: tuple[str, ...]
+
+
+Action = Join | Notice | CheckPower | LeaveIfAlone | OwnAccountPolicyChange | CommandRequest
 
 
 class LetheBot:
@@ -85,7 +100,10 @@ class LetheBot:
         self.synced = asyncio.Event()  # set after each persisted sync (tests wait on it)
         self.sync_count = 0
         self.last_sync_at: float | None = None
+        self.tracked_total = 0  # events put on a schedule by this process (metrics)
         self._power_ok: dict[str, bool] = {}
+        self._own_writes: deque[str] = deque(maxlen=OWN_WRITES_KEPT)
+        self._metrics_server: MetricsServer | None = None
 
     # --- lifecycle -----------------------------------------------------------
 
@@ -105,6 +123,11 @@ class LetheBot:
             on_park=self._on_park,
         )
         await self.engine.start()
+        if self.config.metrics is not None:
+            metrics = LetheMetrics(self)
+            self.engine.scheduler.observe_redactions(metrics.observe_redaction)
+            self._metrics_server = MetricsServer(self.config.metrics, self, metrics)
+            await self._metrics_server.start()
         if self.client.should_upload_keys:
             await self.client.keys_upload()
         self._tasks = [
@@ -113,6 +136,9 @@ class LetheBot:
         ]
 
     async def stop(self) -> None:
+        if self._metrics_server is not None:
+            await self._metrics_server.stop()
+            self._metrics_server = None
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -142,6 +168,10 @@ class LetheBot:
     @property
     def sync_alive(self) -> bool:
         return self.last_sync_at is not None and time.monotonic() - self.last_sync_at < 120
+
+    @property
+    def scheduler_alive(self) -> bool:
+        return self.engine is not None and self.engine.scheduler.alive
 
     # --- sync --------------------------------------------------------------
 
@@ -214,6 +244,7 @@ class LetheBot:
         log.debug("sync persisted: %d joined room(s) updated, %d event(s) tracked",
                   len(reading.updates), result.tracked)
         self.sync_count += 1
+        self.tracked_total += result.tracked
         self.last_sync_at = time.monotonic()
         self.synced.set()
         self.synced = asyncio.Event()
@@ -229,9 +260,12 @@ class LetheBot:
             if change.initial:
                 put(Notice(change.room_id, self._hello(change.policy.describe())))
             elif change.sender != self.config.bot.user_id:
-                # The bot announces its own changes when it makes them.
                 put(Notice(change.room_id, f"{change.sender} changed the retention policy: "
                                            f"{change.policy.describe()}"))
+            else:
+                put(OwnAccountPolicyChange(
+                    change.room_id, change.policy, _own_policy_event_ids(reading, change.room_id,
+                                                                         change.sender)))
         for bad in result.invalid_policies:
             put(Notice(bad.room_id, f"Ignoring the {bad.event_type} state event from "
                                     f"{bad.sender}: {bad.reason}. The policy is unchanged."))
@@ -313,6 +347,8 @@ class LetheBot:
             await self._check_power(action.room_id, action.announce)
         elif isinstance(action, LeaveIfAlone):
             await self._leave_if_alone(action.room_id)
+        elif isinstance(action, OwnAccountPolicyChange):
+            await self._own_account_policy_change(action)
         else:
             await self._command(action)
 
@@ -423,38 +459,55 @@ class LetheBot:
         room_id, sender = request.room_id, request.sender
         power = self.power(room_id)
         bot = self.config.bot.user_id
-        for event_type in (POLICY_EVENT_TYPE, BEEPER_EVENT_TYPE):
-            if not power.can_send_state(sender, event_type):
-                log.info("refused a policy change in %s by %s (no power)", room_id, sender)
-                await self.notice(
-                    room_id,
-                    f"{sender}: you may not change the retention policy here: that needs "
-                    f"power level {power.needed_for_state(event_type)}, you have "
-                    f"{describe_level(power.level(sender))}. Nothing was changed.",
-                )
-                return
-            if not power.can_send_state(bot, event_type):
-                await self.notice(
-                    room_id,
-                    f"I may not change room settings here (I need power level "
-                    f"{power.needed_for_state(event_type)}). Nothing was changed.",
-                )
-                return
+        missing = missing_policy_power(power, sender)
+        if missing is not None:
+            log.info("refused a policy change in %s by %s (no power)", room_id, sender)
+            await self.notice(
+                room_id,
+                f"{sender}: you may not change the retention policy here: that needs "
+                f"power level {missing.needed}, you have "
+                f"{describe_level(power.level(sender))}. Nothing was changed.",
+            )
+            return
+        missing = missing_policy_power(power, bot)
+        if missing is not None:
+            await self.notice(
+                room_id,
+                f"I may not change room settings here (I need power level "
+                f"{missing.needed}). Nothing was changed.",
+            )
+            return
         policy = command.policy
-        for event_type, content in (
-            (POLICY_EVENT_TYPE, policy.to_state()),
-            (BEEPER_EVENT_TYPE, policy.to_beeper()),
-        ):
-            try:
-                reply = await self.http.put_state(room_id, event_type, content)
-            except HomeserverUnavailable:
-                reply = None
-            if reply is None or not reply.ok:
-                await self.notice(room_id, "Could not write the policy to the room state; "
-                                           "please try again.")
-                return
+        try:
+            # Remembered before the sync that brings them back can be handled.
+            self._own_writes.extend(await write_policy(self.http, room_id, policy))
+        except PolicyWriteFailed as exc:
+            log.warning("could not write the policy in %s: %s", room_id, exc)
+            await self.notice(room_id, "Could not write the policy to the room state; "
+                                       "please try again.")
+            return
         log.info("policy in %s set to %s by %s", room_id, policy.mode.value, sender)
         text = f"{sender} changed the retention policy: {policy.describe()}"
         if policy.mode is not Mode.OFF and not power.can_redact_others(bot):
             text += " " + self._no_power_text(power)
         await self.notice(room_id, text)
+
+    async def _own_account_policy_change(self, change: OwnAccountPolicyChange) -> None:
+        """Announce a change made with the bot's account but not by this process (the
+        admin CLI). Runs on the action worker after any command that wrote state, so
+        the ids of this process's own writes are known by then."""
+        if any(event_id in self._own_writes for event_id in change.event_ids):
+            return  # a command of this process: announced when it was made
+        log.info("policy in %s set to %s from the bot's account (lethe policy)",
+                 change.room_id, change.policy.mode.value)
+        await self.notice(change.room_id, "The bot's operator changed the retention policy: "
+                                          f"{change.policy.describe()}")
+
+
+def _own_policy_event_ids(reading: SyncReading, room_id: str, sender: str) -> tuple[str, ...]:
+    return tuple(
+        item.event_id
+        for update in reading.updates if update.room_id == room_id
+        for item in update.timeline
+        if isinstance(item, PolicyEvent) and item.sender == sender and item.event_id
+    )

@@ -1,0 +1,165 @@
+"""Prometheus metrics and a health check for `lethe run` (``metrics.listen``).
+
+Counters come from what the engine counts already (``RedactionStats``) and from
+the front (tracked events); gauges are read from the database when scraped; the
+lag histogram is fed by the scheduler's redaction hook. The engine itself never
+imports prometheus. The server runs in the bot's event loop and is owned by it.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from typing import Protocol
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from bot.admin.census import STATE_NAMES, pending_by_state
+from bot.config import ConfigError, MetricsConfig
+from bot.engine.engine import Engine
+from bot.engine.store import DueEvent
+
+log = logging.getLogger(__name__)
+
+# Due -> verified. Seconds when all is well, hours when the bot had no power.
+LAG_BUCKETS_S = (0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 900, 3600, 6 * 3600, 86400)
+
+
+class Front(Protocol):
+    """What the metrics read from a running front (the bot)."""
+
+    @property
+    def engine(self) -> Engine | None: ...
+
+    @property
+    def tracked_total(self) -> int: ...
+
+    @property
+    def sync_alive(self) -> bool: ...
+
+    @property
+    def scheduler_alive(self) -> bool: ...
+
+
+class LetheMetrics:
+    """One registry per front (not prometheus' global one), so several bots can
+    live in one process, as they do in the tests."""
+
+    def __init__(self, front: Front) -> None:
+        self._front = front
+        self.registry = CollectorRegistry()
+        self.lag = Histogram(
+            "lethe_redaction_lag_seconds",
+            "Time from an event's due time until its redaction was verified.",
+            buckets=LAG_BUCKETS_S,
+            registry=self.registry,
+        )
+        # Database readings, refreshed (asynchronously) just before each scrape.
+        self._pending: dict[str, int] = {}
+        self._rooms: dict[tuple[str, str], int] = {}
+        self.registry.register(self)
+
+    def observe_redaction(self, event: DueEvent, lag_ms: int) -> None:
+        self.lag.observe(max(0, lag_ms) / 1000)
+
+    async def refresh(self) -> None:
+        engine = self._front.engine
+        if engine is None:
+            return
+        self._pending = await pending_by_state(engine.store)
+        rooms: dict[tuple[str, str], int] = {}
+        for row in await engine.store.list_rooms():
+            key = (row.policy.mode.value, "yes" if row.can_redact else "no")
+            rooms[key] = rooms.get(key, 0) + 1
+        self._rooms = rooms
+
+    async def render(self) -> bytes:
+        await self.refresh()
+        return generate_latest(self.registry)
+
+    def collect(self) -> Iterator[Metric]:
+        """Called by the registry on each scrape (prometheus' custom collector API)."""
+        front = self._front
+        yield CounterMetricFamily(
+            "lethe_events_tracked", "Timeline events put on a retention schedule.",
+            value=front.tracked_total,
+        )
+        pending = GaugeMetricFamily(
+            "lethe_pending_events", "Events scheduled for redaction, by state.",
+            labels=["state"],
+        )
+        for state in STATE_NAMES.values():
+            pending.add_metric([state], self._pending.get(state, 0))
+        yield pending
+        engine = front.engine
+        stats = engine.stats if engine is not None else None
+        for name, doc, value in (
+            ("lethe_redactions", "Redactions done and verified.", "done"),
+            ("lethe_rate_limited", "429 (rate limited) answers to redactions.", "rate_limited"),
+            ("lethe_redaction_retries", "Redactions retried (429, errors, unconfirmed).",
+             "retries"),
+            ("lethe_redaction_failures", "Redactions given up on (never confirmed).",
+             "failures"),
+            ("lethe_redactions_parked", "Redactions put off for lack of power.", "parked"),
+        ):
+            yield CounterMetricFamily(
+                name, doc, value=getattr(stats, value) if stats is not None else 0
+            )
+        rooms = GaugeMetricFamily(
+            "lethe_rooms", "Rooms by policy mode and whether the bot can enforce it.",
+            labels=["policy", "enforceable"],
+        )
+        for (policy, enforceable), count in sorted(self._rooms.items()):
+            rooms.add_metric([policy, enforceable], count)
+        yield rooms
+        for name, doc, alive in (
+            ("lethe_sync_alive", "1 while the sync loop completes syncs.", front.sync_alive),
+            ("lethe_scheduler_alive", "1 while the redaction scheduler runs.",
+             front.scheduler_alive),
+        ):
+            yield GaugeMetricFamily(name, doc, value=int(alive))
+
+
+class MetricsServer:
+    """GET /metrics (Prometheus text format) and GET /health (200 or 503, JSON)."""
+
+    def __init__(self, config: MetricsConfig, front: Front, metrics: LetheMetrics) -> None:
+        self._config = config
+        self._front = front
+        self._metrics = metrics
+        self._runner: web.AppRunner | None = None
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_get("/metrics", self._serve_metrics)
+        app.router.add_get("/health", self._serve_health)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, self._config.host, self._config.port).start()
+        except OSError as exc:
+            await runner.cleanup()
+            raise ConfigError(
+                f"metrics.listen {self._config.listen}: cannot listen there: "
+                f"{exc.strerror or exc}"
+            ) from None
+        self._runner = runner
+        log.info("metrics on http://%s/metrics, health on /health", self._config.listen)
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    async def _serve_metrics(self, request: web.Request) -> web.Response:
+        body = await self._metrics.render()
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def _serve_health(self, request: web.Request) -> web.Response:
+        health = {
+            "sync_alive": self._front.sync_alive,
+            "scheduler_alive": self._front.scheduler_alive,
+        }
+        return web.json_response(health, status=200 if all(health.values()) else 503)
