@@ -1,0 +1,134 @@
+"""What every admin command starts from: the config, the bot's saved login, an HTTP
+client acting as the bot, and Lethe's database opened read-only.
+
+The E2EE key store is never opened here: only the running bot may use it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from bot.admin.output import warn
+from bot.admin.roomstate import RoomState
+from bot.cli import EXIT_CHECK_FAILED, EXIT_HOMESERVER, EXIT_USAGE, Fail
+from bot.config import Config
+from bot.engine.policy import PolicyError, parse_duration
+from bot.engine.store import Store, StoreError
+from bot.matrix.client import Credentials, LoginFailed, load_credentials
+from bot.matrix.http import CLIENT_V3, HttpReply, MatrixHttp, q
+
+
+def duration_arg(option: str, text: str, *, zero_ok: bool = False) -> int:
+    """A duration option in milliseconds; exit 2 naming the option when malformed."""
+    if zero_ok and text.strip() in ("0", "0s"):
+        return 0
+    try:
+        return parse_duration(text)
+    except PolicyError as exc:
+        raise Fail(f"{option}: {exc}", EXIT_USAGE) from None
+
+
+@dataclass
+class Admin:
+    config: Config
+    creds: Credentials
+    http: MatrixHttp
+
+    @property
+    def bot(self) -> str:
+        return self.config.bot.user_id
+
+    async def call(self, method: str, path: str, *, json: Mapping[str, Any] | None = None,
+                   params: Mapping[str, str] | None = None) -> HttpReply:
+        reply = await self.http.request(method, CLIENT_V3 + path, json=json, params=params)
+        if reply.status == 401:
+            raise LoginFailed(
+                f"the homeserver refused the saved login of {self.bot} ({reply.errcode}); "
+                "run `lethe login` again"
+            )
+        return reply
+
+    async def expect(self, method: str, path: str, what: str, **kwargs: Any) -> dict[str, Any]:
+        """A call that must succeed; otherwise a failure naming ``what`` (exit 4 when the
+        homeserver is in trouble, 1 when it refused)."""
+        reply = await self.call(method, path, **kwargs)
+        if not reply.ok:
+            error = reply.body.get("error") or reply.errcode or "no details"
+            raise Fail(f"{what}: HTTP {reply.status}: {error}",
+                       EXIT_HOMESERVER if reply.status >= 500 else EXIT_CHECK_FAILED)
+        return reply.body
+
+    async def whoami(self) -> dict[str, Any]:
+        return await self.expect("GET", "/account/whoami", "checking the login")
+
+    async def joined_rooms(self) -> list[str]:
+        body = await self.expect("GET", "/joined_rooms", "listing the bot's rooms")
+        rooms = body.get("joined_rooms")
+        return sorted(r for r in rooms if isinstance(r, str)) if isinstance(rooms, list) else []
+
+    async def resolve_room(self, room: str) -> str:
+        """A room id or alias of a room the bot is in, as a room id; exit 2 otherwise."""
+        if room.startswith("#"):
+            reply = await self.call("GET", f"/directory/room/{q(room)}")
+            room_id = reply.body.get("room_id")
+            if reply.status == 404 or not isinstance(room_id, str):
+                raise Fail(f"unknown room {room}: no such alias", EXIT_USAGE)
+        elif room.startswith("!"):
+            room_id = room
+        else:
+            raise Fail(f"{room!r} is not a room: give a room id (!abc:server) or an alias "
+                       "(#name:server)", EXIT_USAGE)
+        if room_id not in await self.joined_rooms():
+            shown = room if room == room_id else f"{room} ({room_id})"
+            raise Fail(f"unknown room {shown}: the bot is not in it", EXIT_USAGE)
+        return room_id
+
+    async def room_state(self, room_id: str) -> RoomState:
+        body = await self.expect("GET", f"/rooms/{q(room_id)}/state",
+                                 f"reading the state of {room_id}")
+        chunk = body.get("chunk")
+        events = [e for e in chunk if isinstance(e, Mapping)] if isinstance(chunk, list) else []
+        return RoomState.from_events(room_id, events, self.config.default_cap_ms)
+
+    async def event(self, room_id: str, event_id: str) -> dict[str, Any] | None:
+        reply = await self.call("GET", f"/rooms/{q(room_id)}/event/{q(event_id)}")
+        return reply.body if reply.ok else None
+
+
+@asynccontextmanager
+async def admin_session(config: Config) -> AsyncIterator[Admin]:
+    """The bot's saved login; LoginFailed (exit 4) when there is none."""
+    creds = load_credentials(config.credentials_path)
+    if creds is None:
+        raise LoginFailed(f"no saved login in {config.credentials_path}: run "
+                          f"`lethe -c {config.path} login` first")
+    if creds.user_id != config.bot.user_id:
+        raise LoginFailed(f"{config.credentials_path} belongs to {creds.user_id}, but "
+                          f"bot.user_id is {config.bot.user_id}")
+    http = MatrixHttp(config.homeserver.url, creds.access_token)
+    try:
+        yield Admin(config, creds, http)
+    finally:
+        await http.close()
+
+
+@asynccontextmanager
+async def readonly_store(config: Config, *, required: bool) -> AsyncIterator[Store | None]:
+    """Lethe's database, read-only: safe while the bot runs (WAL readers never block
+    its writer). With ``required=False`` a missing or unusable database is a warning
+    and yields None."""
+    try:
+        store = await Store.open(config.db_path, readonly=True)
+    except StoreError as exc:
+        if required:
+            raise
+        warn(f"{exc}; what Lethe has scheduled is unknown")
+        store = None
+    try:
+        yield store
+    finally:
+        if store is not None:
+            await store.close()

@@ -1,0 +1,138 @@
+"""How the admin commands print: aligned tables for people, JSON for scripts, a
+progress bar only on a terminal. Never anything of a message but ids and times."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+import click
+
+from bot.admin.roomstate import RoomState
+from bot.engine.policy import Policy, format_duration
+from bot.engine.power import describe_level
+from bot.engine.store import RoomRow
+
+json_option = click.option(
+    "--json", "as_json", is_flag=True, help="Print JSON on stdout (for scripts), nothing else."
+)
+
+
+def when(ms: int | None) -> str:
+    if ms is None:
+        return "-"
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def relative(ms: int | None, now_ms: int) -> str:
+    """``in 5m`` or ``3m ago``."""
+    if ms is None:
+        return "-"
+    if ms >= now_ms:
+        return f"in {format_duration(ms - now_ms)}"
+    return f"{format_duration(now_ms - ms)} ago"
+
+
+def policy_json(policy: Policy) -> dict[str, Any]:
+    return {**policy.to_state(), "text": policy.describe()}
+
+
+def short_policy(policy: Policy) -> str:
+    """The policy in command syntax, for table cells: ``after-read 1h cap 1d``."""
+    state = policy.to_state()
+    if not policy.active:
+        return "off"
+    text = f"{policy.mode.value.replace('_', '-')} {format_duration(state['timer_ms'])}"
+    if "cap_ms" in state:
+        text += f" cap {format_duration(state['cap_ms'])} readers {state['readers']}"
+    return text
+
+
+def _level(level: float) -> int | str:
+    text = describe_level(level)
+    return int(text) if text.lstrip("-").isdigit() else text  # "creator": unlimited
+
+
+def enforcement(state: RoomState, bot: str) -> dict[str, Any]:
+    return {
+        "can_enforce": state.power.can_redact_others(bot),
+        "bot_level": _level(state.power.level(bot)),
+        "redact_level": state.power.redact,
+    }
+
+
+def enforcement_text(state: RoomState, bot: str, *, long: bool = False) -> str:
+    level = describe_level(state.power.level(bot))
+    redact = state.power.redact
+    if state.power.can_redact_others(bot):
+        return f"yes (the bot's power level {level}, redacting needs {redact})" if long else "yes"
+    if long:
+        return (f"NO: the bot's power level is {level}, redacting others' messages needs "
+                f"{redact}")
+    return f"NO (level {level} < {redact})"
+
+
+def policy_events_json(state: RoomState) -> list[dict[str, Any]]:
+    return [
+        {"type": v.event_type, "sender": v.sender, "origin_ts": v.origin_ts,
+         "content": dict(v.content), "ignored_because": v.problem}
+        for v in state.policy_events
+    ]
+
+
+def policy_lines(state: RoomState, row: RoomRow | None) -> list[tuple[str, str]]:
+    """The two policy state events, and Lethe's own view where it differs."""
+    lines = [
+        ("State event", f"{v.event_type} by {v.sender} at {when(v.origin_ts)}"
+         + (f"; IGNORED: {v.problem}" if v.problem else ""))
+        for v in state.policy_events
+    ]
+    if row is not None and row.policy != state.policy:
+        lines.append(("Lethe applies", f"{row.policy.describe()} (it has not caught up with "
+                                       "the room state yet, or it kept the policy in force "
+                                       "before an ignored event)"))
+    return lines
+
+
+def fields(lines: Sequence[tuple[str, str]]) -> None:
+    width = max(len(k) for k, _ in lines)
+    for key, value in lines:
+        click.echo(f"{key + ':':<{width + 1}} {value}")
+
+
+def emit_json(data: object) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=True))
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+    cells = [[str(c) for c in headers], *[[str(c) for c in row] for row in rows]]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    for row in cells:
+        click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+
+
+def warn(text: str) -> None:
+    click.echo(f"warning: {text}", err=True)
+
+
+class Progress(Protocol):
+    def update(self, n_steps: int) -> None: ...
+
+
+class _Silent:
+    def update(self, n_steps: int) -> None:
+        pass
+
+
+@contextmanager
+def progress(length: int, label: str, *, quiet: bool) -> Iterator[Progress]:
+    """A progress bar on stderr when it is a terminal (and not ``quiet``)."""
+    if quiet or length <= 0 or not sys.stderr.isatty():
+        yield _Silent()
+        return
+    with click.progressbar(length=length, label=label, file=sys.stderr) as bar:
+        yield bar

@@ -1,0 +1,168 @@
+"""`lethe rooms list|show|leave`: the rooms the bot is in, as the homeserver and
+Lethe's database see them."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import click
+
+from bot.admin.census import RoomSchedule, room_schedules
+from bot.admin.context import admin_session, readonly_store
+from bot.admin.output import (
+    emit_json,
+    enforcement,
+    enforcement_text,
+    fields,
+    json_option,
+    policy_events_json,
+    policy_json,
+    policy_lines,
+    relative,
+    short_policy,
+    table,
+)
+from bot.admin.roomstate import RoomState
+from bot.cli import cli_config, config_option, run_async
+from bot.engine.store import Store
+from bot.matrix.http import q
+
+
+def summary(state: RoomState, schedule: RoomSchedule | None, store: Store | None,
+            bot: str) -> dict[str, Any]:
+    """One room, as `rooms list --json` shows it."""
+    known = store is not None
+    return {
+        "room_id": state.room_id,
+        "name": state.name,
+        "alias": state.canonical_alias,
+        "encrypted": state.encrypted,
+        "members": len(state.members),
+        "policy": policy_json(state.policy),
+        "policy_sender": state.policy_sender,
+        **enforcement(state, bot),
+        # None: Lethe's database could not be read.
+        "pending": (schedule.pending if schedule else 0) if known else None,
+        "next_due": schedule.next_due if schedule else None,
+    }
+
+
+@click.group()
+def rooms() -> None:
+    """The rooms the bot is in."""
+
+
+@rooms.command("list")
+@config_option
+@json_option
+@click.pass_context
+def list_rooms(ctx: click.Context, as_json: bool) -> None:
+    """Every room the bot is in: name, id, encryption, members, policy, whether the bot
+    can enforce it, pending count and next due time."""
+    config = cli_config(ctx)
+
+    async def go() -> None:
+        async with admin_session(config) as admin, \
+                readonly_store(config, required=False) as store:
+            schedules = await room_schedules(store) if store is not None else {}
+            found = []
+            for room_id in await admin.joined_rooms():
+                state = await admin.room_state(room_id)
+                found.append((state, summary(state, schedules.get(room_id), store, admin.bot)))
+        if as_json:
+            emit_json([row for _, row in found])
+            return
+        if not found:
+            click.echo("The bot is in no rooms. Invite it into one.")
+            return
+        now = int(time.time() * 1000)
+        table(
+            ("ROOM", "ID", "E2EE", "MEMBERS", "POLICY", "ENFORCED", "PENDING", "NEXT DUE"),
+            [
+                (
+                    state.name or state.canonical_alias or "-", state.room_id,
+                    "yes" if state.encrypted else "no",
+                    len(state.members), short_policy(state.policy),
+                    enforcement_text(state, admin.bot),
+                    "?" if row["pending"] is None else row["pending"],
+                    relative(row["next_due"], now),
+                )
+                for state, row in found
+            ],
+        )
+
+    run_async(go)
+
+
+@rooms.command()
+@click.argument("room")
+@config_option
+@json_option
+@click.pass_context
+def show(ctx: click.Context, room: str, as_json: bool) -> None:
+    """One room in detail. ROOM: a room id (!id:server) or an alias (#name:server)."""
+    config = cli_config(ctx)
+
+    async def go() -> None:
+        async with admin_session(config) as admin, \
+                readonly_store(config, required=False) as store:
+            room_id = await admin.resolve_room(room)
+            state = await admin.room_state(room_id)
+            schedule = (await room_schedules(store)).get(room_id) if store else None
+            row = await store.get_room(room_id) if store else None
+        data = {
+            **summary(state, schedule, store, admin.bot),
+            "alt_aliases": list(state.alt_aliases),
+            "joined_members": list(state.members),
+            "policy_events": policy_events_json(state),
+            "lethe_policy": policy_json(row.policy) if row else None,
+            "redacted": row.redacted_count if row else None,
+            "failed": row.failed_count if row else None,
+        }
+        if as_json:
+            emit_json(data)
+            return
+        now = int(time.time() * 1000)
+        aliases = [a for a in (state.canonical_alias, *state.alt_aliases) if a]
+        lines = [
+            ("Room", state.room_id),
+            ("Name", state.name or "-"),
+            ("Aliases", ", ".join(aliases) or "-"),
+            ("Encrypted", "yes" if state.encrypted else "no"),
+            ("Members", f"{len(state.members)}: {', '.join(state.members)}"),
+            ("Policy", state.policy.describe()
+             + (f", set by {state.policy_sender}" if state.policy_sender else "")),
+            ("Enforced", enforcement_text(state, admin.bot, long=True)),
+            *policy_lines(state, row),
+        ]
+        if data["pending"] is not None:
+            lines.append(("Pending", f"{data['pending']}, next due "
+                                     f"{relative(data['next_due'], now)}"))
+            lines.append(("Redacted", f"{data['redacted'] or 0}, given up on "
+                                      f"{data['failed'] or 0}"))
+        fields(lines)
+
+    run_async(go)
+
+
+@rooms.command()
+@click.argument("room")
+@config_option
+@click.pass_context
+def leave(ctx: click.Context, room: str) -> None:
+    """Make the bot leave ROOM. What it had scheduled there is dropped."""
+    config = cli_config(ctx)
+
+    async def go() -> None:
+        async with admin_session(config) as admin, \
+                readonly_store(config, required=False) as store:
+            room_id = await admin.resolve_room(room)
+            pending = await store.pending_count(room_id) if store else 0
+            await admin.expect("POST", f"/rooms/{q(room_id)}/leave", f"leaving {room_id}",
+                               json={})
+        click.echo(f"left {room_id}")
+        if pending:
+            click.echo(f"{pending} scheduled redaction(s) there will not happen now")
+
+    run_async(go)

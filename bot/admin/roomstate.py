@@ -1,0 +1,129 @@
+"""A room as its current state describes it, from the homeserver (GET /state):
+name, aliases, encryption, members, power, and the retention policy in force.
+Pure: no I/O."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from bot.engine.policy import (
+    BEEPER_EVENT_TYPE,
+    POLICY_EVENT_TYPE,
+    POLICY_STATE_TYPES,
+    Policy,
+    PolicyError,
+    StatePolicy,
+    policy_from_beeper,
+    policy_from_state,
+    resolve_policy,
+)
+from bot.engine.power import PowerState
+
+
+def state_policy(event: Mapping[str, Any], default_cap_ms: int) -> StatePolicy:
+    """One policy state event read as the engine reads it; PolicyError if invalid."""
+    event_type = event.get("type")
+    content = event.get("content")
+    if event_type == POLICY_EVENT_TYPE:
+        policy = policy_from_state(content)
+    elif event_type == BEEPER_EVENT_TYPE:
+        policy = policy_from_beeper(content, default_cap_ms)
+    else:
+        raise PolicyError(f"{event_type!r} is not a policy event")
+    sender = event.get("sender")
+    ts = event.get("origin_server_ts")
+    return StatePolicy(
+        policy, str(event_type), sender if isinstance(sender, str) else "",
+        ts if isinstance(ts, int) else 0,
+    )
+
+
+@dataclass(frozen=True)
+class PolicyEventView:
+    """One of the two policy state events as it stands, valid or not."""
+
+    event_type: str
+    sender: str
+    origin_ts: int
+    content: Mapping[str, Any]
+    problem: str | None  # why the engine ignores it, if it does
+    raw: Mapping[str, Any]  # the whole event (history walks need its replaces_state)
+
+
+@dataclass(frozen=True)
+class RoomState:
+    room_id: str
+    name: str | None
+    canonical_alias: str | None
+    alt_aliases: tuple[str, ...]
+    encrypted: bool
+    members: tuple[str, ...]  # joined, sorted
+    power: PowerState
+    policy: Policy
+    policy_sender: str | None
+    policy_events: tuple[PolicyEventView, ...]
+    created_ts: int | None
+
+    @property
+    def title(self) -> str:
+        """``Planning (!abc:server)``, or just the id for a room without name or alias."""
+        label = self.name or self.canonical_alias
+        return f"{label} ({self.room_id})" if label else self.room_id
+
+    @classmethod
+    def from_events(
+        cls, room_id: str, events: Sequence[Mapping[str, Any]], default_cap_ms: int
+    ) -> RoomState:
+        state: dict[tuple[str, str], Mapping[str, Any]] = {}
+        for event in events:
+            if isinstance(event.get("type"), str) and isinstance(event.get("state_key"), str):
+                state[(event["type"], event["state_key"])] = event
+
+        def content(event_type: str) -> Mapping[str, Any]:
+            found = state.get((event_type, ""), {}).get("content")
+            return found if isinstance(found, Mapping) else {}
+
+        name = content("m.room.name").get("name")
+        alias = content("m.room.canonical_alias").get("alias")
+        alt = content("m.room.canonical_alias").get("alt_aliases")
+        members = sorted(
+            key for (kind, key), event in state.items()
+            if kind == "m.room.member" and (event.get("content") or {}).get("membership") == "join"
+        )
+        create = state.get(("m.room.create", ""))
+        power_levels = state.get(("m.room.power_levels", ""))
+        views: list[PolicyEventView] = []
+        valid: dict[str, StatePolicy] = {}
+        for event_type in POLICY_STATE_TYPES:
+            event = state.get((event_type, ""))
+            if event is None:
+                continue
+            problem = None
+            try:
+                valid[event_type] = state_policy(event, default_cap_ms)
+            except PolicyError as exc:
+                problem = str(exc)
+            views.append(PolicyEventView(
+                event_type, str(event.get("sender", "")), int(event.get("origin_server_ts", 0)),
+                content(event_type), problem, event,
+            ))
+        winner = resolve_policy(valid.get(POLICY_EVENT_TYPE), valid.get(BEEPER_EVENT_TYPE))
+        created = create.get("origin_server_ts") if create else None
+        return cls(
+            room_id=room_id,
+            name=name if isinstance(name, str) and name else None,
+            canonical_alias=alias if isinstance(alias, str) and alias else None,
+            alt_aliases=tuple(a for a in alt if isinstance(a, str)) if isinstance(alt, list)
+            else (),
+            encrypted=("m.room.encryption", "") in state,
+            members=tuple(members),
+            power=PowerState.from_state(
+                create, power_levels.get("content") if power_levels else None
+            ),
+            policy=winner.policy if winner else Policy.off(),
+            policy_sender=winner.sender if winner else None,
+            policy_events=tuple(views),
+            created_ts=created if isinstance(created, int) else None,
+        )
