@@ -59,6 +59,7 @@ class MetricsConfig:
 
     host: str
     port: int
+    key: str = "metrics.listen"  # where it was configured, for error messages
 
     @property
     def listen(self) -> str:
@@ -190,29 +191,30 @@ class ConfigReader:
                             f"must be DEBUG, INFO, WARNING or ERROR, not {level!r}")
         return level
 
-    def metrics(self) -> MetricsConfig | None:
-        """``metrics.listen: "127.0.0.1:9464"``; absent means off. Only loopback
-        addresses: the endpoint has no authentication."""
-        listen = self.string(self.section("metrics"), "metrics.listen")
+    def metrics(
+        self, section: dict[str, Any] | None = None, key: str = "metrics.listen"
+    ) -> MetricsConfig | None:
+        """``metrics.listen: "127.0.0.1:9464"`` (the bridge: ``bridge.metrics.listen``);
+        absent means off. Only loopback addresses: the endpoint has no authentication."""
+        section = self.section("metrics") if section is None else section
+        listen = self.string(section, key)
         if listen is None:
             return None
         host, sep, port_text = listen.strip().rpartition(":")
         if host.startswith("[") and host.endswith("]"):
             host = host[1:-1]
         if not sep or not host or not port_text.isdigit() or not 1 <= int(port_text) <= 65535:
-            raise self.fail("metrics.listen", f"must be HOST:PORT like 127.0.0.1:9464, "
-                                              f"not {listen!r}")
+            raise self.fail(key, f"must be HOST:PORT like 127.0.0.1:9464, not {listen!r}")
         if host != "localhost":
             try:
                 loopback = ipaddress.ip_address(host).is_loopback
             except ValueError:
                 loopback = False
             if not loopback:
-                raise self.fail("metrics.listen", f"{host!r} is not a loopback address; the "
-                                                  "endpoint has no authentication, so it only "
-                                                  "listens on 127.0.0.1, ::1 or localhost (put "
-                                                  "a proxy in front to expose it)")
-        return MetricsConfig(host, int(port_text))
+                raise self.fail(key, f"{host!r} is not a loopback address; the endpoint has "
+                                     "no authentication, so it only listens on 127.0.0.1, ::1 "
+                                     "or localhost (put a proxy in front to expose it)")
+        return MetricsConfig(host, int(port_text), key)
 
 
 def read_config_file(path: Path) -> ConfigReader:

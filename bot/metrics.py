@@ -142,7 +142,7 @@ class MetricsServer:
         except OSError as exc:
             await runner.cleanup()
             raise ConfigError(
-                f"metrics.listen {self._config.listen}: cannot listen there: "
+                f"{self._config.key} {self._config.listen}: cannot listen there: "
                 f"{exc.strerror or exc}"
             ) from None
         self._runner = runner

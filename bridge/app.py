@@ -26,6 +26,7 @@ from bot.engine.redactor import Outcome, Reply
 from bot.engine.store import Store
 from bot.matrix.events import receipts_from_content
 from bot.matrix.http import HomeserverUnavailable, HttpTransport, MatrixHttp, q
+from bot.metrics import LetheMetrics, MetricsServer
 from bridge.config import BridgeConfig, is_loopback
 from bridge.registration import Registration, check_matches, load_registration
 from bridge.rooms import RoomReader, RoomReading, RoomView
@@ -76,6 +77,7 @@ class Bridge:
         self.pinged = asyncio.Event()  # the homeserver answered a ping (tests wait on it)
         self._reader = RoomReader(config)
         self._server: AppserviceServer | None = None
+        self._metrics_server: MetricsServer | None = None
         self._lock = asyncio.Lock()  # one transaction at a time, in the order they come
         self._ping_task: asyncio.Task[None] | None = None
 
@@ -104,6 +106,11 @@ class Bridge:
             needs_power=lambda sender: not config.is_local(sender),
         )
         await self.engine.start()
+        if config.metrics is not None:
+            metrics = LetheMetrics(self)
+            self.engine.scheduler.observe_redactions(metrics.observe_redaction)
+            self._metrics_server = MetricsServer(config.metrics, self, metrics)
+            await self._metrics_server.start()
         self._server = AppserviceServer(registration.hs_token, self.on_transaction)
         try:
             await self._server.start(config.host, config.port)
@@ -125,6 +132,9 @@ class Bridge:
         if self._server is not None:
             await self._server.stop()
             self._server = None
+        if self._metrics_server is not None:
+            await self._metrics_server.stop()
+            self._metrics_server = None
         if self.engine is not None:
             await self.engine.close()
             self.engine = None
@@ -146,6 +156,23 @@ class Bridge:
                     raise task.exception()  # type: ignore[misc]
         finally:
             await self.stop()
+
+    # --- what the metrics read ---------------------------------------------------
+
+    @property
+    def tracked_total(self) -> int:
+        return self.stats.tracked
+
+    @property
+    def sync_alive(self) -> bool:
+        """The bridge's counterpart of a live sync: the homeserver reaches it (a ping
+        came back) and its API is up. An idle homeserver pushes nothing, so the time
+        since the last transaction says nothing."""
+        return self.pinged.is_set() and self._server is not None
+
+    @property
+    def scheduler_alive(self) -> bool:
+        return self.engine is not None and self.engine.scheduler.alive
 
     # --- ping ----------------------------------------------------------------
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bot.config import ConfigReader, read_config_file
+from bot.config import ConfigReader, MetricsConfig, read_config_file
 from bot.engine.policy import Mode, Policy, PolicyError, Readers, format_duration
 
 DEFAULT_ID = "lethe"
@@ -58,6 +58,7 @@ class BridgeConfig:
     ignore_readers: tuple[str, ...]
     workers: int
     log_level: str
+    metrics: MetricsConfig | None = None  # None: no metrics endpoint
 
     @property
     def server_name(self) -> str:
@@ -121,6 +122,7 @@ def load_bridge_config(path: Path | str) -> BridgeConfig:
         ignore_readers=r.ignore_readers(),
         workers=r.workers(),
         log_level=r.log_level(),
+        metrics=r.metrics(_subsection(r, bridge, "bridge.metrics"), "bridge.metrics.listen"),
     )
 
 

@@ -426,7 +426,9 @@ async def test_remote_sender_without_power_is_reported_not_retried(
     power. Without it the room is reported and the event parked, not retried; given
     power, the bot joins on invite and the parked event is tried once more."""
     caplog.set_level(logging.INFO)
-    handle = await bridges(default_policy={"mode": "after_send", "timer": "1s"})
+    metrics_port = find_free_port()
+    handle = await bridges(default_policy={"mode": "after_send", "timer": "1s"},
+                           metrics={"listen": f"127.0.0.1:{metrics_port}"})
     alice, _, room = await encrypted_room(people)
     known = await alice.send(room, "canary-bridge makes the room known")
     await handle.tracked(known)
@@ -463,6 +465,11 @@ async def test_remote_sender_without_power_is_reported_not_retried(
     mine = next(r for r in json.loads(listed) if r["room_id"] == room)
     assert (mine["can_enforce"], mine["pending"]) == (False, 1)
     assert "NO (remote senders" in await _bridge_rooms(handle.config)
+    async with aiohttp.ClientSession() as session, \
+            session.get(f"http://127.0.0.1:{metrics_port}/metrics") as resp:
+        series = await resp.text()
+    assert 'lethe_rooms{enforceable="no",policy="after_send"} 1.0' in series
+    assert "lethe_redactions_parked_total 1.0" in series
 
     # alice gives the bridge's bot power and invites it: it joins, and the parked
     # event is tried (the homeserver does not know it, so it fails for good).

@@ -92,6 +92,8 @@ def test_default_policies(tmp_path: Path) -> None:
     ({"listen": {"port": 70000}}, "bridge.listen.port"),
     ({"rooms": {"exclude": "#secret:x"}}, "bridge.rooms.exclude"),
     ({"defer_to": "@lethe:x"}, "bridge.defer_to"),
+    ({"metrics": {"listen": "0.0.0.0:9465"}}, "bridge.metrics.listen"),
+    ({"metrics": {"listen": "9465"}}, "bridge.metrics.listen"),
 ])
 def test_config_errors_name_the_key(tmp_path: Path, bridge: dict[str, Any], key: str) -> None:
     assert f": {key}: " in error(tmp_path, minimal(**bridge))
@@ -325,3 +327,4 @@ def test_example_config_bridge_section_loads(tmp_path: Path) -> None:
     config = load_bridge_config(path)
     assert config.default_policy == Policy.after_send(72 * H)
     assert config.defer_to == ("@lethe:example.org",)
+    assert config.metrics is not None and config.metrics.port == 9465
