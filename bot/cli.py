@@ -180,6 +180,15 @@ def login(ctx: click.Context) -> None:
     run_async(go)
 
 
+def stop_on_signals() -> asyncio.Event:
+    """An event SIGINT and SIGTERM set, for `run_until` (call it in the running loop)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    return stop
+
+
 @main.command()
 @config_option
 @click.pass_context
@@ -191,13 +200,9 @@ def run(ctx: click.Context) -> None:
     setup_logging(config.log_level)
 
     async def go() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
         bot = LetheBot(config)
         log.info("starting Lethe for %s on %s", config.bot.user_id, config.homeserver.url)
-        await bot.run_until(stop)
+        await bot.run_until(stop_on_signals())
         log.info("stopped")
 
     run_async(go)

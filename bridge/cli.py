@@ -5,15 +5,23 @@ Loaded lazily by the `lethe` group, so the bot never imports the bridge.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import signal
 import time
 from pathlib import Path
 
 import click
 
-from bot.cli import EXIT_CONFIG, EXIT_HOMESERVER, EXIT_USAGE, Fail, run_async, setup_logging
+from bot.admin.output import json_option
+from bot.cli import (
+    EXIT_CONFIG,
+    EXIT_HOMESERVER,
+    EXIT_USAGE,
+    Fail,
+    config_option,
+    run_async,
+    setup_logging,
+    stop_on_signals,
+)
 from bot.config import ConfigError
 from bot.engine.store import RoomRow, Store
 from bridge.config import BridgeConfig, load_bridge_config
@@ -39,6 +47,7 @@ def bridge() -> None:
 
 
 @bridge.command()
+@config_option
 @click.option("--url", required=True,
               help="Where the homeserver reaches the bridge, e.g. http://127.0.0.1:29331.")
 @click.option("--out", type=click.Path(path_type=Path),
@@ -61,6 +70,7 @@ def registration(ctx: click.Context, url: str, out: Path | None, force: bool) ->
 
 
 @bridge.command()
+@config_option
 @click.pass_context
 def run(ctx: click.Context) -> None:
     """Run the bridge until SIGINT or SIGTERM."""
@@ -70,13 +80,9 @@ def run(ctx: click.Context) -> None:
     setup_logging(config.log_level)
 
     async def go() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
         log.info("starting the Lethe bridge as %s for %s", config.user_id,
                  config.homeserver_url)
-        await Bridge(config).run_until(stop)
+        await Bridge(config).run_until(stop_on_signals())
         log.info("stopped")
 
     try:
@@ -88,14 +94,14 @@ def run(ctx: click.Context) -> None:
 
 
 @bridge.command()
-@click.option("--json", "as_json", is_flag=True,
-              help="Print JSON on stdout (for scripts), nothing else.")
+@config_option
+@json_option
 @click.pass_context
 def rooms(ctx: click.Context, as_json: bool) -> None:
     """The rooms the bridge enforces, from its database (read-only, safe while it runs):
     policy, whether it can enforce it, pending count and next due time."""
     from bot.admin.census import room_schedules
-    from bot.admin.output import emit_json, relative, short_policy, table
+    from bot.admin.output import emit_json, policy_json, relative, short_policy, table
 
     config = _config(ctx)
 
@@ -111,7 +117,7 @@ def rooms(ctx: click.Context, as_json: bool) -> None:
             schedule = schedules.get(row.room_id)
             found.append({
                 "room_id": row.room_id,
-                "policy": {**row.policy.to_state(), "text": row.policy.describe()},
+                "policy": policy_json(row.policy),
                 "policy_sender": row.policy_sender,
                 "can_enforce": row.can_redact,
                 "bot_level": row.bot_level,

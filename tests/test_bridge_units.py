@@ -154,7 +154,7 @@ def test_registration_cli_writes_a_private_file(tmp_path: Path) -> None:
 def test_registration_default_path_and_bad_url(tmp_path: Path) -> None:
     config = write(tmp_path, minimal())
     runner = CliRunner()
-    bad = runner.invoke(main, ["-c", str(config), "bridge", "registration", "--url", "nowhere"])
+    bad = runner.invoke(main, ["bridge", "registration", "-c", str(config), "--url", "nowhere"])
     assert bad.exit_code == 2 and "--url" in bad.output
     good = runner.invoke(main, ["-c", str(config), "bridge", "registration",
                                 "--url", "http://127.0.0.1:1"])
