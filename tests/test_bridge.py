@@ -34,7 +34,7 @@ from bot.localsynapse import LocalSynapse, find_free_port, synapse_available
 from bridge.app import Bridge, RegistrationNotLoaded
 from bridge.config import BridgeConfig, load_bridge_config
 from bridge.registration import build_registration, load_registration, write_registration
-from tests.harness import BotHandle, Person, eventually, stays, unique, write_bot_config
+from tests.harness import BotHandle, Person, eventually, stays
 from tests.test_restart_privacy import REPO, clean_env, lethe_cli
 
 LETHE = "chat.lethe.policy"
@@ -92,20 +92,11 @@ def bridge_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BridgeSe
     hs.stop()
 
 
-@pytest.fixture
-async def people(bridge_server: BridgeServer, tmp_path: Path) -> AsyncIterator[Any]:
-    """People on the module's homeserver (the shared `people` fixture uses the other)."""
-    made: list[Person] = []
-
-    async def make(name: str) -> Person:
-        person = Person(bridge_server.hs, unique(name), tmp_path / "people" / name)
-        await person.start()
-        made.append(person)
-        return person
-
-    yield make
-    for person in made:
-        await person.close()
+@pytest.fixture(scope="module")
+def synapse(bridge_server: BridgeServer) -> LocalSynapse:
+    """This module's homeserver in place of the session's, so the shared `people`
+    fixture makes people on it."""
+    return bridge_server.hs
 
 
 class BridgeHandle:
@@ -563,37 +554,32 @@ async def _has(person: Person, room: str, user_id: str) -> bool:
 
 
 async def test_bot_and_bridge_never_redact_the_same_message(
-    bridge_server: BridgeServer, bridges, people, tmp_path: Path
+    bridges, people, lethe: BotHandle
 ) -> None:
     """Messages sent while the Lethe bot is in the room are the bot's; the others are
     the bridge's. Each message is redacted exactly once."""
-    lethe = BotHandle(write_bot_config(bridge_server.hs, tmp_path / "bot"))
-    try:
-        handle = await bridges(defer_to=[lethe.user_id])
-        alice, (bob,), room = await encrypted_room(people, "bob")
-        assert await alice.put_state(room, LETHE, {"mode": "after_send",
-                                                   "timer_ms": 4000}) == 200
-        before = [await alice.send(room, "canary-bridge before the bot"),
-                  await bob.send(room, "canary-bridge bob before the bot")]
-        await handle.tracked(*before)
+    handle = await bridges(defer_to=[lethe.user_id])
+    alice, (bob,), room = await encrypted_room(people, "bob")
+    assert await alice.put_state(room, LETHE, {"mode": "after_send", "timer_ms": 4000}) == 200
+    before = [await alice.send(room, "canary-bridge before the bot"),
+              await bob.send(room, "canary-bridge bob before the bot")]
+    await handle.tracked(*before)
 
-        await alice.set_power(room, lethe.user_id, 50)
-        await alice.invite(room, lethe.user_id)
-        await lethe.start()
-        await alice.wait_notice(room, "Lethe is here")
-        after = [await alice.send(room, "canary-bridge with the bot"),
-                 await bob.send(room, "canary-bridge bob with the bot")]
-        await eventually(all_redacted(alice, room, *before, *after), 30,
-                         what="every message redacted")
-        # Long enough for a second redaction by the other party to show.
-        assert await stays(lambda: _single_redactions(alice, room), 5)
-        by_target = {target(r): r["sender"] for r in await redactions(alice, room)}
-        assert {by_target[e] for e in before} == {alice.user_id, bob.user_id}, \
-            "messages from before the bot joined are the bridge's (as their senders)"
-        assert {by_target[e] for e in after} == {lethe.user_id}, \
-            "messages sent while the bot is in the room are the bot's"
-    finally:
-        await lethe.stop()
+    await alice.set_power(room, lethe.user_id, 50)
+    await alice.invite(room, lethe.user_id)
+    await lethe.start()
+    await alice.wait_notice(room, "Lethe is here")
+    after = [await alice.send(room, "canary-bridge with the bot"),
+             await bob.send(room, "canary-bridge bob with the bot")]
+    await eventually(all_redacted(alice, room, *before, *after), 30,
+                     what="every message redacted")
+    # Long enough for a second redaction by the other party to show.
+    assert await stays(lambda: _single_redactions(alice, room), 5)
+    by_target = {target(r): r["sender"] for r in await redactions(alice, room)}
+    assert {by_target[e] for e in before} == {alice.user_id, bob.user_id}, \
+        "messages from before the bot joined are the bridge's (as their senders)"
+    assert {by_target[e] for e in after} == {lethe.user_id}, \
+        "messages sent while the bot is in the room are the bot's"
 
 
 async def _single_redactions(person: Person, room: str) -> bool:

@@ -19,8 +19,8 @@ from tests.test_bridge import (  # noqa: F401  (fixtures)
     bridge_server,
     bridges,
     encrypted_room,
-    people,
     push,
+    synapse,
 )
 
 
