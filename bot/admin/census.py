@@ -29,8 +29,11 @@ async def pending_by_state(store: Store) -> dict[str, int]:
 
 async def room_schedules(store: Store) -> dict[str, RoomSchedule]:
     """Per room with anything pending: how much, and the earliest due time."""
+    # NOT INDEXED: grouping along the (room_id, seq) index costs a row lookup per event;
+    # one sequential scan is about 4x faster (100k events: 98 ms instead of 378 ms).
     async with store.conn.execute(
-        "SELECT room_id, count(*), min(due_at) FROM events WHERE status != ? GROUP BY room_id",
+        "SELECT room_id, count(*), min(due_at) FROM events NOT INDEXED WHERE status != ? "
+        "GROUP BY room_id",
         (FAILED,),
     ) as cur:
         return {
