@@ -98,9 +98,9 @@ class Admin:
         return reply.body if reply.ok else None
 
 
-@asynccontextmanager
-async def admin_session(config: Config) -> AsyncIterator[Admin]:
-    """The bot's saved login; LoginFailed (exit 4) when there is none."""
+def saved_login(config: Config) -> Credentials:
+    """The bot's saved login; LoginFailed (exit 4) when there is none or it is not
+    the configured account's."""
     creds = load_credentials(config.credentials_path)
     if creds is None:
         raise LoginFailed(f"no saved login in {config.credentials_path}: run "
@@ -108,6 +108,13 @@ async def admin_session(config: Config) -> AsyncIterator[Admin]:
     if creds.user_id != config.bot.user_id:
         raise LoginFailed(f"{config.credentials_path} belongs to {creds.user_id}, but "
                           f"bot.user_id is {config.bot.user_id}")
+    return creds
+
+
+@asynccontextmanager
+async def admin_session(config: Config) -> AsyncIterator[Admin]:
+    """An HTTP client acting as the bot, with its saved login."""
+    creds = saved_login(config)
     http = MatrixHttp(config.homeserver.url, creds.access_token)
     try:
         yield Admin(config, creds, http)

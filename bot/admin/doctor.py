@@ -18,13 +18,13 @@ import aiohttp
 import click
 
 from bot.admin.census import pending_by_state
-from bot.admin.context import Admin, admin_session, readonly_store
+from bot.admin.context import Admin, admin_session, readonly_store, saved_login
 from bot.admin.output import emit_json, json_option
 from bot.admin.roomstate import RoomState
 from bot.cli import EXIT_CHECK_FAILED, EXIT_HOMESERVER, cli_config, config_option, run_async
 from bot.config import PICKLE_KEY_ENV, Config
 from bot.engine.store import SCHEMA_VERSION, StoreError
-from bot.matrix.client import Credentials, LoginFailed, load_credentials
+from bot.matrix.client import Credentials, LoginFailed
 from bot.matrix.http import HomeserverUnavailable
 
 OK, WARN, FAIL = "ok", "warn", "FAIL"
@@ -101,12 +101,8 @@ class Doctor:
 
     async def login(self) -> Credentials | None:
         """The saved login, checked with the homeserver where it answers."""
-        config = self.config
         try:
-            creds = load_credentials(config.credentials_path)
-            if creds is None:
-                raise LoginFailed(f"no saved login in {config.credentials_path}: run "
-                                  f"`lethe -c {config.path} login`")
+            creds = saved_login(self.config)
         except LoginFailed as exc:
             self.login_failed = True
             self.add("login", FAIL, str(exc))
