@@ -28,10 +28,10 @@ from bench.common import (
     RedactionLog,
     bot_room,
     local_synapse,
-    percentile,
     quiet_logging,
     save,
     set_policy,
+    spread,
     table,
 )
 from bot.engine.policy import Policy
@@ -76,11 +76,7 @@ async def main(messages: int) -> dict[str, object]:
         finally:
             await room.close()
 
-    def stats(values: list[float]) -> dict[str, float]:
-        return {"p50_s": percentile(values, 50), "p99_s": percentile(values, 99),
-                "max_s": max(values)}
-
-    read, send = stats(read_lat), stats(send_lat)
+    read, send = spread(read_lat), spread(send_lat)
     rows = [
         ["after_read: receipt -> verified, minus timer", read["p50_s"], read["p99_s"],
          read["max_s"], f"{read['p99_s'] / send['p99_s']:.2f}",

@@ -53,6 +53,12 @@ def percentile(values: Sequence[float], q: float) -> float:
     return ordered[index]
 
 
+def spread(values: Sequence[float]) -> dict[str, float]:
+    """p50, p99 and max of latencies in seconds, as the JSON results name them."""
+    return {"p50_s": percentile(values, 50), "p99_s": percentile(values, 99),
+            "max_s": max(values, default=float("nan"))}
+
+
 class Timer:
     def __enter__(self) -> Timer:
         self.start = time.perf_counter()
