@@ -21,10 +21,31 @@ from bot.matrix.bot import LetheBot
 from bot.people import Person, eventually, stays
 
 __all__ = [
-    "BotHandle", "Person", "bot_room", "eventually", "stays", "unique", "write_bot_config",
+    "BotHandle", "Person", "all_redacted", "bot_room", "eventually", "not_redacted", "stays",
+    "unique", "write_bot_config",
 ]
 
 _names = itertools.count(1)
+
+
+def not_redacted(person: Person, room: str, *events: str) -> Any:
+    """A predicate for ``stays``/``eventually``: none of ``events`` is redacted yet."""
+    async def check() -> bool:
+        for event in events:
+            if await person.is_redacted(room, event):
+                return False
+        return True
+    return check
+
+
+def all_redacted(person: Person, room: str, *events: str) -> Any:
+    """A predicate for ``eventually``: every one of ``events`` is redacted."""
+    async def check() -> bool:
+        for event in events:
+            if not await person.is_redacted(room, event):
+                return False
+        return True
+    return check
 
 
 def unique(prefix: str) -> str:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 
-from tests.harness import BotHandle, Person, bot_room, eventually, stays
+from tests.harness import BotHandle, Person, bot_room, eventually, not_redacted, stays
 
 
 async def _room(people, lethe: BotHandle, command: str | None = None, expect: str = "") -> tuple[
@@ -21,15 +21,6 @@ async def _room(people, lethe: BotHandle, command: str | None = None, expect: st
         await alice.send(room, command)
         await alice.wait_notice(room, f"changed the retention policy: {expect}")
     return alice, bob, carol, room
-
-
-def _kept(person: Person, room: str, *events: str):
-    async def check() -> bool:
-        for event in events:
-            if await person.is_redacted(room, event):
-                return False
-        return True
-    return check
 
 
 async def _tracked(lethe: BotHandle, *events: str) -> None:
@@ -60,7 +51,7 @@ async def test_after_read_needs_every_public_receipt(people, lethe) -> None:
     # bob reads m1 publicly; carol reads m2 only privately, which the bot never sees.
     await bob.receipt(room, m1)
     await carol.receipt(room, m2, private=True)
-    assert await stays(_kept(bob, room, m1, m2), 4), \
+    assert await stays(not_redacted(bob, room, m1, m2), 4), \
         "redacted although carol sent no public receipt"
 
     # carol's public receipt on m1: now everyone required has read m1, not m2.
@@ -68,7 +59,7 @@ async def test_after_read_needs_every_public_receipt(people, lethe) -> None:
     await eventually(lambda: bob.is_redacted(room, m1), 15, what="m1 redacted after both read")
     assert not await bob.is_redacted(room, m2), \
         "m2 redacted although the public receipts only reach m1"
-    assert await stays(_kept(bob, room, m2), 1.5)
+    assert await stays(not_redacted(bob, room, m2), 1.5)
     assert not (await bob.event(room, m1)).get("content")
 
 
@@ -77,7 +68,7 @@ async def test_after_read_cap_redacts_unread(people, lethe) -> None:
         people, lethe, "!lethe after-read 2s cap 6s", "after-read 2s, cap 6s, readers all")
     sent_at = time.monotonic()
     unread = await alice.send(room, "canary-after-read nobody will read this")
-    assert await stays(_kept(bob, room, unread), 3), "unread message redacted before its cap"
+    assert await stays(not_redacted(bob, room, unread), 3), "unread message redacted before its cap"
     await eventually(lambda: bob.is_redacted(room, unread), 15 - (time.monotonic() - sent_at),
                      what="unread message redacted at its cap")
     event = await bob.event(room, unread)
@@ -93,7 +84,7 @@ async def test_after_read_readers_any(people, lethe) -> None:
     assert (await alice.get_state(room, "chat.lethe.policy"))["readers"] == "any"
     message = await alice.send(room, "canary-after-read anyone may read this")
     await _tracked(lethe, message)
-    assert await stays(_kept(bob, room, message), 2), "redacted before anyone read it"
+    assert await stays(not_redacted(bob, room, message), 2), "redacted before anyone read it"
     await bob.receipt(room, message)
     await eventually(lambda: bob.is_redacted(room, message), 15,
                      what="redaction after one reader (readers any)")
@@ -111,7 +102,7 @@ async def test_after_read_threaded_receipts(people, lethe) -> None:
         await reader.receipt(room, reply, thread_id=root)
     await eventually(lambda: bob.is_redacted(room, reply), 15,
                      what="thread reply redacted after threaded receipts")
-    assert await stays(_kept(bob, room, root), 3), \
+    assert await stays(not_redacted(bob, room, root), 3), \
         "thread root redacted by receipts in its thread"
 
     for reader in (bob, carol):
@@ -136,7 +127,7 @@ async def test_after_read_unthreaded_receipt_covers_earlier_thread_reply(people,
         await reader.receipt(room, later, thread_id="main")
     await eventually(lambda: bob.is_redacted(room, later), 15,
                      what="main-timeline event redacted after main receipts")
-    assert await stays(_kept(bob, room, reply), 2.5), \
+    assert await stays(not_redacted(bob, room, reply), 2.5), \
         "a main-timeline receipt covered a thread reply"
     # ... an unthreaded one covers everything before it, threads included.
     for reader in (bob, carol):
@@ -152,7 +143,7 @@ async def test_after_read_member_who_leaves_is_not_required(people, lethe) -> No
     message = await alice.send(room, "canary-after-read carol never reads this")
     await _tracked(lethe, message)
     await bob.receipt(room, message)
-    assert await stays(_kept(bob, room, message), 3), "redacted while carol had not read it"
+    assert await stays(not_redacted(bob, room, message), 3), "redacted while carol had not read it"
 
     await carol.client.room_leave(room)
     await eventually(lambda: bob.is_redacted(room, message), 15,

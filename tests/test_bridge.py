@@ -34,7 +34,7 @@ from bot.localsynapse import LocalSynapse, find_free_port, synapse_available
 from bridge.app import Bridge, RegistrationNotLoaded
 from bridge.config import BridgeConfig, load_bridge_config
 from bridge.registration import build_registration, load_registration, write_registration
-from tests.harness import BotHandle, Person, eventually, stays
+from tests.harness import BotHandle, Person, all_redacted, eventually, not_redacted, stays
 from tests.test_restart_privacy import REPO, clean_env, lethe_cli
 
 LETHE = "chat.lethe.policy"
@@ -192,24 +192,6 @@ async def push(server: BridgeServer, txn_id: str, body: dict[str, Any], *,
         json=body, headers=headers, params=params,
     ) as resp:
         return resp.status, await resp.json(content_type=None)
-
-
-def not_redacted(person: Person, room: str, *events: str):
-    async def check() -> bool:
-        for event in events:
-            if await person.is_redacted(room, event):
-                return False
-        return True
-    return check
-
-
-def all_redacted(person: Person, room: str, *events: str):
-    async def check() -> bool:
-        for event in events:
-            if not await person.is_redacted(room, event):
-                return False
-        return True
-    return check
 
 
 # --- the appservice API --------------------------------------------------------

@@ -12,10 +12,9 @@ import aiohttp
 
 from bot.matrix.events import MAX_TS
 from bridge.registration import load_registration
-from tests.harness import eventually
+from tests.harness import all_redacted, eventually
 from tests.test_bridge import (  # noqa: F401  (fixtures)
     BridgeServer,
-    all_redacted,
     bridge_server,
     bridges,
     encrypted_room,
