@@ -135,7 +135,8 @@ class MetricsServer:
         app = web.Application()
         app.router.add_get("/metrics", self._serve_metrics)
         app.router.add_get("/health", self._serve_health)
-        runner = web.AppRunner(app, access_log=None)
+        # Scrapes are cheap and retried: stopping must not wait aiohttp's default 60 s.
+        runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0)
         await runner.setup()
         try:
             await web.TCPSite(runner, self._config.host, self._config.port).start()

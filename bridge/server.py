@@ -97,7 +97,9 @@ class AppserviceServer:
 
     async def start(self, host: str, port: int) -> None:
         # No access log: the legacy access_token query parameter would land in it.
-        self._runner = web.AppRunner(self._app, access_log=None)
+        # A short shutdown: a push cut off before its commit is simply re-sent by the
+        # homeserver (same txn id), so waiting aiohttp's default 60 s buys nothing.
+        self._runner = web.AppRunner(self._app, access_log=None, shutdown_timeout=2.0)
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port)
         try:
