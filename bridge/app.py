@@ -22,7 +22,7 @@ from typing import Any
 from bot.engine.engine import Engine, EngineConfig
 from bot.engine.model import Receipt
 from bot.engine.power import describe_level
-from bot.engine.redactor import Outcome, Reply
+from bot.engine.redactor import ECHO_WAIT_MS, Outcome, Reply
 from bot.engine.store import Store
 from bot.matrix.events import receipts_from_content
 from bot.matrix.http import HomeserverUnavailable, HttpTransport, MatrixHttp, q
@@ -101,6 +101,7 @@ class Bridge:
                 config.default_cap_ms,
                 config.workers,
                 config.default_policy,
+                echo_wait_ms=ECHO_WAIT_MS,
             ),
             on_park=self._on_park,
             needs_power=lambda sender: not config.is_local(sender),

@@ -7,9 +7,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bot.engine.store import FAILED, IN_FLIGHT, PARKED, WAITING, Store
+from bot.engine.store import FAILED, IN_FLIGHT, PARKED, SENT, WAITING, Store
 
-STATE_NAMES = {WAITING: "waiting", IN_FLIGHT: "in_flight", PARKED: "parked", FAILED: "failed"}
+STATE_NAMES = {
+    WAITING: "waiting", IN_FLIGHT: "in_flight", SENT: "sent", PARKED: "parked", FAILED: "failed",
+}
 
 
 @dataclass(frozen=True)

@@ -32,6 +32,8 @@ class EngineConfig:
     default_cap_ms: int = 7 * 24 * 3600 * 1000
     workers: int = 8
     default_policy: Policy = field(default_factory=Policy.off)  # rooms without policy state
+    # Set by fronts whose event stream brings Lethe's own redactions back (see redactor).
+    echo_wait_ms: int | None = None
 
 
 @dataclass(frozen=True)
@@ -62,15 +64,17 @@ class Engine:
         self.store = store
         self.config = config
         self.clock = clock or SystemClock()
+        self._redactor = Redactor(
+            store, transport, self.clock, config.bot_user_id, needs_power,
+            echo_wait_ms=config.echo_wait_ms,
+        )
         self._ingestor = Ingestor(
             store,
             IngestConfig(
                 config.bot_user_id, config.ignore_readers, config.default_cap_ms,
                 config.default_policy,
             ),
-        )
-        self._redactor = Redactor(
-            store, transport, self.clock, config.bot_user_id, needs_power
+            self._redactor.echoes,
         )
         self.scheduler = Scheduler(
             store,
@@ -112,7 +116,10 @@ class Engine:
     ) -> IngestResult:
         """Store ``updates`` in one transaction, together with ``meta`` and (for the
         bridge) the id of the appservice transaction that carried them."""
-        result = await self._ingestor.apply(updates, self.clock.now_ms(), meta, appservice_txn)
+        now = self.clock.now_ms()
+        result = await self._ingestor.apply(updates, now, meta, appservice_txn)
+        for event in result.redacted:
+            self.scheduler.record_done(event, now, echoed=True)
         self.scheduler.wake()
         return result
 

@@ -34,7 +34,8 @@ from bot.engine.policy import (
     policy_from_state,
     resolve_policy,
 )
-from bot.engine.store import Store, TrackedEvent
+from bot.engine.redactor import Echoes
+from bot.engine.store import DueEvent, Echo, Store, TrackedEvent
 
 log = logging.getLogger(__name__)
 
@@ -72,9 +73,10 @@ class _RoomState:
 
 
 class Ingestor:
-    def __init__(self, store: Store, config: IngestConfig) -> None:
+    def __init__(self, store: Store, config: IngestConfig, echoes: Echoes) -> None:
         self._store = store
         self._config = config
+        self._echoes = echoes
         self._seq = 0
         self._markers: OrderedDict[str, int] = OrderedDict()
 
@@ -98,11 +100,12 @@ class Ingestor:
         never store the token without the events or vice versa."""
         changes: list[PolicyChange] = []
         invalid: list[InvalidPolicy] = []
+        redacted: list[DueEvent] = []
         tracked = 0
         async with self._store.transaction() as conn:
             for update in updates:
                 room = await self._load_room(update.room_id)
-                tracked += await self._apply_timeline(update, room, now_ms, invalid)
+                tracked += await self._apply_timeline(update, room, now_ms, invalid, redacted)
                 await self._apply_receipts(update, room, now_ms)
                 if room.read_dirty:
                     await reads.mark_read(conn, update.room_id, room.read_at, self._seq)
@@ -123,7 +126,7 @@ class Ingestor:
                 await self._store.set_meta(key, value)
             if appservice_txn is not None:
                 await self._store.record_appservice_txn(appservice_txn, now_ms)
-        return IngestResult(tuple(changes), tuple(invalid), tracked)
+        return IngestResult(tuple(changes), tuple(invalid), tracked, redacted=tuple(redacted))
 
     async def _load_room(self, room_id: str) -> _RoomState:
         row = await self._store.get_room(room_id)
@@ -151,7 +154,12 @@ class Ingestor:
         return self._seq
 
     async def _apply_timeline(
-        self, update: RoomUpdate, room: _RoomState, now_ms: int, invalid: list[InvalidPolicy]
+        self,
+        update: RoomUpdate,
+        room: _RoomState,
+        now_ms: int,
+        invalid: list[InvalidPolicy],
+        redacted: list[DueEvent],
     ) -> int:
         room_id = update.room_id
         parents = {i.parent_id for i in update.timeline if isinstance(i, Message) and i.parent_id}
@@ -174,7 +182,13 @@ class Ingestor:
                 # Flush first: the target may be in this very batch.
                 await self._store.insert_events(rows)
                 rows = []
-                await self._store.forget_event(room_id, item.target, now_ms)
+                seen = await self._store.redaction_seen(
+                    room_id, item.target, item.event_id, item.sender, now_ms
+                )
+                if isinstance(seen, DueEvent):
+                    redacted.append(seen)
+                elif seen is Echo.HELD and item.event_id is not None:
+                    self._echoes.add(item.target, item.event_id)
         await self._store.insert_events(rows)
         return len(rows)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from bot.engine.policy import Policy
+from bot.engine.store import DueEvent
 
 
 @dataclass(frozen=True)
@@ -51,10 +52,11 @@ class PolicyEvent:
 
 @dataclass(frozen=True)
 class Redaction:
-    """Somebody redacted ``target``: it no longer needs us."""
+    """Somebody (maybe Lethe itself, seen coming back) redacted ``target``."""
 
     target: str
     event_id: str | None = None
+    sender: str | None = None
 
 
 @dataclass(frozen=True)
@@ -100,3 +102,5 @@ class IngestResult:
     invalid_policies: tuple[InvalidPolicy, ...] = ()
     tracked: int = 0
     emptied_rooms: tuple[str, ...] = field(default=())
+    # Lethe's own redactions the event stream brought back: confirmed, now counted.
+    redacted: tuple[DueEvent, ...] = ()

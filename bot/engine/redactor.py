@@ -1,8 +1,19 @@
-"""Redact one due event, verify it is gone, and decide what happens on failure.
+"""Redact one due event, confirm it is gone, and decide what happens on failure.
 
 The Matrix I/O is behind ``Transport`` (the nio bot and the appservice bridge
 each provide one). A 200 from ``/redact`` proves nothing (moderators get 200 for
-unknown event ids), so only a fetch that shows empty content counts as done.
+unknown event ids). Two things count as proof:
+
+- a fetch of the event that shows empty content (one request per redaction, about
+  a third of what the redaction itself costs the homeserver), or
+- the echo: the redaction event whose id the homeserver returned comes back
+  through the front's event stream (sync, or an appservice push), which shows the
+  homeserver persisted it. It costs nothing extra.
+
+A front whose event stream carries Lethe's own redactions sets ``echo_wait_ms``.
+Then the first redaction in each room and every ``SPOT_CHECK_EVERY``-th are still
+fetched, as are those whose echo does not come within ``echo_wait_ms``; a fetch
+that finds content after a 200 stops trusting echoes for the rest of the run.
 """
 
 from __future__ import annotations
@@ -10,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
@@ -29,6 +41,14 @@ MAX_BACKOFF_MS = 60_000
 CALM_AFTER = 10
 # Short re-checks after a 200, before treating the redaction as unconfirmed.
 _VERIFY_DELAYS_S = (0.0, 0.2, 0.5)
+# How long to wait for a redaction's echo before fetching the event instead.
+ECHO_WAIT_MS = 10_000
+# Besides the first in each room, every this-many-th echo-confirmed redaction is
+# fetched as well, to notice a homeserver whose 200s and echoes do not redact.
+SPOT_CHECK_EVERY = 20
+# Echoes that arrive before the worker recorded its redaction as sent: a worker
+# finds its echo within a moment, so this bound is only against leaks.
+_ECHO_MEMORY = 10_000
 
 
 class Outcome(Enum):
@@ -46,6 +66,7 @@ class Reply:
     outcome: Outcome
     retry_after_ms: int | None = None
     detail: str = ""
+    event_id: str | None = None  # for OK: the redaction event the homeserver created
 
 
 class Transport(Protocol):
@@ -58,6 +79,7 @@ class Transport(Protocol):
 
 class Verdict(Enum):
     DONE = "done"
+    SENT = "sent"  # accepted: wait for the echo until retry_at, then fetch
     RETRY = "retry"
     PARK = "park"
     FAIL = "fail"
@@ -68,6 +90,7 @@ class Decision:
     verdict: Verdict
     retry_at: int | None = None
     reason: str = ""
+    redaction_id: str | None = None  # for SENT: the echo to wait for
 
 
 @dataclass
@@ -75,10 +98,28 @@ class RedactionStats:
     """In-memory counters, read by status, logs and metrics."""
 
     done: int = 0
+    echoed: int = 0  # of done: confirmed by the echo, without a fetch
+    fetches: int = 0  # GETs of a redacted event, to check it is empty
     rate_limited: int = 0
     retries: int = 0
     failures: int = 0
     parked: int = 0
+
+
+class Echoes:
+    """Echoes that arrived while a worker still held their event: target event id ->
+    the redaction event's id, for that worker to find."""
+
+    def __init__(self) -> None:
+        self._seen: OrderedDict[str, str] = OrderedDict()
+
+    def add(self, target: str, redaction_id: str) -> None:
+        self._seen[target] = redaction_id
+        if len(self._seen) > _ECHO_MEMORY:
+            self._seen.popitem(last=False)
+
+    def take(self, target: str) -> str | None:
+        return self._seen.pop(target, None)
 
 
 def backoff_ms(attempts: int) -> int:
@@ -93,6 +134,8 @@ class Redactor:
         clock: Clock,
         bot_user_id: str,
         needs_power: Callable[[str], bool] | None = None,
+        *,
+        echo_wait_ms: int | None = None,
     ) -> None:
         self._store = store
         self._transport = transport
@@ -107,13 +150,18 @@ class Redactor:
         self.paused_until_ms = 0
         self.throttled = False  # since a 429, until CALM_AFTER accepted in a row
         self._accepted_in_a_row = 0
+        self.echoes = Echoes()
+        self._echo_wait_ms = echo_wait_ms
+        self.trusts_echoes = echo_wait_ms is not None
+        self._accepted = 0
+        self._spot_checked_rooms: set[str] = set()
 
     async def process(self, event: DueEvent, can_redact_others: bool) -> Decision:
         if self._needs_power(event.sender) and not can_redact_others:
             return Decision(Verdict.PARK, reason="no power to redact others' events")
         if event.attempts > 0:
             # Sent before (perhaps just before a crash): look before sending again.
-            seen = await self._transport.check(event.room_id, event.event_id, event.sender)
+            seen = await self._check(event)
             if seen.outcome is Outcome.REDACTED:
                 return Decision(Verdict.DONE)
         txn_id = event.txn_id or f"lethe.{secrets.token_hex(12)}"
@@ -123,15 +171,35 @@ class Redactor:
             self._accepted_in_a_row += 1
             if self._accepted_in_a_row >= CALM_AFTER:
                 self.throttled = False
+            if self._wait_for_echo(event, reply):
+                assert self._echo_wait_ms is not None
+                return Decision(
+                    Verdict.SENT, retry_at=self._clock.now_ms() + self._echo_wait_ms,
+                    redaction_id=reply.event_id,
+                )
             return await self._verify(event)
         return self._on_error(event, reply)
+
+    def _wait_for_echo(self, event: DueEvent, reply: Reply) -> bool:
+        """Whether the echo may confirm this redaction, or it must be fetched now."""
+        if not self.trusts_echoes or reply.event_id is None or event.attempts > 0:
+            return False  # a retry is fetched: its echo did not come, or it failed before
+        self._accepted += 1
+        if event.room_id not in self._spot_checked_rooms:
+            self._spot_checked_rooms.add(event.room_id)
+            return False
+        return self._accepted % SPOT_CHECK_EVERY != 0
+
+    async def _check(self, event: DueEvent) -> Reply:
+        self.stats.fetches += 1
+        return await self._transport.check(event.room_id, event.event_id, event.sender)
 
     async def _verify(self, event: DueEvent) -> Decision:
         reply = Reply(Outcome.PRESENT)
         for delay in _VERIFY_DELAYS_S:
             if delay:
                 await asyncio.sleep(delay)
-            reply = await self._transport.check(event.room_id, event.event_id, event.sender)
+            reply = await self._check(event)
             if reply.outcome is Outcome.REDACTED:
                 return Decision(Verdict.DONE)
             if reply.outcome is not Outcome.PRESENT:
@@ -140,6 +208,11 @@ class Redactor:
             # The homeserver took the redaction of an event it cannot show: unconfirmed.
             return Decision(Verdict.FAIL, reason="unconfirmed: the homeserver does not know it")
         if reply.outcome is Outcome.PRESENT:
+            if self.trusts_echoes:
+                self.trusts_echoes = False
+                log.warning("the homeserver accepted a redaction in %s but still serves the "
+                            "event's content; from now on every redaction is fetched to "
+                            "confirm it", event.room_id)
             if event.attempts + 1 >= MAX_UNCONFIRMED:
                 return Decision(Verdict.FAIL, reason="unconfirmed: content still present")
             return self._retry(event, backoff_ms(event.attempts + 1), "content still present")

@@ -129,19 +129,33 @@ class Scheduler:
             )
         await self._apply(event, decision)
 
+    def record_done(self, event: DueEvent, now: int, *, echoed: bool) -> None:
+        """Count a confirmed redaction (its row is already gone) and tell the listeners."""
+        stats = self._redactor.stats
+        stats.done += 1
+        stats.echoed += echoed
+        self.last_lag_ms = now - event.due_at
+        for listener in self._redaction_listeners:
+            listener(event, self.last_lag_ms)
+        log.info(
+            "redacted %s in %s, %.2f s after its due time%s",
+            event.event_id, event.room_id, (now - event.due_at) / 1000,
+            " (echo seen)" if echoed else "",
+        )
+
     async def _apply(self, event: DueEvent, decision: Decision) -> None:
         now = self._clock.now_ms()
         stats = self._redactor.stats
         if decision.verdict is Verdict.DONE:
-            await self._store.finish_redacted(event.room_id, event.event_id, now)
-            stats.done += 1
-            self.last_lag_ms = now - event.due_at
-            for listener in self._redaction_listeners:
-                listener(event, self.last_lag_ms)
-            log.info(
-                "redacted %s in %s, %.2f s after its due time",
-                event.event_id, event.room_id, (now - event.due_at) / 1000,
-            )
+            if await self._store.finish_redacted(event.room_id, event.event_id, now):
+                self.record_done(event, now, echoed=False)
+        elif decision.verdict is Verdict.SENT:
+            assert decision.retry_at is not None and decision.redaction_id is not None
+            await self._store.mark_sent(event.event_id, decision.redaction_id, decision.retry_at)
+            # The echo may have come while this worker held the event (see Echoes).
+            echoed = self._redactor.echoes.take(event.event_id) == decision.redaction_id
+            if echoed and await self._store.finish_redacted(event.room_id, event.event_id, now):
+                self.record_done(event, now, echoed=True)
         elif decision.verdict is Verdict.RETRY:
             assert decision.retry_at is not None
             await self._store.reschedule(event.event_id, decision.retry_at)

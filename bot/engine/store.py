@@ -14,6 +14,7 @@ import sqlite3
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,9 @@ WAITING = 0  # tracked; due_at set when its deadline is known
 IN_FLIGHT = 1  # handed to a redaction worker of this process (reset on start)
 PARKED = 2  # due, but the bot may not redact it in this room; resumes when power returns
 FAILED = 3  # gave up (the homeserver does not confirm the redaction)
+# The homeserver accepted our redaction; waiting for it to come back through the event
+# stream (sync or appservice push). due_at is then when to fetch the event instead.
+SENT = 4
 
 # How long a committed appservice transaction id is remembered.
 APPSERVICE_TXN_KEEP_MS = 7 * 24 * 3600 * 1000
@@ -105,6 +109,14 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         ) WITHOUT ROWID""",
         "CREATE INDEX appservice_txns_done ON appservice_txns(done_at)",
     ),
+    # 3: confirming a redaction by its echo. redaction_id is the id of the redaction
+    # event the homeserver returned; SENT rows come due again for a fetch if no echo
+    # arrives in time, so the due index covers them too.
+    (
+        "ALTER TABLE events ADD COLUMN redaction_id TEXT",
+        "DROP INDEX events_due",
+        "CREATE INDEX events_due ON events(due_at) WHERE status IN (0, 4) AND due_at IS NOT NULL",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -152,6 +164,15 @@ class DueEvent:
     due_at: int  # when the policy made it due (not a later retry time): lag counts from here
     txn_id: str | None
     attempts: int
+
+
+class Echo(Enum):
+    """What a redaction seen in the event stream did to a tracked row (besides
+    confirming one of ours, which returns the row as a ``DueEvent``)."""
+
+    HELD = "held"  # a worker holds the row: the echo is for it to find
+    FORGOTTEN = "forgotten"  # somebody else redacted it: the row is dropped
+    KEPT = "kept"  # a redaction from another server: Lethe still redacts it itself
 
 
 @dataclass(frozen=True)
@@ -496,16 +517,40 @@ class Store:
             row = await cur.fetchone()
         return None if row is None else int(row[0])
 
-    async def forget_event(self, room_id: str, event_id: str, now_ms: int) -> bool:
-        """Within a transaction: somebody (maybe we, seen back through sync) redacted it.
-        A row a worker holds is left to that worker, which verifies and counts it."""
-        cur = await self._conn.execute(
-            "DELETE FROM events WHERE event_id = ? AND room_id = ? AND status != ?",
-            (event_id, room_id, IN_FLIGHT),
+    async def redaction_seen(
+        self, room_id: str, target: str, redaction_id: str | None, sender: str | None,
+        now_ms: int,
+    ) -> Echo | DueEvent | None:
+        """Within a transaction: the event stream shows a redaction of ``target``.
+
+        Our own redaction coming back (its id is the one the homeserver returned) is
+        proof the homeserver persisted it: the row is done and returned for counting.
+        While a worker still holds the row, the echo is only reported (``Echo.HELD``),
+        for the worker to find. Anybody else's redaction makes the row moot, unless its
+        sender is on another server than the event's sender: a homeserver applies such
+        a redaction only if its sender has power, which the event stream does not show,
+        so Lethe keeps the event and redacts it itself when due."""
+        async with self._conn.execute(
+            f"SELECT status, redaction_id, sender, min(due_at, {_DEADLINE}), txn_id, attempts "
+            "FROM events WHERE event_id = ? AND room_id = ?",
+            (target, room_id),
+        ) as cur:
+            row = await cur.fetchone()
+        if row is None:
+            return None
+        status, ours, event_sender, deadline, txn_id, attempts = row
+        if status == IN_FLIGHT:
+            return Echo.HELD
+        if status == SENT and redaction_id is not None and redaction_id == ours:
+            await self._finish(room_id, target, now_ms)
+            return DueEvent(target, room_id, event_sender, deadline, txn_id, attempts)
+        if sender is not None and _server(sender) != _server(event_sender):
+            return Echo.KEPT
+        await self._conn.execute(
+            "DELETE FROM events WHERE event_id = ? AND room_id = ?", (target, room_id)
         )
-        if cur.rowcount:
-            await self._cascade(room_id, event_id, now_ms)
-        return cur.rowcount > 0
+        await self._cascade(room_id, target, now_ms)
+        return Echo.FORGOTTEN
 
     async def _cascade(self, room_id: str, parent_id: str, now_ms: int) -> None:
         """Edits, reactions and thread replies go with their parent: due now."""
@@ -514,6 +559,15 @@ class Store:
             "WHERE parent_id = ? AND room_id = ? AND status IN (?, ?)",
             (now_ms, now_ms, parent_id, room_id, WAITING, PARKED),
         )
+
+    async def mark_sent(self, event_id: str, redaction_id: str, check_at: int) -> None:
+        """The homeserver accepted the redaction: wait for its echo until ``check_at``."""
+        async with self.transaction() as conn:
+            await conn.execute(
+                "UPDATE events SET status = ?, redaction_id = ?, due_at = ? "
+                "WHERE event_id = ? AND status = ?",
+                (SENT, redaction_id, check_at, event_id, IN_FLIGHT),
+            )
 
     async def reset_in_flight(self) -> None:
         """On start: whatever a previous process had in flight is due again."""
@@ -524,7 +578,7 @@ class Store:
 
     async def next_due(self) -> int | None:
         async with self._conn.execute(
-            "SELECT min(due_at) FROM events WHERE status = 0 AND due_at IS NOT NULL"
+            "SELECT min(due_at) FROM events WHERE status IN (0, 4) AND due_at IS NOT NULL"
         ) as cur:
             row = await cur.fetchone()
         return None if row is None or row[0] is None else int(row[0])
@@ -534,7 +588,7 @@ class Store:
         async with self.transaction() as conn:
             async with conn.execute(
                 f"SELECT event_id, room_id, sender, min(due_at, {_DEADLINE}), txn_id, attempts "
-                "FROM events WHERE status = 0 AND due_at IS NOT NULL AND due_at <= ? "
+                "FROM events WHERE status IN (0, 4) AND due_at IS NOT NULL AND due_at <= ? "
                 "ORDER BY due_at LIMIT ?",
                 (now_ms, limit),
             ) as cur:
@@ -553,19 +607,23 @@ class Store:
                 (txn_id, event_id),
             )
 
-    async def finish_redacted(self, room_id: str, event_id: str, now_ms: int) -> None:
+    async def finish_redacted(self, room_id: str, event_id: str, now_ms: int) -> bool:
         """Verified gone: drop the row, count it, and let its edits, reactions and
-        thread replies follow at once."""
-        async with self.transaction() as conn:
-            cur = await conn.execute(
-                "DELETE FROM events WHERE event_id = ? AND room_id = ?", (event_id, room_id)
+        thread replies follow at once. False if the row was already gone."""
+        async with self.transaction():
+            return await self._finish(room_id, event_id, now_ms)
+
+    async def _finish(self, room_id: str, event_id: str, now_ms: int) -> bool:
+        cur = await self._conn.execute(
+            "DELETE FROM events WHERE event_id = ? AND room_id = ?", (event_id, room_id)
+        )
+        if cur.rowcount:
+            await self._conn.execute(
+                "UPDATE rooms SET redacted_count = redacted_count + 1 WHERE room_id = ?",
+                (room_id,),
             )
-            if cur.rowcount:
-                await conn.execute(
-                    "UPDATE rooms SET redacted_count = redacted_count + 1 WHERE room_id = ?",
-                    (room_id,),
-                )
-            await self._cascade(room_id, event_id, now_ms)
+        await self._cascade(room_id, event_id, now_ms)
+        return cur.rowcount > 0
 
     async def reschedule(self, event_id: str, due_at: int) -> None:
         async with self.transaction() as conn:
@@ -616,6 +674,10 @@ class Store:
 
 
 _SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def _server(user_id: str) -> str:
+    return user_id.partition(":")[2]
 
 
 def _check_header(path: Path) -> None:

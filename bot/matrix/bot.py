@@ -34,6 +34,7 @@ from bot.engine.engine import SYNC_TOKEN_KEY, Engine, EngineConfig
 from bot.engine.model import IngestResult, PolicyEvent
 from bot.engine.policy import Mode, Policy
 from bot.engine.power import PowerState, describe_level
+from bot.engine.redactor import ECHO_WAIT_MS
 from bot.engine.store import Store
 from bot.matrix.client import Credentials, LoginFailed, login
 from bot.matrix.commands import CommandError, Help, SetPolicy, Status, parse_command, usage
@@ -48,6 +49,9 @@ log = logging.getLogger(__name__)
 SYNC_TIMEOUT_MS = 30_000
 MAX_SYNC_BACKOFF_S = 30.0
 BACKFILL_PAGES = 20  # up to 2,000 events of a gap per room and sync
+# Timeline events per room and sync (Synapse's default is 10). A busy room overflowing
+# it costs a /messages backfill; a redaction's echo arriving in the sync confirms it.
+SYNC_FILTER = {"room": {"timeline": {"limit": 200}}}
 OWN_WRITES_KEPT = 256  # policy state events this process wrote, remembered by id
 
 
@@ -119,6 +123,7 @@ class LetheBot:
                 self.config.ignore_readers,
                 self.config.default_cap_ms,
                 self.config.workers,
+                echo_wait_ms=ECHO_WAIT_MS,
             ),
             on_park=self._on_park,
         )
@@ -185,6 +190,7 @@ class LetheBot:
             try:
                 resp = await self.client.sync(
                     timeout=0 if first else SYNC_TIMEOUT_MS,
+                    sync_filter=SYNC_FILTER,
                     since=token,
                     full_state=True if first else None,
                 )

@@ -76,7 +76,7 @@ def to_item(event: Mapping[str, Any], *, in_timeline: bool = True) -> TimelineIt
         return None
     if event_type == "m.room.redaction":
         target = _str(event.get("redacts")) or _str(content.get("redacts"))
-        return Redaction(target, event_id) if target else Marker(event_id)
+        return Redaction(target, event_id, sender) if target else Marker(event_id)
     unsigned = event.get("unsigned")
     if isinstance(unsigned, Mapping) and unsigned.get("redacted_because"):
         return Marker(event_id)  # already redacted: nothing left to do

@@ -182,7 +182,10 @@ class HttpTransport:
             )
         except HomeserverUnavailable as exc:
             return Reply(Outcome.TRANSIENT, detail=str(exc))
-        return Reply(Outcome.OK) if reply.ok else reply_outcome(reply)
+        if not reply.ok:
+            return reply_outcome(reply)
+        redaction_id = reply.body.get("event_id") if isinstance(reply.body, Mapping) else None
+        return Reply(Outcome.OK, event_id=redaction_id if isinstance(redaction_id, str) else None)
 
     async def check(self, room_id: str, event_id: str, sender: str) -> Reply:
         try:
