@@ -17,7 +17,14 @@ from hypothesis import settings
 
 from bot.engine.clock import FakeClock
 from bot.engine.engine import Engine, EngineConfig
-from bot.engine.model import IngestResult, PolicyEvent, Receipt, RoomUpdate, TimelineItem
+from bot.engine.model import (
+    IngestResult,
+    PolicyEvent,
+    Receipt,
+    Redaction,
+    RoomUpdate,
+    TimelineItem,
+)
 from bot.engine.policy import POLICY_EVENT_TYPE, Policy
 from bot.engine.redactor import Outcome, Reply
 from bot.engine.store import Store
@@ -84,8 +91,10 @@ class FakeTransport:
     """Records calls; replies are scripted per event id (default: OK / whatever is true).
 
     A successful redact marks the event redacted, so ``check`` then says REDACTED;
-    otherwise ``check`` says PRESENT. ``on_redact`` runs inside ``redact`` before it
-    replies (to inspect the database, or to block)."""
+    otherwise ``check`` says PRESENT. Like a homeserver it returns the id of the
+    redaction event it made (``redaction_id``: the same for a resent request, as a
+    homeserver deduplicating by txn id does). ``on_redact`` runs inside ``redact``
+    before it replies (to inspect the database, or to block)."""
 
     def __init__(self) -> None:
         self.redact_calls: list[tuple[str, str, str, str]] = []
@@ -104,12 +113,25 @@ class FakeTransport:
     def redacted_ids(self) -> list[str]:
         return [call[1] for call in self.redact_calls]
 
+    def checked_ids(self) -> list[str]:
+        return [call[1] for call in self.check_calls]
+
+    @staticmethod
+    def redaction_id(event_id: str) -> str:
+        """The id of the redaction event a successful redact of ``event_id`` returns."""
+        return f"$redaction-{event_id}"
+
+    def echo(self, event_id: str, sender: str = BOT) -> Redaction:
+        """Our redaction of ``event_id`` coming back through the event stream."""
+        return Redaction(event_id, self.redaction_id(event_id), sender)
+
     async def redact(self, room_id: str, event_id: str, sender: str, txn_id: str) -> Reply:
         self.redact_calls.append((room_id, event_id, sender, txn_id))
         if self.on_redact is not None:
             await self.on_redact(room_id, event_id, sender, txn_id)
         queue = self._redact_replies[event_id]
-        reply = queue.popleft() if queue else Reply(Outcome.OK)
+        ok = Reply(Outcome.OK, event_id=self.redaction_id(event_id))
+        reply = queue.popleft() if queue else ok
         if reply.outcome is Outcome.OK:
             self.redacted.add(event_id)
         return reply

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from bot.engine.policy import Policy
-from bot.engine.store import SCHEMA_VERSION, Store, StoreError
+from bot.engine.store import MIGRATIONS, SCHEMA_VERSION, WAITING, Store, StoreError
 
 
 def _mode(path: Path) -> int:
@@ -164,3 +164,46 @@ async def test_existing_file_mode_is_not_changed(tmp_path: Path) -> None:
     store = await Store.open(path)
     await store.close()
     assert _mode(path) == 0o640
+
+
+async def test_schema_2_database_migrates_and_keeps_its_due_index(db_path: Path) -> None:
+    """A database of the release before echo confirmation (schema 2): it gains
+    ``redaction_id``, keeps its rows, and the due queries, which now cover SENT rows
+    too, still find due events through the partial index instead of a table scan."""
+    db_path.parent.mkdir(parents=True)
+    with sqlite3.connect(db_path) as conn:
+        conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+        conn.execute("INSERT INTO schema_version VALUES (2)")
+        for statement in (s for migration in MIGRATIONS[:2] for s in migration):
+            conn.execute(statement)
+        conn.execute("INSERT INTO rooms (room_id) VALUES ('!r:x')")
+        conn.execute(
+            "INSERT INTO events (event_id, room_id, sender, seq, origin_ts, mode, timer_ms, "
+            "due_at, status) VALUES ('$m1', '!r:x', '@a:x', 1, 1000, 1, 60000, 61000, ?)",
+            (WAITING,),
+        )
+    conn.close()
+
+    store = await Store.open(db_path)
+    try:
+        async with store.conn.execute("SELECT version FROM schema_version") as cur:
+            assert [tuple(r) for r in await cur.fetchall()] == [(SCHEMA_VERSION,)]
+        async with store.conn.execute(
+            "SELECT event_id, status, due_at, redaction_id FROM events"
+        ) as cur:
+            assert [tuple(r) for r in await cur.fetchall()] == [("$m1", WAITING, 61000, None)]
+
+        # The statements the store really runs, with their parameters filled in.
+        statements: list[str] = []
+        await store.conn.set_trace_callback(statements.append)
+        assert await store.next_due() == 61000
+        assert [e.event_id for e in await store.claim_due(61000, 8)] == ["$m1"]
+        await store.conn.set_trace_callback(None)
+        selects = [s for s in statements if s.lstrip().upper().startswith("SELECT")]
+        assert len(selects) == 2, statements
+        for sql in selects:
+            async with store.conn.execute(f"EXPLAIN QUERY PLAN {sql}") as cur:
+                plan = " | ".join(str(row[-1]) for row in await cur.fetchall())
+            assert "INDEX events_due" in plan, (sql, plan)
+    finally:
+        await store.close()
