@@ -432,6 +432,26 @@ async def test_stopped_bridge_catches_up_when_restarted(bridges, people) -> None
     assert senders == Counter({alice.user_id: 4, bob.user_id: 1})
 
 
+async def test_redactions_are_confirmed_by_their_pushed_echo(bridges, people) -> None:
+    """The homeserver pushes the bridge's own redactions back to it; that confirms
+    them, so only the first in the room is fetched as a spot check."""
+    handle = await bridges(default_policy={"mode": "after_send", "timer": "2s"})
+    alice, (bob,), room = await encrypted_room(people, "bob")
+    sent = [await alice.send(room, f"canary-bridge echo {i}") for i in range(4)]
+    sent.append(await bob.send(room, "canary-bridge echo from bob"))
+    await eventually(all_redacted(alice, room, *sent), 30, what="all five redacted")
+    assert handle.bridge is not None and handle.bridge.engine is not None
+    engine = handle.bridge.engine
+
+    async def settled() -> bool:
+        return await engine.store.pending_count(room) == 0
+
+    await eventually(settled, 30, what="nothing pending in the room")
+    stats = engine.stats
+    assert stats.done == len(sent)
+    assert stats.fetches == 1 and stats.echoed == len(sent) - 1, stats
+
+
 # --- power and ownership -------------------------------------------------------
 
 

@@ -47,6 +47,11 @@ from bot.metrics import LetheMetrics, MetricsServer
 log = logging.getLogger(__name__)
 
 SYNC_TIMEOUT_MS = 30_000
+# Under load each sync would return at once with an event or two, and a sync costs the
+# homeserver about as much as a redaction (measured: bench/bench_throughput.py). Starting
+# syncs at most this often makes a busy room's events, and the echoes of Lethe's own
+# redactions, arrive in batches.
+MIN_SYNC_INTERVAL_S = 0.25
 MAX_SYNC_BACKOFF_S = 30.0
 BACKFILL_PAGES = 20  # up to 2,000 events of a gap per room and sync
 # Timeline events per room and sync (Synapse's default is 10). A busy room overflowing
@@ -186,7 +191,11 @@ class LetheBot:
         first = True
         failures = 0
         down_since: float | None = None
+        loop = asyncio.get_running_loop()
+        started = -MIN_SYNC_INTERVAL_S
         while True:
+            await asyncio.sleep(max(0.0, started + MIN_SYNC_INTERVAL_S - loop.time()))
+            started = loop.time()
             try:
                 resp = await self.client.sync(
                     timeout=0 if first else SYNC_TIMEOUT_MS,
