@@ -8,12 +8,14 @@ A local Synapse with rate limits raised. A sender posts unencrypted messages
   limit of this homeserver on this machine. It runs in two halves, one before
   and one after Lethe, so a homeserver that slows down as its database grows
   does not favour either side.
-- Lethe: a real Engine with the real HttpTransport tracks N other events, all
-  due at the same instant T (after_send); measured from T until the last one is
-  verified (Lethe redacts, then GETs the event to check it is empty).
-- Also reported: the baseline at C=16, and the baseline that verifies as Lethe
-  does (PUT /redact, then GET /event), which separates the cost of verifying on
-  the homeserver from the cost of Lethe's own machinery.
+- Lethe: the real LetheBot, a moderator in its own rooms (as many as the
+  baseline's), tracks N messages from its sync as they are sent; then all are
+  made due at one instant T, as if the bot had been down until then. Measured
+  from T until the last one is confirmed: by its echo in the bot's sync, or by
+  a fetch for the spot checks (the first in each room and every 20th).
+- Also reported: the baseline at C=16, and the baseline that fetches each event
+  after redacting it (PUT /redact, then GET /event), which is what Lethe did
+  before it confirmed redactions by their echo.
 
 Run: python -m bench.bench_throughput [--events N] [--rooms 1 50]
 """
@@ -22,9 +24,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import secrets
 import tempfile
-from collections import defaultdict
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +37,7 @@ import aiohttp
 from bench.common import (
     RedactionLog,
     Timer,
+    cpu_seconds,
     create_room,
     join,
     local_synapse,
@@ -42,16 +46,16 @@ from bench.common import (
     send_plain,
     table,
 )
-from bot.engine.engine import Engine, EngineConfig
-from bot.engine.model import Message, PolicyEvent, RoomUpdate
+from bot.engine.engine import EngineConfig
 from bot.engine.policy import POLICY_EVENT_TYPE, Policy
 from bot.engine.redactor import REDACTION_REASON
 from bot.localsynapse import LocalSynapse, RegisteredUser
-from bot.matrix.http import CLIENT_V3, HttpTransport, MatrixHttp, q
+from bot.matrix.http import CLIENT_V3, MatrixHttp, q
+from bot.people import eventually
+from tests.harness import BotHandle, write_bot_config
 
 WORKERS = EngineConfig("@x:y").workers  # Lethe's default number of redaction workers
-TIMER_MS = 1000
-LEAD_MS = 3000  # T is this far after ingest starts: time to store every event first
+LEAD_MS = 1000  # T is this far after the due times are written
 
 Target = tuple[str, str]  # (room_id, event_id)
 
@@ -95,45 +99,74 @@ async def baseline_redact(base_url: str, token: str, targets: Sequence[Target],
     return t.seconds
 
 
-async def lethe_redact(base_url: str, token: str, bot_id: str, sender: str,
-                       targets: Sequence[Target], workdir: Path) -> dict[str, float]:
-    """Track ``targets`` in a fresh Engine, all due at one instant T; returns the
-    seconds from T until the last one was verified, and the redactor's counters."""
-    http = MatrixHttp(base_url, token)
-    engine = await Engine.open(workdir / "lethe.db", HttpTransport(http),
-                               EngineConfig(bot_id, workers=WORKERS))
-    verified = RedactionLog().attach(engine)
+async def lethe_setup(hs: LocalSynapse, bot: BotHandle, rooms: int, n: int) -> list[Target]:
+    """``rooms`` fresh rooms with the running bot as moderator under after_send 1h; a
+    sender posts ``n`` messages, which the bot tracks from its sync as they come."""
+    assert bot.bot is not None and bot.bot.engine is not None
+    engine = bot.bot.engine
+    sender = hs.register(f"sender{secrets.token_hex(3)}")
+    http = MatrixHttp(hs.base_url, sender.access_token)
     try:
-        await engine.start()
-        by_room: dict[str, list[str]] = defaultdict(list)
-        for room_id, event_id in targets:
-            by_room[room_id].append(event_id)
-        now = engine.clock.now_ms()
-        policy = Policy.after_send(TIMER_MS).to_state()
-        await engine.ingest([
-            RoomUpdate(room_id, (PolicyEvent(POLICY_EVENT_TYPE, sender, now, policy, True,
-                                             f"$policy{n}"),))
-            for n, room_id in enumerate(by_room)
-        ])
-        due = now + LEAD_MS
-        # Sent TIMER_MS before T as far as the engine knows, so all are due at T.
-        await engine.ingest([
-            RoomUpdate(room_id, tuple(Message(e, sender, due - TIMER_MS) for e in events))
-            for room_id, events in by_room.items()
-        ])
-        if engine.clock.now_ms() >= due:
-            raise RuntimeError("ingest took longer than LEAD_MS; raise it")
-        done = await verified.wait_for([e for _, e in targets], timeout=600)
-        pending = await engine.store.pending_count()
-        if pending:
-            raise RuntimeError(f"{pending} events still pending after all were verified")
-        stats = engine.stats
-        return {"seconds": max(d.lag_ms for d in done) / 1000, "retries": stats.retries,
-                "rate_limited": stats.rate_limited, "failures": stats.failures}
+        room_ids = [await create_room(http, [bot.user_id], {bot.user_id: 100})
+                    for _ in range(rooms)]
+        policy = Policy.after_send(3600 * 1000)
+        for room_id in room_ids:
+            reply = await http.request(
+                "PUT", f"{CLIENT_V3}/rooms/{q(room_id)}/state/{POLICY_EVENT_TYPE}/",
+                json=policy.to_state())
+            assert reply.ok, reply
+
+        async def applied() -> bool:
+            for room_id in room_ids:
+                row = await engine.room(room_id)
+                if row is None or row.policy != policy:
+                    return False
+            return True
+
+        await eventually(applied, 120, what="the bot joining and applying the policy")
+        with Timer() as presend:
+            targets = await send_plain(http, room_ids, n)
+    finally:
+        await http.close()
+    ids = [e for _, e in targets]
+
+    async def tracked() -> bool:
+        return len(await engine.store.known_event_ids(ids)) == len(ids)
+
+    await eventually(tracked, 300, what="the bot tracking every message")
+    print(f"  pre-sent {n:,} events to Lethe over {rooms} room(s) in {presend.seconds:.1f} s",
+          flush=True)
+    return targets
+
+
+async def lethe_redact(bot: BotHandle, targets: Sequence[Target]) -> dict[str, float]:
+    """Make every target due at one instant T (as if the bot had been down until then);
+    returns the seconds from T until the last one was verified, and the counters."""
+    assert bot.bot is not None and bot.bot.engine is not None
+    engine = bot.bot.engine
+    ids = [e for _, e in targets]
+    before = dataclasses.replace(engine.stats)
+    verified = RedactionLog().attach(engine)
+    due = engine.clock.now_ms() + LEAD_MS
+    async with engine.store.transaction() as conn:
+        # The deadline of an after_send row is origin_ts + timer_ms: make it T for each.
+        await conn.executemany(
+            "UPDATE events SET timer_ms = ? - origin_ts, due_at = ? WHERE event_id = ?",
+            [(due, due, e) for e in ids])
+    engine.scheduler.wake()
+    if engine.clock.now_ms() >= due:
+        raise RuntimeError("setting the due time took longer than LEAD_MS; raise it")
+    try:
+        done = await verified.wait_for(ids, timeout=600)
     finally:
         verified.detach()
-        await engine.close()
-        await http.close()
+    left = await engine.store.known_event_ids(ids)
+    if left:
+        raise RuntimeError(f"{len(left)} events still tracked after all were verified")
+    stats = engine.stats
+    return {"seconds": max(d.lag_ms for d in done) / 1000,
+            **{k: getattr(stats, k) - getattr(before, k)
+               for k in ("fetches", "echoed", "retries", "rate_limited", "failures")}}
 
 
 @dataclass(frozen=True)
@@ -144,9 +177,10 @@ class Setup:
 
 
 async def setup(hs: LocalSynapse, rooms: int, total: int) -> Setup:
+    """Rooms for the baseline only (Lethe is not in them): a sender and a moderator."""
     suffix = secrets.token_hex(3)
     sender = hs.register(f"sender{suffix}")
-    bot = hs.register(f"lethe{suffix}")
+    bot = hs.register(f"mod{suffix}")
     sender_http = MatrixHttp(hs.base_url, sender.access_token)
     bot_http = MatrixHttp(hs.base_url, bot.access_token)
     try:
@@ -171,25 +205,35 @@ async def baseline_rate(hs: LocalSynapse, n: int, concurrency: int = WORKERS) ->
     return n / await baseline_redact(hs.base_url, s.bot.access_token, s.events, concurrency)
 
 
-async def scenario(hs: LocalSynapse, n: int, rooms: int) -> dict[str, float]:
-    """On separate shares of events pre-sent over ``rooms`` rooms: the baseline
-    (C = Lethe's workers; N/2 before Lethe, N/2 after), the baseline that also
-    verifies (N/4), Lethe (N), and the baseline at C=16 (N/4)."""
-    s = await setup(hs, rooms, 2 * n + n // 2)
+async def scenario(hs: LocalSynapse, bot: BotHandle, n: int, rooms: int) -> dict[str, float]:
+    """Lethe's N events in its own ``rooms`` rooms; in as many other rooms, shares of
+    the baseline's events: C = Lethe's workers (N/2 before Lethe, N/2 after), the
+    baseline that also verifies (N/4), and the baseline at C=16 (N/4)."""
+    s = await setup(hs, rooms, n + n // 2)
+    lethe_part = await lethe_setup(hs, bot, rooms, n)
     token = s.bot.access_token
     events = s.events
     # Interleaved slices, so each share has events from every room.
-    base_a, lethe_part, base_b = events[0:2 * n:4], events[1:2 * n:2], events[3:2 * n:4]
-    verify_part, c16_part = events[2 * n::2], events[2 * n + 1::2]
+    base_a, base_b = events[0:n:2], events[1:n:2]
+    verify_part, c16_part = events[n::2], events[n + 1::2]
 
+    assert hs.pid is not None
+    pid = hs.pid
     result: dict[str, float] = {"events": n, "rooms": rooms}
+    hs_cpu = cpu_seconds(pid)
     base_s = await baseline_redact(hs.base_url, token, base_a, WORKERS)
+    base_cpu = cpu_seconds(pid) - hs_cpu
     result["baseline_verify_per_s"] = len(verify_part) / await baseline_redact(
         hs.base_url, token, verify_part, WORKERS, verify=True)
-    with tempfile.TemporaryDirectory(prefix="lethe-bench-") as tmp:
-        lethe = await lethe_redact(hs.base_url, token, s.bot.user_id, s.sender.user_id,
-                                   lethe_part, Path(tmp))
+    hs_cpu, own_cpu = cpu_seconds(pid), time.process_time()
+    lethe = await lethe_redact(bot, lethe_part)
+    # Where the time goes: homeserver CPU, and this process's (the bot's) CPU.
+    result["lethe_hs_cpu_ms"] = (cpu_seconds(pid) - hs_cpu) * 1000 / len(lethe_part)
+    result["lethe_own_cpu_ms"] = (time.process_time() - own_cpu) * 1000 / len(lethe_part)
+    hs_cpu = cpu_seconds(pid)
     base_s += await baseline_redact(hs.base_url, token, base_b, WORKERS)
+    base_cpu += cpu_seconds(pid) - hs_cpu
+    result["baseline_hs_cpu_ms"] = base_cpu * 1000 / (len(base_a) + len(base_b))
     result["baseline_c16_per_s"] = len(c16_part) / await baseline_redact(
         hs.base_url, token, c16_part, 16)
     result["baseline_per_s"] = (len(base_a) + len(base_b)) / base_s
@@ -203,10 +247,15 @@ async def scenario(hs: LocalSynapse, n: int, rooms: int) -> dict[str, float]:
 async def main(n: int, room_counts: Sequence[int]) -> dict[str, object]:
     quiet_logging()
     results = []
-    with local_synapse() as hs:
-        for rooms in room_counts:
-            print(f"{n:,} events over {rooms} room(s):", flush=True)
-            results.append(await scenario(hs, n, rooms))
+    with local_synapse() as hs, tempfile.TemporaryDirectory(prefix="lethe-bench-") as tmp:
+        bot = BotHandle(write_bot_config(hs, Path(tmp) / "bot"))
+        await bot.start()
+        try:
+            for rooms in room_counts:
+                print(f"{n:,} events over {rooms} room(s):", flush=True)
+                results.append(await scenario(hs, bot, n, rooms))
+        finally:
+            await bot.stop()
     rows = [[f"{r['events']:,} events, {r['rooms']} room(s)", r["baseline_per_s"],
              r["baseline_c16_per_s"], r["baseline_verify_per_s"], r["lethe_per_s"],
              f"{r['ratio']:.2f}", "ok" if r["ratio"] >= 0.9 else "MISSED",

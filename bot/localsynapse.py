@@ -312,6 +312,11 @@ class LocalSynapse:
     def is_running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
+    @property
+    def pid(self) -> int | None:
+        """The Synapse process (benchmarks read its CPU time)."""
+        return self._proc.pid if self._proc is not None else None
+
     def start(self, timeout: float = 60.0) -> None:
         """Write the config, spawn Synapse and block until the client API answers."""
         if self.is_running():
