@@ -144,6 +144,13 @@ class Scheduler:
         )
 
     async def _apply(self, event: DueEvent, decision: Decision) -> None:
+        await self._settle(event, decision)
+        if decision.verdict is not Verdict.SENT:
+            # Only a SENT verdict looks for an echo that came while the worker held the
+            # event; drop any other, now that the row is out of the worker's hands.
+            self._redactor.echoes.take(event.event_id)
+
+    async def _settle(self, event: DueEvent, decision: Decision) -> None:
         now = self._clock.now_ms()
         stats = self._redactor.stats
         if decision.verdict is Verdict.DONE:

@@ -50,7 +50,7 @@ async def _redact_in_turn(h: Harness, dues: list[int]) -> None:
 async def _assert_sent(h: Harness, event_id: str, sent_at: int) -> None:
     row = await h.event(event_id)
     assert row is not None, f"{event_id} is gone"
-    assert (row["status"], row["redaction_id"], row["due_at"]) == (
+    assert (row["status"], row["redaction_id"], row["check_at"]) == (
         SENT, FakeTransport.redaction_id(event_id), sent_at + W,
     ), event_id
 
@@ -327,14 +327,6 @@ async def test_children_of_an_echoed_parent_follow_at_once(h: Harness) -> None:
     assert h.now() == dues[1] + 1_000, "children went at once, not after the echo wait"
 
 
-# Engine bug: mark_sent (store.py:563) overwrites due_at with the end of the echo wait,
-# and _DEADLINE (store.py:42) falls back to due_at for a row with no deadline of its own.
-@pytest.mark.xfail(
-    strict=True,
-    reason="store.mark_sent overwrites due_at and a child under off has no policy deadline "
-    "to fall back on: its lag counts from the end of the echo wait (-8 s here; 0 instead "
-    "of W when fetched after the wait)",
-)
 @pytest.mark.parametrize("by_echo", [True, False], ids=["echo", "fetch"])
 async def test_lag_of_a_child_confirmed_later(h: Harness, by_echo: bool) -> None:
     """A child tracked under off has no deadline of its own: its lag counts from the

@@ -168,8 +168,8 @@ async def test_existing_file_mode_is_not_changed(tmp_path: Path) -> None:
 
 async def test_schema_2_database_migrates_and_keeps_its_due_index(db_path: Path) -> None:
     """A database of the release before echo confirmation (schema 2): it gains
-    ``redaction_id``, keeps its rows, and the due queries, which now cover SENT rows
-    too, still find due events through the partial index instead of a table scan."""
+    ``redaction_id`` and ``check_at``, keeps its rows, and the due queries, which now
+    cover SENT rows too, find them through the partial indexes, not a table scan."""
     db_path.parent.mkdir(parents=True)
     with sqlite3.connect(db_path) as conn:
         conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
@@ -200,10 +200,14 @@ async def test_schema_2_database_migrates_and_keeps_its_due_index(db_path: Path)
         assert [e.event_id for e in await store.claim_due(61000, 8)] == ["$m1"]
         await store.conn.set_trace_callback(None)
         selects = [s for s in statements if s.lstrip().upper().startswith("SELECT")]
-        assert len(selects) == 2, statements
+        assert len(selects) == 3, statements  # next_due; claim_due: due, then overdue SENT
         for sql in selects:
             async with store.conn.execute(f"EXPLAIN QUERY PLAN {sql}") as cur:
                 plan = " | ".join(str(row[-1]) for row in await cur.fetchall())
-            assert "INDEX events_due" in plan, (sql, plan)
+            assert "SCAN events" not in plan, (sql, plan)
+            wanted = ["events_due", "events_check"] if "UNION" in sql else (
+                ["events_check"] if "status = 4" in sql else ["events_due"])
+            for index in wanted:
+                assert f"INDEX {index}" in plan, (sql, plan)
     finally:
         await store.close()
