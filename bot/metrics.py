@@ -52,7 +52,7 @@ class LetheMetrics:
         self.registry = CollectorRegistry()
         self.lag = Histogram(
             "lethe_redaction_lag_seconds",
-            "Time from an event's due time until its redaction was verified.",
+            "Time from an event's due time until its redaction was confirmed.",
             buckets=LAG_BUCKETS_S,
             registry=self.registry,
         )
@@ -96,7 +96,12 @@ class LetheMetrics:
         engine = front.engine
         stats = engine.stats if engine is not None else None
         for name, doc, value in (
-            ("lethe_redactions", "Redactions done and verified.", "done"),
+            ("lethe_redactions", "Redactions done and confirmed.", "done"),
+            ("lethe_redactions_echoed",
+             "Redactions confirmed by their echo in the event stream, without a fetch.",
+             "echoed"),
+            ("lethe_redaction_fetches", "Fetches of a redacted event to check it is empty.",
+             "fetches"),
             ("lethe_rate_limited", "429 (rate limited) answers to redactions.", "rate_limited"),
             ("lethe_redaction_retries", "Redactions retried (429, errors, unconfirmed).",
              "retries"),

@@ -24,7 +24,8 @@ SERIES = (
     "lethe_events_tracked", "lethe_pending_events", "lethe_redactions",
     "lethe_redaction_lag_seconds", "lethe_rate_limited", "lethe_redaction_retries",
     "lethe_redaction_failures", "lethe_redactions_parked", "lethe_rooms",
-    "lethe_sync_alive", "lethe_scheduler_alive",
+    "lethe_sync_alive", "lethe_scheduler_alive", "lethe_redactions_echoed",
+    "lethe_redaction_fetches",
 )
 REPO = Path(__file__).resolve().parent.parent
 
@@ -78,6 +79,10 @@ async def test_metrics_and_health(people, synapse, tmp_path) -> None:
         await eventually(counted, 20, interval=0.3, what="the redactions in the metrics")
         done = got[("lethe_redactions_total", ())]
         assert done >= 2 and got[("lethe_redaction_lag_seconds_count", ())] == done
+        # The first redaction in the room is a fetched spot check; the rest are echoed.
+        echoed = got[("lethe_redactions_echoed_total", ())]
+        assert 1 <= echoed < done, (echoed, done)
+        assert got[("lethe_redaction_fetches_total", ())] >= done - echoed
         assert got[("lethe_redaction_lag_seconds_bucket", (("le", "+Inf"),))] == done
         assert got[("lethe_events_tracked_total", ())] >= 4
         assert got[("lethe_pending_events", (("state", "parked"),))] >= 1
