@@ -449,7 +449,8 @@ async def test_redactions_are_confirmed_by_their_pushed_echo(bridges, people) ->
     await eventually(settled, 30, what="nothing pending in the room")
     stats = engine.stats
     assert stats.done == len(sent)
-    assert stats.fetches == 1 and stats.echoed == len(sent) - 1, stats
+    # One spot check; an echo slower than 10 s on a loaded machine may add a fetch.
+    assert 1 <= stats.fetches <= 2 and stats.echoed >= len(sent) - 2, stats
 
 
 # --- power and ownership -------------------------------------------------------

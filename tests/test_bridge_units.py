@@ -264,7 +264,7 @@ async def test_migration_2_keeps_a_version_1_database(tmp_path: Path) -> None:
         assert await store.get_room("!kept:x") is not None
         assert not await store.appservice_txn_done("t1")
         async with store.conn.execute("SELECT version FROM schema_version") as cur:
-            assert (await cur.fetchone())[0] == SCHEMA_VERSION == 2
+            assert (await cur.fetchone())[0] == SCHEMA_VERSION >= 2
     finally:
         await store.close()
 

@@ -183,7 +183,8 @@ class Ingestor:
                 await self._store.insert_events(rows)
                 rows = []
                 seen = await self._store.redaction_seen(
-                    room_id, item.target, item.event_id, item.sender, now_ms
+                    room_id, item.target, item.event_id, item.sender, now_ms,
+                    trust_echo=self._echoes.trusted,
                 )
                 if isinstance(seen, DueEvent):
                     redacted.append(seen)

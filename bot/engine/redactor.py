@@ -110,8 +110,10 @@ class Echoes:
     """Echoes that arrived while a worker still held their event: target event id ->
     the redaction event's id, for that worker to find."""
 
-    def __init__(self) -> None:
+    def __init__(self, trusted: bool) -> None:
         self._seen: OrderedDict[str, str] = OrderedDict()
+        # False once a fetch found content after a 200: then no echo confirms anything.
+        self.trusted = trusted
 
     def add(self, target: str, redaction_id: str) -> None:
         self._seen[target] = redaction_id
@@ -150,20 +152,24 @@ class Redactor:
         self.paused_until_ms = 0
         self.throttled = False  # since a 429, until CALM_AFTER accepted in a row
         self._accepted_in_a_row = 0
-        self.echoes = Echoes()
+        self.echoes = Echoes(trusted=echo_wait_ms is not None)
         self._echo_wait_ms = echo_wait_ms
-        self.trusts_echoes = echo_wait_ms is not None
         self._accepted = 0
         self._spot_checked_rooms: set[str] = set()
 
+    @property
+    def trusts_echoes(self) -> bool:
+        return self.echoes.trusted
+
     async def process(self, event: DueEvent, can_redact_others: bool) -> Decision:
-        if self._needs_power(event.sender) and not can_redact_others:
-            return Decision(Verdict.PARK, reason="no power to redact others' events")
         if event.attempts > 0:
-            # Sent before (perhaps just before a crash): look before sending again.
+            # Sent before (perhaps just before a crash, or its echo is overdue): look
+            # before sending again, and before parking what may be gone already.
             seen = await self._check(event)
             if seen.outcome is Outcome.REDACTED:
                 return Decision(Verdict.DONE)
+        if self._needs_power(event.sender) and not can_redact_others:
+            return Decision(Verdict.PARK, reason="no power to redact others' events")
         txn_id = event.txn_id or f"lethe.{secrets.token_hex(12)}"
         await self._store.record_txn(event.event_id, txn_id)
         reply = await self._transport.redact(event.room_id, event.event_id, event.sender, txn_id)
@@ -208,8 +214,8 @@ class Redactor:
             # The homeserver took the redaction of an event it cannot show: unconfirmed.
             return Decision(Verdict.FAIL, reason="unconfirmed: the homeserver does not know it")
         if reply.outcome is Outcome.PRESENT:
-            if self.trusts_echoes:
-                self.trusts_echoes = False
+            if self.echoes.trusted:
+                self.echoes.trusted = False
                 log.warning("the homeserver accepted a redaction in %s but still serves the "
                             "event's content; from now on every redaction is fetched to "
                             "confirm it", event.room_id)

@@ -172,7 +172,7 @@ class Echo(Enum):
 
     HELD = "held"  # a worker holds the row: the echo is for it to find
     FORGOTTEN = "forgotten"  # somebody else redacted it: the row is dropped
-    KEPT = "kept"  # a redaction from another server: Lethe still redacts it itself
+    KEPT = "kept"  # Lethe still fetches or redacts it itself
 
 
 @dataclass(frozen=True)
@@ -519,17 +519,19 @@ class Store:
 
     async def redaction_seen(
         self, room_id: str, target: str, redaction_id: str | None, sender: str | None,
-        now_ms: int,
+        now_ms: int, *, trust_echo: bool = True,
     ) -> Echo | DueEvent | None:
         """Within a transaction: the event stream shows a redaction of ``target``.
 
-        Our own redaction coming back (its id is the one the homeserver returned) is
-        proof the homeserver persisted it: the row is done and returned for counting.
-        While a worker still holds the row, the echo is only reported (``Echo.HELD``),
-        for the worker to find. Anybody else's redaction makes the row moot, unless its
-        sender is on another server than the event's sender: a homeserver applies such
-        a redaction only if its sender has power, which the event stream does not show,
-        so Lethe keeps the event and redacts it itself when due."""
+        Our own redaction coming back to a SENT row (its id is the one the homeserver
+        returned) is proof the homeserver stored it: unless echoes are distrusted, the
+        row is done and returned for counting. While a worker still holds the row, the
+        echo is only reported (``Echo.HELD``), for the worker to find. A row Lethe has
+        sent a redaction for is kept otherwise: its fetch (at ``check_at``, or first
+        thing on the retry) decides, and counts it. Anybody else's redaction makes a
+        row moot, unless its sender is on another server than the event's sender: a
+        homeserver applies such a redaction only if its sender has power, which the
+        event stream does not show, so Lethe keeps the event and redacts it when due."""
         async with self._conn.execute(
             f"SELECT status, redaction_id, sender, min(due_at, {_DEADLINE}), txn_id, attempts "
             "FROM events WHERE event_id = ? AND room_id = ?",
@@ -541,9 +543,11 @@ class Store:
         status, ours, event_sender, deadline, txn_id, attempts = row
         if status == IN_FLIGHT:
             return Echo.HELD
-        if redaction_id is not None and redaction_id == ours:
+        if status == SENT and trust_echo and redaction_id is not None and redaction_id == ours:
             await self._finish(room_id, target, now_ms)
             return DueEvent(target, room_id, event_sender, deadline, txn_id, attempts)
+        if status == SENT or txn_id is not None:
+            return Echo.KEPT
         if sender is not None and _server(sender) != _server(event_sender):
             return Echo.KEPT
         await self._conn.execute(
@@ -639,7 +643,8 @@ class Store:
     async def reschedule(self, event_id: str, due_at: int) -> None:
         async with self.transaction() as conn:
             await conn.execute(
-                "UPDATE events SET status = ?, due_at = ? WHERE event_id = ?",
+                "UPDATE events SET status = ?, due_at = ?, redaction_id = NULL "
+                "WHERE event_id = ?",
                 (WAITING, due_at, event_id),
             )
 
@@ -647,7 +652,8 @@ class Store:
         """No power to redact here: keep it due, out of the loop, until power returns."""
         async with self.transaction() as conn:
             await conn.execute(
-                "UPDATE events SET status = ? WHERE event_id = ?", (PARKED, event_id)
+                "UPDATE events SET status = ?, redaction_id = NULL WHERE event_id = ?",
+                (PARKED, event_id),
             )
             await conn.execute(
                 "UPDATE rooms SET can_redact = 0 WHERE room_id = ?", (room_id,)
@@ -656,7 +662,8 @@ class Store:
     async def fail(self, room_id: str, event_id: str) -> None:
         async with self.transaction() as conn:
             await conn.execute(
-                "UPDATE events SET status = ? WHERE event_id = ?", (FAILED, event_id)
+                "UPDATE events SET status = ?, redaction_id = NULL WHERE event_id = ?",
+                (FAILED, event_id),
             )
             await conn.execute(
                 "UPDATE rooms SET failed_count = failed_count + 1 WHERE room_id = ?", (room_id,)

@@ -9,7 +9,7 @@ from bot.engine.engine import EngineConfig
 from bot.engine.model import IngestResult, Message, Redaction
 from bot.engine.policy import Policy
 from bot.engine.redactor import SPOT_CHECK_EVERY, Outcome, Redactor, Reply
-from bot.engine.store import SENT, WAITING
+from bot.engine.store import FAILED, SENT, WAITING
 
 from .conftest import ALICE, BOB, BOT, ROOM, FakeTransport, Harness, TestClock
 
@@ -208,6 +208,84 @@ async def test_content_after_a_200_stops_trusting_echoes(h: Harness) -> None:
     assert h.engine is not None and h.engine.stats.echoed == 0
 
 
+async def test_no_echo_confirms_once_echoes_are_distrusted(h: Harness) -> None:
+    """The kill switch also holds for rows already waiting for their echo, and for
+    the echo of a row whose fetch found content."""
+    dues = await _track(h, "$m1", "$m2", "$m3")
+    await _redact_in_turn(h, dues[:2])  # $m1 fetched (first in room), $m2 SENT
+    await _assert_sent(h, "$m2", dues[1])
+    present = Reply(Outcome.PRESENT)
+    h.transport.script_check("$m3", present, present, present)
+    h.transport.script_redact("$m3", Reply(Outcome.OK, event_id=FakeTransport.redaction_id("$m3")))
+    # Every 20th is fetched: force $m3 to be a spot check, which finds content.
+    _redactor(h)._accepted = SPOT_CHECK_EVERY - 1
+    await _redact_in_turn(h, dues[2:])
+    assert not _redactor(h).trusts_echoes
+    for event_id in ("$m2", "$m3"):
+        result = await h.ingest(h.transport.echo(event_id))
+        assert result.redacted == ()
+    row = await h.event("$m3")
+    assert row is not None and row["status"] == WAITING and row["redaction_id"] is None
+    await _assert_sent(h, "$m2", dues[1])
+    await h.advance(dues[1] + W - h.now())
+    assert "$m2" in h.transport.checked_ids()
+    assert await h.event("$m2") is None
+    assert h.engine is not None and h.engine.stats.echoed == 0
+
+
+async def test_a_late_echo_does_not_undo_a_failure(h: Harness) -> None:
+    present = Reply(Outcome.PRESENT)
+    dues = await _track(h, "$m1")
+    h.transport.script_check("$m1", *[present] * 40)
+    await h.advance(dues[0] - h.now())
+    for _ in range(20):
+        row = await h.event("$m1")
+        assert row is not None
+        if row["status"] == FAILED:
+            break
+        await h.advance(60_000)
+    assert row["status"] == FAILED and row["redaction_id"] is None
+    result = await h.ingest(h.transport.echo("$m1"))
+    assert result.redacted == ()
+    row = await h.event("$m1")
+    assert row is not None and row["status"] == FAILED
+    assert (await h.room_row())["redacted_count"] == 0
+
+
+async def test_an_unknown_echo_after_a_crash_is_fetched_and_counted(h: Harness) -> None:
+    """A crash between the 200 and recording it leaves a row with a txn id and no
+    redaction id; the echo that then comes is ours, so the row is kept, and the retry
+    fetches first and counts it instead of dropping it uncounted."""
+    dues = await _track(h, "$m1")
+    async with h.store.transaction():
+        await h.store.conn.execute(
+            "UPDATE events SET txn_id = 'lethe.t', attempts = 1, due_at = ? WHERE event_id = ?",
+            (dues[0] + W, "$m1"),
+        )
+    result = await h.ingest(Redaction("$m1", "$from-before-the-crash", BOT))
+    assert result.redacted == ()
+    assert await h.event("$m1") is not None
+    h.transport.redacted.add("$m1")
+    await h.advance(dues[0] + W - h.now())
+    assert h.transport.checked_ids() == ["$m1"] and h.transport.redact_calls == []
+    assert await h.event("$m1") is None
+    assert (await h.room_row())["redacted_count"] == 1
+
+
+async def test_overdue_echo_is_fetched_before_parking(h: Harness) -> None:
+    """Without power now, a row whose redaction was accepted earlier is fetched rather
+    than parked: it is most likely gone already."""
+    dues = await _track(h, "$m1", "$m2")
+    await _redact_in_turn(h, dues)
+    await _assert_sent(h, "$m2", dues[1])
+    assert h.engine is not None
+    await h.engine.set_power(ROOM, False, 0, 50)
+    await h.advance(dues[1] + W - h.now())
+    assert "$m2" in h.transport.checked_ids()
+    assert await h.event("$m2") is None
+    assert h.engine.stats.parked == 0
+
+
 async def test_no_redaction_id_means_a_fetch(h: Harness) -> None:
     dues = await _track(h, "$m1", "$m2")
     h.transport.script_redact("$m2", Reply(Outcome.OK))
@@ -244,25 +322,24 @@ async def test_sent_rows_survive_a_restart(make_harness) -> None:
     assert (await second.room_row())["redacted_count"] == 2
     assert (second.engine.stats.done, second.engine.stats.echoed) == (1, 1)
 
-    # Another redaction id is somebody else's redaction, not the confirmation of ours:
-    # from the sender's server it drops the row, uncounted ...
-    result = await second.ingest(Redaction("$m3", "$not-ours", BOT))
-    assert result.redacted == ()
-    assert await second.event("$m3") is None
-    # ... from another server it leaves the row to be fetched when the wait is over.
-    result = await second.ingest(Redaction("$m4", "$not-ours-either", "@mod:elsewhere"))
-    assert result.redacted == ()
+    # Another redaction id, from anybody, is not the confirmation of ours: the row
+    # stays SENT and the fetch when the wait is over decides.
+    for target, other, who in (("$m3", "$not-ours", BOT),
+                               ("$m4", "$not-ours-either", "@mod:elsewhere")):
+        result = await second.ingest(Redaction(target, other, who))
+        assert result.redacted == ()
+    await _assert_sent(second, "$m3", dues[2])
     await _assert_sent(second, "$m4", dues[3])
     assert (await second.room_row())["redacted_count"] == 2
     assert (second.engine.stats.done, second.engine.stats.echoed) == (1, 1)
 
-    transport.redacted.add("$m4")  # the first process's redaction did work
+    transport.redacted.update({"$m3", "$m4"})  # the first process's redactions did work
     await second.advance(dues[3] + W - second.now())
-    assert transport.checked_ids() == ["$m4"]
+    assert sorted(transport.checked_ids()) == ["$m3", "$m4"]
     assert transport.redact_calls == []
     assert await second.event_ids() == set()
-    assert (await second.room_row())["redacted_count"] == 3
-    assert (second.engine.stats.done, second.engine.stats.echoed) == (2, 1)
+    assert (await second.room_row())["redacted_count"] == 4
+    assert (second.engine.stats.done, second.engine.stats.echoed) == (3, 1)
 
 
 @pytest.mark.parametrize(
