@@ -79,10 +79,10 @@ async def test_metrics_and_health(people, synapse, tmp_path) -> None:
         await eventually(counted, 20, interval=0.3, what="the redactions in the metrics")
         done = got[("lethe_redactions_total", ())]
         assert done >= 2 and got[("lethe_redaction_lag_seconds_count", ())] == done
-        # The first redaction in the room is a fetched spot check; the rest are echoed.
+        # How each was confirmed: the first in each room is a fetched spot check.
         echoed = got[("lethe_redactions_echoed_total", ())]
-        assert 1 <= echoed < done, (echoed, done)
-        assert got[("lethe_redaction_fetches_total", ())] >= done - echoed
+        fetches = got[("lethe_redaction_fetches_total", ())]
+        assert fetches >= 1 and echoed <= done - 1, (echoed, fetches, done)
         assert got[("lethe_redaction_lag_seconds_bucket", (("le", "+Inf"),))] == done
         assert got[("lethe_events_tracked_total", ())] >= 4
         assert got[("lethe_pending_events", (("state", "parked"),))] >= 1
