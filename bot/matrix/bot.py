@@ -54,9 +54,9 @@ SYNC_TIMEOUT_MS = 30_000
 MIN_SYNC_INTERVAL_S = 0.25
 MAX_SYNC_BACKOFF_S = 30.0
 BACKFILL_PAGES = 20  # up to 2,000 events of a gap per room and sync
-# Timeline events per room and sync (Synapse's default is 10). A busy room overflowing
-# it costs a /messages backfill; a redaction's echo arriving in the sync confirms it.
-SYNC_FILTER = {"room": {"timeline": {"limit": 200}}}
+# Timeline events per room and sync (Synapse's default is 10; bench_sync_ingest found it
+# serves no more than 100). A busy room overflowing it costs a /messages backfill.
+SYNC_FILTER = {"room": {"timeline": {"limit": 100}}}
 OWN_WRITES_KEPT = 256  # policy state events this process wrote, remembered by id
 
 
