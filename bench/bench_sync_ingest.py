@@ -170,7 +170,8 @@ async def main(n: int, rounds: int) -> dict[str, object]:
           f"Synapse serves) from its stored token, then /messages pages of {PAGE} back "
           f"({pages} per round); nio decrypts every event.\n"
           "bot: LetheBot restarted on its data directory; one full-state /sync from the token "
-          "in lethe.db (10 timeline events, which nio decrypts), then /messages pages of 100 "
+          "in lethe.db (timeline limit 100, events which nio decrypts), then /messages pages "
+          "of 100 "
           "back to the last event it stored, tracked without decrypting; all stored in one "
           "transaction.")
     return {"events": n, "rounds": results, "bare_per_s": bare_rate, "bot_per_s": bot_rate,
