@@ -172,7 +172,7 @@ async def lethe_redact(bot: BotHandle, targets: Sequence[Target]) -> dict[str, f
 @dataclass(frozen=True)
 class Setup:
     sender: RegisteredUser
-    bot: RegisteredUser  # a moderator (power 100) in every room
+    moderator: RegisteredUser  # power 100 in every room; the baseline redacts as it
     events: list[Target]  # pre-sent by ``sender``, round-robin over the rooms
 
 
@@ -180,29 +180,29 @@ async def setup(hs: LocalSynapse, rooms: int, total: int) -> Setup:
     """Rooms for the baseline only (Lethe is not in them): a sender and a moderator."""
     suffix = secrets.token_hex(3)
     sender = hs.register(f"sender{suffix}")
-    bot = hs.register(f"mod{suffix}")
+    moderator = hs.register(f"mod{suffix}")
     sender_http = MatrixHttp(hs.base_url, sender.access_token)
-    bot_http = MatrixHttp(hs.base_url, bot.access_token)
+    mod_http = MatrixHttp(hs.base_url, moderator.access_token)
     try:
-        room_ids = [await create_room(sender_http, [bot.user_id], {bot.user_id: 100})
+        room_ids = [await create_room(sender_http, [moderator.user_id], {moderator.user_id: 100})
                     for _ in range(rooms)]
         for room_id in room_ids:
-            await join(bot_http, room_id)
+            await join(mod_http, room_id)
         with Timer() as presend:
             events = await send_plain(sender_http, room_ids, total)
     finally:
         await sender_http.close()
-        await bot_http.close()
+        await mod_http.close()
     print(f"  pre-sent {total:,} events over {rooms} room(s) in {presend.seconds:.1f} s "
           f"({total / presend.seconds:,.0f}/s)", flush=True)
-    return Setup(sender, bot, events)
+    return Setup(sender, moderator, events)
 
 
 async def baseline_rate(hs: LocalSynapse, n: int, concurrency: int = WORKERS) -> float:
     """The homeserver's redaction limit here and now: ``n`` fresh events in one room,
     redacted by the baseline client; redactions per second."""
     s = await setup(hs, 1, n)
-    return n / await baseline_redact(hs.base_url, s.bot.access_token, s.events, concurrency)
+    return n / await baseline_redact(hs.base_url, s.moderator.access_token, s.events, concurrency)
 
 
 async def scenario(hs: LocalSynapse, bot: BotHandle, n: int, rooms: int) -> dict[str, float]:
@@ -211,7 +211,7 @@ async def scenario(hs: LocalSynapse, bot: BotHandle, n: int, rooms: int) -> dict
     baseline that also verifies (N/4), and the baseline at C=16 (N/4)."""
     s = await setup(hs, rooms, n + n // 2)
     lethe_part = await lethe_setup(hs, bot, rooms, n)
-    token = s.bot.access_token
+    token = s.moderator.access_token
     events = s.events
     # Interleaved slices, so each share has events from every room.
     base_a, base_b = events[0:n:2], events[1:n:2]
