@@ -45,6 +45,9 @@ class Scheduler:
         self._wake = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
         self._workers: set[asyncio.Task[None]] = set()
+        # Set while no due event waits for a free worker; see ``backlogged``.
+        self._drained = asyncio.Event()
+        self._drained.set()
         self.alive = False
         self.last_lag_ms: int | None = None
         self._redaction_listeners: list[RedactionListener] = []
@@ -67,11 +70,29 @@ class Scheduler:
         await asyncio.gather(*tasks, return_exceptions=True)
         self._workers.clear()
         self._loop_task = None
+        self._set_backlogged(False)
         self.alive = False
 
     @property
     def in_flight(self) -> int:
         return len(self._workers)
+
+    @property
+    def backlogged(self) -> bool:
+        """Due events are waiting for a free worker: redaction is running as fast as the
+        homeserver (or the worker limit) lets it, so anything else the front asks of the
+        homeserver now slows it down."""
+        return not self._drained.is_set()
+
+    async def wait_drained(self) -> None:
+        """Return once no due event waits for a worker (at once if none does)."""
+        await self._drained.wait()
+
+    def _set_backlogged(self, backlogged: bool) -> None:
+        if backlogged:
+            self._drained.clear()
+        else:
+            self._drained.set()
 
     async def _run(self) -> None:
         self.alive = True
@@ -89,6 +110,8 @@ class Scheduler:
                     batch = await self._store.claim_due(now, free)
                     for event in batch:
                         self._spawn(event)
+                    # A full batch may have left more due rows behind; a short one did not.
+                    self._set_backlogged(len(batch) == free)
                     if len(batch) == free:
                         continue
                 if len(self._workers) >= limit:

@@ -10,6 +10,7 @@ action worker through a queue.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import deque
@@ -40,6 +41,7 @@ from bot.matrix.client import Credentials, LoginFailed, login
 from bot.matrix.commands import CommandError, Help, SetPolicy, Status, parse_command, usage
 from bot.matrix.handlers import CommandRequest, SyncReader, SyncReading, inviter_allowed
 from bot.matrix.http import HomeserverUnavailable, HttpTransport, MatrixHttp
+from bot.matrix.pace import MIN_INTERVAL_S, SyncNews, SyncPace
 from bot.matrix.policy_state import PolicyWriteFailed, missing_policy_power, write_policy
 from bot.matrix.status import status_text
 from bot.metrics import LetheMetrics, MetricsServer
@@ -47,16 +49,12 @@ from bot.metrics import LetheMetrics, MetricsServer
 log = logging.getLogger(__name__)
 
 SYNC_TIMEOUT_MS = 30_000
-# Under load each sync would return at once with an event or two, and a sync costs the
-# homeserver about as much as a redaction (measured: bench/bench_throughput.py). Starting
-# syncs at most this often makes a busy room's events, and the echoes of Lethe's own
-# redactions, arrive in batches.
-MIN_SYNC_INTERVAL_S = 0.25
 MAX_SYNC_BACKOFF_S = 30.0
 BACKFILL_PAGES = 20  # up to 2,000 events of a gap per room and sync
 # Timeline events per room and sync (Synapse's default is 10; bench_sync_ingest found it
 # serves no more than 100). A busy room overflowing it costs a /messages backfill.
-SYNC_FILTER = {"room": {"timeline": {"limit": 100}}}
+TIMELINE_LIMIT = 100
+SYNC_FILTER = {"room": {"timeline": {"limit": TIMELINE_LIMIT}}}
 OWN_WRITES_KEPT = 256  # policy state events this process wrote, remembered by id
 
 
@@ -192,10 +190,17 @@ class LetheBot:
         failures = 0
         down_since: float | None = None
         loop = asyncio.get_running_loop()
-        started = -MIN_SYNC_INTERVAL_S
+        scheduler = self.engine.scheduler
+        pace = SyncPace(TIMELINE_LIMIT)
+        started = -MIN_INTERVAL_S
         while True:
-            await asyncio.sleep(max(0.0, started + MIN_SYNC_INTERVAL_S - loop.time()))
+            await asyncio.sleep(max(0.0, started + MIN_INTERVAL_S - loop.time()))
+            if scheduler.backlogged:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout_at(started + pace.backlog_interval_s):
+                        await scheduler.wait_drained()  # the backlog ending syncs at once
             started = loop.time()
+            backlogged = scheduler.backlogged
             try:
                 resp = await self.client.sync(
                     timeout=0 if first else SYNC_TIMEOUT_MS,
@@ -212,6 +217,7 @@ class LetheBot:
                     down_since = None
                 failures = 0
                 await self._on_sync(resp, first)
+                pace.observe(SyncNews.of(resp), backlogged=backlogged)
                 token = resp.next_batch
                 first = False
                 await self._after_sync()

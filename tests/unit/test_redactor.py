@@ -222,8 +222,14 @@ async def test_txn_id_is_committed_before_the_request(h: Harness) -> None:
 
 
 async def test_worker_pool_is_bounded(make_harness) -> None:
+    """And while due events wait for a worker, the scheduler says it is backlogged
+    (the bot then syncs less often: bot/matrix/pace.py)."""
     release = asyncio.Event()
     h: Harness = await make_harness(config=EngineConfig(bot_user_id=BOT, workers=2))
+    assert h.engine is not None
+    scheduler = h.engine.scheduler
+    assert not scheduler.backlogged
+    await asyncio.wait_for(scheduler.wait_drained(), 1)  # at once when nothing waits
 
     async def block(*_: str) -> None:
         await release.wait()
@@ -234,10 +240,16 @@ async def test_worker_pool_is_bounded(make_harness) -> None:
     await h.ingest(*(Message(f"$m{i}", ALICE, t) for i in range(5)))
     h.clock.advance(M)
     await eventually(lambda: len(h.transport.redact_calls) == 2)
-    assert h.engine is not None and h.engine.scheduler.in_flight == 2
+    assert scheduler.in_flight == 2
+    assert scheduler.backlogged
+    drained = asyncio.create_task(scheduler.wait_drained())
     await asyncio.sleep(0.05)  # give a wrong implementation the chance to start more
     assert len(h.transport.redact_calls) == 2
+    assert not drained.done()
     release.set()
+    # The last claim finds fewer due events than free workers: the backlog is over.
+    await asyncio.wait_for(drained, 5)
+    assert not scheduler.backlogged
     await h.settle()
     assert sorted(h.transport.redacted_ids()) == [f"$m{i}" for i in range(5)]
     assert await h.event_ids() == set()
