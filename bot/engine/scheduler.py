@@ -45,6 +45,10 @@ class Scheduler:
         self._wake = asyncio.Event()
         self._loop_task: asyncio.Task[None] | None = None
         self._workers: set[asyncio.Task[None]] = set()
+        # Workers still talking to the homeserver; the limit bounds these. A worker
+        # writing down its outcome no longer holds a slot, so the next due event's
+        # request starts while the last one's bookkeeping commits.
+        self._requesting = 0
         # Set while no due event waits for a free worker; see ``backlogged``.
         self._drained = asyncio.Event()
         self._drained.set()
@@ -69,13 +73,15 @@ class Scheduler:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._workers.clear()
+        self._requesting = 0
         self._loop_task = None
         self._set_backlogged(False)
         self.alive = False
 
     @property
     def in_flight(self) -> int:
-        return len(self._workers)
+        """Redaction requests (and their checks) under way."""
+        return self._requesting
 
     @property
     def backlogged(self) -> bool:
@@ -105,7 +111,7 @@ class Scheduler:
                     await self._clock.sleep_until(paused, asyncio.Event())
                     continue
                 limit = 1 if self._redactor.throttled else self._limit
-                free = limit - len(self._workers)
+                free = limit - self._requesting
                 if free > 0:
                     batch = await self._store.claim_due(now, free)
                     for event in batch:
@@ -114,8 +120,8 @@ class Scheduler:
                     self._set_backlogged(len(batch) == free)
                     if len(batch) == free:
                         continue
-                if len(self._workers) >= limit:
-                    await self._wake.wait()  # a worker finishing wakes us
+                if self._requesting >= limit:
+                    await self._wake.wait()  # a worker's request ending wakes us
                     continue
                 next_due = await self._store.next_due()
                 deadline = next_due if next_due is not None else now + IDLE_RECHECK_MS
@@ -128,6 +134,7 @@ class Scheduler:
             raise
 
     def _spawn(self, event: DueEvent) -> None:
+        self._requesting += 1
         task = asyncio.create_task(self._work(event), name=f"lethe-redact-{event.event_id}")
         self._workers.add(task)
         task.add_done_callback(self._worker_done)
@@ -150,6 +157,9 @@ class Scheduler:
             decision = Decision(
                 Verdict.RETRY, retry_at=self._clock.now_ms() + 30_000, reason=type(exc).__name__
             )
+        finally:
+            self._requesting -= 1
+            self._wake.set()
         await self._apply(event, decision)
 
     def record_done(self, event: DueEvent, now: int, *, echoed: bool) -> None:

@@ -255,6 +255,32 @@ async def test_worker_pool_is_bounded(make_harness) -> None:
     assert await h.event_ids() == set()
 
 
+async def test_a_worker_slot_frees_when_its_request_ends(make_harness) -> None:
+    """The next due event's request does not wait for the last one's outcome to be
+    written down: the limit bounds requests to the homeserver, not bookkeeping."""
+    h: Harness = await make_harness(config=EngineConfig(bot_user_id=BOT, workers=1))
+    assert h.engine is not None
+    store = h.engine.store
+    release = asyncio.Event()
+    finish = store.finish_redacted
+
+    async def slow_finish(room_id: str, event_id: str, now: int) -> bool:
+        await release.wait()
+        return await finish(room_id, event_id, now)
+
+    store.finish_redacted = slow_finish  # type: ignore[method-assign]
+    await h.set_policy(Policy.after_send(M))
+    t = h.now()
+    await h.ingest(Message("$m1", ALICE, t), Message("$m2", ALICE, t))
+    h.clock.advance(M)
+    # $m1 (the room's first: fetched, so DONE) waits to be written down; $m2 goes ahead.
+    await eventually(lambda: len(h.transport.redact_calls) == 2, what="the second request")
+    assert await h.event_ids() == {"$m1", "$m2"}
+    release.set()
+    await h.settle()
+    assert sorted(h.transport.redacted_ids()) == ["$m1", "$m2"]
+
+
 async def test_after_a_429_redactions_go_one_at_a_time_until_calm(make_harness) -> None:
     """Releasing every worker when a pause ends would earn a 429 for all but one."""
     h: Harness = await make_harness(config=EngineConfig(bot_user_id=BOT, workers=4))
