@@ -8,7 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import os
 import secrets
+import signal
+import subprocess
+import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,11 +26,59 @@ from bot.matrix.bot import LetheBot
 from bot.people import Person, eventually, stays
 
 __all__ = [
-    "BotHandle", "Person", "all_redacted", "bot_room", "eventually", "not_redacted", "stays",
-    "unique", "write_bot_config",
+    "REPO", "BotHandle", "LetheProcess", "Person", "all_redacted", "bot_room", "clean_env",
+    "eventually", "lethe_argv", "not_redacted", "stays", "unique", "write_bot_config",
 ]
 
+REPO = Path(__file__).resolve().parent.parent
+
 _names = itertools.count(1)
+
+
+def lethe_argv(*args: str) -> list[str]:
+    """The command line of ``lethe ARGS`` run by this interpreter."""
+    return [sys.executable, "-m", "bot.cli", *args]
+
+
+def clean_env() -> dict[str, str]:
+    """This environment without LETHE_* overrides, with unbuffered output."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LETHE_")}
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+class LetheProcess:
+    """``lethe ARGS`` as a real process, its output appended to a file."""
+
+    def __init__(self, args: Sequence[str], log_path: Path) -> None:
+        self.args = list(args)
+        self.log_path = log_path
+        self.proc: asyncio.subprocess.Process | None = None
+
+    async def start(self) -> None:
+        with self.log_path.open("ab") as out:
+            self.proc = await asyncio.create_subprocess_exec(
+                *lethe_argv(*self.args), stdout=out, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, cwd=REPO, env=clean_env())
+
+    @property
+    def returncode(self) -> int | None:
+        assert self.proc is not None
+        return self.proc.returncode
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    async def signal(self, sig: signal.Signals, timeout: float = 30) -> int:
+        """Send ``sig`` and return the exit code, waiting at most ``timeout`` s."""
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+        return await asyncio.wait_for(self.proc.wait(), timeout)
+
+    async def close(self) -> None:
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.kill()
+            await self.proc.wait()
 
 
 def not_redacted(person: Person, room: str, *events: str) -> Any:

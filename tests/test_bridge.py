@@ -14,7 +14,6 @@ import json
 import logging
 import secrets
 import signal
-import subprocess
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
@@ -34,8 +33,15 @@ from bot.localsynapse import LocalSynapse, find_free_port, synapse_available
 from bridge.app import Bridge, RegistrationNotLoaded
 from bridge.config import BridgeConfig, load_bridge_config
 from bridge.registration import build_registration, load_registration, write_registration
-from tests.harness import BotHandle, Person, all_redacted, eventually, not_redacted, stays
-from tests.test_restart_privacy import REPO, clean_env, lethe_cli
+from tests.harness import (
+    BotHandle,
+    LetheProcess,
+    Person,
+    all_redacted,
+    eventually,
+    not_redacted,
+    stays,
+)
 
 LETHE = "chat.lethe.policy"
 BEEPER = "com.beeper.disappearing_timer"
@@ -339,27 +345,21 @@ async def test_cli_run_enforces_and_stops_cleanly_on_sigterm(
     keeps message text and tokens out of its output, and exits 0 on SIGTERM."""
     config = bridge_server.config(tmp_path / "cli",
                                   default_policy={"mode": "after_send", "timer": "2s"})
-    log_path = tmp_path / "bridge-run.log"
-    with log_path.open("wb") as log_file:
-        proc = await asyncio.create_subprocess_exec(
-            *lethe_cli("bridge", "run", "-c", str(config.path)),
-            stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            cwd=REPO, env=clean_env(),
-        )
+    proc = LetheProcess(["bridge", "run", "-c", str(config.path)], tmp_path / "bridge-run.log")
+    await proc.start()
     try:
-        await eventually(lambda: "the homeserver reaches the bridge" in log_path.read_text()
+        await eventually(lambda: "the homeserver reaches the bridge" in proc.output()
                          or proc.returncode is not None, 30, what="the bridge's ping")
-        assert proc.returncode is None, log_path.read_text()
+        assert proc.returncode is None, proc.output()
         alice, _, room = await encrypted_room(people)
         canary = f"canary-{secrets.token_hex(8)}"
         unencrypted = await alice.create_room(encrypted=False)
         messages = [await alice.send(room, canary), await alice.send(unencrypted, canary)]
         await eventually(all_redacted(alice, room, messages[0]), 20, what="redaction")
         await eventually(all_redacted(alice, unencrypted, messages[1]), 20, what="redaction")
-        proc.send_signal(signal.SIGTERM)
-        await asyncio.wait_for(proc.wait(), 15)
-        output = log_path.read_text()
-        assert proc.returncode == 0, output
+        code = await proc.signal(signal.SIGTERM, timeout=15)
+        output = proc.output()
+        assert code == 0, output
         assert "Traceback" not in output
         assert any(line.endswith("bridge.cli: stopped") for line in output.splitlines()), \
             output[-2000:]
@@ -367,9 +367,7 @@ async def test_cli_run_enforces_and_stops_cleanly_on_sigterm(
         for secret in (canary, registration.as_token, registration.hs_token):
             assert secret not in output
     finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+        await proc.close()
 
 
 # --- durability ----------------------------------------------------------------

@@ -17,7 +17,6 @@ import re
 import secrets
 import signal
 import sqlite3
-import subprocess
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack
@@ -31,8 +30,17 @@ import pytest
 from bot.config import Config
 from bot.engine.store import FAILED, IN_FLIGHT, SENT
 from bot.localsynapse import LocalSynapse
-from tests.harness import BotHandle, Person, bot_room, eventually, stays, unique, write_bot_config
-from tests.test_restart_privacy import REPO, clean_env, credentials, lethe_cli, shown_by_cli
+from tests.harness import (
+    BotHandle,
+    LetheProcess,
+    Person,
+    bot_room,
+    eventually,
+    stays,
+    unique,
+    write_bot_config,
+)
+from tests.test_restart_privacy import credentials, shown_by_cli
 
 REASON = "expired"
 LAG_LINE = re.compile(r"redacted (\S+) in (\S+), ([0-9.]+) s after its due time")
@@ -124,34 +132,6 @@ def lag_lines(text: str, room: str) -> dict[str, float]:
     return {m.group(1): float(m.group(3)) for m in LAG_LINE.finditer(text) if m.group(2) == room}
 
 
-class BotProcess:
-    """`lethe -c CONFIG run` as a real process, its output in a file."""
-
-    def __init__(self, config: Config, log_path: Path) -> None:
-        self.config = config
-        self.log_path = log_path
-        self.proc: asyncio.subprocess.Process | None = None
-
-    async def start(self) -> None:
-        with self.log_path.open("ab") as out:
-            self.proc = await asyncio.create_subprocess_exec(
-                *lethe_cli("-c", str(self.config.path), "run"), stdout=out,
-                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=REPO, env=clean_env())
-
-    def output(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    async def signal(self, sig: signal.Signals) -> int:
-        assert self.proc is not None
-        self.proc.send_signal(sig)
-        return await asyncio.wait_for(self.proc.wait(), 30)
-
-    async def close(self) -> None:
-        if self.proc is not None and self.proc.returncode is None:
-            self.proc.kill()
-            await self.proc.wait()
-
-
 # --- 1. crash: SIGKILL while redacting ---------------------------------------------------
 
 CRASH_EVENTS = 200
@@ -177,7 +157,7 @@ async def test_sigkill_while_redacting_loses_nothing_and_redacts_nothing_twice(
     targets = await send_raw(alice, room, CRASH_EVENTS)
     wanted = set(targets)
     log_path = tmp_path / "lethe-run.log"
-    first = BotProcess(config, log_path)
+    first = LetheProcess(["-c", str(config.path), "run"], log_path)
     await first.start()
     try:
         def done_in_log() -> int:
@@ -197,7 +177,7 @@ async def test_sigkill_while_redacting_loses_nothing_and_redacts_nothing_twice(
                                "txn_id IS NOT NULL", (IN_FLIGHT, SENT)).fetchone()[0]
     assert in_flight >= 1, "the kill did not land while a redaction was in flight"
 
-    second = BotProcess(config, log_path)
+    second = LetheProcess(["-c", str(config.path), "run"], log_path)
     await second.start()
     try:
         await eventually(lambda: all_redacted(alice, room, targets), 120, interval=0.5,

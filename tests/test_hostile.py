@@ -22,9 +22,18 @@ import yaml
 
 from bot.engine.policy import Policy
 from bot.engine.store import FAILED, TrackedEvent
-from tests.harness import BotHandle, Person, bot_room, eventually, write_bot_config
+from tests.harness import (
+    REPO,
+    BotHandle,
+    Person,
+    bot_room,
+    clean_env,
+    eventually,
+    lethe_argv,
+    write_bot_config,
+)
 from tests.test_faults import all_redacted, assert_no_secrets
-from tests.test_restart_privacy import REPO, clean_env, credentials, lethe_cli
+from tests.test_restart_privacy import credentials
 
 LETHE = "chat.lethe.policy"
 BEEPER = "com.beeper.disappearing_timer"
@@ -238,7 +247,7 @@ async def test_redaction_of_an_unknown_event_is_unconfirmed_not_done(people, let
 
 def _run_cli(config_path: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        lethe_cli("-c", str(config_path), "run"), capture_output=True, text=True, timeout=120,
+        lethe_argv("-c", str(config_path), "run"), capture_output=True, text=True, timeout=120,
         cwd=REPO, env=clean_env(), stdin=subprocess.DEVNULL,
     )
 

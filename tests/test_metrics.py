@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import socket
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bot.config import ConfigError, load_config
 from bot.localsynapse import find_free_port
-from tests.harness import BotHandle, bot_room, eventually, write_bot_config
+from tests.harness import REPO, BotHandle, bot_room, eventually, lethe_argv, write_bot_config
 
 LETHE = "chat.lethe.policy"
 SERIES = (
@@ -27,7 +26,6 @@ SERIES = (
     "lethe_sync_alive", "lethe_scheduler_alive", "lethe_redactions_echoed",
     "lethe_redaction_fetches",
 )
-REPO = Path(__file__).resolve().parent.parent
 
 
 async def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -155,7 +153,7 @@ def test_run_exits_3_when_the_metrics_port_is_taken(synapse, tmp_path) -> None:
         config = write_bot_config(synapse, tmp_path / "bot",
                                   metrics={"listen": f"127.0.0.1:{port}"})
         result = subprocess.run(
-            [sys.executable, "-m", "bot.cli", "-c", str(config.path), "run"],
+            lethe_argv("-c", str(config.path), "run"),
             capture_output=True, text=True, timeout=120, cwd=REPO, stdin=subprocess.DEVNULL,
         )
     assert result.returncode == 3, result.stderr

@@ -11,7 +11,6 @@ import secrets
 import signal
 import stat
 import subprocess
-import sys
 import time
 from pathlib import Path
 from urllib.parse import quote
@@ -22,9 +21,17 @@ import yaml
 from bot.cli import QUIET_LIBRARIES
 from bot.config import Config
 from bot.localsynapse import LocalSynapse, find_free_port
-from tests.harness import BotHandle, Person, bot_room, eventually
+from tests.harness import (
+    REPO,
+    BotHandle,
+    LetheProcess,
+    Person,
+    bot_room,
+    clean_env,
+    eventually,
+    lethe_argv,
+)
 
-REPO = Path(__file__).resolve().parent.parent
 GAP_MESSAGES = 50  # well over Synapse's default sync timeline limit (10)
 
 
@@ -228,47 +235,31 @@ async def test_secret_files_are_private_whatever_the_umask(people, lethe) -> Non
 # --- 4. the CLI --------------------------------------------------------------------
 
 
-def lethe_cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "bot.cli", *args]
-
-
-def clean_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("LETHE_")}
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
-
-
 async def test_cli_run_syncs_and_stops_cleanly_on_sigterm(people, lethe, tmp_path) -> None:
     """`lethe -c CONFIG run` as a real process, logging at DEBUG (the fixture's config):
     it joins, enforces a policy, keeps message text and secrets out of its output, and
     exits 0 soon after SIGTERM."""
     alice = await people("alice")
     bob = await people("bob")
-    log_path = tmp_path / "lethe-run.log"
-    with log_path.open("wb") as log_file:
-        proc = await asyncio.create_subprocess_exec(
-            *lethe_cli("-c", str(lethe.config.path), "run"),
-            stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            cwd=REPO, env=clean_env(),
-        )
+    proc = LetheProcess(["-c", str(lethe.config.path), "run"], tmp_path / "lethe-run.log")
+    await proc.start()
     try:
         room = await alice.create_room([bob.user_id, lethe.user_id],
                                        power={lethe.user_id: 50})
         await bob.join(room)
         await alice.wait_notice(room, "Lethe is here", timeout=60)
-        assert proc.returncode is None, log_path.read_text()
+        assert proc.returncode is None, proc.output()
         await alice.send(room, "!lethe after-send 3s")
         await alice.wait_notice(room, "changed the retention policy: after-send 3s")
         canary = f"canary-{secrets.token_hex(8)}"
         secret = await alice.send(room, f"meet at the old mill {canary}")
         await eventually(lambda: bob.is_redacted(room, secret), 20, what="redaction by the CLI")
 
-        proc.send_signal(signal.SIGTERM)
         started = time.monotonic()
-        await asyncio.wait_for(proc.wait(), 10)
+        code = await proc.signal(signal.SIGTERM, timeout=10)
         assert time.monotonic() - started < 10
-        output = log_path.read_text()
-        assert proc.returncode == 0, output
+        output = proc.output()
+        assert code == 0, output
         assert "Traceback" not in output
         assert " DEBUG " in output, "the config asks for DEBUG logging"
         assert any(line.endswith("bot.cli: stopped") for line in output.splitlines()), \
@@ -279,15 +270,13 @@ async def test_cli_run_syncs_and_stops_cleanly_on_sigterm(people, lethe, tmp_pat
         assert lethe.config.bot.password not in output
         assert files_containing(lethe.config.data_dir, canary.encode()) == []
     finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
+        await proc.close()
 
 
 def test_cli_run_with_missing_config_exits_3(tmp_path: Path) -> None:
     missing = tmp_path / "missing.yaml"
     result = subprocess.run(
-        lethe_cli("-c", str(missing), "run"), capture_output=True, text=True, timeout=60,
+        lethe_argv("-c", str(missing), "run"), capture_output=True, text=True, timeout=60,
         cwd=REPO, env=clean_env(), stdin=subprocess.DEVNULL,
     )
     assert result.returncode == 3, result
@@ -309,7 +298,7 @@ def test_cli_run_with_unreachable_homeserver_exits_4(tmp_path: Path) -> None:
     }))
     started = time.monotonic()
     result = subprocess.run(
-        lethe_cli("-c", str(path), "run"), capture_output=True, text=True, timeout=120,
+        lethe_argv("-c", str(path), "run"), capture_output=True, text=True, timeout=120,
         cwd=REPO, env=clean_env(), stdin=subprocess.DEVNULL,
     )
     took = time.monotonic() - started
