@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Awaitable, Callable
 
 from bot.engine.clock import Clock
@@ -49,6 +50,8 @@ class Scheduler:
         # writing down its outcome no longer holds a slot, so the next due event's
         # request starts while the last one's bookkeeping commits.
         self._requesting = 0
+        # Claimed (in flight in the store, so reset on start), waiting for a slot.
+        self._claimed: deque[DueEvent] = deque()
         # Set while no due event waits for a free worker; see ``backlogged``.
         self._drained = asyncio.Event()
         self._drained.set()
@@ -73,6 +76,7 @@ class Scheduler:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._workers.clear()
+        self._claimed.clear()
         self._requesting = 0
         self._loop_task = None
         self._set_backlogged(False)
@@ -111,14 +115,18 @@ class Scheduler:
                     await self._clock.sleep_until(paused, asyncio.Event())
                     continue
                 limit = 1 if self._redactor.throttled else self._limit
-                free = limit - self._requesting
-                if free > 0:
-                    batch = await self._store.claim_due(now, free)
-                    for event in batch:
-                        self._spawn(event)
+                self._start_claimed(limit)
+                # Claim what the free slots need and, under load, a slot-set ahead: a
+                # request ending then starts the next at once, with no database round
+                # trip between them.
+                want = (limit - self._requesting) + limit - len(self._claimed)
+                if want > 0 and (self._requesting < limit or self.backlogged):
+                    batch = await self._store.claim_due(now, want)
+                    self._claimed.extend(batch)
+                    self._start_claimed(limit)
                     # A full batch may have left more due rows behind; a short one did not.
-                    self._set_backlogged(len(batch) == free)
-                    if len(batch) == free:
+                    self._set_backlogged(len(batch) == want or bool(self._claimed))
+                    if len(batch) == want:
                         continue
                 if self._requesting >= limit:
                     await self._wake.wait()  # a worker's request ending wakes us
@@ -132,6 +140,10 @@ class Scheduler:
             log.exception("scheduler loop failed")
             self.alive = False
             raise
+
+    def _start_claimed(self, limit: int) -> None:
+        while self._requesting < limit and self._claimed:
+            self._spawn(self._claimed.popleft())
 
     def _spawn(self, event: DueEvent) -> None:
         self._requesting += 1

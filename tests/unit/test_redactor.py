@@ -8,7 +8,7 @@ from bot.engine.engine import EngineConfig
 from bot.engine.model import Message
 from bot.engine.policy import Policy
 from bot.engine.redactor import CALM_AFTER, MAX_BACKOFF_MS, Outcome, Reply, backoff_ms
-from bot.engine.store import FAILED, PARKED, WAITING
+from bot.engine.store import FAILED, PARKED, WAITING, DueEvent
 
 from .conftest import ALICE, BOB, BOT, ROOM, Harness, eventually
 
@@ -279,6 +279,43 @@ async def test_a_worker_slot_frees_when_its_request_ends(make_harness) -> None:
     release.set()
     await h.settle()
     assert sorted(h.transport.redacted_ids()) == ["$m1", "$m2"]
+
+
+async def test_under_load_the_next_event_is_claimed_before_a_slot_frees(make_harness) -> None:
+    """A request ending starts the next due event's at once: it was claimed ahead, so no
+    database round trip sits between the two."""
+    h: Harness = await make_harness(config=EngineConfig(bot_user_id=BOT, workers=1))
+    assert h.engine is not None
+    store = h.engine.store
+    claim = store.claim_due
+    claims_open = asyncio.Event()
+    claims_open.set()
+
+    async def gated_claim(now_ms: int, limit: int) -> list[DueEvent]:
+        await claims_open.wait()
+        return await claim(now_ms, limit)
+
+    store.claim_due = gated_claim  # type: ignore[method-assign]
+    first_request = asyncio.Event()
+
+    async def hold_first(room_id: str, event_id: str, *_: str) -> None:
+        if event_id == "$m1":
+            await first_request.wait()
+
+    h.transport.on_redact = hold_first
+    await h.set_policy(Policy.after_send(M))
+    t = h.now()
+    await h.ingest(*(Message(f"$m{i}", ALICE, t) for i in (1, 2, 3)))
+    h.clock.advance(M)
+    await eventually(lambda: len(h.transport.redact_calls) == 1, what="the first request")
+    assert h.engine.scheduler.backlogged
+    claims_open.clear()  # from now on the store answers no claim
+    first_request.set()
+    await eventually(lambda: len(h.transport.redact_calls) == 2, what="the claimed-ahead one")
+    claims_open.set()
+    await h.settle()
+    assert h.transport.redacted_ids() == ["$m1", "$m2", "$m3"]
+    assert await h.event_ids() == set()
 
 
 async def test_after_a_429_redactions_go_one_at_a_time_until_calm(make_harness) -> None:
