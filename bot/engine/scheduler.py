@@ -52,7 +52,7 @@ class Scheduler:
         self._requesting = 0
         # Claimed (in flight in the store, so reset on start), waiting for a slot.
         self._claimed: deque[DueEvent] = deque()
-        # Set while no due event waits for a free worker; see ``backlogged``.
+        # Set while there is no backlog; see ``backlogged``.
         self._drained = asyncio.Event()
         self._drained.set()
         self.alive = False
@@ -89,9 +89,9 @@ class Scheduler:
 
     @property
     def backlogged(self) -> bool:
-        """Due events are waiting for a free worker: redaction is running as fast as the
-        homeserver (or the worker limit) lets it, so anything else the front asks of the
-        homeserver now slows it down."""
+        """More events are due than the workers and the set claimed ahead can hold:
+        redaction is running as fast as the homeserver (or the worker limit) lets it,
+        so anything else the front asks of the homeserver now slows it down."""
         return not self._drained.is_set()
 
     async def wait_drained(self) -> None:
@@ -124,8 +124,9 @@ class Scheduler:
                     batch = await self._store.claim_due(now, want)
                     self._claimed.extend(batch)
                     self._start_claimed(limit)
-                    # A full batch may have left more due rows behind; a short one did not.
-                    self._set_backlogged(len(batch) == want or bool(self._claimed))
+                    # A full batch may have left more due rows behind, beyond the slots
+                    # and the set ahead: a backlog. A short one did not.
+                    self._set_backlogged(len(batch) == want)
                     if len(batch) == want:
                         continue
                 if self._requesting >= limit:
