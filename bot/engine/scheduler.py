@@ -95,7 +95,7 @@ class Scheduler:
         return not self._drained.is_set()
 
     async def wait_drained(self) -> None:
-        """Return once no due event waits for a worker (at once if none does)."""
+        """Return once there is no backlog (at once if there is none)."""
         await self._drained.wait()
 
     def _set_backlogged(self, backlogged: bool) -> None:
