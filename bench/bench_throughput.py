@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import dataclasses
 import json
 import secrets
@@ -114,11 +113,7 @@ async def echo_sync(session: aiohttp.ClientSession, base_url: str, since: str,
     loop = asyncio.get_running_loop()
     started = -MIN_INTERVAL_S
     while targets:
-        await asyncio.sleep(max(0.0, started + MIN_INTERVAL_S - loop.time()))
-        if not sent.is_set():
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout_at(started + pace.backlog_interval_s):
-                    await sent.wait()
+        await pace.wait_turn(started, not sent.is_set(), sent.wait)
         started = loop.time()
         backlogged = not sent.is_set()
         async with session.get(f"{base_url}{CLIENT_V3}/sync", params={
@@ -137,8 +132,8 @@ async def echo_sync(session: aiohttp.ClientSession, base_url: str, since: str,
         for event in events:
             if event.get("type") == "m.room.redaction":
                 targets.discard(event.get("redacts") or event["content"].get("redacts"))
-        pace.observe(SyncNews(max((len(t["events"]) for t in timelines), default=0), False),
-                     backlogged=backlogged)
+        pace.observe(SyncNews(max((len(t["events"]) for t in timelines), default=0),
+                              any(t.get("limited") for t in timelines)), backlogged=backlogged)
 
 
 async def gap_events(session: aiohttp.ClientSession, base_url: str, room_id: str,

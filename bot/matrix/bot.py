@@ -10,7 +10,6 @@ action worker through a queue.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections import deque
@@ -194,11 +193,7 @@ class LetheBot:
         pace = SyncPace(TIMELINE_LIMIT)
         started = -MIN_INTERVAL_S
         while True:
-            await asyncio.sleep(max(0.0, started + MIN_INTERVAL_S - loop.time()))
-            if scheduler.backlogged:
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout_at(started + pace.backlog_interval_s):
-                        await scheduler.wait_drained()  # the backlog ending syncs at once
+            await pace.wait_turn(started, scheduler.backlogged, scheduler.wait_drained)
             started = loop.time()
             backlogged = scheduler.backlogged
             try:

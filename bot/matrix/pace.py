@@ -13,6 +13,9 @@ overflowing it costs a /messages backfill).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from nio import SyncResponse
@@ -49,6 +52,18 @@ class SyncPace:
         self.busy = timeline_limit // 2
         self.quiet = timeline_limit // 4
         self.backlog_interval_s = FIRST_BACKLOG_INTERVAL_S
+
+    async def wait_turn(self, last_start: float, backlogged: bool,
+                        backlog_over: Callable[[], Awaitable[object]]) -> None:
+        """Wait until the next sync may start (``last_start`` on the loop's clock): at
+        least MIN_INTERVAL_S after the last one and, while ``backlogged``, up to the
+        backlog interval unless ``backlog_over()`` returns first."""
+        loop = asyncio.get_running_loop()
+        await asyncio.sleep(max(0.0, last_start + MIN_INTERVAL_S - loop.time()))
+        if backlogged:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout_at(last_start + self.backlog_interval_s):
+                    await backlog_over()
 
     def observe(self, news: SyncNews, *, backlogged: bool) -> None:
         """Learn only from syncs during a backlog: news otherwise says nothing about

@@ -4,6 +4,7 @@ stays well inside the timeline limit."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from nio import SyncResponse
@@ -72,3 +73,38 @@ def test_syncs_outside_a_backlog_teach_nothing() -> None:
     pace.observe(SyncNews(busiest=0, limited=False), backlogged=False)
     pace.observe(SyncNews(busiest=100, limited=True), backlogged=False)
     assert pace.backlog_interval_s == FIRST_BACKLOG_INTERVAL_S
+
+
+async def test_a_backlogged_turn_waits_for_the_backlog_to_end_or_the_interval() -> None:
+    pace = SyncPace(timeline_limit=100)
+    loop = asyncio.get_running_loop()
+    over = asyncio.Event()
+    asked: list[bool] = []
+
+    async def backlog_over() -> None:
+        asked.append(True)
+        await over.wait()
+
+    start = loop.time()
+    turn = asyncio.create_task(pace.wait_turn(start, True, backlog_over))
+    await asyncio.sleep(MIN_INTERVAL_S + 0.1)
+    assert asked and not turn.done()  # past the minimum, still in the backlog
+    over.set()
+    await asyncio.wait_for(turn, 1)  # the backlog ending ends the turn, not the interval
+    assert loop.time() - start < FIRST_BACKLOG_INTERVAL_S
+
+    start = loop.time()
+    await asyncio.wait_for(pace.wait_turn(start, True, asyncio.Event().wait), 5)
+    assert loop.time() - start >= FIRST_BACKLOG_INTERVAL_S - 0.01  # never over: the cap
+
+
+async def test_without_a_backlog_a_turn_is_the_minimum_interval() -> None:
+    pace = SyncPace(timeline_limit=100)
+    loop = asyncio.get_running_loop()
+
+    async def never_asked() -> None:
+        raise AssertionError("not backlogged: nothing to wait for")
+
+    start = loop.time()
+    await asyncio.wait_for(pace.wait_turn(start, False, never_asked), 1)
+    assert MIN_INTERVAL_S - 0.01 <= loop.time() - start < FIRST_BACKLOG_INTERVAL_S
