@@ -159,25 +159,65 @@ def run_async(coro_factory: Callable[[], Awaitable[T]]) -> T:
 
 @main.command()
 @config_option
+@click.option("--reset-identity", is_flag=True,
+              help="Replace the bot's cross-signing identity with a new one (needs "
+                   "LETHE_PASSWORD); for a lost or replaced key store.")
 @click.pass_context
-def login(ctx: click.Context) -> None:
-    """Log in once with the password and save the device (token file mode 0600)."""
+def login(ctx: click.Context, reset_identity: bool) -> None:
+    """Log in once with the password, save the device (token file mode 0600), and
+    cross-sign it with the bot's own identity (created on first use)."""
+    from bot.matrix.client import ensure_own_identity
     from bot.matrix.client import login as do_login
+    from bot.matrix.crosssigning import IdentityError, fingerprint
+    from bot.matrix.http import MatrixHttp
 
     config = cli_config(ctx)
     setup_logging(config.log_level)
+    if reset_identity and not config.bot.password:
+        raise Fail("--reset-identity needs the bot's password: set LETHE_PASSWORD",
+                   EXIT_USAGE)
 
     async def go() -> None:
         client, creds = await do_login(config)
+        http = MatrixHttp(config.homeserver.url, creds.access_token)
         try:
             if client.should_upload_keys:
                 await client.keys_upload()
+            identity = await ensure_own_identity(config, client, http, creds,
+                                                 reset=reset_identity)
+        except IdentityError as exc:
+            raise Fail(f"logged in as {creds.user_id}, device {creds.device_id}, but the "
+                       f"device is not cross-signed: {exc}", EXIT_CHECK_FAILED) from None
         finally:
+            await http.close()
             await client.close()
         click.echo(f"logged in as {creds.user_id}, device {creds.device_id}; "
                    f"saved in {config.credentials_path}")
+        click.echo(f"cross-signed: master key {fingerprint(identity.master)}"
+                   + (" (new identity)" if identity.created else ""))
 
     run_async(go)
+
+
+@main.group()
+def trust() -> None:
+    """Identities pinned for `e2ee.trust: verified`."""
+
+
+@trust.command("accept")
+@config_option
+@click.argument("user_id")
+@click.pass_context
+def trust_accept(ctx: click.Context, user_id: str) -> None:
+    """Accept USER_ID's new cross-signing identity (it is pinned again when next seen)."""
+    from bot.matrix.trust import IdentityPins
+
+    config = cli_config(ctx)
+    if IdentityPins(config.pinned_identities_path).forget(user_id):
+        click.echo(f"forgot the pinned identity of {user_id}; the bot pins the one it sees "
+                   "next and shares its notices with that user's cross-signed devices again")
+    else:
+        raise Fail(f"no identity of {user_id} is pinned", EXIT_USAGE)
 
 
 def stop_on_signals() -> asyncio.Event:

@@ -93,6 +93,16 @@ class Config:
     def store_dir(self) -> Path:
         return self.data_dir / "e2ee"
 
+    @property
+    def cross_signing_path(self) -> Path:
+        """The bot's private cross-signing keys, sealed under the pickle key."""
+        return self.data_dir / "cross_signing.json"
+
+    @property
+    def pinned_identities_path(self) -> Path:
+        """Other users' master keys as first seen (``e2ee.trust: verified``)."""
+        return self.data_dir / "identities.json"
+
 
 class ConfigReader:
     """Walks the YAML mapping, collecting errors with their key paths."""

@@ -25,6 +25,7 @@ from bot.cli import EXIT_CHECK_FAILED, EXIT_HOMESERVER, cli_config, config_optio
 from bot.config import PICKLE_KEY_ENV, Config
 from bot.engine.store import SCHEMA_VERSION, StoreError
 from bot.matrix.client import Credentials, LoginFailed
+from bot.matrix.crosssigning import IdentityError, fingerprint, query_identities, stored_master
 from bot.matrix.http import HomeserverUnavailable
 
 OK, WARN, FAIL = "ok", "warn", "FAIL"
@@ -129,12 +130,43 @@ class Doctor:
                     self.add("device", FAIL, f"the homeserver says device "
                                              f"{who.get('device_id')}, the key store is for "
                                              f"{creds.device_id}")
+                await self.cross_signing(admin, creds)
         except LoginFailed as exc:
             self.login_failed = True
             self.add("login", FAIL, str(exc))
         except HomeserverUnavailable as exc:
             self.unreachable = True
             self.add("homeserver", FAIL, f"stopped answering: {exc}")
+
+    async def cross_signing(self, admin: Admin, creds: Credentials) -> None:
+        """Is the device signed by the bot's identity, and is that identity the one
+        whose private keys are in data_dir? Element ignores unsigned devices."""
+        identity = (await query_identities(admin.http, [creds.user_id]))[creds.user_id]
+        try:
+            local = stored_master(self.config.cross_signing_path)
+        except IdentityError as exc:
+            self.add("cross-signing", FAIL, str(exc))
+            return
+        if identity.master is None:
+            self.add("cross-signing", FAIL, "the bot has no cross-signing identity on the "
+                     "homeserver: Element will not share room keys with its device; run "
+                     "`lethe login` (or start `lethe run`) to create one")
+            return
+        if local != identity.master:
+            where = ("its private keys are not in " if local is None
+                     else "it is not the one whose keys are in ")
+            self.add("cross-signing", FAIL, f"the homeserver's identity for the bot "
+                     f"(master key {fingerprint(identity.master)}) is not the bot's own: "
+                     f"{where}{self.config.cross_signing_path}; set LETHE_PASSWORD and run "
+                     "`lethe login --reset-identity`")
+            return
+        if not identity.device_cross_signed(creds.device_id):
+            self.add("cross-signing", FAIL, f"device {creds.device_id} is not signed by the "
+                     "bot's identity; start `lethe run` or run `lethe login` to sign it")
+            return
+        self.add("cross-signing", OK, f"device {creds.device_id} is cross-signed; master "
+                 f"key fingerprint {fingerprint(identity.master)} (room admins can compare "
+                 "it with what their client shows for the bot)")
 
     async def rooms(self) -> None:
         try:
@@ -181,7 +213,8 @@ class Doctor:
     def files(self) -> None:
         config = self.config
         expected: list[tuple[Path, int]] = [(config.data_dir, 0o700), (config.store_dir, 0o700)]
-        expected += [(p, 0o600) for p in (config.credentials_path, config.db_path)]
+        expected += [(p, 0o600) for p in (config.credentials_path, config.db_path,
+                                          config.cross_signing_path)]
         expected += [(config.db_path.with_name(config.db_path.name + s), 0o600)
                      for s in ("-wal", "-shm")]
         if config.store_dir.is_dir():

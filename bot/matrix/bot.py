@@ -36,13 +36,15 @@ from bot.engine.policy import Mode, Policy
 from bot.engine.power import PowerState, describe_level
 from bot.engine.redactor import ECHO_WAIT_MS
 from bot.engine.store import Store
-from bot.matrix.client import Credentials, LoginFailed, login
+from bot.matrix.client import Credentials, LoginFailed, ensure_own_identity, login
 from bot.matrix.commands import CommandError, Help, SetPolicy, Status, parse_command, usage
+from bot.matrix.crosssigning import IdentityError, OwnIdentity
 from bot.matrix.handlers import CommandRequest, SyncReader, SyncReading, inviter_allowed
 from bot.matrix.http import HomeserverUnavailable, HttpTransport, MatrixHttp
 from bot.matrix.pace import MIN_INTERVAL_S, SyncNews, SyncPace
 from bot.matrix.policy_state import PolicyWriteFailed, missing_policy_power, write_policy
 from bot.matrix.status import status_text
+from bot.matrix.trust import DeviceTrust
 from bot.metrics import LetheMetrics, MetricsServer
 
 log = logging.getLogger(__name__)
@@ -110,6 +112,8 @@ class LetheBot:
         self._power_ok: dict[str, bool] = {}
         self._own_writes: deque[str] = deque(maxlen=OWN_WRITES_KEPT)
         self._metrics_server: MetricsServer | None = None
+        self.identity: OwnIdentity | None = None
+        self.trust: DeviceTrust | None = None
 
     # --- lifecycle -----------------------------------------------------------
 
@@ -137,10 +141,26 @@ class LetheBot:
             await self._metrics_server.start()
         if self.client.should_upload_keys:
             await self.client.keys_upload()
+        await self._cross_sign()
+        self.trust = DeviceTrust(self.config.e2ee.trust, self.http,
+                                 self.config.pinned_identities_path)
         self._tasks = [
             asyncio.create_task(self._sync_loop(), name="lethe-sync"),
             asyncio.create_task(self._action_loop(), name="lethe-actions"),
         ]
+
+    async def _cross_sign(self) -> None:
+        """Sign this device with the bot's cross-signing identity (made on first start).
+
+        A failure is logged, not fatal: redaction, the promise people depend on, does
+        not need it; Element users would miss the bot's notices and commands."""
+        assert self.client is not None and self.http is not None and self.creds is not None
+        try:
+            self.identity = await ensure_own_identity(self.config, self.client, self.http,
+                                                      self.creds)
+        except (IdentityError, HomeserverUnavailable) as exc:
+            log.error("the bot's device is not cross-signed, so Element will not share "
+                      "room keys with it: %s", exc)
 
     async def stop(self) -> None:
         if self._metrics_server is not None:
@@ -383,14 +403,19 @@ class LetheBot:
 
     async def notice(self, room_id: str, text: str) -> str | None:
         """Send an m.notice (encrypted where the room is); returns its event id."""
-        assert self.client is not None
+        assert self.client is not None and self.trust is not None
         try:
+            room = self.client.rooms.get(room_id)
+            await self.trust.prepare(self.client, room.users if room is not None else ())
             resp = await self.client.room_send(
                 room_id,
                 "m.room.message",
                 {"msgtype": "m.notice", "body": text},
-                ignore_unverified_devices=self.config.e2ee.trust == "tofu",
+                ignore_unverified_devices=self.trust.share_with_unverified,
             )
+        except HomeserverUnavailable as exc:
+            log.warning("not sending a notice to %s: %s", room_id, exc)
+            return None
         except OlmUnverifiedDeviceError as exc:
             log.warning("not sending a notice to %s: unverified device %s (e2ee.trust is "
                         "'verified')", room_id, exc.device.id)

@@ -16,6 +16,9 @@ from pathlib import Path
 from nio import AsyncClient, AsyncClientConfig, LoginResponse, WhoamiResponse
 
 from bot.config import Config
+from bot.matrix.crosssigning import IdentityError, OwnIdentity, ensure_identity
+from bot.matrix.files import secure_dir, write_secret
+from bot.matrix.http import MatrixHttp
 
 log = logging.getLogger(__name__)
 
@@ -33,23 +36,6 @@ class Credentials:
 
     def __repr__(self) -> str:  # never print the token
         return f"Credentials(user_id={self.user_id!r}, device_id={self.device_id!r})"
-
-
-def secure_dir(path: Path) -> None:
-    path.mkdir(parents=True, exist_ok=True)
-    os.chmod(path, 0o700)
-
-
-def write_secret(path: Path, text: str) -> None:
-    """Create or replace a file readable by its owner only, atomically."""
-    secure_dir(path.parent)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 def load_credentials(path: Path) -> Credentials | None:
@@ -155,3 +141,22 @@ async def login(config: Config) -> tuple[AsyncClient, Credentials]:
     lock_down_store(config)
     log.info("logged in as %s, new device %s", creds.user_id, creds.device_id)
     return client, creds
+
+
+async def ensure_own_identity(
+    config: Config, client: AsyncClient, http: MatrixHttp, creds: Credentials,
+    *, reset: bool = False,
+) -> OwnIdentity:
+    """Cross-sign this device with the bot's identity (created on first use)."""
+    if client.olm is None:
+        raise IdentityError("end-to-end encryption is not loaded; the key store is missing")
+    return await ensure_identity(
+        http,
+        user_id=creds.user_id,
+        device_id=creds.device_id,
+        device_ed25519=client.olm.account.identity_keys["ed25519"],
+        key_path=config.cross_signing_path,
+        pickle_key=config.e2ee.pickle_key,
+        password=config.bot.password,
+        reset=reset,
+    )
