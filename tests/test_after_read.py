@@ -9,8 +9,10 @@ tracked under the policy too; nobody reads them here, so they only go at their c
 from __future__ import annotations
 
 import time
+from urllib.parse import quote
 
 from tests.harness import BotHandle, Person, bot_room, eventually, not_redacted, stays
+from tests.test_restart_privacy import persisted
 
 
 async def _room(people, lethe: BotHandle, command: str | None = None, expect: str = "") -> tuple[
@@ -148,3 +150,30 @@ async def test_after_read_member_who_leaves_is_not_required(people, lethe) -> No
     await carol.client.room_leave(room)
     await eventually(lambda: bob.is_redacted(room, message), 15,
                      what="redaction after the last unread member left")
+
+
+async def test_after_read_receipt_on_a_state_event_counts_after_a_restart(people, lethe) -> None:
+    """Element puts its receipt on the last event it shows, often a state event. The
+    bot remembers that event's place in the timeline across a restart."""
+    alice, (bob,), room = await bot_room(people, lethe, "bob")
+    await alice.send(room, "!lethe after-read 2s cap 1h")
+    await alice.wait_notice(room, "changed the retention policy: after-read 2s, cap 1h")
+    message = await alice.send(room, "canary-after-read read after the restart")
+    status, data = await alice.api(
+        "PUT", f"/rooms/{quote(room)}/state/m.room.topic/", {"topic": "a new topic"})
+    assert status == 200, data
+    topic = data["event_id"]
+    await _tracked(lethe, message)
+    await persisted(lethe, bob, room)  # the topic event is behind the stored sync token
+    await lethe.stop()
+    await lethe.start()
+
+    assert not await bob.is_redacted(room, message)
+    read_ms = time.time() * 1000
+    await bob.receipt(room, topic)
+    await eventually(lambda: bob.is_redacted(room, message), 20,
+                     what="message redacted after a receipt on the topic change")
+    event = await bob.event(room, message)
+    redacted_ms = event["unsigned"]["redacted_because"]["origin_server_ts"]
+    assert redacted_ms - read_ms >= 2000 - 250, "redacted before the timer ran out"
+    assert redacted_ms - read_ms < 20_000, "not the receipt: the cap is an hour"

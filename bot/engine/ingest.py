@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import fnmatch
 import logging
-from collections import OrderedDict
 from dataclasses import dataclass, field
+
+import aiosqlite
 
 from bot.engine import reads
 from bot.engine.model import (
@@ -40,9 +41,17 @@ from bot.engine.store import DueEvent, Echo, Store, TrackedEvent
 log = logging.getLogger(__name__)
 
 # Receipts often point at events that are not tracked (state events, messages sent
-# while the policy was off): remember recent timeline positions so such receipts
-# still count. Bounded; older ones fall back to the events table.
-_MARKER_MEMORY = 50_000
+# while the policy was off, redacted ones): the position of every timeline event is
+# stored (``positions``), in the transaction of the sync that brought it, so such
+# receipts count across restarts too. Each batch prunes a room's positions to those a
+# receipt could still make count (reads.prune_positions). On top, a room keeps at most
+# its newest _POSITIONS_PER_ROOM: a receipt on an event that far back, while a message
+# before it is still unread, is then lost, but the reader's next receipt on anything
+# newer covers the same, and the cap applies regardless. Checking that cap walks the
+# index, so it runs on a room's first batch after a start and then every
+# _CAP_CHECK_EVERY positions: at most _POSITIONS_PER_ROOM + _CAP_CHECK_EVERY rows.
+_POSITIONS_PER_ROOM = 10_000
+_CAP_CHECK_EVERY = 1_000
 
 
 @dataclass(frozen=True)
@@ -70,6 +79,7 @@ class _RoomState:
     read_dirty: bool = False
     read_at: int = 0
     tracked_ids: set[str] = field(default_factory=set)
+    positions: int = 0  # timeline positions stored in this batch
 
 
 class Ingestor:
@@ -78,7 +88,8 @@ class Ingestor:
         self._config = config
         self._echoes = echoes
         self._seq = 0
-        self._markers: OrderedDict[str, int] = OrderedDict()
+        # Positions stored per room since its cap was last checked (absent: not yet).
+        self._uncapped: dict[str, int] = {}
 
     async def load(self) -> None:
         self._seq = await self._store.max_seq()
@@ -109,6 +120,7 @@ class Ingestor:
                 await self._apply_receipts(update, room, now_ms)
                 if room.read_dirty:
                     await reads.mark_read(conn, update.room_id, room.read_at, self._seq)
+                await self._prune_positions(conn, update.room_id, room.positions)
                 if room.policy_dirty:
                     await self._store.set_room_policy(
                         update.room_id, room.policy, room.sender, room.lethe, room.beeper
@@ -163,12 +175,16 @@ class Ingestor:
     ) -> int:
         room_id = update.room_id
         parents = {i.parent_id for i in update.timeline if isinstance(i, Message) and i.parent_id}
-        tracked_parents = await self._store.known_event_ids(parents) if parents else set()
+        # Only this room's events: a relation naming an event elsewhere follows nothing.
+        tracked_parents = (
+            await self._store.known_event_ids(parents, room_id=room_id) if parents else set()
+        )
         rows: list[TrackedEvent] = []
+        positions: list[tuple[str, str, int]] = []
         for item in update.timeline:
             # Every timeline event is a position a receipt may point at.
             if item.event_id is not None:
-                self._remember(item.event_id, self._next_seq())
+                positions.append((room_id, item.event_id, self._next_seq()))
             if isinstance(item, Message):
                 row = self._track(room_id, room, item, self._seq, tracked_parents)
                 if row is not None:
@@ -190,7 +206,13 @@ class Ingestor:
                     redacted.append(seen)
                 elif seen is Echo.HELD and item.event_id is not None:
                     self._echoes.add(item.target, item.event_id)
+                if isinstance(seen, DueEvent) or seen is Echo.FORGOTTEN:
+                    # Its row is gone: a later relation to it in this batch has nothing
+                    # to follow, and must not wait on it forever.
+                    tracked_parents.discard(item.target)
         await self._store.insert_events(rows)
+        await self._store.insert_positions(positions)
+        room.positions = len(positions)
         return len(rows)
 
     def _track(
@@ -228,10 +250,17 @@ class Ingestor:
             msg.parent_id if child else None, policy, read_at, due,
         )
 
-    def _remember(self, event_id: str, seq: int) -> None:
-        self._markers[event_id] = seq
-        if len(self._markers) > _MARKER_MEMORY:
-            self._markers.popitem(last=False)
+    async def _prune_positions(
+        self, conn: aiosqlite.Connection, room_id: str, stored: int
+    ) -> None:
+        """After the room's receipts: see _POSITIONS_PER_ROOM."""
+        await reads.prune_positions(conn, room_id)
+        since = self._uncapped.get(room_id)
+        if since is None or since + stored >= _CAP_CHECK_EVERY:
+            await self._store.cap_positions(room_id, _POSITIONS_PER_ROOM)
+            self._uncapped[room_id] = 0
+        else:
+            self._uncapped[room_id] = since + stored
 
     async def _member(
         self, room_id: str, room: _RoomState, change: MemberChange, now_ms: int
@@ -280,7 +309,15 @@ class Ingestor:
         for receipt in update.receipts:
             seq = await self._receipt_seq(update.room_id, receipt)
             if seq is None:
-                log.debug("receipt in %s for an event Lethe does not know; ignored", update.room_id)
+                # Never seen (sent before the bot joined, or in a gap it did not page
+                # back over), or pruned as too old to matter. Worth an INFO line only
+                # where a receipt could still make something due.
+                could_matter = await reads.has_unread(self._store.conn, update.room_id)
+                log.log(
+                    logging.INFO if could_matter else logging.DEBUG,
+                    "receipt in %s on %s, an event Lethe has no position for; ignored",
+                    update.room_id, receipt.event_id,
+                )
                 continue
             moved = await self._store.upsert_receipt(
                 update.room_id, receipt.user_id, reads.receipt_thread(receipt.thread_id), seq
@@ -292,7 +329,4 @@ class Ingestor:
                 room.read_at = max(room.read_at, ts)
 
     async def _receipt_seq(self, room_id: str, receipt: Receipt) -> int | None:
-        seq = self._markers.get(receipt.event_id)
-        if seq is None:
-            seq = await self._store.event_seq(room_id, receipt.event_id)
-        return seq
+        return await self._store.event_seq(room_id, receipt.event_id)

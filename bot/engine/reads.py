@@ -15,6 +15,11 @@ import aiosqlite
 MAIN_THREAD = "main"
 UNTHREADED = ""
 
+# An after_read event (alias ``e``) a receipt can still make due: not yet read by all
+# required readers, and waiting or parked. The partial index events_unread has this
+# condition (without the alias); queries must repeat it as is for SQLite to use it.
+UNREAD = "e.mode = 2 AND e.read_at IS NULL AND e.status IN (0, 2)"
+
 # A member m has read event e.
 _HAS_READ = """
     EXISTS (
@@ -34,12 +39,25 @@ _MARK_READ = f"""
 UPDATE events AS e
 SET read_at = :read_at,
     due_at = min(coalesce(due_at, :read_at + timer_ms), :read_at + timer_ms)
-WHERE e.room_id = :room_id AND e.mode = 2 AND e.read_at IS NULL AND e.status IN (0, 2)
+WHERE e.room_id = :room_id AND {UNREAD}
   AND e.seq <= :max_seq
   AND CASE e.readers_any
         WHEN 0 THEN NOT EXISTS ({_REQUIRED} AND NOT {_HAS_READ})
         ELSE (NOT EXISTS ({_REQUIRED}) OR EXISTS ({_REQUIRED} AND {_HAS_READ}))
       END
+"""
+
+
+# A receipt on position p covers events at or before p, and every event to come gets a
+# later position than any stored one. So a position before the room's oldest unread
+# event can never cover anything a receipt could still change: it goes. With nothing
+# unread, only the newest stays (receipts mostly land there; a known position saves an
+# "unknown event" log line). What stays: the positions from the oldest unread event on.
+_PRUNE_POSITIONS = f"""
+DELETE FROM positions
+WHERE room_id = :room_id AND seq < coalesce(
+    (SELECT min(e.seq) FROM events AS e WHERE e.room_id = :room_id AND {UNREAD}),
+    (SELECT max(seq) FROM positions WHERE room_id = :room_id))
 """
 
 
@@ -58,3 +76,18 @@ async def mark_read(
         _MARK_READ, {"room_id": room_id, "read_at": read_at, "max_seq": max_seq}
     )
     return cur.rowcount
+
+
+async def prune_positions(conn: aiosqlite.Connection, room_id: str) -> int:
+    """Within a transaction: drop the room's positions no receipt can make count any
+    more (see ``_PRUNE_POSITIONS``). Returns how many went."""
+    cur = await conn.execute(_PRUNE_POSITIONS, {"room_id": room_id})
+    return cur.rowcount
+
+
+async def has_unread(conn: aiosqlite.Connection, room_id: str) -> bool:
+    """Whether the room has an event a receipt could still make due."""
+    async with conn.execute(
+        f"SELECT 1 FROM events AS e WHERE e.room_id = ? AND {UNREAD} LIMIT 1", (room_id,)
+    ) as cur:
+        return await cur.fetchone() is not None

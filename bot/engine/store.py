@@ -117,6 +117,23 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE events ADD COLUMN check_at INTEGER",
         "CREATE INDEX events_check ON events(check_at) WHERE status = 4",
     ),
+    # 4: the timeline position of every event Lethe saw, tracked or not (state events,
+    # messages sent while the policy was off, redacted ones), so a receipt on one still
+    # counts after a restart. Pruned to what a receipt can still change
+    # (reads.prune_positions, Store.cap_positions). events_unread finds a room's oldest
+    # unread after_read event for that, and the rows mark_read looks at; its condition
+    # is reads.UNREAD, which the queries must repeat verbatim for SQLite to use it.
+    (
+        """CREATE TABLE positions (
+            room_id TEXT NOT NULL,
+            event_id TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            PRIMARY KEY (room_id, event_id)
+        ) WITHOUT ROWID""",
+        "CREATE INDEX positions_room_seq ON positions(room_id, seq)",
+        "CREATE INDEX events_unread ON events(room_id, seq) "
+        "WHERE mode = 2 AND read_at IS NULL AND status IN (0, 2)",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -428,7 +445,7 @@ class Store:
 
     async def delete_room(self, room_id: str) -> None:
         """Within a transaction: the bot left; nothing there can be redacted by it any more."""
-        for table in ("events", "members", "receipts", "rooms"):
+        for table in ("events", "positions", "members", "receipts", "rooms"):
             await self._conn.execute(f"DELETE FROM {table} WHERE room_id = ?", (room_id,))
 
     # --- members -----------------------------------------------------------
@@ -498,24 +515,58 @@ class Store:
             ],
         )
 
-    async def known_event_ids(self, event_ids: Iterable[str]) -> set[str]:
+    async def known_event_ids(
+        self, event_ids: Iterable[str], *, room_id: str | None = None
+    ) -> set[str]:
+        """Which of ``event_ids`` are tracked (in ``room_id`` only, if given: a relation
+        resolves within its own room, whatever id it names)."""
         ids = list(event_ids)
         known: set[str] = set()
+        in_room = "" if room_id is None else " AND room_id = ?"
         for start in range(0, len(ids), 500):
             chunk = ids[start : start + 500]
             marks = ",".join("?" * len(chunk))
+            args = chunk if room_id is None else [*chunk, room_id]
             async with self._conn.execute(
-                f"SELECT event_id FROM events WHERE event_id IN ({marks})", chunk
+                f"SELECT event_id FROM events WHERE event_id IN ({marks}){in_room}", args
             ) as cur:
                 known.update(row[0] for row in await cur.fetchall())
         return known
 
     async def event_seq(self, room_id: str, event_id: str) -> int | None:
+        """The timeline position of an event Lethe saw in the room, if it still keeps it:
+        in ``positions``, or for a tracked event also in ``events`` (rows from before
+        migration 4, or older than the per-room cap)."""
         async with self._conn.execute(
-            "SELECT seq FROM events WHERE event_id = ? AND room_id = ?", (event_id, room_id)
+            "SELECT seq FROM positions WHERE room_id = ? AND event_id = ? "
+            "UNION ALL SELECT seq FROM events WHERE event_id = ? AND room_id = ? LIMIT 1",
+            (room_id, event_id, event_id, room_id),
         ) as cur:
             row = await cur.fetchone()
         return None if row is None else int(row[0])
+
+    # --- positions ---------------------------------------------------------
+
+    async def insert_positions(self, rows: Sequence[tuple[str, str, int]]) -> None:
+        """Within a transaction: (room_id, event_id, seq) of timeline events. An event
+        seen twice (backfill overlap) keeps its first position, as in ``events``."""
+        await self._conn.executemany(
+            "INSERT INTO positions (room_id, event_id, seq) VALUES (?, ?, ?) "
+            "ON CONFLICT DO NOTHING",
+            rows,
+        )
+
+    async def cap_positions(self, room_id: str, keep: int) -> int:
+        """Within a transaction: keep only the room's newest ``keep`` positions. Costs a
+        walk over ``keep`` index entries, so callers run it now and then. Returns how
+        many went."""
+        cur = await self._conn.execute(
+            "DELETE FROM positions WHERE room_id = :room AND seq < ("
+            "SELECT seq FROM positions WHERE room_id = :room "
+            "ORDER BY seq DESC LIMIT 1 OFFSET :skip)",
+            {"room": room_id, "skip": keep - 1},
+        )
+        return cur.rowcount
 
     async def redaction_seen(
         self, room_id: str, target: str, redaction_id: str | None, sender: str | None,
@@ -531,7 +582,11 @@ class Store:
         thing on the retry) decides, and counts it. Anybody else's redaction makes a
         row moot, unless its sender is on another server than the event's sender: a
         homeserver applies such a redaction only if its sender has power, which the
-        event stream does not show, so Lethe keeps the event and redacts it when due."""
+        event stream does not show, so Lethe keeps the event and redacts it when due.
+
+        Only Lethe's own expiry takes the target's edits, reactions and poll responses
+        along (``_finish``): a redaction by somebody else (a sender deleting their own
+        poll, say) never makes other people's events due."""
         async with self._conn.execute(
             f"SELECT status, redaction_id, sender, min(due_at, {_DEADLINE}), txn_id, attempts "
             "FROM events WHERE event_id = ? AND room_id = ?",
@@ -553,15 +608,39 @@ class Store:
         await self._conn.execute(
             "DELETE FROM events WHERE event_id = ? AND room_id = ?", (target, room_id)
         )
-        await self._cascade(room_id, target, now_ms)
+        await self._drop_followers(room_id, target)
         return Echo.FORGOTTEN
 
     async def _cascade(self, room_id: str, parent_id: str, now_ms: int) -> None:
-        """Edits, reactions and thread replies go with their parent: due now."""
+        """Lethe expired ``parent_id``: its edits, reactions and poll responses are due now.
+
+        Rows stored before thread replies became messages of their own name their thread
+        root as parent too (``thread_id = parent_id``; a relation has one type, so no
+        newer row looks like that): they keep their own deadline instead."""
         await self._conn.execute(
             "UPDATE events SET due_at = min(coalesce(due_at, ?), ?) "
-            "WHERE parent_id = ? AND room_id = ? AND status IN (?, ?)",
+            "WHERE parent_id = ? AND room_id = ? AND status IN (?, ?) "
+            "AND thread_id IS NOT parent_id",
             (now_ms, now_ms, parent_id, room_id, WAITING, PARKED),
+        )
+        await self._drop_followers(room_id, parent_id)
+
+    async def _drop_followers(self, room_id: str, parent_id: str) -> None:
+        """``parent_id`` is gone without taking its children along: those tracked only to
+        follow it (sent while the policy was off, so no deadline of their own), and
+        theirs in turn, are forgotten rather than left waiting forever; the others keep
+        their own deadline."""
+        await self._conn.execute(
+            "WITH RECURSIVE followers(event_id) AS ("
+            " SELECT event_id FROM events"
+            " WHERE parent_id = :parent AND room_id = :room AND due_at IS NULL"
+            " AND status = :waiting"
+            " UNION SELECT e.event_id FROM events AS e JOIN followers AS f"
+            " ON e.parent_id = f.event_id"
+            " WHERE e.room_id = :room AND e.due_at IS NULL AND e.status = :waiting) "
+            "DELETE FROM events WHERE room_id = :room "
+            "AND event_id IN (SELECT event_id FROM followers)",
+            {"parent": parent_id, "room": room_id, "waiting": WAITING},
         )
 
     async def mark_sent(self, event_id: str, redaction_id: str, check_at: int) -> None:
@@ -623,8 +702,8 @@ class Store:
             )
 
     async def finish_redacted(self, room_id: str, event_id: str, now_ms: int) -> bool:
-        """Verified gone: drop the row, count it, and let its edits, reactions and
-        thread replies follow at once. False if the row was already gone."""
+        """Verified gone: drop the row, count it, and let its edits, reactions and poll
+        responses follow at once. False if the row was already gone."""
         async with self.transaction():
             return await self._finish(room_id, event_id, now_ms)
 

@@ -20,7 +20,11 @@ from bot.engine.model import (
 )
 from bot.engine.policy import POLICY_STATE_TYPES
 
-_PARENT_RELATIONS = ("m.replace", "m.annotation", "m.reference", "m.thread")
+# Relations whose event only makes sense with its target and would leak it if left
+# behind: edits (carry the new text), reactions, and poll responses and ends (and the
+# other uses of m.reference). They go with their target when Lethe expires it. A
+# thread reply (m.thread) is not among them: it is a message of its own.
+_PARENT_RELATIONS = ("m.replace", "m.annotation", "m.reference")
 # The largest integer canonical JSON allows: no real event carries a larger timestamp,
 # and one that did would overflow the due time stored in SQLite.
 MAX_TS = 2**53 - 1
@@ -38,17 +42,21 @@ def _ts(value: object) -> int | None:
 
 
 def _relation(content: Mapping[str, Any]) -> tuple[str | None, str | None]:
-    """(thread_id, parent_id) from ``m.relates_to``."""
+    """(thread_id, parent_id) from ``m.relates_to``: a thread reply names its root as
+    its thread (for threaded receipts) but has no parent; an edit, reaction or
+    reference has a parent."""
     rel = content.get("m.relates_to")
     if not isinstance(rel, Mapping):
         return None, None
     rel_type = rel.get("rel_type")
     target = _str(rel.get("event_id"))
-    if target is None or rel_type not in _PARENT_RELATIONS:
+    if target is None:
         return None, None
     if rel_type == "m.thread":
-        return target, target
-    return None, target
+        return target, None
+    if rel_type in _PARENT_RELATIONS:
+        return None, target
+    return None, None
 
 
 def to_item(event: Mapping[str, Any], *, in_timeline: bool = True) -> TimelineItem | None:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from bot.engine import reads
 from bot.engine.policy import Policy
 from bot.engine.store import MIGRATIONS, SCHEMA_VERSION, WAITING, Store, StoreError
 
@@ -209,5 +210,52 @@ async def test_schema_2_database_migrates_and_keeps_its_due_index(db_path: Path)
                 ["events_check"] if "status = 4" in sql else ["events_due"])
             for index in wanted:
                 assert f"INDEX {index}" in plan, (sql, plan)
+    finally:
+        await store.close()
+
+
+async def test_schema_3_database_migrates_and_finds_positions_of_tracked_events(
+    db_path: Path,
+) -> None:
+    """A database of the release before stored positions (schema 3): it gains the
+    ``positions`` table, a receipt on an event tracked before the upgrade still finds
+    its position (in ``events``), and pruning and marking read find the unread events
+    through the new partial index, not a scan of the room's events."""
+    db_path.parent.mkdir(parents=True)
+    with sqlite3.connect(db_path) as conn:
+        conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+        conn.execute("INSERT INTO schema_version VALUES (3)")
+        for statement in (s for migration in MIGRATIONS[:3] for s in migration):
+            conn.execute(statement)
+        conn.execute("INSERT INTO rooms (room_id) VALUES ('!r:x')")
+        conn.execute(
+            "INSERT INTO events (event_id, room_id, sender, seq, origin_ts, mode, timer_ms, "
+            "cap_ms, due_at, status) VALUES ('$m1', '!r:x', '@a:x', 7, 1000, 2, 60000, "
+            "600000, 601000, ?)",
+            (WAITING,),
+        )
+    conn.close()
+
+    store = await Store.open(db_path)
+    try:
+        async with store.conn.execute("SELECT version FROM schema_version") as cur:
+            assert [tuple(r) for r in await cur.fetchall()] == [(SCHEMA_VERSION,)]
+        assert "positions" in _tables(db_path)
+        assert await store.event_seq("!r:x", "$m1") == 7
+        assert await store.event_seq("!r:x", "$never-seen") is None
+
+        statements: list[str] = []
+        await store.conn.set_trace_callback(statements.append)
+        async with store.transaction() as conn:
+            await reads.mark_read(conn, "!r:x", 2000, 7)
+            assert await reads.prune_positions(conn, "!r:x") == 0
+        await store.conn.set_trace_callback(None)
+        writes = [s for s in statements if s.lstrip().upper().startswith(("UPDATE", "DELETE"))]
+        assert len(writes) == 2, statements
+        for sql in writes:
+            async with store.conn.execute(f"EXPLAIN QUERY PLAN {sql}") as cur:
+                plan = " | ".join(str(row[-1]) for row in await cur.fetchall())
+            assert "INDEX events_unread" in plan, (sql, plan)
+            assert "SCAN" not in plan, (sql, plan)
     finally:
         await store.close()
