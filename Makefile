@@ -3,8 +3,11 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-test
+# tests/interop: matrix-js-sdk (Element's SDK) and the Node.js 22 it needs, from npm.
+INTEROP := tests/interop
+INTEROP_STAMP := $(INTEROP)/node_modules/.installed
 
-.PHONY: demo test lint bench install clean
+.PHONY: demo test lint bench install interop clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -16,10 +19,17 @@ $(STAMP): pyproject.toml | $(BIN)/python
 
 install: $(STAMP)
 
+$(INTEROP_STAMP): $(INTEROP)/package.json $(INTEROP)/package-lock.json
+	@command -v npm >/dev/null || { echo "npm is needed for $(INTEROP) (Debian: apt-get install npm)" >&2; exit 1; }
+	npm ci --prefix $(INTEROP) --no-audit --no-fund --loglevel=error
+	touch $(INTEROP_STAMP)
+
+interop: $(INTEROP_STAMP)
+
 demo: $(STAMP)
 	$(BIN)/lethe demo
 
-test: $(STAMP)
+test: $(STAMP) $(INTEROP_STAMP)
 	$(BIN)/python -m pytest -q
 
 # Benchmarks are not tests: each prints a table and writes bench/results/NAME.json.
@@ -30,4 +40,4 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info $(INTEROP)/node_modules

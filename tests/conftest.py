@@ -46,3 +46,33 @@ async def lethe(synapse: LocalSynapse, tmp_path: Path) -> AsyncIterator[BotHandl
     handle = BotHandle(write_bot_config(synapse, tmp_path / "bot"))
     yield handle
     await handle.stop()
+
+
+@pytest.fixture
+async def element_people(
+    synapse: LocalSynapse, tmp_path: Path
+) -> AsyncIterator[ElementPeopleFactory]:
+    """Element Web's own SDK as people: ``await element_people("alice")`` registers a fresh
+    user and starts a matrix-js-sdk client for it, set up as Element Web does (Rust crypto,
+    cross-signed, threads on; ``isolation="all"`` for AllDevicesIsolationMode). See
+    tests/interop/element.py. Fails when `make test` has not installed tests/interop."""
+    import asyncio
+
+    from tests.interop.element import ElementClient, interop_missing, start_element_user
+
+    missing = interop_missing()
+    if missing:
+        pytest.fail(missing)
+    made: list[ElementClient] = []
+
+    async def make(name: str, *, isolation: str = "signed") -> ElementClient:
+        client = await start_element_user(
+            synapse, name, tmp_path / "element", isolation=isolation)  # type: ignore[arg-type]
+        made.append(client)
+        return client
+
+    yield make
+    await asyncio.gather(*(client.close() for client in made))
+
+
+ElementPeopleFactory = "Callable[..., Awaitable[ElementClient]]"
