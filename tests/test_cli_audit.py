@@ -166,3 +166,21 @@ def test_judge_applies_the_policy_in_force_when_sent() -> None:
         "$late": 7 * MIN, "$reaction": 7 * MIN, "$read": 90 * MIN}
     assert found.due == 4 and found.checked == len(events) and found.after_read
     assert judge(list(reversed(events)), now, grace_ms=0).due == 5
+
+
+def test_judge_follows_only_the_bots_expiry_of_a_parent() -> None:
+    """A reaction goes with its message when Lethe expires that message; when the
+    sender deleted the message themselves, the reaction (sent while off) was never due."""
+    now = 100 * MIN
+    send5 = Policy.after_send(5 * MIN)
+    deleted = PastEvent("$deleted", "m.room.message", "@a:x", 1 * MIN, None, True, send5,
+                        True, "@a:x")
+    expired = PastEvent("$expired", "m.room.message", "@a:x", 2 * MIN, None, True, send5,
+                        True, "@bot:x")
+    events = [  # oldest first
+        deleted, expired,
+        _event("$on-deleted", 3 * MIN, Policy.off(), parent="$deleted"),
+        _event("$on-expired", 3 * MIN, Policy.off(), parent="$expired"),
+    ]
+    found = judge(list(reversed(events)), now, grace_ms=0, bot_user_id="@bot:x")
+    assert {o.event.event_id for o in found.overdue} == {"$on-expired"}

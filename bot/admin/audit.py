@@ -2,9 +2,11 @@
 
 It walks the room's history as the homeserver serves it, not Lethe's database, so
 it also catches what Lethe never saw. Each event is judged under the policy in
-force when it was sent; edits, reactions and thread replies are due with their
-message at the latest. Events sent while the bot was not in the room are out of
-scope, as they are for the bot.
+force when it was sent; edits, reactions and poll responses are due with their
+message at the latest, unless somebody other than the bot redacted that message
+(only Lethe's own expiry takes them along). Thread replies have their own due
+time. Events sent while the bot was not in the room are out of scope, as they
+are for the bot.
 """
 
 from __future__ import annotations
@@ -41,9 +43,11 @@ class Findings:
     after_read: bool  # some event was under after_read: the cap was the bound
 
 
-def judge(events_newest_first: list[PastEvent], now_ms: int, grace_ms: int) -> Findings:
+def judge(events_newest_first: list[PastEvent], now_ms: int, grace_ms: int,
+          bot_user_id: str | None = None) -> Findings:
     """Which events are past their due time and still there."""
     dues: dict[str, int | None] = {}
+    leads: dict[str, int | None] = {}  # the due time an event's children follow
     overdue: list[Overdue] = []
     due_count = 0
     after_read = False
@@ -55,12 +59,15 @@ def judge(events_newest_first: list[PastEvent], now_ms: int, grace_ms: int) -> F
             life = policy.timer_ms if policy.mode is Mode.AFTER_SEND else policy.cap_ms
             assert life is not None
             due = event.origin_ts + life
-        parent_due = dues.get(event.parent_id) if event.parent_id else None
-        # An edit, reaction or thread reply goes with its message (if sent before that
+        parent_due = leads.get(event.parent_id) if event.parent_id else None
+        # An edit, reaction or poll response goes with its message (if sent before that
         # was due: later ones are tracked on their own).
         if event.bot_joined and parent_due is not None and event.origin_ts < parent_due:
             due = parent_due if due is None else min(due, parent_due)
         dues[event.event_id] = due
+        # Somebody else's redaction takes no children along; the bot's expiry does.
+        foreign = event.redacted and event.redacted_by not in (None, bot_user_id)
+        leads[event.event_id] = None if foreign else due
         if due is not None and due + grace_ms <= now_ms:
             due_count += 1
             if not event.redacted:
@@ -101,7 +108,7 @@ def audit(ctx: click.Context, room: str, since: str | None, grace: str, as_json:
                         reached[0] = max(ts, oldest)
 
                 events = await History(admin, state).walk(start, advance)
-        found = judge(events, now, grace_ms)
+        found = judge(events, now, grace_ms, admin.bot)
         if as_json:
             emit_json({
                 "room_id": room_id,

@@ -41,10 +41,11 @@ class PastEvent:
     event_type: str
     sender: str
     origin_ts: int
-    parent_id: str | None  # of an edit, reaction or thread reply (None once redacted)
+    parent_id: str | None  # of an edit, reaction or poll response (None once redacted)
     redacted: bool
     policy: Policy  # in force when it was sent
     bot_joined: bool  # whether the bot was in the room when it was sent
+    redacted_by: str | None = None  # who redacted it, where the homeserver says
 
 
 def _unsigned(event: Mapping[str, Any]) -> Mapping[str, Any]:
@@ -107,10 +108,13 @@ class History:
                 event_id, sender = event.get("event_id"), event.get("sender")
                 if not isinstance(event_id, str) or not isinstance(sender, str):
                     continue
+                because = _unsigned(event).get("redacted_because")
+                by = because.get("sender") if isinstance(because, Mapping) else None
                 found.append(PastEvent(
                     event_id, str(kind), sender, ts,
                     item.parent_id if isinstance(item, Message) else None,
                     is_redacted(event), policy, joined,
+                    by if isinstance(by, str) else None,
                 ))
             if on_page is not None:
                 on_page(found[-1].origin_ts if found else 0)

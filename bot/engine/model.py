@@ -21,7 +21,7 @@ class Message:
     sender: str
     origin_ts: int
     thread_id: str | None = None  # thread root, for events in a thread
-    parent_id: str | None = None  # the event an edit, reaction or thread reply belongs to
+    parent_id: str | None = None  # the event an edit, reaction or poll response belongs to
 
 
 @dataclass(frozen=True)
