@@ -27,6 +27,8 @@ from bot.admin.roomstate import RoomState
 from bot.cli import cli_config, config_option, run_async
 from bot.engine.store import Store
 from bot.matrix.http import q
+from bot.matrix.joins import META_KEY as JOINS_META
+from bot.matrix.joins import PendingInvite, load_pending
 
 
 def summary(state: RoomState, schedule: RoomSchedule | None, store: Store | None,
@@ -48,6 +50,13 @@ def summary(state: RoomState, schedule: RoomSchedule | None, store: Store | None
     }
 
 
+def invite_json(invite: PendingInvite) -> dict[str, Any]:
+    """A pending invite, as `rooms list --json` shows it after the joined rooms."""
+    return {"room_id": invite.room_id, "membership": "invite", "inviter": invite.inviter,
+            "since": invite.since_ms, "attempts": invite.attempts,
+            "last_error": invite.last_error}
+
+
 @click.group()
 def rooms() -> None:
     """The rooms the bot is in."""
@@ -66,13 +75,23 @@ def list_rooms(ctx: click.Context, as_json: bool) -> None:
         async with admin_session(config) as admin, \
                 readonly_store(config, required=False) as store:
             schedules = await room_schedules(store) if store is not None else {}
+            invites = load_pending(await store.get_meta(JOINS_META)) if store else {}
             found = []
             for room_id in await admin.joined_rooms():
                 state = await admin.room_state(room_id)
                 found.append((state, summary(state, schedules.get(room_id), store, admin.bot)))
+        joined = {state.room_id for state, _ in found}
+        waiting = [i for i in invites.values() if i.room_id not in joined]
         if as_json:
-            emit_json([row for _, row in found])
+            emit_json([*(row for _, row in found), *(invite_json(i) for i in waiting)])
             return
+        if waiting:
+            now = int(time.time() * 1000)
+            click.echo("Invites the bot could not accept yet (retried with backoff):")
+            table(("ID", "INVITED BY", "SINCE", "ATTEMPTS", "LAST ERROR"),
+                  [(i.room_id, i.inviter or "?", relative(i.since_ms, now), i.attempts,
+                    i.last_error) for i in waiting])
+            click.echo("")
         if not found:
             click.echo("The bot is in no rooms. Invite it into one.")
             return

@@ -41,6 +41,8 @@ from bot.matrix.commands import CommandError, Help, SetPolicy, Status, parse_com
 from bot.matrix.crosssigning import IdentityError, OwnIdentity
 from bot.matrix.handlers import CommandRequest, SyncReader, SyncReading, inviter_allowed
 from bot.matrix.http import HomeserverUnavailable, HttpTransport, MatrixHttp
+from bot.matrix.joins import META_KEY as JOINS_META
+from bot.matrix.joins import JoinRetries, load_pending
 from bot.matrix.pace import MIN_INTERVAL_S, SyncNews, SyncPace
 from bot.matrix.policy_state import PolicyWriteFailed, missing_policy_power, write_policy
 from bot.matrix.status import status_text
@@ -114,6 +116,8 @@ class LetheBot:
         self._metrics_server: MetricsServer | None = None
         self.identity: OwnIdentity | None = None
         self.trust: DeviceTrust | None = None
+        self.joins = JoinRetries()
+        self._join_timers: set[asyncio.Task[None]] = set()
 
     # --- lifecycle -----------------------------------------------------------
 
@@ -148,6 +152,9 @@ class LetheBot:
             asyncio.create_task(self._sync_loop(), name="lethe-sync"),
             asyncio.create_task(self._action_loop(), name="lethe-actions"),
         ]
+        self.joins = JoinRetries(load_pending(await self.engine.store.get_meta(JOINS_META)))
+        for invite in self.joins.pending():  # resume what the last run was retrying
+            self._actions.put_nowait(Join(invite.room_id, invite.inviter))
 
     async def _cross_sign(self) -> None:
         """Sign this device with the bot's cross-signing identity (made on first start).
@@ -166,6 +173,9 @@ class LetheBot:
         if self._metrics_server is not None:
             await self._metrics_server.stop()
             self._metrics_server = None
+        for timer in self._join_timers:
+            timer.cancel()
+        await asyncio.gather(*self._join_timers, return_exceptions=True)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -274,6 +284,8 @@ class LetheBot:
             log.info("left %s; forgetting its schedule", room_id)
             await self.engine.forget_room(room_id)
             self._power_ok.pop(room_id, None)
+            if self.joins.done(room_id):  # the invite was withdrawn: stop retrying
+                await self._save_joins()
         result = await self.engine.ingest(
             reading.updates, meta={SYNC_TOKEN_KEY: resp.next_batch}
         )
@@ -395,11 +407,37 @@ class LetheBot:
                         invite.room_id, invite.inviter)
             await self.client.room_leave(invite.room_id)
             return
-        resp = await self.client.join(invite.room_id)
-        if isinstance(resp, JoinError):
-            log.warning("could not join %s: %s", invite.room_id, resp.message)
-        else:
+        try:
+            resp = await self.client.join(invite.room_id)
+            error = resp.message if isinstance(resp, JoinError) else None
+        except (TimeoutError, aiohttp.ClientError, OSError) as exc:
+            error = type(exc).__name__
+        if error is None:
             log.info("joined %s on the invite of %s", invite.room_id, invite.inviter)
+            if self.joins.done(invite.room_id):
+                await self._save_joins()
+            return
+        delay = self.joins.failed(invite.room_id, invite.inviter, str(error),
+                                  int(time.time() * 1000))
+        await self._save_joins()
+        if delay is None:
+            log.warning("gave up joining %s on the invite of %s: %s", invite.room_id,
+                        invite.inviter, error)
+            return
+        log.warning("could not join %s (%s); trying again in %.0f s", invite.room_id,
+                    error, delay)
+        timer = asyncio.create_task(self._join_later(invite, delay), name="lethe-join-retry")
+        self._join_timers.add(timer)
+        timer.add_done_callback(self._join_timers.discard)
+
+    async def _join_later(self, invite: Join, delay: float) -> None:
+        await asyncio.sleep(delay)
+        self._actions.put_nowait(invite)
+
+    async def _save_joins(self) -> None:
+        assert self.engine is not None
+        async with self.engine.store.transaction():
+            await self.engine.store.set_meta(JOINS_META, self.joins.to_json())
 
     async def notice(self, room_id: str, text: str) -> str | None:
         """Send an m.notice (encrypted where the room is); returns its event id."""

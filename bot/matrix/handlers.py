@@ -86,8 +86,11 @@ class SyncReader:
         return reading
 
     def _inviter(self, invite_state: Sequence[Any]) -> str | None:
+        """The sender of the invite event itself. The stripped state before it comes
+        from the inviting server, which can put a member event "from" anybody there;
+        Synapse appends the real invite event last, so the last match is the one."""
         # nio keeps no raw source for stripped invite state, only parsed fields.
-        for event in invite_state:
+        for event in reversed(invite_state):
             if (
                 isinstance(event, InviteMemberEvent)
                 and event.state_key == self.bot_user_id
