@@ -20,14 +20,24 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bot.engine.engine import Engine, EngineConfig
-from bot.engine.model import Receipt
+from bot.engine.model import IngestResult, Receipt, RoomUpdate
 from bot.engine.power import describe_level
 from bot.engine.redactor import ECHO_WAIT_MS, Outcome, Reply
 from bot.engine.store import Store
-from bot.matrix.events import receipts_from_content
 from bot.matrix.http import HomeserverUnavailable, HttpTransport, MatrixHttp, q
 from bot.metrics import LetheMetrics, MetricsServer
 from bridge.config import BridgeConfig, is_loopback
+from bridge.intake import (
+    PushedTransaction,
+    Skipped,
+    TryLater,
+    clean_event,
+    clean_receipts,
+    is_id,
+    is_transient,
+    shown,
+    where,
+)
 from bridge.registration import Registration, check_matches, load_registration
 from bridge.rooms import RoomReader, RoomReading, RoomView
 from bridge.server import AppserviceServer
@@ -53,10 +63,13 @@ class CannotListen(RuntimeError):
 class BridgeStats:
     """In-memory counters, read by tests, logs and metrics."""
 
+    received: int = 0  # transactions the homeserver delivered, stored or not
     transactions: int = 0
     duplicates: int = 0
     events: int = 0
     tracked: int = 0  # events put on a retention schedule
+    skipped: int = 0  # malformed events and receipts left out of their transactions
+    largest_transaction: int = 0  # bytes
     unenforceable_rooms: set[str] = field(default_factory=set)
 
 
@@ -216,21 +229,28 @@ class Bridge:
 
     # --- transactions --------------------------------------------------------
 
-    async def on_transaction(self, txn_id: str, body: Mapping[str, Any]) -> None:
-        """Store one pushed transaction; returns only once it is committed."""
+    async def on_transaction(self, txn: PushedTransaction) -> None:
+        """Store one pushed transaction; returns only once it is committed. Malformed
+        events and receipts are left out, each on its own; what raises is a failure a
+        later delivery may get past (intake.is_transient), or a bug."""
+        self.stats.received += 1
         async with self._lock:
-            assert self.engine is not None
+            if self.engine is None:
+                raise TryLater("the bridge is stopping")
+            txn_id = txn.txn_id
+            self.stats.largest_transaction = max(self.stats.largest_transaction, txn.size)
             if await self.engine.store.appservice_txn_done(txn_id):
                 self.stats.duplicates += 1
-                log.info("transaction %s was already processed; acknowledged again", txn_id)
+                log.info("transaction %s was already processed; acknowledged again",
+                         shown(txn_id))
                 return
-            batches = _by_room(body)
+            batches = self._by_room(txn)
             readings: dict[str, RoomReading] = {}
             try:
                 for room_id, batch in batches.items():
                     readings[room_id] = await self._read_room(room_id, batch)
                 updates = [r.update for r in readings.values() if r.update is not None]
-                result = await self.engine.ingest(updates, appservice_txn=txn_id)
+                result = await self._ingest(txn_id, updates)
             except BaseException:
                 # Not stored: the homeserver sends it again, and these rooms must then be
                 # read from scratch, as if never seen.
@@ -240,8 +260,8 @@ class Bridge:
             self.stats.transactions += 1
             self.stats.events += sum(len(b.events) for b in batches.values())
             self.stats.tracked += result.tracked
-            log.debug("transaction %s stored: %d room(s), %d event(s) tracked",
-                      txn_id, len(updates), result.tracked)
+            log.debug("transaction %s stored (%d bytes): %d room(s), %d event(s) tracked",
+                      shown(txn_id), txn.size, len(updates), result.tracked)
             for change in result.policy_changes:
                 if change.initial and not change.policy.active:
                     continue  # every room the bridge meets; only enforcement is news
@@ -253,6 +273,107 @@ class Bridge:
                 except Exception:
                     # Stored already: a failure here must not make the homeserver resend.
                     log.exception("follow-up work for %s failed", room_id)
+
+    async def _ingest(self, txn_id: str, updates: list[RoomUpdate]) -> IngestResult:
+        """Store the transaction's updates with its id, in one engine transaction. If
+        that fails in a way no retry would fix (the data meeting a bug), store it piece
+        by piece instead and leave out only the pieces that fail: one event must not
+        hold up the rest of its transaction, nor every later one."""
+        assert self.engine is not None
+        engine = self.engine
+        try:
+            return await engine.ingest(updates, appservice_txn=txn_id)
+        except Exception as exc:
+            if is_transient(exc):
+                raise
+            log.error("transaction %s: storing it raised %s; storing it room by room and "
+                      "event by event instead, leaving out what fails", shown(txn_id),
+                      where(exc))
+        results: list[IngestResult] = []
+        for update in updates:
+            results.extend(await self._ingest_pieces(update))
+        try:
+            results.append(await engine.ingest([], appservice_txn=txn_id))
+        except Exception as exc:
+            if is_transient(exc):
+                raise
+            # Not even an empty batch: the engine fails whatever the data.
+            raise TryLater(f"the engine cannot store anything ({where(exc)})") from exc
+        return IngestResult(
+            policy_changes=tuple(c for r in results for c in r.policy_changes),
+            invalid_policies=tuple(i for r in results for i in r.invalid_policies),
+            tracked=sum(r.tracked for r in results),
+            emptied_rooms=tuple(e for r in results for e in r.emptied_rooms),
+            redacted=tuple(e for r in results for e in r.redacted),
+        )
+
+    async def _ingest_pieces(self, update: RoomUpdate) -> list[IngestResult]:
+        """One room's update in its own engine transaction; failing that, each timeline
+        event, each receipt and the room's last event alone, in order."""
+        assert self.engine is not None
+        engine = self.engine
+        try:
+            return [await engine.ingest([update])]
+        except Exception as exc:
+            if is_transient(exc):
+                raise
+        room = update.room_id
+        pieces = [
+            *(RoomUpdate(room, (item,)) for item in update.timeline),
+            *(RoomUpdate(room, receipts=(receipt,)) for receipt in update.receipts),
+            RoomUpdate(room, last_event_id=update.last_event_id),
+        ]
+        results = []
+        for piece in pieces:
+            try:
+                results.append(await engine.ingest([piece]))
+            except Exception as exc:
+                if is_transient(exc):
+                    raise
+                self.stats.skipped += 1
+                log.error("skipped %s in %s: storing it raised %s", _piece(piece),
+                          shown(room), where(exc))
+        return results
+
+    def _by_room(self, txn: PushedTransaction) -> dict[str, _RoomBatch]:
+        """Split a transaction into rooms, keeping each room's events in order, and
+        leave out (logged: ids, never content) each event or receipt that is
+        malformed."""
+        body = txn.body
+        batches: dict[str, _RoomBatch] = {}
+        events = body.get("events", [])
+        if not isinstance(events, list):
+            log.warning("transaction %s: its events are not a list; none of them can be "
+                        "stored", shown(txn.txn_id))
+            events = []
+        for raw in events:
+            event = clean_event(raw)
+            if isinstance(event, Skipped):
+                self._skipped(event)
+                continue
+            batches.setdefault(event["room_id"], _RoomBatch()).events.append(event)
+        # Homeservers send the same list under the stable and the unstable key; use one.
+        ephemeral = next((body[k] for k in EPHEMERAL_KEYS if isinstance(body.get(k), list)),
+                         [])
+        for edu in ephemeral:
+            if not isinstance(edu, Mapping) or edu.get("type") != "m.receipt":
+                continue  # typing, presence: not the bridge's business
+            room_id = edu.get("room_id")
+            receipts, bad = clean_receipts(edu.get("content"))
+            if not is_id(room_id, "!") or not isinstance(edu.get("content"), Mapping):
+                bad, receipts = bad + len(receipts) + 1, []
+            if bad:
+                self.stats.skipped += bad
+                log.warning("transaction %s: skipped malformed receipts in %s",
+                            shown(txn.txn_id), shown(room_id))
+            if receipts:
+                batches.setdefault(room_id, _RoomBatch()).receipts.extend(receipts)
+        return batches
+
+    def _skipped(self, skipped: Skipped) -> None:
+        self.stats.skipped += 1
+        log.warning("skipped event %s in %s: %s", shown(skipped.event_id),
+                    shown(skipped.room_id), skipped.reason)
 
     async def _read_room(self, room_id: str, batch: _RoomBatch) -> RoomReading:
         view = self.rooms.get(room_id)
@@ -286,8 +407,14 @@ class Bridge:
             reply = await self.http.full_state(room_id, **params)
             if reply.ok:
                 chunk = reply.body.get("chunk")
-                return [e for e in chunk if isinstance(e, Mapping)] \
-                    if isinstance(chunk, list) else []
+                state = []
+                for raw in chunk if isinstance(chunk, list) else []:
+                    event = clean_event(raw, room_id)
+                    if isinstance(event, Skipped):
+                        self._skipped(event)
+                    else:
+                        state.append(event)
+                return state
             if reply.status == 429 or reply.status >= 500:
                 view.state_tried.discard(user)
                 raise HomeserverUnavailable(f"reading the state of {room_id}: "
@@ -409,19 +536,13 @@ def _joining(batch: _RoomBatch) -> list[str]:
     return found
 
 
-def _by_room(body: Mapping[str, Any]) -> dict[str, _RoomBatch]:
-    """Split a transaction into rooms, keeping each room's events in order."""
-    batches: dict[str, _RoomBatch] = {}
-    events = body.get("events")
-    for event in events if isinstance(events, list) else []:
-        if isinstance(event, Mapping) and isinstance(event.get("room_id"), str):
-            batches.setdefault(event["room_id"], _RoomBatch()).events.append(event)
-    # Homeservers send the same list under the stable and the unstable key; use one.
-    ephemeral = next((body[k] for k in EPHEMERAL_KEYS if isinstance(body.get(k), list)), [])
-    for edu in ephemeral:
-        if (isinstance(edu, Mapping) and edu.get("type") == "m.receipt"
-                and isinstance(edu.get("room_id"), str)):
-            receipts = receipts_from_content(edu.get("content"))
-            if receipts:
-                batches.setdefault(edu["room_id"], _RoomBatch()).receipts.extend(receipts)
-    return batches
+
+def _piece(update: RoomUpdate) -> str:
+    """What one piece of a room's update is, for a log line."""
+    if update.timeline:
+        item = update.timeline[0]
+        return f"the {type(item).__name__} {shown(getattr(item, 'event_id', None))}"
+    if update.receipts:
+        receipt = update.receipts[0]
+        return f"the receipt of {shown(receipt.user_id)} on {shown(receipt.event_id)}"
+    return f"the last event {shown(update.last_event_id)}"

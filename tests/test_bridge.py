@@ -41,6 +41,7 @@ from tests.harness import (
     eventually,
     not_redacted,
     stays,
+    unique,
 )
 
 LETHE = "chat.lethe.policy"
@@ -213,8 +214,9 @@ async def test_hs_token_is_required(bridge_server: BridgeServer, bridges, caplog
     async with aiohttp.ClientSession() as session:
         async with session.put(f"{bridge_server.url}/_matrix/app/v1/transactions/t-none",
                                json=body) as resp:
-            assert resp.status == 403
-            assert (await resp.json())["errcode"] == "M_FORBIDDEN"
+            # No credentials at all: 401, as the appservice spec says.
+            assert resp.status == 401
+            assert (await resp.json())["errcode"] == "M_UNAUTHORIZED"
         async with session.post(f"{bridge_server.url}/_matrix/app/v1/ping", json={},
                                 headers={"Authorization": "Bearer nope"}) as resp:
             assert resp.status == 403
@@ -368,6 +370,79 @@ async def test_cli_run_enforces_and_stops_cleanly_on_sigterm(
             assert secret not in output
     finally:
         await proc.close()
+
+
+# --- transactions over aiohttp's default 1 MiB -----------------------------------------
+
+MIB = 1024 * 1024
+BIG_BODY = 60_000  # a 60 KB message: its event stays under Synapse's 64 KiB limit
+
+
+async def _client_api(session: aiohttp.ClientSession, hs: LocalSynapse, token: str,
+                      method: str, path: str, body: Any = None) -> dict[str, Any]:
+    async with session.request(method, f"{hs.base_url}/_matrix/client/v3{path}", json=body,
+                               headers={"Authorization": f"Bearer {token}"}) as resp:
+        data = await resp.json()
+        assert resp.status == 200, data
+        return data
+
+
+async def _send(session: aiohttp.ClientSession, hs: LocalSynapse, token: str, room: str,
+                body: str) -> str:
+    path = f"/rooms/{quote(room)}/send/m.room.message/big-{secrets.token_hex(8)}"
+    data = await _client_api(session, hs, token, "PUT", path, {"msgtype": "m.text", "body": body})
+    return data["event_id"]
+
+
+async def test_transaction_over_1_mib_from_real_users_is_stored(
+    bridge_server: BridgeServer, bridges
+) -> None:
+    """Eight local users send 60 KB messages while the homeserver's push to the bridge
+    is in flight: Synapse queues them and pushes them in one transaction over 1 MiB.
+    aiohttp's default body limit answered that 413, and Synapse resent it forever,
+    holding up every later transaction."""
+    handle = await bridges(default_policy={"mode": "after_send", "timer": "1h"})
+    bridge = handle.bridge
+    assert bridge is not None
+    hs = bridge_server.hs
+    users = [await asyncio.to_thread(hs.register, unique("big")) for _ in range(8)]
+    async with aiohttp.ClientSession() as session:
+        owner = users[0].access_token
+        room = (await _client_api(session, hs, owner, "POST", "/createRoom",
+                                  {"preset": "public_chat"}))["room_id"]
+        for user in users[1:]:
+            await _client_api(session, hs, user.access_token, "POST",
+                              f"/rooms/{quote(room)}/join", {})
+        await handle.tracked(await _send(session, hs, owner, room, "the room is known"))
+
+        # Hold the bridge so that one push is in flight while the big messages queue up.
+        async with bridge._lock:
+            received = bridge.stats.received
+            opener = await _send(session, hs, owner, room, "the push in flight")
+            await eventually(lambda: bridge.stats.received > received, 20,
+                             what="the homeserver pushing the opener")
+            big = await asyncio.gather(*(
+                _send(session, hs, user.access_token, room, secrets.token_hex(BIG_BODY // 2))
+                for user in users for _ in range(4)))
+    await handle.tracked(opener, *big)
+    assert bridge.stats.largest_transaction > MIB, bridge.stats
+
+
+async def test_push_over_1_mib_is_stored(bridge_server: BridgeServer, bridges, people) -> None:
+    """Pushed straight to the bridge with the hs_token: 3 MiB, answered 200, every
+    event tracked."""
+    handle = await bridges(default_policy={"mode": "after_send", "timer": "1h"})
+    alice, _, room = await encrypted_room(people)
+    await handle.tracked(await alice.send(room, "canary-bridge makes the room known"))
+    now = int(time.time() * 1000)
+    events = [{"type": "m.room.message", "room_id": room, "sender": alice.user_id,
+               "event_id": f"$big-{secrets.token_hex(8)}", "origin_server_ts": now,
+               "content": {"msgtype": "m.text", "body": secrets.token_hex(BIG_BODY // 2)}}
+              for _ in range(56)]
+    status, _ = await push(bridge_server, f"big-{secrets.token_hex(6)}", {"events": events})
+    assert status == 200
+    assert handle.bridge is not None and handle.bridge.stats.largest_transaction > 3 * MIB
+    await handle.tracked(*(e["event_id"] for e in events))
 
 
 # --- durability ----------------------------------------------------------------

@@ -4,15 +4,23 @@ with their events, migration 2) and the ownership rule on pushed events."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import logging
 import os
+import secrets
 import sqlite3
 import stat
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 import yaml
+from aiohttp import web
 from click.testing import CliRunner
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from bot.cli import main
 from bot.config import ConfigError
@@ -20,9 +28,20 @@ from bot.engine.engine import EngineConfig
 from bot.engine.model import Marker, MemberChange, Message, PolicyEvent, RoomUpdate
 from bot.engine.policy import BEEPER_EVENT_TYPE, POLICY_EVENT_TYPE, Policy, Readers
 from bot.engine.store import MIGRATIONS, SCHEMA_VERSION, Store
+from bot.matrix.http import HomeserverUnavailable
 from bridge.config import RoomFilter, load_bridge_config
+from bridge.intake import (
+    PushedTransaction,
+    Skipped,
+    TryLater,
+    clean_event,
+    clean_power_levels,
+    clean_receipts,
+    is_transient,
+)
 from bridge.registration import load_registration
 from bridge.rooms import RoomReader, RoomView
+from bridge.server import RefusalLog, make_app
 from tests.unit.conftest import ALICE, BOB, BOT, ROOM, Harness
 
 H = 3_600_000
@@ -328,3 +347,241 @@ def test_example_config_bridge_section_loads(tmp_path: Path) -> None:
     assert config.default_policy == Policy.after_send(72 * H)
     assert config.defer_to == ("@lethe:example.org",)
     assert config.metrics is not None and config.metrics.port == 9465
+
+
+# --- what the homeserver pushes: checked, and read whatever its shape --------------------
+
+# Strings as JSON brings them: lone surrogates included (JSON may escape one, SQLite
+# cannot store one), and the identifiers the bridge looks for.
+_S = "\ud800"
+_texts = st.sampled_from([
+    "", "@alice:example.org", "@bob:elsewhere.example", "@lethe-bridge:example.org", "$e1",
+    "$e2", ROOM, "#a:x", "join", "leave", "invite", "12", "50", " 50 ", "9" * 30, _S,
+    f"@{_S}:x", f"${_S}", f"!{_S}:x",
+]) | st.text(max_size=6)
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers(min_value=-(2**80), max_value=2**80)
+    | st.floats() | _texts,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(_texts, inner, max_size=4),
+    max_leaves=10,
+)
+_levels = st.dictionaries(_texts, _json, max_size=3) | _json
+_content = st.fixed_dictionaries({}, optional={
+    "membership": st.sampled_from(["join", "leave", "invite", "ban"]) | _json,
+    "alias": _texts | _json, "alt_aliases": st.lists(_texts | _json, max_size=3) | _json,
+    "room_version": st.sampled_from(["1", "10", "12"]) | _json,
+    "additional_creators": st.lists(_texts, max_size=3) | _json,
+    "users": _levels, "events": _levels, "redact": _json, "users_default": _json,
+    "state_default": _json, "redacts": _texts | _json,
+    "m.relates_to": st.fixed_dictionaries({}, optional={
+        "rel_type": st.sampled_from(["m.thread", "m.replace", "m.annotation"]) | _json,
+        "event_id": _texts | _json}) | _json,
+    "mode": _json, "timer_ms": _json, "type": _json, "timer": _json,
+}) | _json
+_pushed_events = st.fixed_dictionaries({
+    "type": st.sampled_from([
+        "m.room.message", "m.room.member", "m.room.create", "m.room.power_levels",
+        "m.room.canonical_alias", "m.room.redaction", "chat.lethe.policy",
+        "com.beeper.disappearing_timer"]) | _json,
+    "room_id": st.just(ROOM) | _json,
+    "event_id": st.sampled_from(["$e1", "$e2", "$e3"]) | _texts | _json,
+    "sender": st.sampled_from(["@alice:example.org", "@bob:elsewhere.example"]) | _json,
+    "origin_server_ts": st.just(1_700_000_000_000) | _json,
+}, optional={
+    "state_key": st.sampled_from(["", "@alice:example.org", "@bob:elsewhere.example",
+                                  "@lethe-bridge:example.org"]) | _json,
+    "content": _content, "redacts": _texts | _json, "unsigned": _json,
+}) | _json
+
+
+def _storable(value: object) -> None:
+    """Every value the engine may write to SQLite: UTF-8 text, 64-bit integers."""
+    if isinstance(value, str):
+        value.encode("utf-8")
+    elif isinstance(value, bool) or value is None:
+        pass
+    elif isinstance(value, int):
+        assert -(2**63) <= value < 2**63, value
+    elif isinstance(value, tuple):
+        for item in value:
+            _storable(item)
+    else:
+        for f in dataclasses.fields(value):  # type: ignore[arg-type]
+            if f.name != "content":  # a policy's content is parsed, never stored
+                _storable(getattr(value, f.name))
+
+
+class _Errors(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.ERROR)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@settings(max_examples=100, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.lists(_pushed_events, max_size=6), st.lists(_pushed_events, max_size=4), _json)
+async def test_any_pushed_event_is_read_or_skipped(
+    tmp_path: Path, state: list[object], events: list[object], receipts: object
+) -> None:
+    """Whatever the homeserver pushes (or answers for a room's state): each event is
+    skipped by the checks or read without raising, and what reaches the engine is
+    storable and stored, its power levels included."""
+    config = load_bridge_config(write(tmp_path, minimal(defer_to=["@lethe:example.org"])))
+    errors = _Errors()
+    logging.getLogger("bridge").addHandler(errors)
+    h = await Harness(tmp_path / f"{secrets.token_hex(4)}.db",
+                      config=EngineConfig(BOT, default_policy=Policy.after_send(H))).start()
+    try:
+        cleaned = [[e for e in (clean_event(raw, ROOM) if i == 0 else clean_event(raw)
+                                for raw in batch)
+                    if not isinstance(e, Skipped) and e["room_id"] == ROOM]
+                   for i, batch in enumerate((state, events))]
+        reader = RoomReader(config)
+        view = RoomView(ROOM)
+        initial = reader.load(view, cleaned[0], cleaned[1])
+        content = receipts if isinstance(receipts, dict) else {}
+        usable, _ = clean_receipts(content)
+        reading = reader.read(view, initial, cleaned[1], usable, first_sight=True)
+        enforcement = reader.enforcement(view)
+        _storable(enforcement)
+        await h.engine.set_power(ROOM, enforcement.can_redact, enforcement.bot_level,
+                                 enforcement.redact_level)
+        if reading.update is not None:
+            _storable(reading.update)
+            await h.engine.ingest([reading.update], appservice_txn=secrets.token_hex(4))
+    finally:
+        logging.getLogger("bridge").removeHandler(errors)
+        await h.close()
+    assert not errors.records, [r.getMessage() for r in errors.records]
+
+
+@pytest.mark.parametrize(("content", "levels", "ok"), [
+    ({"users": {"@a:x": 100, "@b:x": "50"}, "redact": " 75 "},
+     {"users": {"@a:x": 100, "@b:x": 50}, "events": {}, "redact": 75}, True),
+    ({"users": {"@a:x": 2**80, "@b:x": 50.0, "@c:x": True}, "redact": "9" * 30, "kick": None},
+     {"users": {}, "events": {}}, False),
+    ({"users": ["@a:x"], "events": {"m.room.name": 2**53 - 1}},
+     {"users": {}, "events": {"m.room.name": 2**53 - 1}}, False),
+    ([1, 2], {}, False),
+])
+def test_power_levels_are_read_level_by_level(content: Any, levels: Any, ok: bool) -> None:
+    """A level of the wrong type, or beyond canonical JSON's integers (which SQLite could
+    not store), counts as absent: the default applies, as in PowerState."""
+    assert clean_power_levels(content) == (levels, ok)
+
+
+def test_clean_event_keeps_messages_and_skips_malformed_state() -> None:
+    message = {"type": "m.room.message", "room_id": ROOM, "sender": ALICE, "event_id": "$m",
+               "origin_server_ts": 1, "content": {"body": "x", "m.relates_to": {
+                   "rel_type": "m.annotation", "event_id": f"${_S}"}}}
+    kept = clean_event(message)
+    assert isinstance(kept, dict) and "m.relates_to" not in kept["content"]
+    assert kept["content"]["body"] == "x"
+    assert clean_event({**message, "content": "text"})["content"] == {}  # type: ignore[index]
+    member = {**message, "type": "m.room.member", "state_key": f"@{_S}:x",
+              "content": {"membership": "join"}}
+    assert clean_event(member) == Skipped("no usable state_key", "$m", ROOM)
+    assert clean_event({**member, "state_key": 5}) == Skipped("no usable state_key", "$m", ROOM)
+    assert clean_event({**member, "state_key": ""}) == \
+        Skipped("its state_key is not a user id", "$m", ROOM)
+    assert clean_event({**member, "state_key": ALICE, "content": {"membership": 1}}) == \
+        Skipped("its membership is not a string", "$m", ROOM)
+    assert isinstance(clean_event({**message, "sender": "alice"}), Skipped)
+    assert isinstance(clean_event({**message, "room_id": "!elsewhere:x"}, ROOM), Skipped)
+
+
+# --- the appservice API on its own: the size bound and refusals ---------------------------
+
+
+async def _serve(app: web.Application) -> tuple[web.AppRunner, str]:
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    return runner, f"http://127.0.0.1:{port}/_matrix/app/v1/transactions"
+
+
+async def test_transaction_over_the_bound_is_acknowledged_unread(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Over the bound (here 64 KiB; the bridge's is MAX_TRANSACTION_BYTES), whether it
+    says its length or not: 200 (a retry would fail the same way, and the homeserver
+    would send nothing else meanwhile), one log line with its id and size, no content.
+    Under the bound, it reaches the bridge with its size."""
+    caplog.set_level(logging.DEBUG)
+    got: list[PushedTransaction] = []
+
+    async def on_transaction(txn: PushedTransaction) -> None:
+        got.append(txn)
+
+    runner, url = await _serve(make_app("secret", on_transaction, max_body=64 * 1024))
+    canary = "canary-" + secrets.token_hex(4)
+    big = json.dumps({"events": [{"body": canary * 1000}] * 20}).encode()
+    headers = {"Authorization": "Bearer secret", "Content-Type": "application/json"}
+
+    async def chunked() -> Any:
+        for start in range(0, len(big), 8192):
+            yield big[start:start + 8192]
+
+    try:
+        async with aiohttp.ClientSession() as session:
+            for txn, data in (("t-length", big), ("t-chunked", chunked())):
+                caplog.clear()
+                async with session.put(f"{url}/{txn}", data=data, headers=headers) as resp:
+                    assert resp.status == 200
+                lines = [r.getMessage() for r in caplog.records if r.name == "bridge.server"]
+                assert len(lines) == 1 and txn in lines[0] and "bound" in lines[0], lines
+                assert canary not in caplog.text
+            assert got == []
+            small = json.dumps({"events": []}).encode()
+            async with session.put(f"{url}/t-small", data=small, headers=headers) as resp:
+                assert resp.status == 200
+            assert got == [PushedTransaction("t-small", {"events": []}, len(small))]
+    finally:
+        await runner.cleanup()
+
+
+@dataclasses.dataclass(frozen=True)
+class _Request:
+    method: str = "PUT"
+    path: str = "/_matrix/app/v1/transactions/1"
+    remote: str = "192.0.2.1"
+
+
+def test_refusal_log_counts_what_it_leaves_out(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    now = [0.0]
+    refusals = RefusalLog(interval_s=60, clock=lambda: now[0])
+    for _ in range(500):
+        refusals.refused(_Request(), "wrong hs_token")  # type: ignore[arg-type]
+        now[0] += 0.01
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 1 and "192.0.2.1" in lines[0]
+    now[0] = 61.0
+    refusals.refused(_Request(path="/x\nforged line"), "no hs_token")  # type: ignore[arg-type]
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 2 and "(499 more refused since the last such line)" in lines[1]
+    assert "\n" not in lines[1], "a path must not start a log line of its own"
+    refusals.refused(_Request(), "no hs_token")  # type: ignore[arg-type]
+    refusals.flush()
+    assert caplog.records[-1].getMessage() == \
+        "refused 1 more request(s) without a valid hs_token"
+
+
+@pytest.mark.parametrize(("exc", "transient"), [
+    (sqlite3.OperationalError("database is locked"), True),
+    (sqlite3.DatabaseError("database disk image is malformed"), True),
+    (OSError(28, "No space left on device"), True),
+    (HomeserverUnavailable("refused"), True),
+    (TryLater("stopping"), True),
+    (TypeError("unhashable"), False),
+    (UnicodeEncodeError("utf-8", "\ud800", 0, 1, "surrogates not allowed"), False),
+    (OverflowError("Python int too large to convert to SQLite INTEGER"), False),
+    (sqlite3.IntegrityError("constraint"), False),
+    (RecursionError(), False),
+])
+def test_only_transient_failures_are_retried(exc: BaseException, transient: bool) -> None:
+    assert is_transient(exc) is transient
