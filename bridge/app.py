@@ -13,6 +13,7 @@ and the engine's scheduler with its redaction workers.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import secrets
 from collections.abc import Callable, Mapping
@@ -39,7 +40,7 @@ from bridge.intake import (
     where,
 )
 from bridge.registration import Registration, check_matches, load_registration
-from bridge.rooms import RoomReader, RoomReading, RoomView
+from bridge.rooms import OWNERS_META, RoomReader, RoomReading, RoomView, load_owners
 from bridge.server import AppserviceServer
 
 log = logging.getLogger(__name__)
@@ -93,6 +94,7 @@ class Bridge:
         self._metrics_server: MetricsServer | None = None
         self._lock = asyncio.Lock()  # one transaction at a time, in the order they come
         self._ping_task: asyncio.Task[None] | None = None
+        self._owners: dict[str, str] = {}  # room -> the Lethe bot that enforces it
 
     # --- lifecycle -----------------------------------------------------------
 
@@ -120,6 +122,7 @@ class Bridge:
             needs_power=lambda sender: not config.is_local(sender),
         )
         await self.engine.start()
+        self._owners = load_owners(await store.get_meta(OWNERS_META))
         if config.metrics is not None:
             metrics = LetheMetrics(self)
             self.engine.scheduler.observe_redactions(metrics.observe_redaction)
@@ -453,8 +456,23 @@ class Bridge:
         if reading.invited_by is not None:
             await self._join(view.room_id, reading.invited_by)
 
+    async def _record_owner(self, view: RoomView) -> None:
+        """Which Lethe bot enforces the room now, if any, for `lethe bridge rooms`."""
+        assert self.engine is not None
+        owner = self._reader.deferred_to(view)
+        if self._owners.get(view.room_id) == owner:
+            return
+        if owner is None:
+            self._owners.pop(view.room_id, None)
+        else:
+            self._owners[view.room_id] = owner
+        log.info("%s is enforced by %s", view.room_id, owner or "the bridge")
+        async with self.engine.store.transaction():
+            await self.engine.store.set_meta(OWNERS_META, json.dumps(self._owners))
+
     async def _record_power(self, view: RoomView) -> None:
         assert self.engine is not None
+        await self._record_owner(view)
         enforcement = self._reader.enforcement(view)
         if enforcement == view.recorded:
             return

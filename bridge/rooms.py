@@ -3,13 +3,18 @@ transaction becomes an engine update. No I/O here.
 
 Ownership (so a message is never redacted twice when the Lethe bot and the bridge
 run against one homeserver): a message sent while a Lethe bot (``bridge.defer_to``)
-is joined to the room belongs to that bot; every other message of an included room
-belongs to the bridge. The bot tracks only what is sent after it joined, and the
-bridge stops tracking at that same join event, so the two never share a message.
+is joined to the room belongs to that bot, but only while that bot can enforce at
+least what the bridge would: it has the power to redact others' messages and the
+room's state sets an active policy (the bot knows nothing of the bridge's default).
+Otherwise, a member with no power could switch enforcement off by inviting the bot.
+Every other message of an included room belongs to the bridge. The bot tracks only
+what is sent after it joined, and the bridge stops tracking at that same join
+event, so the two never share a message.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from collections.abc import Iterable, Mapping
@@ -17,12 +22,34 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bot.engine.model import Marker, Message, Receipt, RoomUpdate, TimelineItem
+from bot.engine.policy import (
+    BEEPER_EVENT_TYPE,
+    POLICY_EVENT_TYPE,
+    PolicyError,
+    StatePolicy,
+    policy_from_beeper,
+    policy_from_state,
+    resolve_policy,
+)
 from bot.engine.power import PowerState
 from bot.matrix.events import to_item
 from bridge.config import BridgeConfig
 from bridge.intake import clean_aliases, clean_create, clean_power_levels, shown, where
 
 log = logging.getLogger(__name__)
+
+OWNERS_META = "bridge_owners"  # meta key: room -> the Lethe bot that enforces it
+
+
+def load_owners(raw: str | None) -> dict[str, str]:
+    """The stored room -> bot map; a damaged value counts as none."""
+    try:
+        data = json.loads(raw) if raw else {}
+    except ValueError:
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    return {k: v for k, v in data.items() if isinstance(k, str) and isinstance(v, str)}
 
 
 @dataclass(frozen=True)
@@ -48,6 +75,7 @@ class RoomView:
     aliases: tuple[str, ...] = ()
     remote_members: set[str] = field(default_factory=set)
     owners: set[str] = field(default_factory=set)  # joined Lethe bots (bridge.defer_to)
+    policies: dict[str, StatePolicy] = field(default_factory=dict)  # valid policy state
     bot_joined: bool = False
     recorded: Enforcement | None = None  # last given to the engine
 
@@ -94,6 +122,9 @@ class RoomReader:
             view.aliases, ok = clean_aliases(event.get("content"))
         elif kind == "m.room.member":
             self._member(view, skey, content.get("membership"), event, reading)
+        elif kind in (POLICY_EVENT_TYPE, BEEPER_EVENT_TYPE) and skey == "":
+            self._policy(view, kind, event)
+            reading.power_inputs_changed = True
         if not ok:
             log.warning("read %s %s in %s without its malformed parts", kind,
                         shown(event.get("event_id")), shown(view.room_id))
@@ -118,6 +149,31 @@ class RoomReader:
             before = len(view.remote_members)
             (view.remote_members.add if joined else view.remote_members.discard)(user_id)
             reading.power_inputs_changed |= before != len(view.remote_members)
+
+    def _policy(self, view: RoomView, kind: str, event: Mapping[str, Any]) -> None:
+        """Remember the room's policy state, to know whether a Lethe bot there has a
+        policy to enforce (an invalid event leaves the previous one, as in the engine)."""
+        content = event.get("content")
+        ts = event.get("origin_server_ts")
+        sender = event.get("sender")
+        try:
+            policy = (policy_from_state(content) if kind == POLICY_EVENT_TYPE
+                      else policy_from_beeper(content, self.config.default_cap_ms))
+        except PolicyError:
+            return
+        view.policies[kind] = StatePolicy(policy, kind, sender if isinstance(sender, str)
+                                          else "", ts if isinstance(ts, int) else 0)
+
+    def deferred_to(self, view: RoomView) -> str | None:
+        """The Lethe bot that owns messages sent now, if one can enforce the room: joined,
+        with the power to redact others' messages, and a policy in the room's state."""
+        state = resolve_policy(view.policies.get(POLICY_EVENT_TYPE),
+                               view.policies.get(BEEPER_EVENT_TYPE))
+        if not view.owners or state is None or not state.policy.active:
+            return None
+        power = PowerState.from_state(view.create, view.power_levels)
+        able = sorted(bot for bot in view.owners if power.can_redact_others(bot))
+        return able[0] if able else None
 
     def load(
         self,
@@ -182,9 +238,9 @@ class RoomReader:
                 continue
             event_id = event.get("event_id")
             last_event_id = event_id if isinstance(event_id, str) else last_event_id
-            if isinstance(item, Message) and view.owners:
-                # A Lethe bot is in the room: the message is the bot's. Still a position
-                # receipts may point at.
+            if isinstance(item, Message) and self.deferred_to(view):
+                # A Lethe bot that can enforce the room is in it: the message is the
+                # bot's. Still a position receipts may point at.
                 item = Marker(item.event_id)
             items.append(item)
         if not view.watched:

@@ -709,3 +709,32 @@ async def test_rooms_from_before_the_bridge_are_read_from_state(
                          what="redaction once every member read it")
     finally:
         await handle.stop()
+
+
+async def test_a_powerless_lethe_bot_does_not_switch_the_bridge_off(bridges, people) -> None:
+    """bob, with no power, invites a `defer_to` bot that cannot redact: the bridge stays
+    responsible. Only once that bot has power (and the room a policy) is it the bot's."""
+    alice, (bob,), room = await encrypted_room(people, "bob")
+    lethe_like = await people("lethebot")  # stands in for a Lethe bot that is not running
+    handle = await bridges(defer_to=[lethe_like.user_id])
+    assert await alice.put_state(room, LETHE, {"mode": "after_send", "timer_ms": 3000}) == 200
+    await bob.invite(room, lethe_like.user_id)
+    await lethe_like.join(room)
+    ignored = [await alice.send(room, "canary-bridge powerless bot in the room"),
+               await bob.send(room, "canary-bridge bob too")]
+    await eventually(all_redacted(alice, room, *ignored), 30,
+                     what="the bridge still redacting with a powerless bot in the room")
+    rooms = json.loads(await _bridge_rooms(handle.config, "--json"))
+    assert next(r for r in rooms if r["room_id"] == room)["enforced_by"] is None
+
+    await alice.set_power(room, lethe_like.user_id, 50)
+
+    async def deferred() -> bool:
+        found = json.loads(await _bridge_rooms(handle.config, "--json"))
+        return any(r["room_id"] == room and r["enforced_by"] == lethe_like.user_id
+                   for r in found)
+
+    await eventually(deferred, 20, what="the bridge deferring to the bot with power")
+    owned = await alice.send(room, "canary-bridge the bot's now")
+    assert await stays(not_redacted(alice, room, owned), 6), \
+        "the bridge redacted a message of a bot that can enforce the room"
