@@ -301,11 +301,17 @@ class LocalSynapse:
                 stderr=subprocess.STDOUT,
                 timeout=timeout,
                 check=False,
+                env=self.process_env(),
             )
         if result.returncode != 0 or not self._signing_key_path.exists():
             raise SynapseStartError(
                 f"Synapse --generate-keys failed (exit {result.returncode})\n{self._log_tails()}"
             )
+
+    def process_env(self) -> dict[str, str] | None:
+        """The environment of the Synapse process; None inherits this one (subclasses
+        change it, e.g. bot.localfederation to shift the server's clock)."""
+        return None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -338,6 +344,7 @@ class LocalSynapse:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                env=self.process_env(),
             )
         if not self._atexit_registered:
             # A crashed or interrupted test run must not leave a Synapse behind.

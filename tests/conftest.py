@@ -76,3 +76,27 @@ async def element_people(
 
 
 ElementPeopleFactory = "Callable[..., Awaitable[ElementClient]]"
+
+
+@pytest.fixture(scope="session")
+def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalFederation]:
+    """Two Synapses that federate over loopback only (bot.localfederation):
+    ``federation[0]`` and ``federation[1]``, each a LocalSynapse named ``127.0.0.1:PORT``
+    (users ``@name:127.0.0.1:PORT``), with a TLS federation listener, unverified
+    self-signed certificates, and ``federation_domain_whitelist`` naming only the two.
+
+    A wrong clock on a server: ``with federation[1].clock_offset(-60_000): ...`` makes it
+    stamp ``origin_server_ts`` and receipt ``ts`` 60 s slow inside the block (effective
+    within 50 ms, no restart; a sitecustomize shifts Synapse's Clock.time_msec in that
+    process only). Restore it (the context manager does) so other tests see true clocks."""
+    if not synapse_available():
+        pytest.fail("matrix-synapse is not installed: pip install -e '.[test]'")
+    from bot.localfederation import LocalFederation
+
+    fed = LocalFederation(tmp_path_factory.mktemp("federation"), 2)
+    fed.start()
+    yield fed
+    fed.stop()
+
+
+LocalFederation = "bot.localfederation.LocalFederation"

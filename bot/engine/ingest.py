@@ -53,6 +53,38 @@ log = logging.getLogger(__name__)
 _POSITIONS_PER_ROOM = 10_000
 _CAP_CHECK_EVERY = 1_000
 
+# No remote clock decides a deadline alone. origin_server_ts and a receipt's ts are
+# stamped by whichever server the sender is on, so Lethe bounds them by what it saw
+# itself: "now" (its clock when a batch is stored) and the time it stored the previous
+# batch of the same stream (SEEN_KEY, kept with the batch).
+# - A message counts as sent at origin_ts, but never after Lethe had it, and never more
+#   than MAX_SKEW_MS before the previous batch: it was not in that one, so it reached
+#   the homeserver after it, give or take a clock's skew. After downtime, the previous
+#   batch is from before it, so what was sent meanwhile keeps its own time and is
+#   redacted at once if overdue.
+# - A receipt from a user of Lethe's own homeserver (which stamped it) counts at its ts,
+#   within the same window without the skew; one from another server counts when Lethe
+#   learned of it: a remote clock never makes anything read earlier.
+MAX_SKEW_MS = 60_000
+SEEN_KEY = "seen_ms"
+
+# More receipts than this from members of one room in one batch are counted in one pass
+# (reads.cover_many) rather than one statement each (reads.cover).
+_BULK_RECEIPTS = 16
+
+
+def sent_time(origin_ts: int, now_ms: int, previous_ms: int | None) -> int:
+    """When a message counts as sent (see MAX_SKEW_MS)."""
+    earliest = origin_ts if previous_ms is None else previous_ms - MAX_SKEW_MS
+    return min(max(origin_ts, earliest), now_ms)
+
+
+def read_time(ts: int | None, local: bool, now_ms: int, previous_ms: int | None) -> int:
+    """When a receipt counts as read (see MAX_SKEW_MS)."""
+    if ts is None or not local:
+        return now_ms
+    return min(max(ts, ts if previous_ms is None else previous_ms), now_ms)
+
 
 @dataclass(frozen=True)
 class IngestConfig:
@@ -90,6 +122,10 @@ class Ingestor:
         self._seq = 0
         # Positions stored per room since its cap was last checked (absent: not yet).
         self._uncapped: dict[str, int] = {}
+        self._home = _server(config.bot_user_id)
+        # Lethe's clock when it stored the batch before the one being applied (None:
+        # never, or before it kept this); see MAX_SKEW_MS.
+        self._previous_ms: int | None = None
 
     async def load(self) -> None:
         self._seq = await self._store.max_seq()
@@ -114,12 +150,15 @@ class Ingestor:
         redacted: list[DueEvent] = []
         tracked = 0
         async with self._store.transaction() as conn:
+            previous = await self._store.get_meta(SEEN_KEY)
+            self._previous_ms = int(previous) if previous is not None else None
             for update in updates:
                 room = await self._load_room(update.room_id)
                 tracked += await self._apply_timeline(update, room, now_ms, invalid, redacted)
-                await self._apply_receipts(update, room, now_ms)
                 if room.read_dirty:
+                    # Before the receipts: what a leave completes is read now, not earlier.
                     await reads.mark_read(conn, update.room_id, room.read_at, self._seq)
+                await self._apply_receipts(update, room, now_ms)
                 await self._prune_positions(conn, update.room_id, room.positions)
                 if room.policy_dirty:
                     await self._store.set_room_policy(
@@ -134,6 +173,7 @@ class Ingestor:
                 if update.last_event_id:
                     await self._store.set_last_event(update.room_id, update.last_event_id)
             await self._store.set_meta("seq", str(self._seq))
+            await self._store.set_meta(SEEN_KEY, str(now_ms))
             for key, value in (meta or {}).items():
                 await self._store.set_meta(key, value)
             if appservice_txn is not None:
@@ -186,7 +226,7 @@ class Ingestor:
             if item.event_id is not None:
                 positions.append((room_id, item.event_id, self._next_seq()))
             if isinstance(item, Message):
-                row = self._track(room_id, room, item, self._seq, tracked_parents)
+                row = self._track(room_id, room, item, self._seq, tracked_parents, now_ms)
                 if row is not None:
                     rows.append(row)
                     tracked_parents.add(item.event_id)
@@ -222,32 +262,36 @@ class Ingestor:
         msg: Message,
         seq: int,
         tracked_parents: set[str],
+        now_ms: int,
     ) -> TrackedEvent | None:
         policy = room.policy
         child = msg.parent_id is not None and msg.parent_id in tracked_parents
+        sent = sent_time(msg.origin_ts, now_ms, self._previous_ms)
         if not policy.active:
             if not child:
                 return None
             # Tracked only so it can follow its parent; no deadline of its own.
             return TrackedEvent(
                 msg.event_id, room_id, msg.sender, seq, msg.origin_ts, msg.thread_id,
-                msg.parent_id, policy, None, None,
+                msg.parent_id, policy, None, None, sent,
             )
         assert policy.timer_ms is not None
         read_at: int | None = None
+        readers_left: int | None = None
         if policy.mode is Mode.AFTER_SEND:
-            due = msg.origin_ts + policy.timer_ms
+            due = sent + policy.timer_ms
         else:
             assert policy.cap_ms is not None
             required = room.members - {msg.sender}
             if required:
-                due = msg.origin_ts + policy.cap_ms
+                due = sent + policy.cap_ms
+                readers_left = len(required)
             else:
-                read_at = msg.origin_ts
-                due = msg.origin_ts + policy.timer_ms
+                read_at = sent
+                due = sent + policy.timer_ms
         return TrackedEvent(
             msg.event_id, room_id, msg.sender, seq, msg.origin_ts, msg.thread_id,
-            msg.parent_id if child else None, policy, read_at, due,
+            msg.parent_id if child else None, policy, read_at, due, sent, readers_left,
         )
 
     async def _prune_positions(
@@ -273,6 +317,7 @@ class Ingestor:
                 await self._store.add_member(room_id, change.user_id, self._seq)
         elif change.user_id in room.members:
             room.members.discard(change.user_id)
+            await reads.leave(self._store.conn, room_id, change.user_id)
             await self._store.remove_member(room_id, change.user_id)
             # One fewer required reader: some messages may now count as read by all.
             room.read_dirty = True
@@ -281,6 +326,9 @@ class Ingestor:
     def _policy(
         self, room_id: str, room: _RoomState, event: PolicyEvent, invalid: list[InvalidPolicy]
     ) -> None:
+        if event.redacted_by is not None or event.refused is not None:
+            self._ignored(room_id, room, event, invalid)
+            return
         try:
             if event.event_type == POLICY_EVENT_TYPE:
                 policy = policy_from_state(event.content)
@@ -305,7 +353,38 @@ class Ingestor:
         room.policy_dirty = True
         room.policy, room.sender = new_policy, winner.sender if winner else None
 
+    def _ignored(
+        self, room_id: str, room: _RoomState, event: PolicyEvent, invalid: list[InvalidPolicy]
+    ) -> None:
+        """A policy event that changes nothing, and the previous policy stays: one whose
+        content a redaction pruned away (that is not an "off"), or one from a sender who
+        may not change the policy (the front says why)."""
+        known = room.lethe if event.event_type == POLICY_EVENT_TYPE else room.beeper
+        if known is not None and (known.sender, known.origin_ts) == (event.sender,
+                                                                     event.origin_ts):
+            # The event Lethe applies already, seen again (the state after a restart):
+            # since redacted, or its sender lost power since. Nothing to say again.
+            log.info("keeping the policy of %s: its %s event is %s", room_id, event.event_type,
+                     "redacted" if event.redacted_by is not None else "from a sender "
+                     "without the power to set it now")
+            return
+        if event.redacted_by is not None:
+            by = f" by {event.redacted_by}" if event.redacted_by else ""
+            reason = (f"it was redacted{by}, and a redaction does not change the policy "
+                      "(to turn it off, set it to off)")
+        else:
+            reason = event.refused or "refused"
+        log.warning("ignoring %s in %s from %s: %s", event.event_type, room_id, event.sender,
+                    reason)
+        if event.in_timeline:
+            invalid.append(InvalidPolicy(room_id, event.sender, event.event_type, reason))
+
     async def _apply_receipts(self, update: RoomUpdate, room: _RoomState, now_ms: int) -> None:
+        """Each receipt counts for what it newly covers (reads.cover), in the order of
+        their read times: a message is read when its last required reader read it,
+        whatever order the receipts come in (earlier batches' read times are all before
+        this batch's, see read_time)."""
+        found: list[tuple[int, Receipt, int]] = []
         for receipt in update.receipts:
             seq = await self._receipt_seq(update.room_id, receipt)
             if seq is None:
@@ -319,14 +398,28 @@ class Ingestor:
                     update.room_id, receipt.event_id,
                 )
                 continue
-            moved = await self._store.upsert_receipt(
-                update.room_id, receipt.user_id, reads.receipt_thread(receipt.thread_id), seq
-            )
-            if moved and receipt.user_id in room.members:
-                room.read_dirty = True
-                # The receipt's own time, if it is sane: a late sync must not delay redaction.
-                ts = receipt.ts if receipt.ts is not None and receipt.ts <= now_ms else now_ms
-                room.read_at = max(room.read_at, ts)
+            local = _server(receipt.user_id) == self._home
+            found.append((read_time(receipt.ts, local, now_ms, self._previous_ms), receipt, seq))
+        found.sort(key=lambda item: item[0])
+        counted = [item for item in found if item[1].user_id in room.members]
+        bulk = len(counted) > _BULK_RECEIPTS
+        moves: list[reads.Move] = []
+        for read_at, receipt, seq in found:
+            thread = reads.receipt_thread(receipt.thread_id)
+            old = await self._store.move_receipt(update.room_id, receipt.user_id, thread, seq)
+            if old is None or receipt.user_id not in room.members:
+                continue
+            if bulk:
+                moves.append(reads.Move(receipt.user_id, thread, old, seq, read_at))
+            else:
+                await reads.cover(
+                    self._store.conn, update.room_id, receipt.user_id, thread, old, seq, read_at
+                )
+        await reads.cover_many(self._store.conn, update.room_id, moves)
 
     async def _receipt_seq(self, room_id: str, receipt: Receipt) -> int | None:
         return await self._store.event_seq(room_id, receipt.event_id)
+
+
+def _server(user_id: str) -> str:
+    return user_id.partition(":")[2]

@@ -11,6 +11,7 @@ import asyncio
 import json
 import os
 import sqlite3
+from collections import deque
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -34,14 +35,18 @@ SENT = 4
 # How long a committed appservice transaction id is remembered.
 APPSERVICE_TXN_KEEP_MS = 7 * 24 * 3600 * 1000
 
+# How long claim_due's list of rooms with due events is reused under a backlog.
+_DUE_ROOMS_TTL_MS = 1000
+
 _MODE_CODE = {Mode.OFF: 0, Mode.AFTER_SEND: 1, Mode.AFTER_READ: 2}
 
-# An event's deadline under its policy. A retry moves due_at later, so the lag of a
-# redaction is measured from this instead (or from due_at when that is earlier: a
-# child due with its parent, or an event with no deadline of its own).
+# An event's deadline under its policy, from the times Lethe itself bounded (sent_at,
+# read_at; see ingest). A retry moves due_at later, so the lag of a redaction is
+# measured from this instead (or from due_at when that is earlier: a child due with its
+# parent, or an event with no deadline of its own).
 _DEADLINE = """coalesce(CASE mode
-    WHEN 1 THEN origin_ts + timer_ms
-    WHEN 2 THEN min(origin_ts + cap_ms, coalesce(read_at + timer_ms, origin_ts + cap_ms))
+    WHEN 1 THEN sent_at + timer_ms
+    WHEN 2 THEN min(sent_at + cap_ms, coalesce(read_at + timer_ms, sent_at + cap_ms))
     END, due_at)"""
 
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
@@ -134,6 +139,27 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX events_unread ON events(room_id, seq) "
         "WHERE mode = 2 AND read_at IS NULL AND status IN (0, 2)",
     ),
+    # 5: no remote clock decides a deadline alone. sent_at is origin_ts as Lethe bounds
+    # it (ingest.sent_time); deadlines count from it, origin_ts stays what the event says.
+    # readers_left counts, per unread after_read event, the required readers who have not
+    # read it, so a receipt costs what it newly covers (reads.cover); filled in here the
+    # slow way, once.
+    (
+        "ALTER TABLE events ADD COLUMN sent_at INTEGER",
+        "UPDATE events SET sent_at = origin_ts",
+        "ALTER TABLE events ADD COLUMN readers_left INTEGER",
+        """UPDATE events AS e SET readers_left = (
+            SELECT count(*) FROM members m
+            WHERE m.room_id = e.room_id AND m.join_seq < e.seq AND m.user_id != e.sender
+              AND NOT EXISTS (
+                  SELECT 1 FROM receipts r
+                  WHERE r.room_id = m.room_id AND r.user_id = m.user_id AND r.seq >= e.seq
+                    AND r.thread IN ('', coalesce(e.thread_id, 'main'))))
+        WHERE e.mode = 2 AND e.read_at IS NULL AND e.status IN (0, 2)""",
+        # claim_due under a backlog: a room's earliest due events.
+        "CREATE INDEX events_room_due ON events(room_id, due_at) "
+        "WHERE status = 0 AND due_at IS NOT NULL",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -171,6 +197,8 @@ class TrackedEvent:
     policy: Policy
     read_at: int | None
     due_at: int | None
+    sent_at: int | None = None  # origin_ts as Lethe bounds it; None: origin_ts
+    readers_left: int | None = None  # unread after_read: required readers yet to read
 
 
 @dataclass(frozen=True)
@@ -234,6 +262,9 @@ class Store:
         self.path = path
         self.readonly = readonly
         self._write_lock = asyncio.Lock()
+        # Rooms with due events, in turn order, and when they were listed (claim_due).
+        self._due_rooms: deque[str] = deque()
+        self._due_rooms_at = 0
 
     # --- opening -----------------------------------------------------------
 
@@ -487,14 +518,32 @@ class Store:
         )
         return cur.rowcount > 0
 
+    async def move_receipt(self, room_id: str, user_id: str, thread: str, seq: int) -> int | None:
+        """Within a transaction: like ``upsert_receipt``, but returns the position the
+        receipt moved from (0 if it is new), or None if it did not move."""
+        async with self._conn.execute(
+            "SELECT seq FROM receipts WHERE room_id = ? AND user_id = ? AND thread = ?",
+            (room_id, user_id, thread),
+        ) as cur:
+            row = await cur.fetchone()
+        old = 0 if row is None else int(row[0])
+        if row is not None and seq <= old:
+            return None
+        await self._conn.execute(
+            "INSERT INTO receipts (room_id, user_id, thread, seq) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (room_id, user_id, thread) DO UPDATE SET seq = excluded.seq",
+            (room_id, user_id, thread, seq),
+        )
+        return old
+
     # --- events ------------------------------------------------------------
 
     async def insert_events(self, rows: Sequence[TrackedEvent]) -> None:
         """Within a transaction. An event seen twice (backfill overlap) keeps its first row."""
         await self._conn.executemany(
             "INSERT INTO events (event_id, room_id, sender, seq, origin_ts, thread_id, parent_id, "
-            "mode, timer_ms, cap_ms, readers_any, read_at, due_at) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            "mode, timer_ms, cap_ms, readers_any, read_at, due_at, sent_at, readers_left) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
             [
                 (
                     r.event_id,
@@ -510,6 +559,8 @@ class Store:
                     int(r.policy.readers is Readers.ANY),
                     r.read_at,
                     r.due_at,
+                    r.origin_ts if r.sent_at is None else r.sent_at,
+                    r.readers_left,
                 )
                 for r in rows
             ],
@@ -669,29 +720,76 @@ class Store:
         return None if row is None or row[0] is None else int(row[0])
 
     async def claim_due(self, now_ms: int, limit: int) -> list[DueEvent]:
-        """Mark up to ``limit`` due events in flight and return them, earliest first:
-        events whose time has come, and SENT ones whose echo is overdue."""
+        """Mark up to ``limit`` due events in flight and return them: SENT ones whose echo
+        is overdue, and events whose time has come, earliest first while they all fit.
+        When more are due than fit (a backlog), rooms take turns (``_claim_fairly``), so
+        one room's flood cannot hold back the others."""
         columns = f"event_id, room_id, sender, min(due_at, {_DEADLINE}), txn_id, attempts"
         async with self.transaction() as conn:
-            found: list[tuple[int, DueEvent]] = []
             # Two queries, each along its own index, rather than one OR the planner
             # would answer by sorting every due row.
-            for at, where in (
-                ("due_at", "status = 0 AND due_at IS NOT NULL AND due_at <= ?"),
-                ("check_at", "status = 4 AND check_at <= ?"),
-            ):
-                async with conn.execute(
-                    f"SELECT {at}, {columns} FROM events WHERE {where} ORDER BY {at} LIMIT ?",
-                    (now_ms, limit),
-                ) as cur:
-                    found += [(row[0], DueEvent(*row[1:])) for row in await cur.fetchall()]
-            found.sort(key=lambda item: item[0])
-            rows = [event for _, event in found[:limit]]
+            async with conn.execute(
+                f"SELECT {columns} FROM events WHERE status = 4 AND check_at <= ? "
+                "ORDER BY check_at LIMIT ?",
+                (now_ms, limit),
+            ) as cur:
+                rows = [DueEvent(*row) for row in await cur.fetchall()]
+            async with conn.execute(
+                f"SELECT {columns} FROM events "
+                "WHERE status = 0 AND due_at IS NOT NULL AND due_at <= ? "
+                "ORDER BY due_at LIMIT ?",
+                (now_ms, limit - len(rows) + 1),
+            ) as cur:
+                due = [DueEvent(*row) for row in await cur.fetchall()]
+            if len(rows) + len(due) <= limit:
+                rows += due
+            else:
+                rows += await self._claim_fairly(conn, columns, now_ms, limit - len(rows))
             await conn.executemany(
                 "UPDATE events SET status = ? WHERE event_id = ?",
                 [(IN_FLIGHT, row.event_id) for row in rows],
             )
         return rows
+
+    async def _claim_fairly(
+        self, conn: aiosqlite.Connection, columns: str, now_ms: int, limit: int
+    ) -> list[DueEvent]:
+        """Up to ``limit`` due events, the rooms with due events taking turns: each gives
+        its earliest, a share at a time, starting after the room served last. The rooms
+        are listed by one walk over the due events, at most once a second (a room that
+        comes due meanwhile waits at most that long for its turn); each share is one
+        seek in events_room_due."""
+        if not self._due_rooms or not 0 <= now_ms - self._due_rooms_at < _DUE_ROOMS_TTL_MS:
+            async with conn.execute(
+                "SELECT DISTINCT room_id FROM events "
+                "WHERE status = 0 AND due_at IS NOT NULL AND due_at <= ?",
+                (now_ms,),
+            ) as cur:
+                self._due_rooms = deque(row[0] for row in await cur.fetchall())
+            self._due_rooms_at = now_ms
+        picked: list[DueEvent] = []
+        taken: set[str] = set()
+        while len(picked) < limit and self._due_rooms:
+            share = max(1, (limit - len(picked)) // len(self._due_rooms))
+            for _ in range(len(self._due_rooms)):
+                if len(picked) >= limit:
+                    break
+                room_id = self._due_rooms[0]
+                self._due_rooms.rotate(-1)
+                async with conn.execute(
+                    f"SELECT {columns} FROM events INDEXED BY events_room_due "
+                    "WHERE room_id = ? AND status = 0 AND due_at IS NOT NULL AND due_at <= ? "
+                    "ORDER BY due_at LIMIT ?",
+                    (room_id, now_ms, share + len(taken)),
+                ) as cur:
+                    found = [DueEvent(*row) for row in await cur.fetchall()]
+                fresh = [e for e in found if e.event_id not in taken][:share]
+                if not fresh:
+                    self._due_rooms.remove(room_id)
+                    continue
+                picked += fresh
+                taken.update(e.event_id for e in fresh)
+        return picked[:limit]
 
     async def record_txn(self, event_id: str, txn_id: str) -> None:
         """Persist the transaction id before the request, so a retry after a crash reuses it."""

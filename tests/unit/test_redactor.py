@@ -31,9 +31,9 @@ def test_backoff_doubles_up_to_a_limit() -> None:
 async def test_rate_limited_waits_retry_after(h: Harness) -> None:
     h.transport.script_redact("$m1", Reply(Outcome.RATE_LIMITED, retry_after_ms=5_000))
     await h.set_policy(Policy.after_send(M))
-    t = h.now()
+    t = h.now() - 1_000  # both sent by now
     await h.ingest(Message("$m1", ALICE, t), Message("$m2", BOB, t + 1_000))
-    await h.advance(M)
+    await h.advance(M - 1_000)
     assert h.transport.redacted_ids() == ["$m1"]
     row = await h.event("$m1")
     assert row is not None and row["status"] == WAITING
@@ -89,11 +89,11 @@ async def test_forbidden_parks_until_power_returns(h: Harness) -> None:
     assert h.engine is not None
     h.transport.script_redact("$m1", Reply(Outcome.FORBIDDEN, detail="M_FORBIDDEN"))
     await h.set_policy(Policy.after_send(M))
-    t = h.now()
+    t = h.now() - 2  # all sent by now
     await h.ingest(
         Message("$m1", ALICE, t), Message("$m2", BOB, t + 1), Message("$own", BOT, t + 2)
     )
-    await h.advance(M)
+    await h.advance(M - 2)
     assert h.transport.redacted_ids() == ["$m1"]
     await h.advance(10)
     # $m1 parked; $m2 parked without trying (no power in this room); the bot's own

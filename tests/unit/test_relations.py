@@ -60,7 +60,8 @@ async def test_child_due_later_goes_with_parent(h: Harness) -> None:
 async def test_child_in_same_batch_as_parent(h: Harness) -> None:
     await h.set_policy(Policy.after_send(H))
     t = h.now()
-    await h.ingest(Message("$m1", ALICE, t - H), Message("$edit", ALICE, t, parent_id="$m1"))
+    await h.advance(H)  # nothing stored meanwhile: $m1, sent then, arrives only now
+    await h.ingest(Message("$m1", ALICE, t), Message("$edit", ALICE, t + H, parent_id="$m1"))
     assert h.transport.redacted_ids() == ["$m1", "$edit"]
 
 
@@ -165,7 +166,7 @@ async def test_thread_reply_keeps_its_own_deadline_when_the_root_expires(h: Harn
     timer = 3_000
     await h.ingest(MemberChange(ALICE, True, "$join-a"), MemberChange(BOB, True, "$join-b"),
                    h.policy_event(Policy.after_read(timer, H)))
-    t = h.now()
+    t = h.now() - 10  # both sent by now
     await _ingest_raw(
         h, _raw("$root", ALICE, t), _raw("$reply", ALICE, t + 10, "m.thread", "$root")
     )
@@ -338,7 +339,7 @@ async def test_thread_replies_stored_as_children_before_keep_their_own_deadline(
     (thread_id = parent_id): the root's expiry takes none of them along; one tracked
     only to follow the root (sent under 'off') is forgotten."""
     await h.set_policy(Policy.after_send(M))
-    t = h.now()
+    t = h.now() - 3  # all sent by now
     await h.ingest(
         Message("$root", ALICE, t),
         Message("$reply", BOB, t + 1, thread_id="$root", parent_id="$root"),
@@ -346,7 +347,7 @@ async def test_thread_replies_stored_as_children_before_keep_their_own_deadline(
     )
     await h.set_policy(Policy.off())
     await h.ingest(Message("$late", CAROL, t + 3, thread_id="$root", parent_id="$root"))
-    await h.advance(M)
+    await h.advance(M - 3)
     assert h.transport.redacted_ids() == ["$root", "$react"]
     assert await h.event_ids() == {"$reply"}
     await h.advance(1)

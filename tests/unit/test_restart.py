@@ -18,9 +18,9 @@ async def test_due_event_is_redacted_at_once_after_restart(make_harness) -> None
     first: Harness = await make_harness()
     await first.set_policy(Policy.after_send(M))
     sent = first.now()
-    await first.ingest(
-        Message("$m1", ALICE, sent), Message("$m2", ALICE, sent + 10 * M), meta={"sync_token": "s7"}
-    )
+    await first.ingest(Message("$m1", ALICE, sent), meta={"sync_token": "s6"})
+    await first.set_policy(Policy.after_send(10 * M))
+    await first.ingest(Message("$m2", ALICE, sent), meta={"sync_token": "s7"})
     await first.close()
     assert first.transport.redact_calls == []
 
@@ -31,11 +31,11 @@ async def test_due_event_is_redacted_at_once_after_restart(make_harness) -> None
     assert second.transport.redacted_ids() == ["$m1"]
     assert await second.event_ids() == {"$m2"}
     room = await second.engine.room(ROOM)
-    assert room is not None and room.policy == Policy.after_send(M)
+    assert room is not None and room.policy == Policy.after_send(10 * M)
     # The policy survives too: new messages are still tracked.
     await second.ingest(Message("$m3", BOB, later.now_ms()))
     assert await second.event_ids() == {"$m2", "$m3"}
-    await second.advance(6 * M)
+    await second.advance(10 * M)
     assert sorted(second.transport.redacted_ids()) == ["$m1", "$m2", "$m3"]
 
 

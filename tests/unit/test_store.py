@@ -259,3 +259,66 @@ async def test_schema_3_database_migrates_and_finds_positions_of_tracked_events(
             assert "SCAN" not in plan, (sql, plan)
     finally:
         await store.close()
+
+
+async def test_schema_4_database_migrates_with_sent_times_and_reader_counts(
+    db_path: Path,
+) -> None:
+    """A database of the release before bounded clocks (schema 4): every row's sent_at
+    is its origin_ts, and each unread after_read event counts the required readers who
+    have not read it (sender, late joiners and readers through either key excluded), so
+    the next receipt finishes the job; a claim under a backlog uses the new index."""
+    db_path.parent.mkdir(parents=True)
+    with sqlite3.connect(db_path) as conn:
+        conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+        conn.execute("INSERT INTO schema_version VALUES (4)")
+        for statement in (s for migration in MIGRATIONS[:4] for s in migration):
+            conn.execute(statement)
+        conn.execute("INSERT INTO rooms (room_id) VALUES ('!r:x')")
+        conn.executemany(
+            "INSERT INTO members (room_id, user_id, join_seq) VALUES ('!r:x', ?, ?)",
+            [("@a:x", 1), ("@b:x", 2), ("@c:x", 3), ("@late:x", 9)],
+        )
+        conn.executemany(
+            "INSERT INTO receipts (room_id, user_id, thread, seq) VALUES ('!r:x', ?, ?, ?)",
+            [("@b:x", "", 5), ("@c:x", "main", 4)],
+        )
+        conn.executemany(
+            "INSERT INTO events (event_id, room_id, sender, seq, origin_ts, mode, timer_ms, "
+            "cap_ms, due_at, status) VALUES (?, '!r:x', '@a:x', ?, 1000, 2, 60000, 600000, "
+            "601000, 0)",
+            [("$m4", 4), ("$m6", 6)],
+        )
+        conn.executemany(
+            "INSERT INTO positions (room_id, event_id, seq) VALUES ('!r:x', ?, ?)",
+            [("$m4", 4), ("$m6", 6)],
+        )
+    conn.close()
+
+    store = await Store.open(db_path)
+    try:
+        async with store.conn.execute("SELECT version FROM schema_version") as cur:
+            assert [tuple(r) for r in await cur.fetchall()] == [(SCHEMA_VERSION,)]
+        async with store.conn.execute(
+            "SELECT event_id, sent_at, readers_left FROM events ORDER BY seq"
+        ) as cur:
+            # $m4: b and c read it; $m6: neither (b's and c's receipts are before it).
+            assert [tuple(r) for r in await cur.fetchall()] == [("$m4", 1000, 0), ("$m6", 1000, 2)]
+        async with store.transaction() as conn:
+            old = await store.move_receipt("!r:x", "@c:x", "", 6)
+            assert old == 0
+            await reads.cover(conn, "!r:x", "@c:x", "", old, 6, 2000)
+            old = await store.move_receipt("!r:x", "@b:x", "", 6)
+            assert old == 5
+            await reads.cover(conn, "!r:x", "@b:x", "", old, 6, 3000)
+        async with store.conn.execute("SELECT read_at, due_at FROM events WHERE seq = 6") as cur:
+            assert [tuple(r) for r in await cur.fetchall()] == [(3000, 63000)]
+        async with store.conn.execute(
+            "EXPLAIN QUERY PLAN SELECT event_id FROM events INDEXED BY events_room_due "
+            "WHERE room_id = ? AND status = 0 AND due_at IS NOT NULL AND due_at <= ? "
+            "ORDER BY due_at", ("!r:x", 0),
+        ) as cur:
+            plan = " | ".join(str(row[-1]) for row in await cur.fetchall())
+        assert "INDEX events_room_due" in plan and "TEMP B-TREE" not in plan, plan
+    finally:
+        await store.close()
