@@ -21,6 +21,7 @@ import click
 
 from bot.config import Config, ConfigError, load_config
 from bot.engine.store import StoreError
+from bot.runlock import AlreadyRunning
 
 EXIT_CHECK_FAILED = 1
 EXIT_USAGE = 2
@@ -42,7 +43,10 @@ class Fail(click.ClickException):
         self.exit_code = exit_code
 
     def show(self, file: object = None) -> None:
-        click.echo(f"lethe: {self.format_message()}", err=True)
+        # Imported here: the bot itself never loads the admin package.
+        from bot.admin.output import say
+
+        say(f"lethe: {self.format_message()}", err=True)  # may quote the homeserver
 
 
 def setup_logging(level: str) -> None:
@@ -153,7 +157,7 @@ def run_async(coro_factory: Callable[[], Awaitable[T]]) -> T:
     except (HomeserverUnavailable, aiohttp.ClientError, OSError, TimeoutError) as exc:
         raise Fail(f"homeserver unreachable: {type(exc).__name__}: {exc}", EXIT_HOMESERVER) \
             from None
-    except StoreError as exc:
+    except (StoreError, AlreadyRunning) as exc:
         raise Fail(str(exc), EXIT_CONFIG) from None
 
 
@@ -191,10 +195,12 @@ def login(ctx: click.Context, reset_identity: bool) -> None:
         finally:
             await http.close()
             await client.close()
-        click.echo(f"logged in as {creds.user_id}, device {creds.device_id}; "
-                   f"saved in {config.credentials_path}")
-        click.echo(f"cross-signed: master key {fingerprint(identity.master)}"
-                   + (" (new identity)" if identity.created else ""))
+        from bot.admin.output import say  # the device id comes from the homeserver
+
+        say(f"logged in as {creds.user_id}, device {creds.device_id}; "
+            f"saved in {config.credentials_path}")
+        say(f"cross-signed: master key {fingerprint(identity.master)}"
+            + (" (new identity)" if identity.created else ""))
 
     run_async(go)
 

@@ -25,6 +25,9 @@ PICKLE_KEY_ENV = "LETHE_PICKLE_KEY"
 WEAK_PICKLE_KEYS = frozenset({"", "DEFAULT_KEY", "changeme", "change-me", "pickle_key", "secret"})
 
 _USER_ID = re.compile(r"^@[^:\s]+:[^\s]+$")
+_FIXED_PHRASE = re.compile(r"^[a-z ,<>]+$")
+# Keys whose values never appear in an error message.
+SECRET_KEYS = frozenset({"bot.password", "e2ee.pickle_key"})
 
 
 class ConfigError(ValueError):
@@ -132,7 +135,9 @@ class ConfigReader:
                 raise self.fail(key, "is required")
             return default
         if not isinstance(value, str) or not value.strip():
-            raise self.fail(key, f"must be a non-empty string, not {value!r}")
+            # A secret written as a number is still a secret: name its type only.
+            shown = type(value).__name__ if key in SECRET_KEYS else repr(value)
+            raise self.fail(key, f"must be a non-empty string, not {shown}")
         return value
 
     def globs(self, section: dict[str, Any], key: str, default: tuple[str, ...],
@@ -227,6 +232,22 @@ class ConfigReader:
         return MetricsConfig(host, int(port_text), key)
 
 
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """Where the YAML is broken and what kind of error it is, never the text itself:
+    PyYAML's own message quotes the offending lines, which may hold a password or the
+    pickle key."""
+    mark = getattr(exc, "problem_mark", None)
+    where = ""
+    if isinstance(mark, yaml.Mark):
+        where = f" at line {mark.line + 1}, column {mark.column + 1}"
+    problem = getattr(exc, "problem", None)
+    # Only PyYAML's fixed phrases ("mapping values are not allowed here"); those that
+    # quote a character or token from the file (in quotes) are left out.
+    detail = (f": {problem}" if isinstance(problem, str) and _FIXED_PHRASE.match(problem)
+              else "")
+    return f"not valid YAML{where} ({type(exc).__name__}{detail})"
+
+
 def read_config_file(path: Path) -> ConfigReader:
     """Read and parse a YAML config file; errors name the file."""
     try:
@@ -238,7 +259,7 @@ def read_config_file(path: Path) -> ConfigReader:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        raise ConfigError(f"{path}: {yaml_problem(exc)}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: must be a YAML mapping of settings")
     return ConfigReader(path, data)

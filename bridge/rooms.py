@@ -18,10 +18,10 @@ import json
 import logging
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from bot.engine.model import Marker, Message, Receipt, RoomUpdate, TimelineItem
+from bot.engine.model import Marker, Message, PolicyEvent, Receipt, RoomUpdate, TimelineItem
 from bot.engine.policy import (
     BEEPER_EVENT_TYPE,
     POLICY_EVENT_TYPE,
@@ -33,6 +33,7 @@ from bot.engine.policy import (
 )
 from bot.engine.power import PowerState
 from bot.matrix.events import to_item
+from bot.matrix.policy_state import policy_refusal
 from bridge.config import BridgeConfig
 from bridge.intake import clean_aliases, clean_create, clean_power_levels, shown, where
 
@@ -102,7 +103,17 @@ class RoomReader:
     def __init__(self, config: BridgeConfig) -> None:
         self.config = config
 
-    def observe(self, view: RoomView, event: Mapping[str, Any], reading: RoomReading) -> None:
+    def _checked(self, view: RoomView, item: TimelineItem | None) -> TimelineItem | None:
+        """A policy event marked refused if its sender may not send both policy state
+        events under the room's power levels at this point (the bot's rule too)."""
+        if not isinstance(item, PolicyEvent) or item.redacted_by is not None:
+            return item
+        reason = policy_refusal(PowerState.from_state(view.create, view.power_levels),
+                                item.sender)
+        return item if reason is None else replace(item, refused=reason)
+
+    def observe(self, view: RoomView, event: Mapping[str, Any], reading: RoomReading, *,
+                refused: bool = False) -> None:
         """Update ``view`` with a state event. Every field is read whatever its type:
         state comes from other servers too, where the homeserver checks less."""
         key = state_key(event)
@@ -122,7 +133,7 @@ class RoomReader:
             view.aliases, ok = clean_aliases(event.get("content"))
         elif kind == "m.room.member":
             self._member(view, skey, content.get("membership"), event, reading)
-        elif kind in (POLICY_EVENT_TYPE, BEEPER_EVENT_TYPE) and skey == "":
+        elif kind in (POLICY_EVENT_TYPE, BEEPER_EVENT_TYPE) and skey == "" and not refused:
             self._policy(view, kind, event)
             reading.power_inputs_changed = True
         if not ok:
@@ -153,6 +164,9 @@ class RoomReader:
     def _policy(self, view: RoomView, kind: str, event: Mapping[str, Any]) -> None:
         """Remember the room's policy state, to know whether a Lethe bot there has a
         policy to enforce (an invalid event leaves the previous one, as in the engine)."""
+        unsigned = event.get("unsigned")
+        if isinstance(unsigned, Mapping) and unsigned.get("redacted_because"):
+            return  # a redacted policy event is not an "off": the previous one stays
         content = event.get("content")
         ts = event.get("origin_server_ts")
         sender = event.get("sender")
@@ -220,8 +234,9 @@ class RoomReader:
         last_event_id: str | None = None
         for event in events:
             try:
-                self.observe(view, event, reading)
-                item = to_item(event)
+                item = self._checked(view, to_item(event))
+                self.observe(view, event, reading, refused=isinstance(item, PolicyEvent)
+                             and item.refused is not None)
             except Exception as exc:
                 _skipped(event, view.room_id, exc)
                 continue

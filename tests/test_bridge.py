@@ -738,3 +738,20 @@ async def test_a_powerless_lethe_bot_does_not_switch_the_bridge_off(bridges, peo
     owned = await alice.send(room, "canary-bridge the bot's now")
     assert await stays(not_redacted(alice, room, owned), 6), \
         "the bridge redacted a message of a bot that can enforce the room"
+
+
+async def test_the_bridge_refuses_a_policy_change_from_who_may_send_only_one_event(
+        bridges, people) -> None:
+    """bob may send com.beeper.disappearing_timer but not chat.lethe.policy: his {} is
+    refused by the bridge as the bot refuses it, and the policy stays in force."""
+    handle = await bridges()
+    alice, (bob,), room = await encrypted_room(people, "bob")
+    levels = await alice.get_state(room, "m.room.power_levels") or {}
+    levels["events"] = {**levels.get("events", {}), BEEPER: 0, LETHE: 50}
+    assert await alice.put_state(room, "m.room.power_levels", levels) == 200
+    assert await alice.put_state(room, LETHE, {"mode": "after_send", "timer_ms": 3000}) == 200
+    assert await bob.put_state(room, BEEPER, {}) == 200  # the homeserver lets him
+    message = await bob.send(room, "canary-bridge sent after the refused off")
+    await handle.tracked(message)
+    await eventually(all_redacted(alice, room, message), 30,
+                     what="the policy still enforced by the bridge")

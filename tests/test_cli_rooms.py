@@ -4,6 +4,7 @@ running or stopped, and the CLI reading the bot's database while the bot works."
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 import sqlite3
 import time
@@ -193,3 +194,72 @@ async def test_admin_commands_need_a_login(lethe) -> None:
     assert "lethe" in one_line_error(result) and "login" in one_line_error(result)
     await logged_in(lethe)
     assert (await lethe_cli(lethe.config, "rooms", "list")).exit_code == 0
+
+
+async def test_room_names_with_terminal_escapes_are_printed_escaped(
+    people, lethe, synapse
+) -> None:
+    """A room name is whatever a member wrote: the CLI must not let it drive the
+    operator's terminal (set the title, clear the screen, recolour, reorder text, fake
+    a line). Text output shows such characters escaped; JSON keeps the name exact."""
+    alice, _, room = await bot_room(people, lethe)
+    hostile = ("\x1b]0;owned\x07\x1b[2J\x1b[31mred\u202eevil\nlethe: FAKE LINE"
+               "\x9b1m\x7f\u2066end")
+    assert await alice.put_state(room, "m.room.name", {"name": hostile}) == 200
+    raw = ("\x1b", "\x07", "\x9b", "\x7f", "\u202e", "\u2066")
+
+    listed = await lethe_cli(lethe.config, "rooms", "list")
+    assert listed.exit_code == 0, listed.output
+    assert not any(c in listed.output for c in raw), repr(listed.output)
+    line = next(x for x in listed.stdout.splitlines() if room in x)
+    assert "\\x1b]0;owned\\x07\\x1b[2J\\x1b[31mred\\u202eevil\\x0alethe: FAKE LINE" in line, line
+    assert not any(x.startswith("lethe: FAKE") for x in listed.stdout.splitlines())
+
+    shown = await lethe_cli(lethe.config, "rooms", "show", room)
+    assert shown.exit_code == 0, shown.output
+    assert not any(c in shown.output for c in raw), repr(shown.output)
+    assert text_fields(shown.stdout)["Name"].startswith("\\x1b]0;owned\\x07"), shown.stdout
+
+    # JSON escapes by itself and round-trips the exact name.
+    as_json = await lethe_cli(lethe.config, "rooms", "list", "--json")
+    assert not any(c in as_json.stdout for c in raw), repr(as_json.stdout)
+    assert {r["room_id"]: r for r in out_json(as_json)}[room]["name"] == hostile
+
+    # Errors too: an unknown alias is echoed back in the one error line.
+    bad = await lethe_cli(lethe.config, "rooms", "show",
+                          f"#\x1b[2Jnope\u202e:{synapse.server_name}")
+    assert bad.exit_code == 2, bad.output
+    assert not any(c in bad.output for c in raw), repr(bad.output)
+    assert "\\x1b[2Jnope\\u202e" in one_line_error(bad)
+
+
+async def test_a_kicked_bot_reports_the_redactions_it_gave_up(people, lethe, caplog) -> None:
+    """Kicked, the bot can redact nothing there: it drops the room's schedule, logs how
+    many scheduled redactions it gave up, and `rooms list` keeps showing the room."""
+    caplog.set_level(logging.INFO, logger="bot.matrix.bot")
+    alice, _, room = await bot_room(people, lethe, policy="after-send 1h")
+    sent = [await alice.send(room, f"canary-kicked number {i}") for i in range(3)]
+    await scheduled(lethe, *sent)
+    status, data = await alice.api("POST", f"/rooms/{quote(room)}/kick",
+                                   {"user_id": lethe.user_id, "reason": "test"})
+    assert status == 200, data
+    assert lethe.bot is not None and lethe.bot.engine is not None
+    engine = lethe.bot.engine
+
+    async def forgotten() -> bool:
+        return await engine.room(room) is None
+
+    await eventually(forgotten, 30, what="the room's schedule dropped after the kick")
+    [warning] = [r.getMessage() for r in caplog.records
+                 if "gave up" in r.getMessage() and room in r.getMessage()]
+    given_up = int(warning.split("gave up ")[1].split()[0])
+    assert given_up >= len(sent), warning  # the bot's own notices were scheduled too
+
+    rows = out_json(await lethe_cli(lethe.config, "rooms", "list", "--json"))
+    [row] = [r for r in rows if r["room_id"] == room]
+    assert row["membership"] == "leave" and row["given_up"] == given_up, row
+    text = await lethe_cli(lethe.config, "rooms", "list")
+    assert text.exit_code == 0, text.output
+    assert "Rooms the bot left" in text.stdout, text.stdout
+    line = next(x for x in text.stdout.splitlines() if room in x)
+    assert f" {given_up} " in line, line

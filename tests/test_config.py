@@ -216,6 +216,32 @@ def test_invalid_yaml(tmp_path: Path) -> None:
     assert "YAML" in message
 
 
+@pytest.mark.parametrize("broken", [
+    # An unclosed quote right after the secret: PyYAML's message quotes that line.
+    'e2ee:\n  pickle_key: "{key}\nbot: {{user_id: "@lethe:example.org"}}\n',
+    # A tab and a stray colon next to the password.
+    "bot:\n  password: {key}: oops\n\t- x\n",
+    # A mapping value where none is allowed, on the secret's own line.
+    "bot:\n  user_id: @lethe:example.org\n  password: {key}\n   x: y: z\n",
+])
+def test_invalid_yaml_names_line_and_column_but_never_the_text(
+    tmp_path: Path, broken: str
+) -> None:
+    secret = "s3cret-" + GOOD_KEY
+    message = error(write(tmp_path, broken.format(key=secret)))
+    assert "not valid YAML at line " in message and ", column " in message, message
+    assert "Error" in message, message  # the problem class, e.g. ScannerError
+    assert secret not in message and secret[:12] not in message, message
+    assert "\n" not in message, message  # one line, no quoted source
+
+
+def test_a_secret_of_the_wrong_type_is_not_echoed(tmp_path: Path) -> None:
+    data = minimal()
+    data["bot"]["password"] = 918273645546372819
+    message = error(write(tmp_path, data))
+    assert "bot.password" in message and "918273645546372819" not in message, message
+
+
 def test_missing_file(tmp_path: Path) -> None:
     message = error(tmp_path / "nope.yaml")
     assert "not found" in message

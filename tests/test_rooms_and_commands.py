@@ -5,13 +5,23 @@ malformed commands, and leaving an empty room."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 from urllib.parse import quote
 
 from nio import JoinedRoomsResponse
 
-from tests.harness import BotHandle, Person, bot_room, eventually, stays, write_bot_config
+from tests.cli_harness import lethe_cli
+from tests.harness import (
+    BotHandle,
+    Person,
+    bot_room,
+    eventually,
+    stays,
+    unique,
+    write_bot_config,
+)
 
 LETHE = "chat.lethe.policy"
 BEEPER = "com.beeper.disappearing_timer"
@@ -290,3 +300,126 @@ async def _not(predicate) -> bool:
 
 async def _is_none(awaitable) -> bool:
     return await awaitable is None
+
+
+# --- 8. who may change the policy through room state -----------------------------------
+
+
+async def _restrict_policy_events(alice: Person, room: str, users: dict[str, int],
+                                  **events: int) -> None:
+    """Power levels with ``users`` added and ``events`` (event type: level) required."""
+    current = await alice.get_state(room, "m.room.power_levels") or {}
+    current["users"] = {**current.get("users", {}), **users}
+    current["events"] = {**current.get("events", {}), **events}
+    assert await alice.put_state(room, "m.room.power_levels", current) == 200
+
+
+async def _state_event_id(person: Person, room: str, event_type: str) -> str:
+    status, data = await person.api("GET", f"/rooms/{quote(room)}/state")
+    assert status == 200, data
+    return next(e["event_id"] for e in data
+                if e.get("type") == event_type and e.get("state_key") == "")
+
+
+async def test_redacting_the_policy_events_does_not_turn_the_policy_off(
+    people, lethe
+) -> None:
+    """A moderator who may redact but not send the policy events redacts both. Their
+    content is pruned to {}, which must not read as "off" (at the next start, when the
+    bot reads the room's state), nor be announced as the setter's change."""
+    alice, (bob,), room = await bot_room(people, lethe, "bob", bot_power=100)
+    await _restrict_policy_events(alice, room, {bob.user_id: 50}, **{LETHE: 100, BEEPER: 100})
+    await alice.send(room, "!lethe after-send 3s")
+    await alice.wait_notice(room, "changed the retention policy: after-send 3s")
+    for event_type in (LETHE, BEEPER):
+        target = await _state_event_id(alice, room, event_type)
+        status, data = await bob.api(
+            "PUT", f"/rooms/{quote(room)}/redact/{quote(target)}/t{unique('r')}",
+            {"reason": "turning it off"})
+        assert status == 200, data
+    assert await alice.get_state(room, LETHE) == {}
+    assert await alice.get_state(room, BEEPER) == {}
+
+    await lethe.stop()
+    await lethe.start()
+    doomed = await alice.send(room, "canary-after-redacted-policy still gone in three seconds")
+    await eventually(lambda: bob.is_redacted(room, doomed), 20,
+                     what="redaction under the policy in force before the redactions")
+    await alice.send(room, "!lethe status")
+    status = await alice.wait_notice(room, "Enforcement:")
+    assert "after-send 3s" in status, status
+    assert not any("retention policy: off" in t for t in await alice.notices(room))
+
+
+async def test_the_bots_own_policy_write_redacted_before_it_synced_still_counts(
+    people, lethe
+) -> None:
+    """The race behind the test above: bob redacts the bot's policy events before the
+    bot's sync has brought them back, and the bot restarts. It knows what it wrote."""
+    alice, (bob,), room = await bot_room(people, lethe, "bob", bot_power=100)
+    await _restrict_policy_events(alice, room, {bob.user_id: 50}, **{LETHE: 100, BEEPER: 100})
+    bot = lethe.bot
+    assert bot is not None
+    gate = asyncio.Event()
+    gate.set()
+    on_sync, set_policy = bot._on_sync, bot._set_policy
+
+    async def held_sync(*args: Any) -> None:
+        await gate.wait()
+        await on_sync(*args)
+
+    async def set_then_hold(*args: Any) -> None:
+        await set_policy(*args)
+        gate.clear()  # no sync is handled after the write: its echo is not seen
+
+    bot._on_sync, bot._set_policy = held_sync, set_then_hold  # type: ignore[method-assign]
+    await alice.send(room, "!lethe after-send 3s")
+    await alice.wait_notice(room, "changed the retention policy: after-send 3s")
+    assert not gate.is_set()
+    for event_type in (LETHE, BEEPER):
+        target = await _state_event_id(alice, room, event_type)
+        status, data = await bob.api(
+            "PUT", f"/rooms/{quote(room)}/redact/{quote(target)}/t{unique('r')}", {})
+        assert status == 200, data
+
+    await lethe.stop()
+    await lethe.start()
+    doomed = await alice.send(room, "canary-own-write still gone in three seconds")
+    await eventually(lambda: bob.is_redacted(room, doomed), 20,
+                     what="redaction under the policy the bot wrote")
+
+
+async def test_a_state_change_needs_power_for_both_policy_events(people, lethe) -> None:
+    """bob may send Beeper's event (level 50) but not Lethe's (100): the homeserver
+    takes his Beeper event, Lethe refuses it as it refuses his command, says so, and
+    the policy stays. Once he may send both, his state change counts; the bot's own
+    writes (command, `lethe policy set`) pass."""
+    alice, (bob,), room = await bot_room(people, lethe, "bob", bot_power=100)
+    await _restrict_policy_events(alice, room, {bob.user_id: 50}, **{LETHE: 100})
+    await alice.send(room, "!lethe after-send 3s")
+    await alice.wait_notice(room, "changed the retention policy: after-send 3s")
+
+    # The command: refused, naming the level Lethe's event needs.
+    await bob.send(room, "!lethe off")
+    refusal = await alice.wait_notice(room, "you may not change the retention policy")
+    assert bob.user_id in refusal and "power level 100" in refusal, refusal
+
+    # The state event: the homeserver takes it, Lethe does not.
+    assert await bob.put_state(room, BEEPER, {}) == 200
+    ignored = await alice.wait_notice(room, f"Ignoring the {BEEPER} state event from "
+                                            f"{bob.user_id}")
+    assert "power level 100" in ignored and "unchanged" in ignored, ignored
+    assert not any("retention policy: off" in t for t in await alice.notices(room))
+    doomed = await alice.send(room, "canary-after-refused-state still gone in three seconds")
+    await eventually(lambda: bob.is_redacted(room, doomed), 20,
+                     what="redaction under the policy in force before the refused event")
+
+    # Promoted, bob may send both: his state change counts, announced as his.
+    await _restrict_policy_events(alice, room, {bob.user_id: 100})
+    assert await bob.put_state(room, BEEPER, {"type": "after_send", "timer": 2000}) == 200
+    await alice.wait_notice(room, f"{bob.user_id} changed the retention policy: after-send 2s")
+
+    # The bot's own account passes: `lethe policy set` is applied and announced.
+    result = await lethe_cli(lethe.config, "policy", "set", room, "--after-send", "4s")
+    assert result.exit_code == 0, result.output
+    await alice.wait_notice(room, "operator changed the retention policy: after-send 4s")

@@ -18,7 +18,7 @@ import click
 
 from bot.admin.context import admin_session, duration_arg
 from bot.admin.history import History, PastEvent
-from bot.admin.output import emit_json, json_option, progress, relative, table, when
+from bot.admin.output import emit_json, json_option, progress, relative, say, table, when
 from bot.cli import EXIT_CHECK_FAILED, cli_config, config_option, run_async
 from bot.engine.policy import Mode, format_duration
 
@@ -133,13 +133,13 @@ def audit(ctx: click.Context, room: str, since: str | None, grace: str, as_json:
 
 def _report(title: str, start: int | None, found: Findings, now: int) -> None:
     scope = f"since {when(start)}" if start is not None else "in the whole visible history"
-    click.echo(f"{title}: {found.checked} event(s) {scope}, {found.due} past their due time.")
+    say(f"{title}: {found.checked} event(s) {scope}, {found.due} past their due time.")
     if found.after_read:
-        click.echo(f"Note: {AFTER_READ_NOTE}")
+        say(f"Note: {AFTER_READ_NOTE}")
     if not found.overdue:
-        click.echo("Clean: everything past its due time is redacted.")
+        say("Clean: everything past its due time is redacted.")
         return
-    click.echo(f"NOT CLEAN: {len(found.overdue)} event(s) past their due time are not "
+    say(f"NOT CLEAN: {len(found.overdue)} event(s) past their due time are not "
                "redacted:")
     table(
         ("DUE", "LATE BY", "EVENT", "TYPE", "SENDER", "SENT"),

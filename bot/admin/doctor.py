@@ -19,7 +19,7 @@ import click
 
 from bot.admin.census import pending_by_state
 from bot.admin.context import Admin, admin_session, readonly_store, saved_login
-from bot.admin.output import emit_json, json_option
+from bot.admin.output import emit_json, json_option, say
 from bot.admin.roomstate import RoomState
 from bot.cli import EXIT_CHECK_FAILED, EXIT_HOMESERVER, cli_config, config_option, run_async
 from bot.config import PICKLE_KEY_ENV, Config
@@ -296,5 +296,5 @@ def doctor(ctx: click.Context, as_json: bool) -> None:
     else:
         width = max(len(c.name) for c in doc.checks)
         for check in doc.checks:
-            click.echo(f"{check.status:<5} {check.name:<{width}}  {check.detail}")
+            say(f"{check.status:<5} {check.name:<{width}}  {check.detail}")
     ctx.exit(doc.exit_code)

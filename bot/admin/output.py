@@ -1,9 +1,16 @@
 """How the admin commands print: aligned tables for people, JSON for scripts, a
-progress bar only on a terminal. Never anything of a message but ids and times."""
+progress bar only on a terminal. Never anything of a message but ids and times.
+
+Everything printed for people goes through ``say`` (tables, ``Key: value`` lines,
+warnings, errors): room names, aliases, topics, user ids and the homeserver's error
+texts come from outside, and a control character in them must not reach the
+operator's terminal as an escape sequence. JSON needs no such care: ``json.dumps``
+escapes every non-printable and non-ASCII character."""
 
 from __future__ import annotations
 
 import json
+import re
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -16,6 +23,29 @@ from bot.admin.roomstate import RoomState
 from bot.engine.policy import Policy, format_duration
 from bot.engine.power import describe_level
 from bot.engine.store import RoomRow
+
+# C0 controls (newline and tab included: text from outside must not start a line of
+# its own or break a table), DEL, C1 controls (CSI and OSC among them), and the
+# characters that reorder text (bidi embeddings, overrides and isolates, marks) or
+# break lines.
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028\u2029"
+                     "\u202a-\u202e\u2066-\u2069]")
+
+
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code <= 0xFF else f"\\u{code:04x}"
+
+
+def clean(text: object) -> str:
+    """``text`` safe for a terminal: unsafe characters shown as ``\\x1b`` or ``\\u202e``."""
+    return _UNSAFE.sub(_escape, str(text))
+
+
+def say(text: object = "", *, err: bool = False) -> None:
+    """Print one line for people (on stderr with ``err``), made safe by ``clean``."""
+    click.echo(clean(text), err=err)
+
 
 json_option = click.option(
     "--json", "as_json", is_flag=True, help="Print JSON on stdout (for scripts), nothing else."
@@ -101,22 +131,24 @@ def policy_lines(state: RoomState, row: RoomRow | None) -> list[tuple[str, str]]
 def fields(lines: Sequence[tuple[str, str]]) -> None:
     width = max(len(k) for k, _ in lines)
     for key, value in lines:
-        click.echo(f"{key + ':':<{width + 1}} {value}")
+        say(f"{key + ':':<{width + 1}} {value}")
 
 
 def emit_json(data: object) -> None:
-    click.echo(json.dumps(data, indent=2, sort_keys=True))
+    # ensure_ascii (the default) escapes every control and non-ASCII character.
+    click.echo(json.dumps(data, indent=2, sort_keys=True, ensure_ascii=True))
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
-    cells = [[str(c) for c in headers], *[[str(c) for c in row] for row in rows]]
+    # Cleaned before measuring, so an escaped cell keeps the columns aligned.
+    cells = [[clean(c) for c in headers], *[[clean(c) for c in row] for row in rows]]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
     for row in cells:
         click.echo("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
 
 
 def warn(text: str) -> None:
-    click.echo(f"warning: {text}", err=True)
+    say(f"warning: {text}", err=True)
 
 
 class Progress(Protocol):

@@ -12,7 +12,7 @@ import click
 
 from bot.admin.census import STATE_NAMES
 from bot.admin.context import admin_session, readonly_store
-from bot.admin.output import emit_json, json_option, relative, table, when
+from bot.admin.output import emit_json, json_option, relative, say, table, when
 from bot.cli import EXIT_USAGE, Fail, cli_config, config_option, run_async
 
 
@@ -46,7 +46,7 @@ def pending(ctx: click.Context, room: str | None, limit: int, as_json: bool) -> 
             ])
             return
         if not rows:
-            click.echo("Nothing is scheduled" + (f" in {room}." if room else "."))
+            say("Nothing is scheduled" + (f" in {room}." if room else "."))
             return
         now = int(time.time() * 1000)
         headers = ("DUE", "", "STATE", "EVENT", *(() if room else ("ROOM",)), "SENDER", "SENT")
@@ -56,6 +56,6 @@ def pending(ctx: click.Context, room: str | None, limit: int, as_json: bool) -> 
             for r in rows
         ])
         if len(rows) == limit:
-            click.echo(f"(the first {limit}; --limit shows more)")
+            say(f"(the first {limit}; --limit shows more)")
 
     run_async(go)

@@ -19,6 +19,7 @@ from bot.admin.output import (
     policy_events_json,
     policy_json,
     policy_lines,
+    say,
     warn,
 )
 from bot.cli import (
@@ -113,7 +114,7 @@ async def apply_policy(admin: Admin, room: str, new: Policy) -> None:
         await write_policy(admin.http, room_id, new)
     except PolicyWriteFailed as exc:
         raise Fail(f"could not write the policy of {room}: {exc}", EXIT_HOMESERVER) from None
-    click.echo(f"{room}: policy set to {new.describe()}. The bot announces it in the room "
+    say(f"{room}: policy set to {new.describe()}. The bot announces it in the room "
                "when it next syncs.")
     if new.active and not state.power.can_redact_others(admin.bot):
         warn(f"the bot cannot enforce it yet: {enforcement_text(state, admin.bot, long=True)}")

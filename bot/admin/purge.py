@@ -16,7 +16,15 @@ import click
 
 from bot.admin.context import admin_session, duration_arg
 from bot.admin.history import History, PastEvent
-from bot.admin.output import emit_json, enforcement_text, json_option, progress, warn, when
+from bot.admin.output import (
+    emit_json,
+    enforcement_text,
+    json_option,
+    progress,
+    say,
+    warn,
+    when,
+)
 from bot.cli import EXIT_CHECK_FAILED, Fail, cli_config, config_option, run_async
 from bot.engine.redactor import Outcome, backoff_ms
 from bot.matrix.http import HttpTransport
@@ -124,16 +132,16 @@ def _report(as_json: bool, dry_run: bool, doomed: list[PastEvent], results: list
         })
         return
     if not doomed:
-        click.echo(f"Nothing to purge: no unredacted event {scope}.")
+        say(f"Nothing to purge: no unredacted event {scope}.")
         return
     if dry_run:
-        click.echo(f"Dry run: would redact {len(doomed)} event(s) {scope}; nothing was "
+        say(f"Dry run: would redact {len(doomed)} event(s) {scope}; nothing was "
                    "changed.")
         for event in doomed:
-            click.echo(f"  {event.event_id}  {event.sender}  {when(event.origin_ts)}")
+            say(f"  {event.event_id}  {event.sender}  {when(event.origin_ts)}")
         return
-    click.echo(f"Redacted {counts['redacted']} of {len(doomed)}; already gone "
+    say(f"Redacted {counts['redacted']} of {len(doomed)}; already gone "
                f"{counts['gone']}; failed {counts['failed']}.")
     for result in results:
         if result.outcome == "failed":
-            click.echo(f"  failed: {result.event_id}: {result.detail}")
+            say(f"  failed: {result.event_id}: {result.detail}")

@@ -20,11 +20,14 @@ from bot.admin.output import (
     policy_json,
     policy_lines,
     relative,
+    say,
     short_policy,
     table,
 )
 from bot.admin.roomstate import RoomState
 from bot.cli import cli_config, config_option, run_async
+from bot.engine.givenup import META_KEY as GIVEN_UP_KEY
+from bot.engine.givenup import GivenUpRoom, load_given_up
 from bot.engine.store import Store
 from bot.matrix.http import q
 from bot.matrix.joins import META_KEY as JOINS_META
@@ -48,6 +51,13 @@ def summary(state: RoomState, schedule: RoomSchedule | None, store: Store | None
         "pending": (schedule.pending if schedule else 0) if known else None,
         "next_due": schedule.next_due if schedule else None,
     }
+
+
+def given_up_json(room: GivenUpRoom) -> dict[str, Any]:
+    """A room the bot left with redactions still scheduled, as `rooms list --json`
+    shows it after the invites."""
+    return {"room_id": room.room_id, "membership": "leave", "left_at": room.left_at_ms,
+            "given_up": room.given_up, "next_due": room.next_due_ms}
 
 
 def invite_json(invite: PendingInvite) -> dict[str, Any]:
@@ -76,24 +86,35 @@ def list_rooms(ctx: click.Context, as_json: bool) -> None:
                 readonly_store(config, required=False) as store:
             schedules = await room_schedules(store) if store is not None else {}
             invites = load_pending(await store.get_meta(JOINS_META)) if store else {}
+            left = load_given_up(await store.get_meta(GIVEN_UP_KEY)) if store else []
             found = []
             for room_id in await admin.joined_rooms():
                 state = await admin.room_state(room_id)
                 found.append((state, summary(state, schedules.get(room_id), store, admin.bot)))
         joined = {state.room_id for state, _ in found}
         waiting = [i for i in invites.values() if i.room_id not in joined]
+        gone = [g for g in left if g.room_id not in joined]
         if as_json:
-            emit_json([*(row for _, row in found), *(invite_json(i) for i in waiting)])
+            emit_json([*(row for _, row in found), *(invite_json(i) for i in waiting),
+                       *(given_up_json(g) for g in gone)])
             return
         if waiting:
             now = int(time.time() * 1000)
-            click.echo("Invites the bot could not accept yet (retried with backoff):")
+            say("Invites the bot could not accept yet (retried with backoff):")
             table(("ID", "INVITED BY", "SINCE", "ATTEMPTS", "LAST ERROR"),
                   [(i.room_id, i.inviter or "?", relative(i.since_ms, now), i.attempts,
                     i.last_error) for i in waiting])
-            click.echo("")
+            say("")
+        if gone:
+            now = int(time.time() * 1000)
+            say("Rooms the bot left (kicked, banned or left) with redactions still "
+                "scheduled; those messages stay:")
+            table(("ID", "LEFT", "GIVEN UP", "EARLIEST WAS DUE"),
+                  [(g.room_id, relative(g.left_at_ms, now), g.given_up,
+                    relative(g.next_due_ms, now)) for g in gone])
+            say("")
         if not found:
-            click.echo("The bot is in no rooms. Invite it into one.")
+            say("The bot is in no rooms. Invite it into one.")
             return
         now = int(time.time() * 1000)
         table(
@@ -180,8 +201,8 @@ def leave(ctx: click.Context, room: str) -> None:
             pending = await store.pending_count(room_id) if store else 0
             await admin.expect("POST", f"/rooms/{q(room_id)}/leave", f"leaving {room_id}",
                                json={})
-        click.echo(f"left {room_id}")
+        say(f"left {room_id}")
         if pending:
-            click.echo(f"{pending} scheduled redaction(s) there will not happen now")
+            say(f"{pending} scheduled redaction(s) there will not happen now")
 
     run_async(go)

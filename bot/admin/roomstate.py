@@ -20,12 +20,18 @@ from bot.engine.policy import (
     resolve_policy,
 )
 from bot.engine.power import PowerState
+from bot.matrix.events import redacted_by as redaction_sender
 
 
 def state_policy(event: Mapping[str, Any], default_cap_ms: int) -> StatePolicy:
     """One policy state event read as the engine reads it; PolicyError if invalid."""
     event_type = event.get("type")
     content = event.get("content")
+    redacted_by = redaction_sender(event)
+    if redacted_by is not None:
+        # Its content is gone, which is no "off": the engine keeps what was in force.
+        raise PolicyError(f"redacted{' by ' + redacted_by if redacted_by else ''}; a "
+                          "redaction does not change the policy")
     if event_type == POLICY_EVENT_TYPE:
         policy = policy_from_state(content)
     elif event_type == BEEPER_EVENT_TYPE:

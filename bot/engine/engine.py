@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bot.engine.clock import Clock, SystemClock
+from bot.engine.givenup import META_KEY as GIVEN_UP_KEY
+from bot.engine.givenup import GivenUpRoom, dump_given_up, load_given_up
 from bot.engine.ingest import IngestConfig, Ingestor
 from bot.engine.model import IngestResult, RoomUpdate
 from bot.engine.policy import Policy
@@ -142,9 +144,24 @@ class Engine:
         was = before.can_redact if before is not None else True
         return was != can_redact
 
-    async def forget_room(self, room_id: str) -> None:
+    async def forget_room(self, room_id: str) -> GivenUpRoom | None:
+        """Drop the room's schedule (the front can no longer redact there). What was
+        still scheduled is given up: recorded, in the same transaction, for `lethe rooms
+        list`, and returned so the front can log it; None if nothing was."""
+        async with self.store.conn.execute(
+            "SELECT count(*), min(due_at) FROM events WHERE room_id = ? AND status != 3",
+            (room_id,),
+        ) as cur:
+            found = await cur.fetchone()
+        given_up = None
+        if found and found[0]:
+            given_up = GivenUpRoom(room_id, self.clock.now_ms(), int(found[0]), found[1])
         async with self.store.transaction():
             await self.store.delete_room(room_id)
+            if given_up is not None:
+                await self.store.set_meta(GIVEN_UP_KEY, dump_given_up(
+                    load_given_up(await self.store.get_meta(GIVEN_UP_KEY)), given_up))
+        return given_up
 
     async def room(self, room_id: str) -> RoomRow | None:
         return await self.store.get_room(room_id)

@@ -48,6 +48,12 @@ class PolicyEvent:
     content: object
     in_timeline: bool = True  # False for the state block before a (limited) timeline
     event_id: str | None = None
+    # Who redacted it ("" if unknown), when it arrives redacted: its content is gone, which
+    # is not an "off", so it changes nothing.
+    redacted_by: str | None = None
+    # Why its sender may not change the policy (set by the front, which knows the power
+    # levels at this point of the timeline); None = allowed or unchecked.
+    refused: str | None = None
 
 
 @dataclass(frozen=True)

@@ -38,8 +38,8 @@ def usage(prefix: str) -> str:
         f"{prefix} after-send DUR: redact each message DUR after it was sent\n"
         f"{prefix} after-read DUR [cap DUR] [readers all|any]: redact DUR after every "
         f"member (or any member) has read it, and at the latest cap after sending\n"
-        "Durations: 30s, 5m, 1h30m, 2d, 1w. Only members who may change room settings "
-        "may change the policy."
+        "Durations: 30s, 5m, 1h30m, 2d, 1w. Only members who may send both policy state "
+        "events (room settings) may change the policy."
     )
 
 
