@@ -24,6 +24,7 @@ from bot.cli import (
 )
 from bot.config import ConfigError
 from bot.engine.store import RoomRow, Store
+from bot.runlock import hold
 from bridge.config import BridgeConfig, load_bridge_config
 from bridge.registration import RegistrationError, build_registration, write_registration
 
@@ -80,9 +81,11 @@ def run(ctx: click.Context) -> None:
     setup_logging(config.log_level)
 
     async def go() -> None:
-        log.info("starting the Lethe bridge as %s for %s", config.user_id,
-                 config.homeserver_url)
-        await Bridge(config).run_until(stop_on_signals())
+        # One bridge per database (exit 3 otherwise): see bot/runlock.py.
+        with hold(config.db_path.with_suffix(".lock"), "lethe bridge run"):
+            log.info("starting the Lethe bridge as %s for %s", config.user_id,
+                     config.homeserver_url)
+            await Bridge(config).run_until(stop_on_signals())
         log.info("stopped")
 
     try:
@@ -102,6 +105,7 @@ def rooms(ctx: click.Context, as_json: bool) -> None:
     policy, whether it can enforce it, pending count and next due time."""
     from bot.admin.census import room_schedules
     from bot.admin.output import emit_json, policy_json, relative, short_policy, table
+    from bridge.rooms import OWNERS_META, load_owners
 
     config = _config(ctx)
 
@@ -110,6 +114,7 @@ def rooms(ctx: click.Context, as_json: bool) -> None:
         try:
             rows = await store.list_rooms()
             schedules = await room_schedules(store)
+            owners = load_owners(await store.get_meta(OWNERS_META))
         finally:
             await store.close()
         found = []
@@ -120,6 +125,9 @@ def rooms(ctx: click.Context, as_json: bool) -> None:
                 "policy": policy_json(row.policy),
                 "policy_sender": row.policy_sender,
                 "can_enforce": row.can_redact,
+                # None: the bridge; else the Lethe bot (bridge.defer_to) that has power
+                # and a policy there, which owns what is sent while it stays so.
+                "enforced_by": owners.get(row.room_id),
                 "bot_level": row.bot_level,
                 "redact_level": row.redact_level,
                 "pending": schedule.pending if schedule else 0,
@@ -135,10 +143,11 @@ def rooms(ctx: click.Context, as_json: bool) -> None:
             return
         now = int(time.time() * 1000)
         table(
-            ("ID", "POLICY", "ENFORCED", "PENDING", "NEXT DUE", "REDACTED", "FAILED"),
+            ("ID", "POLICY", "ENFORCED", "BY", "PENDING", "NEXT DUE", "REDACTED", "FAILED"),
             [
                 (
                     room["room_id"], short_policy(row.policy), _enforced(row),
+                    room["enforced_by"] or "bridge",
                     room["pending"], relative(room["next_due"], now), room["redacted"],
                     room["failed"],
                 )

@@ -29,7 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from bot.engine.model import Receipt
-from bot.matrix.events import MAX_TS, receipts_from_content
+from bot.matrix.events import MAX_TS
+from bot.matrix.events import clean_receipts as receipts_of_edu
 from bot.matrix.http import HomeserverUnavailable
 
 # The largest transaction the bridge reads. Synapse puts at most 100 PDUs and 100
@@ -227,12 +228,8 @@ def clean_event(raw: object, room_id: str | None = None) -> Mapping[str, Any] | 
 
 def clean_receipts(content: object) -> tuple[list[Receipt], int]:
     """The usable public receipts of an ``m.receipt`` EDU's content, and how many
-    others it held (left out)."""
-    receipts = receipts_from_content(content)
-    usable = [r for r in receipts
-              if is_id(r.user_id, "@") and is_id(r.event_id, "$")
-              and (r.thread_id is None or _text(r.thread_id))]
-    return usable, len(receipts) - len(usable)
+    others it held (left out): the parser the bot uses on its /sync too."""
+    return receipts_of_edu(content)
 
 
 # --- state contents the bridge reads ----------------------------------------------------

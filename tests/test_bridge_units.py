@@ -302,10 +302,16 @@ def _member(user: str, membership: str, event_id: str) -> dict[str, Any]:
 
 
 def test_messages_while_a_lethe_bot_is_joined_are_the_bots(tmp_path: Path) -> None:
+    """...while that bot can enforce the room: power to redact, and a policy in state."""
     config = load_bridge_config(write(tmp_path, minimal(defer_to=["@lethe:example.org"])))
     reader = RoomReader(config)
-    view = RoomView(ROOM, loaded=True, watched=True)
+    view = RoomView(ROOM, loaded=True, watched=True,
+                    create={"creator": "@a:example.org", "room_version": "10"},
+                    power_levels={"users": {"@lethe:example.org": 50, "@a:example.org": 100},
+                                  "redact": 50})
     events = [
+        _event("chat.lethe.policy", "@a:example.org", "$policy", state_key="",
+               content={"mode": "after_send", "timer_ms": 1000}),
         _event("m.room.message", "@a:example.org", "$before"),
         _member("@lethe:example.org", "join", "$botjoin"),
         _event("m.room.message", "@a:example.org", "$during"),
@@ -316,9 +322,30 @@ def test_messages_while_a_lethe_bot_is_joined_are_the_bots(tmp_path: Path) -> No
     assert reading.update is not None
     kinds = [(type(i).__name__, getattr(i, "event_id", None)) for i in reading.update.timeline]
     assert kinds == [
+        ("PolicyEvent", "$policy"),
         ("Message", "$before"), ("MemberChange", "$botjoin"), ("Marker", "$during"),
         ("MemberChange", "$botleave"), ("Message", "$after")]
-    assert isinstance(reading.update.timeline[2], Marker)
+    assert isinstance(reading.update.timeline[3], Marker)
+
+
+def test_a_lethe_bot_without_power_or_policy_owns_nothing(tmp_path: Path) -> None:
+    config = load_bridge_config(write(tmp_path, minimal(defer_to=["@lethe:example.org"])))
+    reader = RoomReader(config)
+    admin = {"@a:example.org": 100}
+    for power, policy in (({"users": admin}, True),
+                          ({"users": {**admin, "@lethe:example.org": 50}}, False)):
+        view = RoomView(ROOM, loaded=True, watched=True,
+                        create={"creator": "@a:example.org", "room_version": "10"},
+                        power_levels=power)
+        events = [_member("@lethe:example.org", "join", "$botjoin"),
+                  _event("m.room.message", "@a:example.org", "$during")]
+        if policy:
+            events.insert(0, _event("chat.lethe.policy", "@a:example.org", "$policy",
+                                    state_key="", content={"mode": "after_send",
+                                                           "timer_ms": 1000}))
+        reading = reader.read(view, [], events, [])
+        assert reading.update is not None
+        assert type(reading.update.timeline[-1]).__name__ == "Message", (power, policy)
 
 
 def test_first_sight_state_leaves_out_what_the_transaction_changes(tmp_path: Path) -> None:

@@ -12,9 +12,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import aiohttp
@@ -31,34 +30,50 @@ from nio import (
 
 from bot.config import Config
 from bot.engine.engine import SYNC_TOKEN_KEY, Engine, EngineConfig
-from bot.engine.model import IngestResult, PolicyEvent
+from bot.engine.givenup import GivenUpRoom
+from bot.engine.model import IngestResult, PolicyEvent, RoomUpdate
 from bot.engine.policy import Mode, Policy
 from bot.engine.power import PowerState, describe_level
 from bot.engine.redactor import ECHO_WAIT_MS
 from bot.engine.store import Store
-from bot.matrix.client import Credentials, LoginFailed, ensure_own_identity, login
+from bot.matrix.client import (
+    Credentials,
+    LetheClient,
+    LoginFailed,
+    ensure_own_identity,
+    login,
+)
 from bot.matrix.commands import CommandError, Help, SetPolicy, Status, parse_command, usage
 from bot.matrix.crosssigning import IdentityError, OwnIdentity
+from bot.matrix.files import secure_dir
 from bot.matrix.handlers import CommandRequest, SyncReader, SyncReading, inviter_allowed
-from bot.matrix.http import HomeserverUnavailable, HttpTransport, MatrixHttp
+from bot.matrix.http import CLIENT_V3, HomeserverUnavailable, HttpTransport, MatrixHttp, q
 from bot.matrix.joins import META_KEY as JOINS_META
 from bot.matrix.joins import JoinRetries, load_pending
 from bot.matrix.pace import MIN_INTERVAL_S, SyncNews, SyncPace
-from bot.matrix.policy_state import PolicyWriteFailed, missing_policy_power, write_policy
-from bot.matrix.status import status_text
+from bot.matrix.policy_state import (
+    OWN_WRITES_KEY,
+    OwnWrites,
+    PolicyWriteFailed,
+    missing_policy_power,
+    write_policy,
+)
+from bot.matrix.status import UNTRACKED_KEY, UntrackedSpan, status_text
+from bot.matrix.throttle import ReplyThrottle
 from bot.matrix.trust import DeviceTrust
 from bot.metrics import LetheMetrics, MetricsServer
+from bot.runlock import BOT_LOCK, RunLock, hold
 
 log = logging.getLogger(__name__)
 
 SYNC_TIMEOUT_MS = 30_000
 MAX_SYNC_BACKOFF_S = 30.0
 BACKFILL_PAGES = 20  # up to 2,000 events of a gap per room and sync
+BACKFILL_PAGE_SIZE = 100
 # Timeline events per room and sync (Synapse's default is 10; bench_sync_ingest found it
 # serves no more than 100). A busy room overflowing it costs a /messages backfill.
 TIMELINE_LIMIT = 100
 SYNC_FILTER = {"room": {"timeline": {"limit": TIMELINE_LIMIT}}}
-OWN_WRITES_KEPT = 256  # policy state events this process wrote, remembered by id
 
 
 @dataclass(frozen=True)
@@ -97,6 +112,21 @@ class OwnAccountPolicyChange:
 Action = Join | Notice | CheckPower | LeaveIfAlone | OwnAccountPolicyChange | CommandRequest
 
 
+class GapUnread(Exception):
+    """A gap could not be read for a reason that may pass (the homeserver down, 5xx,
+    429): the sync must not be persisted, or its token would skip the gap for good."""
+
+
+@dataclass(frozen=True)
+class Backfill:
+    """What paging back over gaps brought: each room's events (oldest first), the spans
+    that could not be read, and the rooms whose schedule was rebuilt from history."""
+
+    events: dict[str, list[Mapping[str, Any]]]
+    untracked: dict[str, UntrackedSpan]
+    rebuilt: frozenset[str]
+
+
 class LetheBot:
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -105,6 +135,12 @@ class LetheBot:
         self.engine: Engine | None = None
         self.http: MatrixHttp | None = None
         self.reader = SyncReader(config.bot.user_id, config.command_prefix)
+        self._lock: RunLock | None = None
+        # lethe.db holds no sync yet but a login was saved: the database was lost (or
+        # this is the first run after `lethe login`). The first sync rebuilds the
+        # schedule from each joined room's history and runs no command.
+        self._rebuild = False
+        self._throttle = ReplyThrottle()
         self._actions: asyncio.Queue[Action] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
         self.synced = asyncio.Event()  # set after each persisted sync (tests wait on it)
@@ -112,7 +148,7 @@ class LetheBot:
         self.last_sync_at: float | None = None
         self.tracked_total = 0  # events put on a schedule by this process (metrics)
         self._power_ok: dict[str, bool] = {}
-        self._own_writes: deque[str] = deque(maxlen=OWN_WRITES_KEPT)
+        self._own_writes = OwnWrites()
         self._metrics_server: MetricsServer | None = None
         self.identity: OwnIdentity | None = None
         self.trust: DeviceTrust | None = None
@@ -122,6 +158,10 @@ class LetheBot:
     # --- lifecycle -----------------------------------------------------------
 
     async def start(self) -> None:
+        # Before anything touches the key store or the database: one process per data_dir.
+        secure_dir(self.config.data_dir)
+        self._lock = hold(self.config.data_dir / BOT_LOCK, "lethe run")
+        had_login = self.config.credentials_path.exists()
         self.client, self.creds = await login(self.config)
         self.http = MatrixHttp(self.config.homeserver.url, self.creds.access_token)
         store = await Store.open(self.config.db_path)
@@ -138,6 +178,13 @@ class LetheBot:
             on_park=self._on_park,
         )
         await self.engine.start()
+        self._own_writes = OwnWrites(await self.engine.store.get_meta(OWN_WRITES_KEY))
+        self._rebuild = had_login and await self.engine.sync_token() is None
+        if self._rebuild:
+            log.info("lethe.db holds no schedule but a login is saved: rebuilding the "
+                     "schedule of every joined room from its history (up to %d events "
+                     "per room); commands seen while rebuilding are not run",
+                     BACKFILL_PAGES * BACKFILL_PAGE_SIZE)
         if self.config.metrics is not None:
             metrics = LetheMetrics(self)
             self.engine.scheduler.observe_redactions(metrics.observe_redaction)
@@ -186,6 +233,9 @@ class LetheBot:
             await self.http.close()
         if self.client is not None:
             await self.client.close()
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     async def run_until(self, stop: asyncio.Event) -> None:
         """Run until ``stop`` is set or a task fails for good."""
@@ -228,7 +278,7 @@ class LetheBot:
             backlogged = scheduler.backlogged
             try:
                 resp = await self.client.sync(
-                    timeout=0 if first else SYNC_TIMEOUT_MS,
+                    timeout=self._first_timeout_ms() if first else SYNC_TIMEOUT_MS,
                     sync_filter=SYNC_FILTER,
                     since=token,
                     full_state=True if first else None,
@@ -240,14 +290,20 @@ class LetheBot:
                 if down_since is not None:
                     log.info("homeserver is back after %.1f s", time.monotonic() - down_since)
                     down_since = None
-                failures = 0
-                await self._on_sync(resp, first)
-                pace.observe(SyncNews.of(resp), backlogged=backlogged)
-                token = resp.next_batch
-                first = False
-                await self._after_sync()
-                continue
-            if isinstance(resp, SyncError):
+                try:
+                    await self._on_sync(resp, first)
+                except GapUnread as exc:
+                    # Nothing of this sync is stored: the same token again, after a
+                    # back-off, brings the same gap to read.
+                    problem = f"a gap could not be read: {exc}; the sync is not stored"
+                else:
+                    failures = 0
+                    pace.observe(SyncNews.of(resp), backlogged=backlogged)
+                    token = resp.next_batch
+                    first = False
+                    await self._after_sync()
+                    continue
+            elif isinstance(resp, SyncError):
                 if resp.status_code in ("M_UNKNOWN_TOKEN", "M_FORBIDDEN"):
                     raise LoginFailed(f"the homeserver rejected the bot's login: {resp.message}")
                 problem = f"{resp.status_code}"
@@ -257,6 +313,13 @@ class LetheBot:
             wait = min(MAX_SYNC_BACKOFF_S, 0.5 * 2 ** min(failures, 8))
             log.warning("sync failed (%s); retrying in %.1f s", problem, wait)
             await asyncio.sleep(wait)
+
+    def _first_timeout_ms(self) -> int:
+        # Synapse keeps each /sync answer for 2 minutes (sync_response_cache_duration)
+        # keyed on its parameters, timeout included. A rebuild asks with a timeout of
+        # its own, so it never gets an initial sync cached before the bot joined the
+        # rooms it must rebuild (e.g. its own first start, minutes before).
+        return 1 if self._rebuild else 0
 
     async def _after_sync(self) -> None:
         """The E2EE housekeeping nio's sync_forever would do."""
@@ -275,20 +338,35 @@ class LetheBot:
                         type(exc).__name__)
 
     async def _on_sync(self, resp: SyncResponse, first: bool) -> None:
-        assert self.engine is not None
+        assert self.engine is not None and self.client is not None
         known = {row.room_id for row in await self.engine.store.list_rooms()}
-        backfill = await self._backfill(resp, known)
+        rebuilding = first and self._rebuild
+        backfill = await self._backfill(resp, known, rebuilding)
         now = self.engine.clock.now_ms()
-        reading = self.reader.read(resp, known, now, backfill)
+        ephemeral = self.client.last_ephemeral if isinstance(self.client, LetheClient) else None
+        reading = self.reader.read(resp, known, now, backfill.events, ephemeral=ephemeral,
+                                   run_commands=not rebuilding)
         for room_id in reading.left:
             log.info("left %s; forgetting its schedule", room_id)
-            await self.engine.forget_room(room_id)
+            _log_given_up(await self.engine.forget_room(room_id))
             self._power_ok.pop(room_id, None)
             if self.joins.done(room_id):  # the invite was withdrawn: stop retrying
                 await self._save_joins()
-        result = await self.engine.ingest(
-            reading.updates, meta={SYNC_TOKEN_KEY: resp.next_batch}
-        )
+        meta = {SYNC_TOKEN_KEY: resp.next_batch}
+        for room_id, span in backfill.untracked.items():
+            meta[UNTRACKED_KEY + room_id] = span.to_json()  # for `!lethe status`
+        updates = [self._with_own_writes(update) for update in reading.updates]
+        result = await self.engine.ingest(updates, meta=meta)
+        if rebuilding:
+            self._rebuild = False
+            # A warning when there was something to rebuild (a lost lethe.db); the first
+            # run after `lethe login` finds no room.
+            log.log(logging.WARNING if backfill.rebuilt else logging.INFO,
+                    "rebuilt the schedule of %d room(s) from their history (%d event(s) "
+                    "tracked); %d command(s) seen while rebuilding were not run; not "
+                    "recovered: receipts older than each member's latest, the redaction "
+                    "counts, and any span logged as not tracked",
+                    len(backfill.rebuilt), result.tracked, reading.commands_skipped)
         log.debug("sync persisted: %d joined room(s) updated, %d event(s) tracked",
                   len(reading.updates), result.tracked)
         self.sync_count += 1
@@ -296,9 +374,20 @@ class LetheBot:
         self.last_sync_at = time.monotonic()
         self.synced.set()
         self.synced = asyncio.Event()
-        self._hand_off(reading, result, first)
+        self._hand_off(reading, result, first, backfill.rebuilt)
 
-    def _hand_off(self, reading: SyncReading, result: IngestResult, first: bool) -> None:
+    def _with_own_writes(self, update: RoomUpdate) -> RoomUpdate:
+        """The bot's own policy writes with their content, if a moderator redacted them
+        before this sync brought them back (a redaction is not an "off")."""
+        if not any(isinstance(i, PolicyEvent) and i.redacted_by is not None
+                   for i in update.timeline):
+            return update
+        timeline = tuple(self._own_writes.restore(i) if isinstance(i, PolicyEvent) else i
+                         for i in update.timeline)
+        return replace(update, timeline=timeline)
+
+    def _hand_off(self, reading: SyncReading, result: IngestResult, first: bool,
+                  rebuilt: frozenset[str] = frozenset()) -> None:
         put = self._actions.put_nowait
         for invite in reading.invites:
             put(Join(invite.room_id, invite.inviter))
@@ -306,7 +395,8 @@ class LetheBot:
             put(CheckPower(room_id, announce=not first))
         for change in result.policy_changes:
             if change.initial:
-                put(Notice(change.room_id, self._hello(change.policy.describe())))
+                if change.room_id not in rebuilt:  # rebuilt: the room met the bot long ago
+                    put(Notice(change.room_id, self._hello(change.policy.describe())))
             elif change.sender != self.config.bot.user_id:
                 put(Notice(change.room_id, f"{change.sender} changed the retention policy: "
                                            f"{change.policy.describe()}"))
@@ -328,51 +418,102 @@ class LetheBot:
         return (f"Lethe is here to make messages disappear. Policy: {policy}. "
                 f"Set one with `{p} after-send 1d` or `{p} after-read 1h`; `{p} help` for more.")
 
-    async def _backfill(
-        self, resp: SyncResponse, known: set[str]
-    ) -> dict[str, list[Mapping[str, Any]]]:
+    async def _backfill(self, resp: SyncResponse, known: set[str], rebuilding: bool) -> Backfill:
         """After a gap, page back through /messages to the last event Lethe saw, so
-        nothing sent while it was away escapes its timer."""
+        nothing sent while it was away escapes its timer. When rebuilding a lost
+        database, page back in every joined room to the bot's own join instead.
+
+        A page that fails for a reason that may pass raises GapUnread: the sync is then
+        not stored and is tried again. A gap longer than BACKFILL_PAGES pages, or one the
+        homeserver refuses to show, is tracked as far as it was read and its span is
+        reported (log, `!lethe status`); its state still applies (SyncReader)."""
         assert self.engine is not None and self.http is not None
+        bot = self.config.bot.user_id
         gaps: dict[str, list[Mapping[str, Any]]] = {}
+        untracked: dict[str, UntrackedSpan] = {}
+        rebuilt: set[str] = set()
         for room_id, info in resp.rooms.join.items():
-            if not info.timeline.limited or room_id not in known:
+            timeline_ids = {getattr(e, "event_id", None) for e in info.timeline.events}
+            if room_id in known:
+                if not info.timeline.limited:
+                    continue
+                row = await self.engine.store.get_room(room_id)
+                stop_at = row.last_event_id if row else None
+                if stop_at is None or stop_at in timeline_ids:
+                    continue
+
+                def stop(event: Mapping[str, Any], stop_at: str = stop_at) -> bool:
+                    return event.get("event_id") == stop_at
+            elif rebuilding:
+                rebuilt.add(room_id)
+                sources = [getattr(e, "source", None) for e in info.timeline.events]
+                if not info.timeline.limited or any(
+                        isinstance(src, Mapping) and _joins(src, bot) for src in sources):
+                    continue  # the timeline reaches back to the bot's join
+                stop_at = None
+
+                def stop(event: Mapping[str, Any]) -> bool:
+                    return _joins(event, bot)
+            else:
                 continue
-            row = await self.engine.store.get_room(room_id)
-            stop_at = row.last_event_id if row else None
-            if stop_at is None:
-                continue
-            first_ids = {getattr(e, "event_id", None) for e in info.timeline.events}
-            if stop_at in first_ids:
-                continue
-            events: list[Mapping[str, Any]] = []
-            token = info.timeline.prev_batch
-            found = False
-            for _ in range(BACKFILL_PAGES):
-                try:
-                    page = await self.http.messages(room_id, token)
-                except HomeserverUnavailable:
-                    break
-                chunk = page.body.get("chunk") if page.ok else None
-                if not isinstance(chunk, list) or not chunk:
-                    break
-                for event in chunk:
-                    if not isinstance(event, Mapping):
-                        continue
-                    if event.get("event_id") == stop_at:
-                        found = True
-                        break
-                    events.append(event)
-                token = page.body.get("end")
-                if found or not isinstance(token, str):
-                    break
-            if not found:
-                log.warning("gap in %s: paged back %d events without reaching the last one "
-                            "seen; older ones in the gap are not tracked", room_id, len(events))
+            events, complete, reason = await self._page_back(
+                room_id, info.timeline.prev_batch, stop)
+            if not complete:
+                oldest = events[-1] if events else _source_of(info.timeline.events)
+                span = UntrackedSpan(
+                    await self._event_ts(room_id, stop_at) if stop_at else None,
+                    _origin_ts(oldest), reason)
+                untracked[room_id] = span
+                log.warning("gap in %s: %s; read back %d events", room_id, span.describe(),
+                            len(events))
             events.reverse()
             gaps[room_id] = events
             log.info("gap in %s: caught up on %d events", room_id, len(events))
-        return gaps
+        return Backfill(gaps, untracked, frozenset(rebuilt))
+
+    async def _page_back(
+        self, room_id: str, token: str | None, stop: Any
+    ) -> tuple[list[Mapping[str, Any]], bool, str]:
+        """Events from ``token`` back to the first one ``stop`` accepts (excluded),
+        newest first; whether that one (or the room's first event) was reached; and if
+        not, why (fixed words)."""
+        assert self.http is not None
+        events: list[Mapping[str, Any]] = []
+        for _ in range(BACKFILL_PAGES):
+            try:
+                page = await self.http.messages(room_id, token, limit=BACKFILL_PAGE_SIZE)
+            except HomeserverUnavailable as exc:
+                raise GapUnread(f"{room_id}: {exc}") from None
+            if page.status == 429 or page.status >= 500:
+                raise GapUnread(f"{room_id}: HTTP {page.status}")
+            if not page.ok:
+                # Refused for good (e.g. history the bot may not see): retrying would
+                # hold every room's sync back forever.
+                return events, False, f"the homeserver refused the history: {page.status}"
+            chunk = page.body.get("chunk")
+            if not isinstance(chunk, list):
+                raise GapUnread(f"{room_id}: a /messages page without its events")
+            for event in chunk:
+                if not isinstance(event, Mapping):
+                    continue
+                if stop(event):
+                    return events, True, ""
+                events.append(event)
+            end = page.body.get("end")
+            if not chunk or not isinstance(end, str):
+                return events, True, ""  # the start of the room: nothing older to miss
+            token = end
+        return events, False, f"a gap longer than {BACKFILL_PAGES * BACKFILL_PAGE_SIZE} events"
+
+    async def _event_ts(self, room_id: str, event_id: str) -> int | None:
+        """When the last event seen before a gap was sent (for the report), if known."""
+        assert self.http is not None
+        try:
+            reply = await self.http.request(
+                "GET", f"{CLIENT_V3}/rooms/{q(room_id)}/event/{q(event_id)}")
+        except HomeserverUnavailable:
+            return None
+        return _origin_ts(reply.body) if reply.ok else None
 
     # --- actions -----------------------------------------------------------
 
@@ -512,12 +653,20 @@ class LetheBot:
             return
         log.info("leaving %s: the bot is its last member", room_id)
         await self.client.room_leave(room_id)
-        await self.engine.forget_room(room_id)
+        _log_given_up(await self.engine.forget_room(room_id))
 
     # --- commands ----------------------------------------------------------
 
     async def _command(self, request: CommandRequest) -> None:
         assert self.engine is not None
+        # A flood of commands must not become a flood of notices, each redacted later
+        # under the rate limit the members' messages need. Members who may change the
+        # policy can flood the room with state anyway: only the others are throttled.
+        trusted = missing_policy_power(self.power(request.room_id), request.sender) is None
+        if not trusted and not self._throttle.allow(request.room_id, request.sender):
+            log.debug("ignoring command %s of %s in %s: too many replies (throttled)",
+                      request.event_id, request.sender, request.room_id)
+            return
         prefix = self.config.command_prefix
         try:
             command = parse_command(request.body, prefix, self.config.default_cap_ms)
@@ -528,8 +677,10 @@ class LetheBot:
             await self.notice(request.room_id, usage(prefix))
         elif isinstance(command, Status):
             status = await self.engine.status(request.room_id)
+            untracked = UntrackedSpan.from_json(
+                await self.engine.store.get_meta(UNTRACKED_KEY + request.room_id))
             await self.notice(request.room_id, status_text(status, self.power(request.room_id),
-                                                           self.config.bot.user_id))
+                                                           self.config.bot.user_id, untracked))
         elif isinstance(command, SetPolicy):
             await self._set_policy(request, command)
 
@@ -559,12 +710,16 @@ class LetheBot:
         policy = command.policy
         try:
             # Remembered before the sync that brings them back can be handled.
-            self._own_writes.extend(await write_policy(self.http, room_id, policy))
+            written = await write_policy(self.http, room_id, policy)
         except PolicyWriteFailed as exc:
             log.warning("could not write the policy in %s: %s", room_id, exc)
             await self.notice(room_id, "Could not write the policy to the room state; "
                                        "please try again.")
             return
+        self._own_writes.add(written, policy)
+        assert self.engine is not None
+        async with self.engine.store.transaction():
+            await self.engine.store.set_meta(OWN_WRITES_KEY, self._own_writes.to_json())
         log.info("policy in %s set to %s by %s", room_id, policy.mode.value, sender)
         text = f"{sender} changed the retention policy: {policy.describe()}"
         if policy.mode is not Mode.OFF and not power.can_redact_others(bot):
@@ -583,6 +738,28 @@ class LetheBot:
                                           f"{change.policy.describe()}")
 
 
+def _joins(event: Mapping[str, Any], user_id: str) -> bool:
+    """Whether ``event`` is ``user_id`` joining (not a profile change while joined)."""
+    if event.get("type") != "m.room.member" or event.get("state_key") != user_id:
+        return False
+    content = event.get("content")
+    if not isinstance(content, Mapping) or content.get("membership") != "join":
+        return False
+    unsigned = event.get("unsigned")
+    before = unsigned.get("prev_content") if isinstance(unsigned, Mapping) else None
+    return not (isinstance(before, Mapping) and before.get("membership") == "join")
+
+
+def _origin_ts(event: object) -> int | None:
+    ts = event.get("origin_server_ts") if isinstance(event, Mapping) else None
+    return ts if isinstance(ts, int) and not isinstance(ts, bool) else None
+
+
+def _source_of(events: list[Any]) -> Mapping[str, Any] | None:
+    source = getattr(events[0], "source", None) if events else None
+    return source if isinstance(source, Mapping) else None
+
+
 def _own_policy_event_ids(reading: SyncReading, room_id: str, sender: str) -> tuple[str, ...]:
     return tuple(
         item.event_id
@@ -590,3 +767,17 @@ def _own_policy_event_ids(reading: SyncReading, room_id: str, sender: str) -> tu
         for item in update.timeline
         if isinstance(item, PolicyEvent) and item.sender == sender and item.event_id
     )
+
+
+def _log_given_up(given_up: GivenUpRoom | None) -> None:
+    """Out of a room the bot can redact nothing: what was still scheduled there stays
+    (unless a bridge on its senders' server, or a moderator, redacts it). Said loudly,
+    and kept for `lethe rooms list`."""
+    if given_up is None:
+        return
+    log.warning("gave up %d scheduled redaction(s) in %s (the bot is no longer in it; the "
+                "earliest was due %s): those messages stay unless a bridge on their "
+                "senders' server or a moderator redacts them", given_up.given_up,
+                given_up.room_id, "-" if given_up.next_due_ms is None
+                else time.strftime("%Y-%m-%d %H:%M:%S UTC",
+                                   time.gmtime(given_up.next_due_ms / 1000)))

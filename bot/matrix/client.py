@@ -12,11 +12,14 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from nio import AsyncClient, AsyncClientConfig, LoginResponse, WhoamiResponse
+from aiohttp import ClientResponse
+from nio import AsyncClient, AsyncClientConfig, LoginResponse, SyncResponse, WhoamiResponse
 
 from bot.config import Config
 from bot.matrix.crosssigning import IdentityError, OwnIdentity, ensure_identity
+from bot.matrix.events import ephemeral_by_room
 from bot.matrix.files import secure_dir, write_secret
 from bot.matrix.http import MatrixHttp
 
@@ -67,7 +70,36 @@ def save_credentials(path: Path, creds: Credentials) -> None:
     )
 
 
-def make_client(config: Config, device_id: str | None = None) -> AsyncClient:
+class LetheClient(AsyncClient):
+    """nio's client, keeping each room's ephemeral events of the last ``/sync`` as raw
+    JSON. nio validates an ``m.receipt`` event as a whole and drops every receipt of
+    the room when one of them is malformed (one remote server is enough), so Lethe
+    reads receipts from the raw JSON, each on its own (bot/matrix/events.py)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.last_ephemeral: dict[str, object] = {}
+
+    async def create_matrix_response(
+        self,
+        response_class: type,
+        transport_response: ClientResponse,
+        data: tuple[Any, ...] | None = None,
+        save_to: Any = None,
+    ) -> Any:
+        if response_class is not SyncResponse:
+            return await super().create_matrix_response(
+                response_class, transport_response, data, save_to)
+        # What nio does for a sync (parse the body, then from_dict), keeping the part
+        # of the raw body Lethe reads itself. Only the sync loop syncs, one at a time.
+        parsed = await self.parse_body(transport_response)
+        self.last_ephemeral = ephemeral_by_room(parsed)
+        resp = SyncResponse.from_dict(parsed)
+        resp.transport_response = transport_response
+        return resp
+
+
+def make_client(config: Config, device_id: str | None = None) -> LetheClient:
     secure_dir(config.data_dir)
     secure_dir(config.store_dir)
     client_config = AsyncClientConfig(
@@ -78,7 +110,7 @@ def make_client(config: Config, device_id: str | None = None) -> AsyncClient:
         max_timeouts=2,
         request_timeout=40,
     )
-    return AsyncClient(
+    return LetheClient(
         config.homeserver.url,
         config.bot.user_id,
         device_id=device_id or "",

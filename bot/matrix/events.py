@@ -59,6 +59,20 @@ def _relation(content: Mapping[str, Any]) -> tuple[str | None, str | None]:
     return None, None
 
 
+def redacted_by(event: Mapping[str, Any]) -> str | None:
+    """The sender of the redaction that pruned ``event`` ("" if not named), or None if
+    it is not redacted. Homeservers put the redaction in ``unsigned.redacted_because``
+    (very old ones at the top level)."""
+    unsigned = event.get("unsigned")
+    because = unsigned.get("redacted_because") if isinstance(unsigned, Mapping) else None
+    if because is None:
+        because = event.get("redacted_because")
+    if not because:
+        return None
+    sender = because.get("sender") if isinstance(because, Mapping) else None
+    return sender if isinstance(sender, str) else ""
+
+
 def to_item(event: Mapping[str, Any], *, in_timeline: bool = True) -> TimelineItem | None:
     event_id = _str(event.get("event_id"))
     sender = _str(event.get("sender"))
@@ -78,7 +92,8 @@ def to_item(event: Mapping[str, Any], *, in_timeline: bool = True) -> TimelineIt
             if membership in ("leave", "ban"):
                 return MemberChange(state_key, False, position)
         elif event_type in POLICY_STATE_TYPES and state_key == "":
-            return PolicyEvent(event_type, sender, ts, dict(content), in_timeline, position)
+            return PolicyEvent(event_type, sender, ts, dict(content), in_timeline, position,
+                               redacted_by=redacted_by(event))
         return Marker(event_id) if in_timeline else None
     if not in_timeline:
         return None
@@ -101,6 +116,89 @@ def to_items(
         if item is not None:
             items.append(item)
     return items
+
+
+def _storable(text: str) -> bool:
+    """SQLite cannot store lone surrogates, which JSON escapes can carry."""
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def is_id(value: object, sigil: str) -> bool:
+    """A Matrix identifier with its sigil (``$`` event, ``!`` room, ``@`` user) that
+    SQLite can store. Room ids of room version 12 have no server part."""
+    if not isinstance(value, str) or len(value) < 2 or value[0] != sigil:
+        return False
+    if sigil == "@" and ":" not in value:
+        return False
+    return _storable(value)
+
+
+def clean_receipts(content: object) -> tuple[list[Receipt], int]:
+    """The usable public receipts of one ``m.receipt`` EDU's content, each read on its
+    own, and how many others it held (left out). A malformed receipt from a remote
+    server costs only itself, never its neighbours. One with a ``thread_id`` that is
+    not a usable string is left out rather than read as unthreaded, which would cover
+    every thread. A timestamp that is not one only loses the timestamp."""
+    found: list[Receipt] = []
+    bad = 0
+    if not isinstance(content, Mapping):
+        return found, 0
+    for event_id, by_type in content.items():
+        # Shapes that hold no receipt at all are passed over, as receipts_from_content
+        # does; only receipts that are there and unusable count as left out.
+        readers = by_type.get("m.read") if isinstance(by_type, Mapping) else None
+        if not isinstance(readers, Mapping):
+            continue
+        for user_id, info in readers.items():
+            info = info if isinstance(info, Mapping) else {}
+            thread = info.get("thread_id")
+            if not (is_id(user_id, "@") and is_id(event_id, "$")) or (
+                    thread is not None and not (_str(thread) and _storable(thread))):
+                bad += 1
+                continue
+            found.append(Receipt(user_id, event_id, thread, _ts(info.get("ts"))))
+    return found, bad
+
+
+def receipts_from_ephemeral(events: object) -> tuple[list[Receipt], int]:
+    """The usable public receipts of a room's ephemeral events as the client-server
+    ``/sync`` JSON carries them (``rooms.join.ROOM.ephemeral.events``), and how many
+    malformed receipts (or receipt EDUs) were left out."""
+    found: list[Receipt] = []
+    bad = 0
+    if not isinstance(events, list):
+        return found, 1 if events is not None else 0
+    for edu in events:
+        if not isinstance(edu, Mapping) or edu.get("type") != "m.receipt":
+            continue  # typing and the like: not Lethe's business
+        content = edu.get("content")
+        if not isinstance(content, Mapping):
+            bad += 1
+            continue
+        usable, skipped = clean_receipts(content)
+        found.extend(usable)
+        bad += skipped
+    return found, bad
+
+
+def ephemeral_by_room(sync_body: object) -> dict[str, object]:
+    """``rooms.join.ROOM.ephemeral.events`` of a raw ``/sync`` body, by room."""
+    found: dict[str, object] = {}
+    rooms = sync_body.get("rooms") if isinstance(sync_body, Mapping) else None
+    joined = rooms.get("join") if isinstance(rooms, Mapping) else None
+    if not isinstance(joined, Mapping):
+        return found
+    for room_id, info in joined.items():
+        ephemeral = info.get("ephemeral") if isinstance(info, Mapping) else None
+        if isinstance(room_id, str) and isinstance(ephemeral, Mapping):
+            found[room_id] = ephemeral.get("events")
+    return found
 
 
 def receipts_from_content(content: object) -> list[Receipt]:

@@ -8,15 +8,20 @@ its action worker.
 from __future__ import annotations
 
 import fnmatch
+import logging
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from nio import InviteMemberEvent, MegolmEvent, ReceiptEvent, RoomMessageText, SyncResponse
 
 from bot.engine.model import MemberChange, Message, PolicyEvent, Receipt, RoomUpdate, TimelineItem
+from bot.engine.power import PowerState
 from bot.matrix.commands import is_command
-from bot.matrix.events import to_item, to_items
+from bot.matrix.events import receipts_from_ephemeral, to_item, to_items
+from bot.matrix.policy_state import policy_refusal
+
+log = logging.getLogger(__name__)
 
 # Commands older than this when first seen (e.g. after a long outage) are not run.
 COMMAND_MAX_AGE_MS = 10 * 60 * 1000
@@ -45,6 +50,8 @@ class SyncReading:
     # Rooms whose create or power levels event arrived: power must be re-checked.
     power_changed: set[str] = field(default_factory=set)
     undecryptable: int = 0
+    # Commands seen but deliberately not run (a schedule rebuilt after a lost database).
+    commands_skipped: int = 0
 
 
 def inviter_allowed(inviter: str | None, allow: Sequence[str]) -> bool:
@@ -65,6 +72,8 @@ class SyncReader:
         self.prefix = prefix
         self.create_events: dict[str, Mapping[str, Any]] = {}
         self.power_levels: dict[str, Mapping[str, Any]] = {}
+        self._ephemeral: Mapping[str, object] | None = None
+        self._run_commands = True
 
     def read(
         self,
@@ -72,10 +81,18 @@ class SyncReader:
         known_rooms: set[str],
         now_ms: int,
         backfill: Mapping[str, list[Mapping[str, Any]]] | None = None,
+        *,
+        ephemeral: Mapping[str, object] | None = None,
+        run_commands: bool = True,
     ) -> SyncReading:
         """``backfill`` holds, per room, the raw events of a gap (oldest first) that the
-        bot paged in from ``/messages`` because the timeline was limited."""
+        bot paged in from ``/messages`` because the timeline was limited. ``ephemeral``
+        holds each room's raw ephemeral events (receipts are read from them, each on its
+        own; without it, from nio's parse). With ``run_commands`` False no command is
+        collected (counted in ``commands_skipped``)."""
         reading = SyncReading()
+        self._ephemeral = ephemeral
+        self._run_commands = run_commands
         for room_id, info in resp.rooms.invite.items():
             reading.invites.append(Invite(room_id, self._inviter(info.invite_state)))
         reading.left.extend(resp.rooms.leave.keys())
@@ -125,12 +142,23 @@ class SyncReader:
             self._watch_power(room_id, source, reading)
         if gap is None:
             # The state block is the state at the start of the timeline.
-            items.extend(to_items(state_sources, in_timeline=False))
+            items.extend(self._checked_state(
+                room_id, to_items(state_sources, in_timeline=False), is_new))
         else:
+            # The state block is the state at the start of the timeline, so what of it
+            # the gap's events do not show being set was in force throughout them: it
+            # goes first. This matters when the gap was not read to its start (too long):
+            # its older policy and membership changes still apply.
+            in_gap = {source.get("event_id") for source in gap}
+            items.extend(self._checked_state(room_id, to_items(
+                [s for s in state_sources if s.get("event_id") not in in_gap],
+                in_timeline=False), is_new))
             for source in gap:
                 if "state_key" in source:
                     self._watch_power(room_id, source, reading)
-            items.extend(to_items(gap))
+                gap_item = to_item(source)
+                if gap_item is not None:
+                    items.append(self._checked(room_id, gap_item))
         if is_new:
             reading.power_changed.add(room_id)
 
@@ -176,22 +204,49 @@ class SyncReader:
                 and now_ms - item.origin_ts <= COMMAND_MAX_AGE_MS
                 and is_command(event.body, self.prefix)
             ):
-                reading.commands.append(
-                    CommandRequest(room_id, item.sender, item.event_id, event.body)
-                )
-            items.append(item)
+                if self._run_commands:
+                    reading.commands.append(
+                        CommandRequest(room_id, item.sender, item.event_id, event.body)
+                    )
+                else:
+                    reading.commands_skipped += 1
+            items.append(self._checked(room_id, item))
 
-        receipts = tuple(
-            Receipt(r.user_id, r.event_id, r.thread_id, r.timestamp)
-            for ev in info.ephemeral
-            if isinstance(ev, ReceiptEvent)
-            for r in ev.receipts
-            if r.receipt_type == "m.read"
-        )
-        return RoomUpdate(room_id, tuple(items), receipts, last_event_id)
+        return RoomUpdate(room_id, tuple(items), self._receipts(room_id, info), last_event_id)
+
+    def _checked(self, room_id: str, item: TimelineItem) -> TimelineItem:
+        """A policy event marked refused if its sender may not send both policy state
+        events under the power levels at this point of the timeline (policy_refusal)."""
+        if not isinstance(item, PolicyEvent) or item.redacted_by is not None:
+            return item
+        power = PowerState.from_state(self.create_events.get(room_id),
+                                      self.power_levels.get(room_id))
+        reason = policy_refusal(power, item.sender)
+        return item if reason is None else replace(item, refused=reason)
+
+    def _checked_state(
+        self, room_id: str, items: list[TimelineItem], is_new: bool
+    ) -> list[TimelineItem]:
+        # The state a room has when Lethe joins is taken as it stands: its policy was in
+        # force before Lethe came, whoever may send what today.
+        return items if is_new else [self._checked(room_id, i) for i in items]
+
+    def _receipts(self, room_id: str, info: Any) -> tuple[Receipt, ...]:
+        if self._ephemeral is None:
+            return tuple(
+                Receipt(r.user_id, r.event_id, r.thread_id, r.timestamp)
+                for ev in info.ephemeral
+                if isinstance(ev, ReceiptEvent)
+                for r in ev.receipts
+                if r.receipt_type == "m.read"
+            )
+        receipts, bad = receipts_from_ephemeral(self._ephemeral.get(room_id))
+        if bad:
+            log.warning("left out %d malformed receipt(s) in %s; the others count", bad, room_id)
+        return tuple(receipts)
 
 
 def _as_state(item: MemberChange | PolicyEvent) -> TimelineItem:
     if isinstance(item, MemberChange):
         return MemberChange(item.user_id, item.joined)
-    return PolicyEvent(item.event_type, item.sender, item.origin_ts, item.content, False)
+    return replace(item, in_timeline=False, event_id=None)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from bot.engine.engine import RoomStatus
@@ -12,7 +14,44 @@ def _when(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
-def status_text(status: RoomStatus | None, power: PowerState, bot_user_id: str) -> str:
+UNTRACKED_KEY = "untracked:"  # + room id: a meta key of lethe.db
+
+
+@dataclass(frozen=True)
+class UntrackedSpan:
+    """Part of a room's history the bot could not page back over (after downtime, or
+    when rebuilding a lost database): events sent after ``since_ms`` (None: unknown)
+    and before ``until_ms`` (None: unknown) were not tracked. Times only, no content."""
+
+    since_ms: int | None
+    until_ms: int | None
+    reason: str  # fixed words
+
+    def to_json(self) -> str:
+        return json.dumps({"since": self.since_ms, "until": self.until_ms,
+                           "reason": self.reason})
+
+    @classmethod
+    def from_json(cls, text: str | None) -> UntrackedSpan | None:
+        try:
+            data = json.loads(text) if text else None
+        except ValueError:
+            return None
+        if not isinstance(data, dict):
+            return None
+        since, until = data.get("since"), data.get("until")
+        return cls(since if isinstance(since, int) else None,
+                   until if isinstance(until, int) else None, str(data.get("reason", "")))
+
+    def describe(self) -> str:
+        since = _when(self.since_ms) if self.since_ms is not None else "an unknown time"
+        until = _when(self.until_ms) if self.until_ms is not None else "an unknown time"
+        return (f"events sent between {since} and {until} were not tracked and will not be "
+                f"redacted by me ({self.reason})")
+
+
+def status_text(status: RoomStatus | None, power: PowerState, bot_user_id: str,
+                untracked: UntrackedSpan | None = None) -> str:
     if status is None:
         return "I have not seen this room's state yet; try again in a moment."
     lines = [f"Policy: {status.policy.describe()}"]
@@ -31,4 +70,6 @@ def status_text(status: RoomStatus | None, power: PowerState, bot_user_id: str) 
     lines.append(pending)
     lines.append(f"Redacted so far: {status.redacted}" +
                  (f"; unconfirmed failures: {status.failed}" if status.failed else ""))
+    if untracked is not None:
+        lines.append(f"Not tracked: {untracked.describe()}")
     return "\n".join(lines)
