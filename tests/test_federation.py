@@ -166,3 +166,33 @@ async def test_a_join_is_retried_while_the_inviting_server_is_down(
     finally:
         await lethe.stop()
         await carol.close()
+
+
+async def test_a_remote_member_who_joined_before_the_bot_must_read_first(
+    federation: LocalFederation, tmp_path: Path
+) -> None:
+    """bob (server 2) is in the room before the bot joins: he is a required reader all
+    the same, so an after_read message waits for his receipt."""
+    lethe = BotHandle(write_bot_config(federation[0], tmp_path / "bot"))
+    alice = await _person(federation[0], "alice", tmp_path)
+    bob = await _person(federation[1], "bob", tmp_path)
+    try:
+        room = await alice.create_room([bob.user_id], encrypted=False)
+        await _join(bob, room)
+        await alice.set_power(room, lethe.user_id, 50)
+        await alice.invite(room, lethe.user_id)
+        await lethe.start()
+        await alice.wait_notice(room, "Lethe is here", timeout=60)
+        await alice.send(room, "!lethe after-read 2s cap 1h")
+        await alice.wait_notice(room, "changed the retention policy: after-read 2s", timeout=30)
+        message = await alice.send(room, "canary-federation bob has not read this")
+        await _arrived(bob, room, message)
+        assert await stays(not_redacted(alice, room, message), 6), \
+            "redacted before bob, who joined before the bot, read it"
+        await bob.receipt(room, message)
+        await eventually(lambda: alice.is_redacted(room, message), 30,
+                         what="redacted after bob's receipt")
+    finally:
+        await lethe.stop()
+        await alice.close()
+        await bob.close()
