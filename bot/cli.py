@@ -58,8 +58,12 @@ def setup_logging(level: str) -> None:
     )
     # Third-party libraries stay quieter than Lethe itself (nio logs whole responses,
     # tokens included, at DEBUG).
+    # Never louder than Lethe's own level: `lethe demo` (ERROR) tells only its story.
+    chosen = logging.getLevelName(level)
+    quiet = logging.INFO if level == "DEBUG" else max(
+        logging.WARNING, chosen if isinstance(chosen, int) else logging.WARNING)
     for name in QUIET_LIBRARIES:
-        logging.getLogger(name).setLevel(logging.INFO if level == "DEBUG" else logging.WARNING)
+        logging.getLogger(name).setLevel(quiet)
     # nio warns about every redacted encrypted event failing its schema: expected here.
     logging.getLogger("nio.events").setLevel(logging.ERROR)
 
