@@ -5,6 +5,7 @@ Every error names the file, the key and what is wrong.
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import os
 import re
@@ -262,7 +263,45 @@ def read_config_file(path: Path) -> ConfigReader:
         raise ConfigError(f"{path}: {yaml_problem(exc)}") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: must be a YAML mapping of settings")
+    _check_keys(path, data, KNOWN_KEYS, "")
     return ConfigReader(path, data)
+
+
+# Every key the bot and the bridge read (one file serves both). A mapping names the
+# keys inside a section; None takes the value as it is (its loader checks it). A
+# misspelt key would otherwise be ignored silently: `polcy:` would leave the default.
+KNOWN_KEYS: dict[str, Any] = {
+    "homeserver": {"url": None},
+    "bot": {"user_id": None, "password": None, "device_name": None},
+    "data_dir": None,
+    "e2ee": {"pickle_key": None, "trust": None},
+    "invites": {"allow": None},
+    "commands": {"prefix": None},
+    "policy": {"default_cap": None},
+    "readers": {"ignore": None},
+    "redaction": {"workers": None},
+    "logging": {"level": None},
+    "metrics": {"listen": None},
+    "bridge": {
+        "user_id": None, "id": None, "registration": None, "database": None,
+        "listen": {"host": None, "port": None}, "default_policy": None,
+        "rooms": {"include": None, "exclude": None}, "defer_to": None,
+        "metrics": {"listen": None},
+    },
+}
+
+
+def _check_keys(path: Path, data: dict[Any, Any], known: dict[str, Any], where: str) -> None:
+    for key, value in data.items():
+        name = f"{where}{key}"
+        if key not in known:
+            near = difflib.get_close_matches(str(key), list(known), n=1)
+            hint = f"; did you mean {where}{near[0]}?" if near else \
+                f"; known keys here: {', '.join(sorted(known))}"
+            raise ConfigError(f"{path}: {name}: unknown key{hint}")
+        inner = known[key]
+        if isinstance(inner, dict) and isinstance(value, dict):
+            _check_keys(path, value, inner, f"{name}.")
 
 
 def load_config(path: Path | str, env: dict[str, str] | None = None) -> Config:

@@ -251,3 +251,25 @@ def test_section_that_is_not_a_mapping(tmp_path: Path) -> None:
     data = minimal()
     data["e2ee"] = "just-a-key-0123456789"
     assert "e2ee" in error(write(tmp_path, data))
+
+
+@pytest.mark.parametrize(("section", "key", "named", "nearest"), [
+    (None, "polcy", "polcy", "policy"),
+    ("redaction", "worker", "redaction.worker", "redaction.workers"),
+    ("e2ee", "trusted", "e2ee.trusted", "e2ee.trust"),
+    ("bot", "zzz", "bot.zzz", None),
+])
+def test_unknown_keys_are_named_with_the_nearest_valid_one(
+        tmp_path: Path, section: str | None, key: str, named: str, nearest: str | None) -> None:
+    """A misspelt key is an error, not a silent default."""
+    data = minimal()
+    if section is None:
+        data[key] = {"default_cap": "1d"}
+    else:
+        data.setdefault(section, {})[key] = 2
+    message = error(write(tmp_path, data))
+    assert f"{named}: unknown key" in message, message
+    if nearest:
+        assert f"did you mean {nearest}?" in message, message
+    else:
+        assert "known keys here" in message and "user_id" in message, message
