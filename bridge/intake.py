@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from bot.engine.model import Receipt
-from bot.matrix.events import MAX_TS
+from bot.matrix.events import MAX_TS, is_id, storable
 from bot.matrix.events import clean_receipts as receipts_of_edu
 from bot.matrix.http import HomeserverUnavailable
 
@@ -140,31 +140,11 @@ def shown(value: object, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-# --- identifiers ----------------------------------------------------------------------
-
-
-def _storable(text: str) -> bool:
-    if text.isascii():
-        return True
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-def is_id(value: object, sigil: str) -> bool:
-    """A Matrix identifier with its sigil (``$`` event, ``!`` room, ``@`` user) that
-    SQLite can store. Room ids of room version 12 have no server part."""
-    if not isinstance(value, str) or len(value) < 2 or value[0] != sigil:
-        return False
-    if sigil == "@" and ":" not in value:
-        return False
-    return _storable(value)
+# --- identifiers (is_id, storable: bot.matrix.events) ---------------------------------
 
 
 def _text(value: object) -> bool:
-    return isinstance(value, str) and _storable(value)
+    return isinstance(value, str) and storable(value)
 
 
 # --- events ---------------------------------------------------------------------------

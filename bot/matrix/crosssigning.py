@@ -112,14 +112,21 @@ def save_keys(path: Path, user_id: str, keys: SigningKeys, pickle_key: str) -> N
     }, indent=1))
 
 
-def stored_master(path: Path) -> str | None:
-    """The public master key of the key file, without the pickle key; None if absent."""
+def _read_key_file(path: Path) -> Any:
+    """The key file's JSON, or None when there is none."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as exc:
         raise IdentityError(f"{path} is damaged ({type(exc).__name__})") from None
+
+
+def stored_master(path: Path) -> str | None:
+    """The public master key of the key file, without the pickle key; None if absent."""
+    data = _read_key_file(path)
+    if data is None:
+        return None
     master = data.get("master") if isinstance(data, dict) else None
     if not isinstance(master, str):
         raise IdentityError(f"{path} is damaged (no master key)")
@@ -128,12 +135,9 @@ def stored_master(path: Path) -> str | None:
 
 def load_keys(path: Path, user_id: str, pickle_key: str) -> SigningKeys | None:
     """The private keys, or None when there is no key file."""
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
+    data = _read_key_file(path)
+    if data is None:
         return None
-    except (OSError, ValueError) as exc:
-        raise IdentityError(f"{path} is damaged ({type(exc).__name__})") from None
     try:
         if data["version"] != KEY_FILE_VERSION or data["kdf"] != "argon2id":
             raise IdentityError(f"{path}: unknown key file version")
@@ -192,11 +196,14 @@ def _single_key(obj: Any, user_id: str, usage: str) -> str | None:
     return public
 
 
-def _signed_by(obj: Any, user_id: str, public: str) -> bool:
+def _signed_by(obj: Any, user_id: str, public: str, key_name: str | None = None) -> bool:
+    """Whether ``obj`` carries ``user_id``'s valid signature by the Ed25519 key
+    ``public``, whose key id is ``ed25519:<key_name>`` (the public key itself for
+    cross-signing keys, the device id for a device's own key)."""
     if not isinstance(obj, Mapping):
         return False
     try:
-        verify_key = decode_verify_key_bytes(f"ed25519:{public}", _unb64(public))
+        verify_key = decode_verify_key_bytes(f"ed25519:{key_name or public}", _unb64(public))
         verify_signed_json(dict(obj), user_id, verify_key)
     except (SignatureVerifyException, ValueError, TypeError, KeyError, AttributeError):
         return False
@@ -231,18 +238,9 @@ def read_identity(body: Mapping[str, Any], user_id: str) -> UserIdentity:
             devices[device_id] = ed
             plain = {k: v for k, v in dev.items() if k != "unsigned"}
             if ssk is not None and _signed_by(plain, user_id, ssk) \
-                    and _device_self_signed(plain, user_id, device_id, ed):
+                    and _signed_by(plain, user_id, ed, device_id):
                 signed[device_id] = ed
     return UserIdentity(user_id, master, ssk, signed, devices)
-
-
-def _device_self_signed(obj: Mapping[str, Any], user_id: str, device_id: str, ed: str) -> bool:
-    try:
-        verify_key = decode_verify_key_bytes(f"ed25519:{device_id}", _unb64(ed))
-        verify_signed_json(dict(obj), user_id, verify_key)
-    except (SignatureVerifyException, ValueError, TypeError, KeyError, AttributeError):
-        return False
-    return True
 
 
 async def query_identities(http: MatrixHttp, user_ids: list[str]) -> dict[str, UserIdentity]:

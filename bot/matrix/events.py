@@ -118,7 +118,7 @@ def to_items(
     return items
 
 
-def _storable(text: str) -> bool:
+def storable(text: str) -> bool:
     """SQLite cannot store lone surrogates, which JSON escapes can carry."""
     if text.isascii():
         return True
@@ -136,7 +136,7 @@ def is_id(value: object, sigil: str) -> bool:
         return False
     if sigil == "@" and ":" not in value:
         return False
-    return _storable(value)
+    return storable(value)
 
 
 def clean_receipts(content: object) -> tuple[list[Receipt], int]:
@@ -159,7 +159,7 @@ def clean_receipts(content: object) -> tuple[list[Receipt], int]:
             info = info if isinstance(info, Mapping) else {}
             thread = info.get("thread_id")
             if not (is_id(user_id, "@") and is_id(event_id, "$")) or (
-                    thread is not None and not (_str(thread) and _storable(thread))):
+                    thread is not None and not (_str(thread) and storable(thread))):
                 bad += 1
                 continue
             found.append(Receipt(user_id, event_id, thread, _ts(info.get("ts"))))
