@@ -10,7 +10,7 @@ federate with no network at all. Certificates are not verified, loopback is allo
 servers of the group: nothing here contacts an address off this machine.
 
 A server can run with a wrong clock: ``clock_offset_ms`` at start, or
-``set_clock_offset`` at any time (it takes effect within 50 ms, no restart). A
+``set_clock_offset`` at any time (it takes effect at the next stamp, no restart). A
 ``sitecustomize`` put first on that Synapse's ``PYTHONPATH`` shifts
 ``synapse.util.clock.Clock.time_msec``, which Synapse stamps ``origin_server_ts`` and
 receipt ``ts`` with, by the offset in a file of its work directory. That server then behaves as
@@ -34,29 +34,34 @@ from bot.localsynapse import LocalSynapse, find_free_port
 CLOCK_FILE_ENV = "LETHE_TEST_CLOCK_FILE"
 
 # Loaded by the Synapse process at interpreter start: once synapse.util.clock is
-# imported, its Clock.time_msec gets the offset (read from the file at most every
-# 50 ms). Clock.time, which rate limiters use, keeps the true time: a clock moved back
+# imported, its Clock.time_msec gets the offset (re-read whenever the file changes).
+# Clock.time, which rate limiters use, keeps the true time: a clock moved back
 # would otherwise make them refuse every request.
 _SITECUSTOMIZE = f'''"""Written by bot.localfederation: shift this Synapse's clock."""
 import importlib.abc
 import importlib.machinery
 import os
 import sys
-import time
 
 _FILE = os.environ.get("{CLOCK_FILE_ENV}")
-_cached = [0, -1.0]  # offset in ms, when read (monotonic)
+_cached = [0, None]  # offset in ms, the file's (inode, mtime) when read
 
 
 def _offset():
-    now = time.monotonic()
-    if now - _cached[1] > 0.05:
+    # A stat per call (microseconds): a new offset counts from the next stamp on, so a
+    # test never races a cache.
+    try:
+        st = os.stat(_FILE)
+        mark = (st.st_ino, st.st_mtime_ns)
+    except OSError:
+        return 0
+    if mark != _cached[1]:
         try:
             with open(_FILE) as fh:
                 _cached[0] = int(fh.read().strip() or 0)
         except (OSError, ValueError):
             _cached[0] = 0
-        _cached[1] = now
+        _cached[1] = mark
     return _cached[0]
 
 
@@ -208,7 +213,7 @@ class FederatedSynapse(LocalSynapse):
 
     def set_clock_offset(self, offset_ms: int) -> None:
         """Shift this server's clock by ``offset_ms`` from now on (0: the true time);
-        a running server follows within 50 ms."""
+        a running server follows from its next timestamp on."""
         self.clock_offset_ms = offset_ms
         if self.workdir.exists():
             tmp = self._clock_file.with_suffix(".tmp")

@@ -87,7 +87,7 @@ def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalFedera
 
     A wrong clock on a server: ``with federation[1].clock_offset(-60_000): ...`` makes it
     stamp ``origin_server_ts`` and receipt ``ts`` 60 s slow inside the block (effective
-    within 50 ms, no restart; a sitecustomize shifts Synapse's Clock.time_msec in that
+    from the next timestamp, no restart; a sitecustomize shifts Synapse's Clock.time_msec in that
     process only). Restore it (the context manager does) so other tests see true clocks."""
     if not synapse_available():
         pytest.fail("matrix-synapse is not installed: pip install -e '.[test]'")
