@@ -13,9 +13,13 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
+# pip and setuptools talk even with --quiet (e.g. setuptools' note on every editable
+# install): their output goes to a log, shown only when the install fails.
 $(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[test,demo]'
-	touch $(STAMP)
+	@echo "installing into $(VENV) (log: $(VENV)/install.log)"
+	@$(BIN)/python -m pip install --quiet -e '.[test,demo]' > $(VENV)/install.log 2>&1 \
+		|| { cat $(VENV)/install.log >&2; exit 1; }
+	@touch $(STAMP)
 
 install: $(STAMP)
 
