@@ -27,6 +27,29 @@ def _tables(path: Path) -> set[str]:
         return {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
 
 
+def _old_database(path: Path, version: int) -> sqlite3.Connection:
+    """A database as release ``version`` left it (its migrations, no rows): the
+    caller inserts rows and closes it, then opens it with the Store to migrate it."""
+    path.parent.mkdir(parents=True)
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+    conn.execute("INSERT INTO schema_version VALUES (?)", (version,))
+    for statement in (s for migration in MIGRATIONS[:version] for s in migration):
+        conn.execute(statement)
+    conn.execute("INSERT INTO rooms (room_id) VALUES ('!r:x')")
+    return conn
+
+
+async def _migrated(store: Store) -> None:
+    async with store.conn.execute("SELECT version FROM schema_version") as cur:
+        assert [tuple(r) for r in await cur.fetchall()] == [(SCHEMA_VERSION,)]
+
+
+async def _plan(store: Store, sql: str, params: tuple[object, ...] = ()) -> str:
+    async with store.conn.execute(f"EXPLAIN QUERY PLAN {sql}", params) as cur:
+        return " | ".join(str(row[-1]) for row in await cur.fetchall())
+
+
 async def test_new_database_gets_schema_version(db_path: Path) -> None:
     store = await Store.open(db_path)
     try:
@@ -171,13 +194,7 @@ async def test_schema_2_database_migrates_and_keeps_its_due_index(db_path: Path)
     """A database of the release before echo confirmation (schema 2): it gains
     ``redaction_id`` and ``check_at``, keeps its rows, and the due queries, which now
     cover SENT rows too, find them through the partial indexes, not a table scan."""
-    db_path.parent.mkdir(parents=True)
-    with sqlite3.connect(db_path) as conn:
-        conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
-        conn.execute("INSERT INTO schema_version VALUES (2)")
-        for statement in (s for migration in MIGRATIONS[:2] for s in migration):
-            conn.execute(statement)
-        conn.execute("INSERT INTO rooms (room_id) VALUES ('!r:x')")
+    with _old_database(db_path, 2) as conn:
         conn.execute(
             "INSERT INTO events (event_id, room_id, sender, seq, origin_ts, mode, timer_ms, "
             "due_at, status) VALUES ('$m1', '!r:x', '@a:x', 1, 1000, 1, 60000, 61000, ?)",
@@ -187,8 +204,7 @@ async def test_schema_2_database_migrates_and_keeps_its_due_index(db_path: Path)
 
     store = await Store.open(db_path)
     try:
-        async with store.conn.execute("SELECT version FROM schema_version") as cur:
-            assert [tuple(r) for r in await cur.fetchall()] == [(SCHEMA_VERSION,)]
+        await _migrated(store)
         async with store.conn.execute(
             "SELECT event_id, status, due_at, redaction_id FROM events"
         ) as cur:
@@ -203,8 +219,7 @@ async def test_schema_2_database_migrates_and_keeps_its_due_index(db_path: Path)
         selects = [s for s in statements if s.lstrip().upper().startswith("SELECT")]
         assert len(selects) == 3, statements  # next_due; claim_due: due, then overdue SENT
         for sql in selects:
-            async with store.conn.execute(f"EXPLAIN QUERY PLAN {sql}") as cur:
-                plan = " | ".join(str(row[-1]) for row in await cur.fetchall())
+            plan = await _plan(store, sql)
             assert "SCAN events" not in plan, (sql, plan)
             wanted = ["events_due", "events_check"] if "UNION" in sql else (
                 ["events_check"] if "status = 4" in sql else ["events_due"])
@@ -221,13 +236,7 @@ async def test_schema_3_database_migrates_and_finds_positions_of_tracked_events(
     ``positions`` table, a receipt on an event tracked before the upgrade still finds
     its position (in ``events``), and pruning and marking read find the unread events
     through the new partial index, not a scan of the room's events."""
-    db_path.parent.mkdir(parents=True)
-    with sqlite3.connect(db_path) as conn:
-        conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
-        conn.execute("INSERT INTO schema_version VALUES (3)")
-        for statement in (s for migration in MIGRATIONS[:3] for s in migration):
-            conn.execute(statement)
-        conn.execute("INSERT INTO rooms (room_id) VALUES ('!r:x')")
+    with _old_database(db_path, 3) as conn:
         conn.execute(
             "INSERT INTO events (event_id, room_id, sender, seq, origin_ts, mode, timer_ms, "
             "cap_ms, due_at, status) VALUES ('$m1', '!r:x', '@a:x', 7, 1000, 2, 60000, "
@@ -238,8 +247,7 @@ async def test_schema_3_database_migrates_and_finds_positions_of_tracked_events(
 
     store = await Store.open(db_path)
     try:
-        async with store.conn.execute("SELECT version FROM schema_version") as cur:
-            assert [tuple(r) for r in await cur.fetchall()] == [(SCHEMA_VERSION,)]
+        await _migrated(store)
         assert "positions" in _tables(db_path)
         assert await store.event_seq("!r:x", "$m1") == 7
         assert await store.event_seq("!r:x", "$never-seen") is None
@@ -253,8 +261,7 @@ async def test_schema_3_database_migrates_and_finds_positions_of_tracked_events(
         writes = [s for s in statements if s.lstrip().upper().startswith(("UPDATE", "DELETE"))]
         assert len(writes) == 2, statements
         for sql in writes:
-            async with store.conn.execute(f"EXPLAIN QUERY PLAN {sql}") as cur:
-                plan = " | ".join(str(row[-1]) for row in await cur.fetchall())
+            plan = await _plan(store, sql)
             assert "INDEX events_unread" in plan, (sql, plan)
             assert "SCAN" not in plan, (sql, plan)
     finally:
@@ -268,13 +275,7 @@ async def test_schema_4_database_migrates_with_sent_times_and_reader_counts(
     is its origin_ts, and each unread after_read event counts the required readers who
     have not read it (sender, late joiners and readers through either key excluded), so
     the next receipt finishes the job; a claim under a backlog uses the new index."""
-    db_path.parent.mkdir(parents=True)
-    with sqlite3.connect(db_path) as conn:
-        conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
-        conn.execute("INSERT INTO schema_version VALUES (4)")
-        for statement in (s for migration in MIGRATIONS[:4] for s in migration):
-            conn.execute(statement)
-        conn.execute("INSERT INTO rooms (room_id) VALUES ('!r:x')")
+    with _old_database(db_path, 4) as conn:
         conn.executemany(
             "INSERT INTO members (room_id, user_id, join_seq) VALUES ('!r:x', ?, ?)",
             [("@a:x", 1), ("@b:x", 2), ("@c:x", 3), ("@late:x", 9)],
@@ -297,8 +298,7 @@ async def test_schema_4_database_migrates_with_sent_times_and_reader_counts(
 
     store = await Store.open(db_path)
     try:
-        async with store.conn.execute("SELECT version FROM schema_version") as cur:
-            assert [tuple(r) for r in await cur.fetchall()] == [(SCHEMA_VERSION,)]
+        await _migrated(store)
         async with store.conn.execute(
             "SELECT event_id, sent_at, readers_left FROM events ORDER BY seq"
         ) as cur:
@@ -313,12 +313,10 @@ async def test_schema_4_database_migrates_with_sent_times_and_reader_counts(
             await reads.cover(conn, "!r:x", "@b:x", "", old, 6, 3000)
         async with store.conn.execute("SELECT read_at, due_at FROM events WHERE seq = 6") as cur:
             assert [tuple(r) for r in await cur.fetchall()] == [(3000, 63000)]
-        async with store.conn.execute(
-            "EXPLAIN QUERY PLAN SELECT event_id FROM events INDEXED BY events_room_due "
+        plan = await _plan(
+            store, "SELECT event_id FROM events INDEXED BY events_room_due "
             "WHERE room_id = ? AND status = 0 AND due_at IS NOT NULL AND due_at <= ? "
-            "ORDER BY due_at", ("!r:x", 0),
-        ) as cur:
-            plan = " | ".join(str(row[-1]) for row in await cur.fetchall())
+            "ORDER BY due_at", ("!r:x", 0))
         assert "INDEX events_room_due" in plan and "TEMP B-TREE" not in plan, plan
     finally:
         await store.close()
