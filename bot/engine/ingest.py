@@ -61,7 +61,10 @@ _CAP_CHECK_EVERY = 1_000
 #   than MAX_SKEW_MS before the previous batch: it was not in that one, so it reached
 #   the homeserver after it, give or take a clock's skew. After downtime, the previous
 #   batch is from before it, so what was sent meanwhile keeps its own time and is
-#   redacted at once if overdue.
+#   redacted at once if overdue. A backlog can come in several batches (a homeserver
+#   pushes an appservice its queue 100 events at a time): a batch whose newest message
+#   is older than the skew is a backlog one, and the time it stands for is that newest
+#   message's, never going back, so the next batch of the backlog keeps its own times.
 # - A receipt from a user of Lethe's own homeserver (which stamped it) counts at its ts,
 #   within the same window without the skew; one from another server counts when Lethe
 #   learned of it: a remote clock never makes anything read earlier.
@@ -83,7 +86,14 @@ def read_time(ts: int | None, local: bool, now_ms: int, previous_ms: int | None)
     """When a receipt counts as read (see MAX_SKEW_MS)."""
     if ts is None or not local:
         return now_ms
-    return min(max(ts, ts if previous_ms is None else previous_ms), now_ms)
+    return min(ts if previous_ms is None else max(ts, previous_ms), now_ms)
+
+
+def seen_time(now_ms: int, newest_sent: int | None, previous_ms: int | None) -> int:
+    """The time a stored batch stands for, for the next batch's bounds (see MAX_SKEW_MS)."""
+    if newest_sent is None or newest_sent >= now_ms - MAX_SKEW_MS:
+        return now_ms  # a live batch
+    return newest_sent if previous_ms is None else max(previous_ms, newest_sent)
 
 
 @dataclass(frozen=True)
@@ -126,9 +136,12 @@ class Ingestor:
         # Lethe's clock when it stored the batch before the one being applied (None:
         # never, or before it kept this); see MAX_SKEW_MS.
         self._previous_ms: int | None = None
+        self._newest_sent: int | None = None  # of the batch being applied
 
     async def load(self) -> None:
         self._seq = await self._store.max_seq()
+        previous = await self._store.get_meta(SEEN_KEY)  # only this Ingestor writes it
+        self._previous_ms = int(previous) if previous is not None else None
 
     def counts_as_reader(self, user_id: str) -> bool:
         if user_id == self._config.bot_user_id:
@@ -149,9 +162,8 @@ class Ingestor:
         invalid: list[InvalidPolicy] = []
         redacted: list[DueEvent] = []
         tracked = 0
+        self._newest_sent = None
         async with self._store.transaction() as conn:
-            previous = await self._store.get_meta(SEEN_KEY)
-            self._previous_ms = int(previous) if previous is not None else None
             for update in updates:
                 room = await self._load_room(update.room_id)
                 tracked += await self._apply_timeline(update, room, now_ms, invalid, redacted)
@@ -173,11 +185,13 @@ class Ingestor:
                 if update.last_event_id:
                     await self._store.set_last_event(update.room_id, update.last_event_id)
             await self._store.set_meta("seq", str(self._seq))
-            await self._store.set_meta(SEEN_KEY, str(now_ms))
+            seen = seen_time(now_ms, self._newest_sent, self._previous_ms)
+            await self._store.set_meta(SEEN_KEY, str(seen))
             for key, value in (meta or {}).items():
                 await self._store.set_meta(key, value)
             if appservice_txn is not None:
                 await self._store.record_appservice_txn(appservice_txn, now_ms)
+        self._previous_ms = seen  # committed
         return IngestResult(tuple(changes), tuple(invalid), tracked, redacted=tuple(redacted))
 
     async def _load_room(self, room_id: str) -> _RoomState:
@@ -267,6 +281,7 @@ class Ingestor:
         policy = room.policy
         child = msg.parent_id is not None and msg.parent_id in tracked_parents
         sent = sent_time(msg.origin_ts, now_ms, self._previous_ms)
+        self._newest_sent = sent if self._newest_sent is None else max(self._newest_sent, sent)
         if not policy.active:
             if not child:
                 return None

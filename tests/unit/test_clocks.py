@@ -83,6 +83,20 @@ async def test_messages_sent_while_lethe_was_stopped_keep_their_own_time(make_ha
     assert (await _row(second, "$recent"))["due_at"] == T0 + H + 5 * M
 
 
+async def test_a_backlog_in_several_batches_keeps_its_own_times(make_harness) -> None:
+    """After downtime a homeserver pushes the bridge its queue 100 events at a time:
+    the second batch's messages, sent during the downtime too, are not clamped to
+    the first batch's arrival (their deadlines would slip by the whole downtime)."""
+    first: Harness = await make_harness()
+    await first.set_policy(Policy.after_send(10 * M))
+    await first.close()
+    second: Harness = await make_harness(clock=TestClock(T0 + H))
+    await second.ingest(Message("$b1", ALICE, T0 + 30 * M))
+    await second.advance(S)
+    await second.ingest(Message("$b2", ALICE, T0 + 40 * M))
+    assert sorted(second.transport.redacted_ids()) == ["$b1", "$b2"]  # both overdue
+
+
 # --- receipts -----------------------------------------------------------------------
 
 
