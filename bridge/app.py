@@ -389,8 +389,10 @@ class Bridge:
                 state: list[Mapping[str, Any]] | None = []  # it is all in the push
             else:
                 state = await self._fetch_state(view, batch)
+            assert self.engine is not None
             initial = self._reader.load(view, state or [], batch.events,
-                                        complete=state is not None)
+                                        complete=state is not None,
+                                        known=await self.engine.room(room_id) is not None)
         return self._reader.read(view, initial, batch.events, batch.receipts,
                                  first_sight=first_sight)
 

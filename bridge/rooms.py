@@ -196,11 +196,15 @@ class RoomReader:
         events: Iterable[Mapping[str, Any]],
         *,
         complete: bool = True,
+        known: bool = False,
     ) -> list[TimelineItem]:
         """First sight: the room's current state as the state block before the
         transaction's ``events``. State those events set themselves is left out, so a
         member who joins (or a policy set) in the middle of them counts from there on.
-        Not ``complete`` (the state could not be read): it is tried again next time."""
+        Not ``complete`` (the state could not be read): it is tried again next time.
+        ``known``: the engine has the room already (this is a restart), so its policy
+        state gets the same power check as in the timeline; a new room's policy is
+        taken as it stands, as the bot does when it joins."""
         later = {key for key in map(state_key, events) if key is not None}
         before = [event for event in state if state_key(event) not in later]
         ignored = RoomReading()
@@ -214,6 +218,11 @@ class RoomReader:
                 continue
             if item is not None:
                 items.append(item)
+        if known:  # checked against the state's power levels, now all read
+            items = [self._checked(view, item) for item in items]
+            for item in items:
+                if isinstance(item, PolicyEvent) and item.refused is not None:
+                    view.policies.pop(item.event_type, None)
         view.loaded = complete
         view.watched = self.config.rooms.allows(view.room_id, view.aliases)
         return items

@@ -612,3 +612,24 @@ def test_refusal_log_counts_what_it_leaves_out(caplog: pytest.LogCaptureFixture)
 ])
 def test_only_transient_failures_are_retried(exc: BaseException, transient: bool) -> None:
     assert is_transient(exc) is transient
+
+
+def test_after_a_restart_the_policy_state_gets_the_power_check(tmp_path: Path) -> None:
+    """A policy event the bridge refused in the timeline is in the room's state when it
+    restarts: loading the state of a room the engine knows checks it again."""
+    config = load_bridge_config(write(tmp_path, minimal()))
+    reader = RoomReader(config)
+    state = [
+        _event("m.room.create", "@a:example.org", "$create", state_key="",
+               content={"creator": "@a:example.org", "room_version": "10"}),
+        _event("com.beeper.disappearing_timer", "@b:example.org", "$off", state_key="",
+               content={}),
+        _event("m.room.power_levels", "@a:example.org", "$pl", state_key="",
+               content={"users": {"@a:example.org": 100},
+                        "events": {"com.beeper.disappearing_timer": 0}}),
+    ]
+    for known, refused in ((True, True), (False, False)):
+        view = RoomView(ROOM)
+        items = reader.load(view, state, [], known=known)
+        policy = next(i for i in items if isinstance(i, PolicyEvent))
+        assert (policy.refused is not None) is refused, known
