@@ -21,7 +21,7 @@ import click
 
 from bot.config import Config, ConfigError, load_config
 from bot.engine.store import StoreError
-from bot.runlock import AlreadyRunning
+from bot.runlock import BOT_LOCK, AlreadyRunning, hold
 
 EXIT_CHECK_FAILED = 1
 EXIT_USAGE = 2
@@ -186,6 +186,11 @@ def login(ctx: click.Context, reset_identity: bool) -> None:
                    EXIT_USAGE)
 
     async def go() -> None:
+        # It opens the key store and may rewrite the identity: never next to `lethe run`.
+        with hold(config.data_dir / BOT_LOCK, "lethe login"):
+            await log_in()
+
+    async def log_in() -> None:
         client, creds = await do_login(config)
         http = MatrixHttp(config.homeserver.url, creds.access_token)
         try:

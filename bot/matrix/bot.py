@@ -153,7 +153,7 @@ class LetheBot:
         self.identity: OwnIdentity | None = None
         self.trust: DeviceTrust | None = None
         self.joins = JoinRetries()
-        self._join_timers: set[asyncio.Task[None]] = set()
+        self._join_timers: dict[str, asyncio.Task[None]] = {}  # room -> its next try
 
     # --- lifecycle -----------------------------------------------------------
 
@@ -195,13 +195,13 @@ class LetheBot:
         await self._cross_sign()
         self.trust = DeviceTrust(self.config.e2ee.trust, self.http,
                                  self.config.pinned_identities_path)
+        # What the last run was retrying: the first sync (full state) lists every
+        # invite still open, and each is tried again from there.
+        self.joins = JoinRetries(load_pending(await self.engine.store.get_meta(JOINS_META)))
         self._tasks = [
             asyncio.create_task(self._sync_loop(), name="lethe-sync"),
             asyncio.create_task(self._action_loop(), name="lethe-actions"),
         ]
-        self.joins = JoinRetries(load_pending(await self.engine.store.get_meta(JOINS_META)))
-        for invite in self.joins.pending():  # resume what the last run was retrying
-            self._actions.put_nowait(Join(invite.room_id, invite.inviter))
 
     async def _cross_sign(self) -> None:
         """Sign this device with the bot's cross-signing identity (made on first start).
@@ -220,9 +220,9 @@ class LetheBot:
         if self._metrics_server is not None:
             await self._metrics_server.stop()
             self._metrics_server = None
-        for timer in self._join_timers:
+        for timer in self._join_timers.values():
             timer.cancel()
-        await asyncio.gather(*self._join_timers, return_exceptions=True)
+        await asyncio.gather(*self._join_timers.values(), return_exceptions=True)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -565,14 +565,16 @@ class LetheBot:
             log.warning("gave up joining %s on the invite of %s: %s", invite.room_id,
                         invite.inviter, error)
             return
+        if invite.room_id in self._join_timers:
+            return  # a try is already scheduled (the invite came twice): one chain only
         log.warning("could not join %s (%s); trying again in %.0f s", invite.room_id,
                     error, delay)
-        timer = asyncio.create_task(self._join_later(invite, delay), name="lethe-join-retry")
-        self._join_timers.add(timer)
-        timer.add_done_callback(self._join_timers.discard)
+        self._join_timers[invite.room_id] = asyncio.create_task(
+            self._join_later(invite, delay), name="lethe-join-retry")
 
     async def _join_later(self, invite: Join, delay: float) -> None:
         await asyncio.sleep(delay)
+        self._join_timers.pop(invite.room_id, None)
         self._actions.put_nowait(invite)
 
     async def _save_joins(self) -> None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -352,9 +353,13 @@ async def ensure_identity(
     keys = load_keys(key_path, user_id, pickle_key)
     created = False
     if reset:
+        # Staged beside the old keys, which stay until the homeserver took the new ones
+        # (a wrong password must not leave the bot with neither).
         keys = SigningKeys.generate()
-        save_keys(key_path, user_id, keys, pickle_key)
+        staged = key_path.with_name(key_path.name + ".new")
+        save_keys(staged, user_id, keys, pickle_key)
         await _upload_keys(http, user_id, keys, password)
+        os.replace(staged, key_path)
         created = True
     elif keys is None:
         if server.master is not None:
