@@ -25,6 +25,7 @@ from bot.engine.model import IngestResult, Receipt, RoomUpdate
 from bot.engine.power import describe_level
 from bot.engine.redactor import ECHO_WAIT_MS, Outcome, Reply
 from bot.engine.store import Store
+from bot.matrix.events import clean_receipts
 from bot.matrix.http import HomeserverUnavailable, HttpTransport, MatrixHttp, q
 from bot.metrics import LetheMetrics, MetricsServer
 from bridge.config import BridgeConfig, is_loopback
@@ -33,7 +34,6 @@ from bridge.intake import (
     Skipped,
     TryLater,
     clean_event,
-    clean_receipts,
     is_id,
     is_transient,
     shown,

@@ -28,9 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bot.engine.model import Receipt
 from bot.matrix.events import MAX_TS, is_id, storable
-from bot.matrix.events import clean_receipts as receipts_of_edu
 from bot.matrix.http import HomeserverUnavailable
 
 # The largest transaction the bridge reads. Synapse puts at most 100 PDUs and 100
@@ -206,10 +204,6 @@ def clean_event(raw: object, room_id: str | None = None) -> Mapping[str, Any] | 
     return event
 
 
-def clean_receipts(content: object) -> tuple[list[Receipt], int]:
-    """The usable public receipts of an ``m.receipt`` EDU's content, and how many
-    others it held (left out): the parser the bot uses on its /sync too."""
-    return receipts_of_edu(content)
 
 
 # --- state contents the bridge reads ----------------------------------------------------

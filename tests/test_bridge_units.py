@@ -28,6 +28,7 @@ from bot.engine.engine import EngineConfig
 from bot.engine.model import Marker, MemberChange, Message, PolicyEvent, RoomUpdate
 from bot.engine.policy import BEEPER_EVENT_TYPE, POLICY_EVENT_TYPE, Policy, Readers
 from bot.engine.store import MIGRATIONS, SCHEMA_VERSION, Store
+from bot.matrix.events import clean_receipts
 from bot.matrix.http import HomeserverUnavailable
 from bridge.config import RoomFilter, load_bridge_config
 from bridge.intake import (
@@ -36,7 +37,6 @@ from bridge.intake import (
     TryLater,
     clean_event,
     clean_power_levels,
-    clean_receipts,
     is_transient,
 )
 from bridge.registration import load_registration

@@ -20,7 +20,7 @@ from bot.engine.model import IngestResult, RoomUpdate
 from bot.engine.policy import Policy
 from bot.engine.redactor import RedactionStats, Redactor, Transport
 from bot.engine.scheduler import Scheduler
-from bot.engine.store import RoomRow, Store
+from bot.engine.store import FAILED, RoomRow, Store
 
 log = logging.getLogger(__name__)
 
@@ -148,15 +148,15 @@ class Engine:
         """Drop the room's schedule (the front can no longer redact there). What was
         still scheduled is given up: recorded, in the same transaction, for `lethe rooms
         list`, and returned so the front can log it; None if nothing was."""
-        async with self.store.conn.execute(
-            "SELECT count(*), min(due_at) FROM events WHERE room_id = ? AND status != 3",
-            (room_id,),
-        ) as cur:
-            found = await cur.fetchone()
         given_up = None
-        if found and found[0]:
-            given_up = GivenUpRoom(room_id, self.clock.now_ms(), int(found[0]), found[1])
-        async with self.store.transaction():
+        async with self.store.transaction() as conn:
+            async with conn.execute(
+                "SELECT count(*), min(due_at) FROM events WHERE room_id = ? AND status != ?",
+                (room_id, FAILED),
+            ) as cur:
+                found = await cur.fetchone()
+            if found and found[0]:
+                given_up = GivenUpRoom(room_id, self.clock.now_ms(), int(found[0]), found[1])
             await self.store.delete_room(room_id)
             if given_up is not None:
                 await self.store.set_meta(GIVEN_UP_KEY, dump_given_up(

@@ -508,19 +508,9 @@ class Store:
 
     # --- receipts ----------------------------------------------------------
 
-    async def upsert_receipt(self, room_id: str, user_id: str, thread: str, seq: int) -> bool:
-        """Within a transaction. Receipts only move forward; returns whether this one did."""
-        cur = await self._conn.execute(
-            "INSERT INTO receipts (room_id, user_id, thread, seq) VALUES (?, ?, ?, ?) "
-            "ON CONFLICT (room_id, user_id, thread) DO UPDATE SET seq = excluded.seq "
-            "WHERE excluded.seq > receipts.seq",
-            (room_id, user_id, thread, seq),
-        )
-        return cur.rowcount > 0
-
     async def move_receipt(self, room_id: str, user_id: str, thread: str, seq: int) -> int | None:
-        """Within a transaction: like ``upsert_receipt``, but returns the position the
-        receipt moved from (0 if it is new), or None if it did not move."""
+        """Within a transaction: move the receipt forward (receipts never move back);
+        returns the position it moved from (0 if it is new), or None if it did not move."""
         async with self._conn.execute(
             "SELECT seq FROM receipts WHERE room_id = ? AND user_id = ? AND thread = ?",
             (room_id, user_id, thread),

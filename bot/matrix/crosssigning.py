@@ -261,7 +261,6 @@ class OwnIdentity:
     """The outcome of making sure the bot's device is cross-signed."""
 
     master: str
-    device_signed: bool
     created: bool = False
 
 
@@ -387,4 +386,4 @@ async def ensure_identity(
         await _sign_device(http, user_id, device_id, device_ed25519, keys)
         log.info("device %s of %s is cross-signed (master key %s)", device_id, user_id,
                  fingerprint(keys.public("master")))
-    return OwnIdentity(keys.public("master"), True, created)
+    return OwnIdentity(keys.public("master"), created)

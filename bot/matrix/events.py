@@ -202,21 +202,6 @@ def ephemeral_by_room(sync_body: object) -> dict[str, object]:
 
 
 def receipts_from_content(content: object) -> list[Receipt]:
-    """Public ``m.read`` receipts from an ``m.receipt`` EDU's content. Private receipts
-    (``m.read.private``) never reach the bot, and would not count if they did."""
-    found: list[Receipt] = []
-    if not isinstance(content, Mapping):
-        return found
-    for event_id, by_type in content.items():
-        if not isinstance(event_id, str) or not isinstance(by_type, Mapping):
-            continue
-        readers = by_type.get("m.read")
-        if not isinstance(readers, Mapping):
-            continue
-        for user_id, info in readers.items():
-            if not isinstance(user_id, str):
-                continue
-            info = info if isinstance(info, Mapping) else {}
-            thread = _str(info.get("thread_id"))
-            found.append(Receipt(user_id, event_id, thread, _ts(info.get("ts"))))
-    return found
+    """The usable public receipts of an ``m.receipt`` EDU's content (clean_receipts,
+    without the count of those left out)."""
+    return clean_receipts(content)[0]

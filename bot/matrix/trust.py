@@ -23,9 +23,6 @@ from bot.matrix.http import MatrixHttp
 
 log = logging.getLogger(__name__)
 
-TRUST_MODES = ("tofu", "verified")
-
-
 class IdentityPins:
     """user id -> master key first seen, kept in a small JSON file."""
 
