@@ -39,6 +39,7 @@ from bridge.intake import clean_aliases, clean_create, clean_power_levels, shown
 
 log = logging.getLogger(__name__)
 
+_UNKNOWN = object()
 OWNERS_META = "bridge_owners"  # meta key: room -> the Lethe bot that enforces it
 
 
@@ -241,6 +242,7 @@ class RoomReader:
         )
         items: list[TimelineItem] = list(initial) if view.watched else []
         last_event_id: str | None = None
+        owner: str | object | None = _UNKNOWN  # deferred_to(view), kept between state
         for event in events:
             try:
                 item = self._checked(view, to_item(event))
@@ -249,6 +251,8 @@ class RoomReader:
             except Exception as exc:
                 _skipped(event, view.room_id, exc)
                 continue
+            if state_key(event) is not None:
+                owner = _UNKNOWN  # state may change who enforces: decide again
             allowed = self.config.rooms.allows(view.room_id, view.aliases)
             if allowed != view.watched:
                 view.watched = allowed
@@ -262,7 +266,9 @@ class RoomReader:
                 continue
             event_id = event.get("event_id")
             last_event_id = event_id if isinstance(event_id, str) else last_event_id
-            if isinstance(item, Message) and self.deferred_to(view):
+            if isinstance(item, Message) and owner is _UNKNOWN:
+                owner = self.deferred_to(view)
+            if isinstance(item, Message) and owner:
                 # A Lethe bot that can enforce the room is in it: the message is the
                 # bot's. Still a position receipts may point at.
                 item = Marker(item.event_id)
