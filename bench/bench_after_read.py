@@ -34,8 +34,8 @@ from bench.common import (
     spread,
     table,
 )
+from bot.devtools.people import eventually
 from bot.engine.policy import Policy
-from bot.people import eventually
 
 TIMER_MS = 1000
 CAP_MS = 3600_000

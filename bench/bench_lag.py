@@ -41,10 +41,10 @@ from bench.common import (
     spread,
     table,
 )
+from bot.devtools.localsynapse import LocalSynapse, RegisteredUser
+from bot.devtools.people import Person
 from bot.engine.policy import Policy
-from bot.localsynapse import LocalSynapse, RegisteredUser
 from bot.matrix.http import CLIENT_V3, MatrixHttp, q
-from bot.people import Person
 
 TIMER_MS = 2000
 BASELINE_EVENTS = 400

@@ -45,10 +45,10 @@ from bench.common import (
     set_policy,
     table,
 )
+from bot.devtools.localsynapse import LocalSynapse
+from bot.devtools.people import Person, eventually
 from bot.engine.policy import Policy
-from bot.localsynapse import LocalSynapse
-from bot.matrix.bot import LetheBot
-from bot.people import Person, eventually
+from bot.front.bot import LetheBot
 
 DAY_MS = 24 * 3600 * 1000
 # Synapse serves at most 100 timeline events per room in a sync, whatever the filter

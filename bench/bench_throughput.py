@@ -49,14 +49,14 @@ from bench.common import (
     send_plain,
     table,
 )
+from bot.devtools.localsynapse import LocalSynapse, RegisteredUser
+from bot.devtools.people import eventually
 from bot.engine.engine import EngineConfig
 from bot.engine.policy import POLICY_EVENT_TYPE, Policy
 from bot.engine.redactor import REDACTION_REASON
-from bot.localsynapse import LocalSynapse, RegisteredUser
-from bot.matrix.bot import SYNC_FILTER, TIMELINE_LIMIT
+from bot.front.bot import SYNC_FILTER, TIMELINE_LIMIT
+from bot.front.pace import MIN_INTERVAL_S, SyncNews, SyncPace
 from bot.matrix.http import CLIENT_V3, MatrixHttp, q
-from bot.matrix.pace import MIN_INTERVAL_S, SyncNews, SyncPace
-from bot.people import eventually
 from tests.harness import BotHandle, write_bot_config
 
 WORKERS = EngineConfig("@x:y").workers  # Lethe's default number of redaction workers

@@ -21,11 +21,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bot.devtools.localsynapse import LocalSynapse
+from bot.devtools.people import Person, eventually
 from bot.engine.engine import Engine
 from bot.engine.policy import POLICY_EVENT_TYPE, Policy
-from bot.localsynapse import LocalSynapse
 from bot.matrix.http import CLIENT_V3, MatrixHttp, q
-from bot.people import Person, eventually
 from tests.harness import BotHandle, write_bot_config
 
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -16,7 +16,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from bot.admin.census import STATE_NAMES, pending_by_state
+from bot.cli.census import STATE_NAMES, pending_by_state
 from bot.config import ConfigError, MetricsConfig
 from bot.engine.engine import Engine
 from bot.engine.store import DueEvent

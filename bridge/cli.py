@@ -11,8 +11,7 @@ from pathlib import Path
 
 import click
 
-from bot.admin.output import json_option
-from bot.cli import (
+from bot.cli.main import (
     EXIT_CONFIG,
     EXIT_HOMESERVER,
     EXIT_USAGE,
@@ -22,6 +21,7 @@ from bot.cli import (
     setup_logging,
     stop_on_signals,
 )
+from bot.cli.output import json_option
 from bot.config import ConfigError
 from bot.engine.store import RoomRow, Store
 from bot.runlock import hold
@@ -103,8 +103,8 @@ def run(ctx: click.Context) -> None:
 def rooms(ctx: click.Context, as_json: bool) -> None:
     """The rooms the bridge enforces, from its database (read-only, safe while it runs):
     policy, whether it can enforce it, pending count and next due time."""
-    from bot.admin.census import room_schedules
-    from bot.admin.output import emit_json, policy_json, relative, short_policy, table
+    from bot.cli.census import room_schedules
+    from bot.cli.output import emit_json, policy_json, relative, short_policy, table
     from bridge.rooms import OWNERS_META, load_owners
 
     config = _config(ctx)

@@ -14,7 +14,7 @@ from urllib.parse import quote
 
 from click.testing import CliRunner, Result
 
-from bot.cli import main
+from bot.cli.main import main
 from bot.config import Config
 from tests.harness import BotHandle, Person, eventually
 

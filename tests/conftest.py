@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.localsynapse import LocalSynapse, synapse_available
+from bot.devtools.localsynapse import LocalSynapse, synapse_available
 from tests.harness import BotHandle, Person, unique, write_bot_config
 
 
@@ -80,7 +80,7 @@ ElementPeopleFactory = "Callable[..., Awaitable[ElementClient]]"
 
 @pytest.fixture(scope="session")
 def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalFederation]:
-    """Two Synapses that federate over loopback only (bot.localfederation):
+    """Two Synapses that federate over loopback only (bot.devtools.localfederation):
     ``federation[0]`` and ``federation[1]``, each a LocalSynapse named ``127.0.0.1:PORT``
     (users ``@name:127.0.0.1:PORT``), with a TLS federation listener, unverified
     self-signed certificates, and ``federation_domain_whitelist`` naming only the two.
@@ -91,7 +91,7 @@ def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalFedera
     process only). Restore it (the context manager does) so other tests see true clocks."""
     if not synapse_available():
         pytest.fail("matrix-synapse is not installed: pip install -e '.[test]'")
-    from bot.localfederation import LocalFederation
+    from bot.devtools.localfederation import LocalFederation
 
     fed = LocalFederation(tmp_path_factory.mktemp("federation"), 2)
     fed.start()
@@ -99,4 +99,4 @@ def federation(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalFedera
     fed.stop()
 
 
-LocalFederation = "bot.localfederation.LocalFederation"
+LocalFederation = "bot.devtools.localfederation.LocalFederation"

@@ -21,9 +21,9 @@ from typing import Any
 import yaml
 
 from bot.config import Config, load_config
-from bot.localsynapse import LocalSynapse
-from bot.matrix.bot import LetheBot
-from bot.people import Person, eventually, stays
+from bot.devtools.localsynapse import LocalSynapse
+from bot.devtools.people import Person, eventually, stays
+from bot.front.bot import LetheBot
 
 __all__ = [
     "REPO", "BotHandle", "LetheProcess", "Person", "all_redacted", "bot_room", "clean_env",

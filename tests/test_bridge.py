@@ -27,9 +27,9 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from bot.cli import main
+from bot.cli.main import main
+from bot.devtools.localsynapse import LocalSynapse, find_free_port, synapse_available
 from bot.engine.store import FAILED, PARKED
-from bot.localsynapse import LocalSynapse, find_free_port, synapse_available
 from bridge.app import Bridge, RegistrationNotLoaded
 from bridge.config import BridgeConfig, load_bridge_config
 from bridge.registration import build_registration, load_registration, write_registration

@@ -22,7 +22,7 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from bot.cli import main
+from bot.cli.main import main
 from bot.config import ConfigError
 from bot.engine.engine import EngineConfig
 from bot.engine.model import Marker, MemberChange, Message, PolicyEvent, RoomUpdate

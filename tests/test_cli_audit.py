@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import json
 
-from bot.admin.audit import judge
-from bot.admin.history import PastEvent
+from bot.cli.audit import judge
+from bot.cli.history import PastEvent
 from bot.engine.policy import Policy
 from tests.cli_harness import lethe_cli, one_line_error, out_json
 from tests.harness import bot_room, eventually

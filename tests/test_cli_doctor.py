@@ -11,7 +11,7 @@ import shutil
 import yaml
 
 from bot.config import load_config
-from bot.localsynapse import find_free_port
+from bot.devtools.localsynapse import find_free_port
 from tests.cli_harness import lethe_cli, logged_in, out_json
 from tests.harness import bot_room
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from bot.localsynapse import synapse_available
+from bot.devtools.localsynapse import synapse_available
 from tests.harness import BotHandle, all_redacted, eventually, stays, write_bot_config
 from tests.interop.element import ElementClient
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from bot.localsynapse import synapse_available
+from bot.devtools.localsynapse import synapse_available
 from tests.harness import Person, eventually
 from tests.interop.element import ElementClient, ElementError
 

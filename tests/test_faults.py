@@ -28,8 +28,8 @@ import aiohttp
 import pytest
 
 from bot.config import Config
+from bot.devtools.localsynapse import LocalSynapse
 from bot.engine.store import FAILED, IN_FLIGHT, SENT
-from bot.localsynapse import LocalSynapse
 from tests.harness import (
     BotHandle,
     LetheProcess,

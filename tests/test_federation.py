@@ -9,7 +9,7 @@ from pathlib import Path
 
 from nio import JoinResponse
 
-from bot.localfederation import LocalFederation
+from bot.devtools.localfederation import LocalFederation
 from tests.harness import (
     BotHandle,
     Person,

@@ -1,4 +1,4 @@
-"""Tests for the throwaway local Synapse launcher (bot.localsynapse)."""
+"""Tests for the throwaway local Synapse launcher (bot.devtools.localsynapse)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from bot.localsynapse import (
+from bot.devtools.localsynapse import (
     LocalSynapse,
     RegisteredUser,
     SynapseRegistrationError,

@@ -15,7 +15,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from bot.config import ConfigError, load_config
-from bot.localsynapse import find_free_port
+from bot.devtools.localsynapse import find_free_port
 from tests.harness import REPO, BotHandle, bot_room, eventually, lethe_argv, write_bot_config
 
 LETHE = "chat.lethe.policy"

@@ -18,9 +18,9 @@ from urllib.parse import quote
 import aiohttp
 import yaml
 
-from bot.cli import QUIET_LIBRARIES
+from bot.cli.main import QUIET_LIBRARIES
 from bot.config import Config
-from bot.localsynapse import LocalSynapse, find_free_port
+from bot.devtools.localsynapse import LocalSynapse, find_free_port
 from tests.harness import (
     REPO,
     BotHandle,
@@ -127,7 +127,7 @@ async def test_messages_sent_while_stopped_are_redacted_after_restart(
     caplog.clear()
     # A gap wider than the bot's sync timeline (100 events) is slow to send; with a
     # timeline of 10 these 50 messages are one, as a busy room's would be.
-    monkeypatch.setattr("bot.matrix.bot.SYNC_FILTER", {"room": {"timeline": {"limit": 10}}})
+    monkeypatch.setattr("bot.front.bot.SYNC_FILTER", {"room": {"timeline": {"limit": 10}}})
     again = BotHandle(lethe.config)
     try:
         bot = await again.start()
@@ -191,7 +191,7 @@ async def test_message_text_never_reaches_disk_or_logs(people, lethe, caplog) ->
     # Everything logged at DEBUG, third-party libraries included, is free of the text.
     assert canary not in caplog.text
     # matrix-nio logs whole responses at DEBUG (the login response carries the access
-    # token); `lethe run` keeps those libraries at INFO (bot/cli.py setup_logging), and
+    # token); `lethe run` keeps those libraries at INFO (bot/cli/main.py setup_logging), and
     # the CLI test below checks its real output. Everything else must be free of secrets.
     shown = "\n".join(r.getMessage() for r in caplog.records if shown_by_cli(r))
     assert token not in shown

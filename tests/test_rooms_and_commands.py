@@ -80,7 +80,7 @@ async def _wait_new_notice(person: Person, room_id: str, needle: str, before: in
 async def test_joins_on_allowed_invite_and_refuses_others(
     people, synapse, tmp_path, caplog
 ) -> None:
-    caplog.set_level(logging.INFO, logger="bot.matrix.bot")
+    caplog.set_level(logging.INFO, logger="bot.front.bot")
     alice = await people("alice")
     mallory = await people("mallory")
     handle = BotHandle(write_bot_config(synapse, tmp_path / "b2",

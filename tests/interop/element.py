@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypedDict
 
-from bot.localsynapse import LocalSynapse
+from bot.devtools.localsynapse import LocalSynapse
 from tests.harness import unique
 
 __all__ = [

@@ -6,8 +6,8 @@ from typing import Any
 
 from nio import SyncResponse
 
-from bot.matrix.handlers import SyncReader
-from bot.matrix.joins import (
+from bot.front.handlers import SyncReader
+from bot.front.joins import (
     FIRST_DELAY_S,
     GIVE_UP_AFTER_S,
     MAX_DELAY_S,

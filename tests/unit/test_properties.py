@@ -27,7 +27,7 @@ from bot.engine.policy import (
     policy_from_beeper,
     policy_from_state,
 )
-from bot.matrix.commands import CommandError, Help, SetPolicy, Status, parse_command
+from bot.front.commands import CommandError, Help, SetPolicy, Status, parse_command
 from bot.matrix.events import MAX_TS, receipts_from_content, to_item, to_items
 
 from .conftest import ROOM, Harness

@@ -223,7 +223,7 @@ async def test_txn_id_is_committed_before_the_request(h: Harness) -> None:
 
 async def test_worker_pool_is_bounded(make_harness) -> None:
     """And while due events wait for a worker, the scheduler says it is backlogged
-    (the bot then syncs less often: bot/matrix/pace.py)."""
+    (the bot then syncs less often: bot/front/pace.py)."""
     release = asyncio.Event()
     h: Harness = await make_harness(config=EngineConfig(bot_user_id=BOT, workers=2))
     assert h.engine is not None

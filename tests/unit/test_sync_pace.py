@@ -9,7 +9,7 @@ from typing import Any
 
 from nio import SyncResponse
 
-from bot.matrix.pace import (
+from bot.front.pace import (
     FIRST_BACKLOG_INTERVAL_S,
     MAX_BACKLOG_INTERVAL_S,
     MIN_INTERVAL_S,

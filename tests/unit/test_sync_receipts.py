@@ -8,9 +8,9 @@ from typing import Any
 from nio import ReceiptEvent, SyncResponse
 
 from bot.engine.model import Receipt
-from bot.matrix.client import LetheClient
+from bot.front.client import LetheClient
+from bot.front.handlers import SyncReader
 from bot.matrix.events import clean_receipts, ephemeral_by_room, receipts_from_ephemeral
-from bot.matrix.handlers import SyncReader
 
 BOT = "@lethe:ours.example"
 ROOM = "!room:ours.example"

@@ -1,8 +1,8 @@
-"""How often the bot answers commands (bot/matrix/throttle.py), on a fake clock."""
+"""How often the bot answers commands (bot/front/throttle.py), on a fake clock."""
 
 from __future__ import annotations
 
-from bot.matrix.throttle import ReplyThrottle
+from bot.front.throttle import ReplyThrottle
 
 
 class Clock:

@@ -1,4 +1,4 @@
-"""The `lethe` command line. The administration commands live in bot/admin/ and are
+"""The `lethe` command line. The administration commands live in bot/cli/ and are
 registered here; docs/cli.md describes them all.
 
 Exit codes: 0 ok, 1 a check failed (or the room refused: no power), 2 usage error
@@ -43,8 +43,8 @@ class Fail(click.ClickException):
         self.exit_code = exit_code
 
     def show(self, file: object = None) -> None:
-        # Imported here: the bot itself never loads the admin package.
-        from bot.admin.output import say
+        # Imported here: the bot itself never loads the admin commands.
+        from bot.cli.output import say
 
         say(f"lethe: {self.format_message()}", err=True)  # may quote the homeserver
 
@@ -100,13 +100,13 @@ class Lethe(click.Group):
     the bridge, and `lethe run` does not load the administration commands."""
 
     lazy = {
-        "audit": "bot.admin.audit:audit",
+        "audit": "bot.cli.audit:audit",
         "bridge": "bridge.cli:bridge",
-        "doctor": "bot.admin.doctor:doctor",
-        "pending": "bot.admin.pending:pending",
-        "policy": "bot.admin.policy:policy",
-        "purge": "bot.admin.purge:purge",
-        "rooms": "bot.admin.rooms:rooms",
+        "doctor": "bot.cli.doctor:doctor",
+        "pending": "bot.cli.pending:pending",
+        "policy": "bot.cli.policy:policy",
+        "purge": "bot.cli.purge:purge",
+        "rooms": "bot.cli.rooms:rooms",
     }
 
     def list_commands(self, ctx: click.Context) -> list[str]:
@@ -146,7 +146,7 @@ def main(ctx: click.Context, config_path: Path | None) -> None:
 
 def run_async(coro_factory: Callable[[], Awaitable[T]]) -> T:
     """Run a coroutine, turning the expected failures into exit codes."""
-    from bot.matrix.client import LoginFailed
+    from bot.front.client import LoginFailed
     from bot.matrix.http import HomeserverUnavailable
 
     async def main() -> T:
@@ -174,8 +174,8 @@ def run_async(coro_factory: Callable[[], Awaitable[T]]) -> T:
 def login(ctx: click.Context, reset_identity: bool) -> None:
     """Log in once with the password, save the device (token file mode 0600), and
     cross-sign it with the bot's own identity (created on first use)."""
-    from bot.matrix.client import ensure_own_identity
-    from bot.matrix.client import login as do_login
+    from bot.front.client import ensure_own_identity
+    from bot.front.client import login as do_login
     from bot.matrix.crosssigning import IdentityError, fingerprint
     from bot.matrix.http import MatrixHttp
 
@@ -204,7 +204,7 @@ def login(ctx: click.Context, reset_identity: bool) -> None:
         finally:
             await http.close()
             await client.close()
-        from bot.admin.output import say  # the device id comes from the homeserver
+        from bot.cli.output import say  # the device id comes from the homeserver
 
         say(f"logged in as {creds.user_id}, device {creds.device_id}; "
             f"saved in {config.credentials_path}")
@@ -249,7 +249,7 @@ def stop_on_signals() -> asyncio.Event:
 @click.pass_context
 def run(ctx: click.Context) -> None:
     """Run the bot until SIGINT or SIGTERM."""
-    from bot.matrix.bot import LetheBot
+    from bot.front.bot import LetheBot
 
     config = cli_config(ctx)
     setup_logging(config.log_level)
@@ -268,8 +268,8 @@ def run(ctx: click.Context) -> None:
 @click.option("--timer", default="5s", show_default=True, help="after-send timer of the demo.")
 def demo(keep: bool, timer: str) -> None:
     """Start a throwaway local Synapse and show messages disappearing."""
-    from bot.demo import DemoError, run_demo
-    from bot.localsynapse import SynapseNotInstalled
+    from bot.devtools.demo import DemoError, run_demo
+    from bot.devtools.localsynapse import SynapseNotInstalled
 
     setup_logging("ERROR")  # the demo narrates; library chatter would drown it
     try:

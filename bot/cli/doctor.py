@@ -17,14 +17,14 @@ from typing import Any
 import aiohttp
 import click
 
-from bot.admin.census import pending_by_state
-from bot.admin.context import Admin, admin_session, readonly_store, saved_login
-from bot.admin.output import emit_json, json_option, say
-from bot.admin.roomstate import RoomState
-from bot.cli import EXIT_CHECK_FAILED, EXIT_HOMESERVER, cli_config, config_option, run_async
+from bot.cli.census import pending_by_state
+from bot.cli.context import Admin, admin_session, readonly_store, saved_login
+from bot.cli.main import EXIT_CHECK_FAILED, EXIT_HOMESERVER, cli_config, config_option, run_async
+from bot.cli.output import emit_json, json_option, say
+from bot.cli.roomstate import RoomState
 from bot.config import PICKLE_KEY_ENV, Config
 from bot.engine.store import SCHEMA_VERSION, StoreError
-from bot.matrix.client import Credentials, LoginFailed
+from bot.front.client import Credentials, LoginFailed
 from bot.matrix.crosssigning import IdentityError, fingerprint, query_identities, stored_master
 from bot.matrix.http import HomeserverUnavailable
 

@@ -8,9 +8,10 @@ from typing import Any
 
 import click
 
-from bot.admin.census import RoomSchedule, room_schedules
-from bot.admin.context import admin_session, readonly_store
-from bot.admin.output import (
+from bot.cli.census import RoomSchedule, room_schedules
+from bot.cli.context import admin_session, readonly_store
+from bot.cli.main import cli_config, config_option, run_async
+from bot.cli.output import (
     emit_json,
     enforcement,
     enforcement_text,
@@ -24,14 +25,13 @@ from bot.admin.output import (
     short_policy,
     table,
 )
-from bot.admin.roomstate import RoomState
-from bot.cli import cli_config, config_option, run_async
+from bot.cli.roomstate import RoomState
 from bot.engine.givenup import META_KEY as GIVEN_UP_KEY
 from bot.engine.givenup import GivenUpRoom, load_given_up
 from bot.engine.store import Store
+from bot.front.joins import META_KEY as JOINS_META
+from bot.front.joins import PendingInvite, load_pending
 from bot.matrix.http import q
-from bot.matrix.joins import META_KEY as JOINS_META
-from bot.matrix.joins import PendingInvite, load_pending
 
 
 def summary(state: RoomState, schedule: RoomSchedule | None, store: Store | None,

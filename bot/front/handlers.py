@@ -17,7 +17,7 @@ from nio import InviteMemberEvent, MegolmEvent, ReceiptEvent, RoomMessageText, S
 
 from bot.engine.model import MemberChange, Message, PolicyEvent, Receipt, RoomUpdate, TimelineItem
 from bot.engine.power import PowerState
-from bot.matrix.commands import is_command
+from bot.front.commands import is_command
 from bot.matrix.events import receipts_from_ephemeral, to_item, to_items
 from bot.matrix.policy_state import policy_refusal
 

@@ -36,21 +36,23 @@ from bot.engine.policy import Mode, Policy
 from bot.engine.power import PowerState, describe_level
 from bot.engine.redactor import ECHO_WAIT_MS
 from bot.engine.store import Store
-from bot.matrix.client import (
+from bot.front.client import (
     Credentials,
     LetheClient,
     LoginFailed,
     ensure_own_identity,
     login,
 )
-from bot.matrix.commands import CommandError, Help, SetPolicy, Status, parse_command, usage
+from bot.front.commands import CommandError, Help, SetPolicy, Status, parse_command, usage
+from bot.front.handlers import CommandRequest, SyncReader, SyncReading, inviter_allowed
+from bot.front.joins import META_KEY as JOINS_META
+from bot.front.joins import JoinRetries, load_pending
+from bot.front.pace import MIN_INTERVAL_S, SyncNews, SyncPace
+from bot.front.status import UNTRACKED_KEY, UntrackedSpan, status_text
+from bot.front.throttle import ReplyThrottle
 from bot.matrix.crosssigning import IdentityError, OwnIdentity
 from bot.matrix.files import secure_dir
-from bot.matrix.handlers import CommandRequest, SyncReader, SyncReading, inviter_allowed
 from bot.matrix.http import CLIENT_V3, HomeserverUnavailable, HttpTransport, MatrixHttp, q
-from bot.matrix.joins import META_KEY as JOINS_META
-from bot.matrix.joins import JoinRetries, load_pending
-from bot.matrix.pace import MIN_INTERVAL_S, SyncNews, SyncPace
 from bot.matrix.policy_state import (
     OWN_WRITES_KEY,
     OwnWrites,
@@ -58,8 +60,6 @@ from bot.matrix.policy_state import (
     missing_policy_power,
     write_policy,
 )
-from bot.matrix.status import UNTRACKED_KEY, UntrackedSpan, status_text
-from bot.matrix.throttle import ReplyThrottle
 from bot.matrix.trust import DeviceTrust
 from bot.metrics import LetheMetrics, MetricsServer
 from bot.runlock import BOT_LOCK, RunLock, hold

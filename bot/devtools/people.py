@@ -13,7 +13,7 @@ from urllib.parse import quote
 import aiohttp
 from nio import AsyncClient, AsyncClientConfig, RoomCreateResponse, RoomSendResponse
 
-from bot.localsynapse import LocalSynapse
+from bot.devtools.localsynapse import LocalSynapse
 
 
 async def eventually(

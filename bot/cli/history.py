@@ -14,8 +14,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from bot.admin.context import Admin
-from bot.admin.roomstate import RoomState, state_policy
+from bot.cli.context import Admin
+from bot.cli.roomstate import RoomState, state_policy
 from bot.engine.model import Message
 from bot.engine.policy import (
     BEEPER_EVENT_TYPE,

@@ -11,13 +11,13 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from bot.admin.output import warn
-from bot.admin.roomstate import RoomState
-from bot.cli import EXIT_CHECK_FAILED, EXIT_HOMESERVER, EXIT_USAGE, Fail
+from bot.cli.main import EXIT_CHECK_FAILED, EXIT_HOMESERVER, EXIT_USAGE, Fail
+from bot.cli.output import warn
+from bot.cli.roomstate import RoomState
 from bot.config import Config
 from bot.engine.policy import PolicyError, parse_duration
 from bot.engine.store import Store, StoreError
-from bot.matrix.client import Credentials, LoginFailed, load_credentials
+from bot.front.client import Credentials, LoginFailed, load_credentials
 from bot.matrix.http import CLIENT_V3, HttpReply, MatrixHttp, q
 
 

@@ -17,10 +17,10 @@ from pathlib import Path
 import yaml
 
 from bot.config import load_config
+from bot.devtools.localsynapse import LocalSynapse
+from bot.devtools.people import Person, eventually
 from bot.engine.policy import parse_duration
-from bot.localsynapse import LocalSynapse
-from bot.matrix.bot import LetheBot
-from bot.people import Person, eventually
+from bot.front.bot import LetheBot
 
 
 class DemoError(RuntimeError):

@@ -9,8 +9,17 @@ from __future__ import annotations
 
 import click
 
-from bot.admin.context import Admin, admin_session, duration_arg, readonly_store
-from bot.admin.output import (
+from bot.cli.context import Admin, admin_session, duration_arg, readonly_store
+from bot.cli.main import (
+    EXIT_CHECK_FAILED,
+    EXIT_HOMESERVER,
+    EXIT_USAGE,
+    Fail,
+    cli_config,
+    config_option,
+    run_async,
+)
+from bot.cli.output import (
     emit_json,
     enforcement,
     enforcement_text,
@@ -21,15 +30,6 @@ from bot.admin.output import (
     policy_lines,
     say,
     warn,
-)
-from bot.cli import (
-    EXIT_CHECK_FAILED,
-    EXIT_HOMESERVER,
-    EXIT_USAGE,
-    Fail,
-    cli_config,
-    config_option,
-    run_async,
 )
 from bot.config import Config
 from bot.engine.policy import Policy, PolicyError, Readers

@@ -16,10 +16,10 @@ from dataclasses import dataclass
 
 import click
 
-from bot.admin.context import admin_session, duration_arg
-from bot.admin.history import History, PastEvent
-from bot.admin.output import emit_json, json_option, progress, relative, say, table, when
-from bot.cli import EXIT_CHECK_FAILED, cli_config, config_option, run_async
+from bot.cli.context import admin_session, duration_arg
+from bot.cli.history import History, PastEvent
+from bot.cli.main import EXIT_CHECK_FAILED, cli_config, config_option, run_async
+from bot.cli.output import emit_json, json_option, progress, relative, say, table, when
 from bot.engine.policy import Mode, format_duration
 
 AFTER_READ_NOTE = (

@@ -14,9 +14,10 @@ from dataclasses import dataclass
 
 import click
 
-from bot.admin.context import admin_session, duration_arg
-from bot.admin.history import History, PastEvent
-from bot.admin.output import (
+from bot.cli.context import admin_session, duration_arg
+from bot.cli.history import History, PastEvent
+from bot.cli.main import EXIT_CHECK_FAILED, Fail, cli_config, config_option, run_async
+from bot.cli.output import (
     emit_json,
     enforcement_text,
     json_option,
@@ -25,7 +26,6 @@ from bot.admin.output import (
     warn,
     when,
 )
-from bot.cli import EXIT_CHECK_FAILED, Fail, cli_config, config_option, run_async
 from bot.engine.redactor import Outcome, backoff_ms
 from bot.matrix.http import HttpTransport
 

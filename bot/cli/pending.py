@@ -10,10 +10,10 @@ import time
 
 import click
 
-from bot.admin.census import STATE_NAMES
-from bot.admin.context import admin_session, readonly_store
-from bot.admin.output import emit_json, json_option, relative, say, table, when
-from bot.cli import EXIT_USAGE, Fail, cli_config, config_option, run_async
+from bot.cli.census import STATE_NAMES
+from bot.cli.context import admin_session, readonly_store
+from bot.cli.main import EXIT_USAGE, Fail, cli_config, config_option, run_async
+from bot.cli.output import emit_json, json_option, relative, say, table, when
 
 
 @click.command()

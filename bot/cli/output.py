@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 import click
 
-from bot.admin.roomstate import RoomState
+from bot.cli.roomstate import RoomState
 from bot.engine.policy import Policy, format_duration
 from bot.engine.power import describe_level
 from bot.engine.store import RoomRow

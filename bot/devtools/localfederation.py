@@ -29,7 +29,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from bot.localsynapse import LocalSynapse, find_free_port
+from bot.devtools.localsynapse import LocalSynapse, find_free_port
 
 CLOCK_FILE_ENV = "LETHE_TEST_CLOCK_FILE"
 
@@ -37,7 +37,7 @@ CLOCK_FILE_ENV = "LETHE_TEST_CLOCK_FILE"
 # imported, its Clock.time_msec gets the offset (re-read whenever the file changes).
 # Clock.time, which rate limiters use, keeps the true time: a clock moved back
 # would otherwise make them refuse every request.
-_SITECUSTOMIZE = f'''"""Written by bot.localfederation: shift this Synapse's clock."""
+_SITECUSTOMIZE = f'''"""Written by bot.devtools.localfederation: shift this Synapse's clock."""
 import importlib.abc
 import importlib.machinery
 import os

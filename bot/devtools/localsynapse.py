@@ -310,7 +310,7 @@ class LocalSynapse:
 
     def process_env(self) -> dict[str, str] | None:
         """The environment of the Synapse process; None inherits this one (subclasses
-        change it, e.g. bot.localfederation to shift the server's clock)."""
+        change it, e.g. bot.devtools.localfederation to shift the server's clock)."""
         return None
 
     # -- lifecycle -------------------------------------------------------------------------
