@@ -17,7 +17,7 @@ from bot.cli.roomstate import RoomState
 from bot.config import Config
 from bot.engine.policy import PolicyError, parse_duration
 from bot.engine.store import Store, StoreError
-from bot.front.client import Credentials, LoginFailed, load_credentials
+from bot.matrix.credentials import Credentials, LoginFailed, load_credentials
 from bot.matrix.http import CLIENT_V3, HttpReply, MatrixHttp, q
 
 

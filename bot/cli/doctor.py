@@ -24,7 +24,7 @@ from bot.cli.output import emit_json, json_option, say
 from bot.cli.roomstate import RoomState
 from bot.config import PICKLE_KEY_ENV, Config
 from bot.engine.store import SCHEMA_VERSION, StoreError
-from bot.front.client import Credentials, LoginFailed
+from bot.matrix.credentials import Credentials, LoginFailed
 from bot.matrix.crosssigning import IdentityError, fingerprint, query_identities, stored_master
 from bot.matrix.http import HomeserverUnavailable
 

@@ -146,7 +146,7 @@ def main(ctx: click.Context, config_path: Path | None) -> None:
 
 def run_async(coro_factory: Callable[[], Awaitable[T]]) -> T:
     """Run a coroutine, turning the expected failures into exit codes."""
-    from bot.front.client import LoginFailed
+    from bot.matrix.credentials import LoginFailed
     from bot.matrix.http import HomeserverUnavailable
 
     async def main() -> T:

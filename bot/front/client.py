@@ -7,67 +7,21 @@ id, and with it every E2EE session, stays the same.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from aiohttp import ClientResponse
 from nio import AsyncClient, AsyncClientConfig, LoginResponse, SyncResponse, WhoamiResponse
 
 from bot.config import Config
+from bot.matrix.credentials import Credentials, LoginFailed, load_credentials, save_credentials
 from bot.matrix.crosssigning import IdentityError, OwnIdentity, ensure_identity
 from bot.matrix.events import ephemeral_by_room
-from bot.matrix.files import secure_dir, write_secret
+from bot.matrix.files import secure_dir
 from bot.matrix.http import MatrixHttp
 
 log = logging.getLogger(__name__)
-
-
-class LoginFailed(RuntimeError):
-    """The homeserver refused the login, or no credentials are available."""
-
-
-@dataclass(frozen=True)
-class Credentials:
-    user_id: str
-    device_id: str
-    access_token: str
-    homeserver: str
-
-    def __repr__(self) -> str:  # never print the token
-        return f"Credentials(user_id={self.user_id!r}, device_id={self.device_id!r})"
-
-
-def load_credentials(path: Path) -> Credentials | None:
-    if not path.exists():
-        return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        return Credentials(
-            data["user_id"], data["device_id"], data["access_token"], data["homeserver"]
-        )
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise LoginFailed(
-            f"{path}: credentials file is damaged ({type(exc).__name__}); "
-            "delete it and run `lethe login` again (a new device will be created)"
-        ) from None
-
-
-def save_credentials(path: Path, creds: Credentials) -> None:
-    write_secret(
-        path,
-        json.dumps(
-            {
-                "user_id": creds.user_id,
-                "device_id": creds.device_id,
-                "access_token": creds.access_token,
-                "homeserver": creds.homeserver,
-            }
-        ),
-    )
 
 
 class LetheClient(AsyncClient):
