@@ -38,6 +38,7 @@ from bot.engine.policy import (
     policy_from_state,
     resolve_policy,
 )
+from bot.engine.sendtimes import SEEN_KEY, read_time, seen_time, sent_time
 from bot.engine.store import StoreBackend, TransactionOps
 
 log = logging.getLogger(__name__)
@@ -55,47 +56,10 @@ log = logging.getLogger(__name__)
 _POSITIONS_PER_ROOM = 10_000
 _CAP_CHECK_EVERY = 1_000
 
-# No remote clock decides a deadline alone. origin_server_ts and a receipt's ts are
-# stamped by whichever server the sender is on, so Lethe bounds them by what it saw
-# itself: "now" (its clock when a batch is stored) and the time it stored the previous
-# batch of the same stream (SEEN_KEY, kept with the batch).
-# - A message counts as sent at origin_ts, but never after Lethe had it, and never more
-#   than MAX_SKEW_MS before the previous batch: it was not in that one, so it reached
-#   the homeserver after it, give or take a clock's skew. After downtime, the previous
-#   batch is from before it, so what was sent meanwhile keeps its own time and is
-#   redacted at once if overdue. A backlog can come in several batches (a homeserver
-#   pushes an appservice its queue 100 events at a time): a batch whose newest message
-#   is older than the skew is a backlog one, and the time it stands for is that newest
-#   message's, never going back, so the next batch of the backlog keeps its own times.
-# - A receipt from a user of Lethe's own homeserver (which stamped it) counts at its ts,
-#   within the same window without the skew; one from another server counts when Lethe
-#   learned of it: a remote clock never makes anything read earlier.
-MAX_SKEW_MS = 60_000
-SEEN_KEY = "seen_ms"
 
 # More receipts than this from members of one room in one batch are counted in one pass
 # (cover_many) rather than one statement each (cover).
 _BULK_RECEIPTS = 16
-
-
-def sent_time(origin_ts: int, now_ms: int, previous_ms: int | None) -> int:
-    """When a message counts as sent (see MAX_SKEW_MS)."""
-    earliest = origin_ts if previous_ms is None else previous_ms - MAX_SKEW_MS
-    return min(max(origin_ts, earliest), now_ms)
-
-
-def read_time(ts: int | None, local: bool, now_ms: int, previous_ms: int | None) -> int:
-    """When a receipt counts as read (see MAX_SKEW_MS)."""
-    if ts is None or not local:
-        return now_ms
-    return min(ts if previous_ms is None else max(ts, previous_ms), now_ms)
-
-
-def seen_time(now_ms: int, newest_sent: int | None, previous_ms: int | None) -> int:
-    """The time a stored batch stands for, for the next batch's bounds (see MAX_SKEW_MS)."""
-    if newest_sent is None or newest_sent >= now_ms - MAX_SKEW_MS:
-        return now_ms  # a live batch
-    return newest_sent if previous_ms is None else max(previous_ms, newest_sent)
 
 
 @dataclass(frozen=True)
@@ -138,7 +102,7 @@ class Ingestor:
         self._uncapped: dict[str, int] = {}
         self._home = server_name(config.bot_user_id)
         # Lethe's clock when it stored the batch before the one being applied (None:
-        # never, or before it kept this); see MAX_SKEW_MS.
+        # never, or before it kept this); see sendtimes.MAX_SKEW_MS.
         self._previous_ms: int | None = None
         self._newest_sent: int | None = None  # of the batch being applied
 

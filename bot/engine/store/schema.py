@@ -98,7 +98,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         f"WHERE mode = {AFTER_READ} AND read_at IS NULL AND status IN ({WAITING}, {PARKED})",
     ),
     # 5: no remote clock decides a deadline alone. sent_at is origin_ts as Lethe bounds
-    # it (ingest.sent_time); deadlines count from it, origin_ts stays what the event says.
+    # it (sendtimes.sent_time); deadlines count from it, origin_ts stays what the event says.
     # readers_left counts, per unread after_read event, the required readers who have not
     # read it, so a receipt costs what it newly covers (receipts.cover); filled in here
     # the slow way, once.
