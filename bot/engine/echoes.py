@@ -23,9 +23,9 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from enum import Enum
+from typing import Protocol
 
-from bot.engine.model import DueEvent, EventStatus, server_name
-from bot.engine.store import TransactionOps
+from bot.engine.model import DueEvent, EventStatus, RedactionTarget, server_name
 
 # Besides the first in each room, every this-many-th echo-confirmed redaction is
 # fetched as well, to notice a homeserver whose 200s and echoes do not redact.
@@ -44,6 +44,14 @@ class Echo(Enum):
     KEPT = "kept"  # Lethe still fetches or redacts it itself
 
 
+class EchoWrites(Protocol):
+    """What applying an echo needs of the store's transaction (``TransactionOps``)."""
+
+    async def redaction_target(self, room_id: str, event_id: str) -> RedactionTarget | None: ...
+    async def finish_redacted(self, room_id: str, event_id: str, now_ms: int) -> bool: ...
+    async def forget(self, room_id: str, event_id: str) -> None: ...
+
+
 class EchoConfirmation:
     def __init__(self, trusted: bool) -> None:
         # False once a fetch found content after a 200: then no echo confirms anything.
@@ -56,7 +64,7 @@ class EchoConfirmation:
     # --- the ingestor's part: a redaction in the event stream ------------------
 
     async def seen(
-        self, tx: TransactionOps, room_id: str, target: str, redaction_id: str | None,
+        self, tx: EchoWrites, room_id: str, target: str, redaction_id: str | None,
         sender: str | None, now_ms: int,
     ) -> Echo | DueEvent | None:
         """The event stream shows a redaction of ``target`` (by ``sender``, with the
