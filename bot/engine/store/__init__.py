@@ -16,7 +16,7 @@ from __future__ import annotations
 from bot.engine.store.errors import StoreError
 from bot.engine.store.interface import StoreBackend, TransactionOps
 from bot.engine.store.schema import MIGRATIONS, SCHEMA_VERSION
-from bot.engine.store.sqlite import Store
+from bot.engine.store.sqlite import Store, database_unavailable
 from bot.engine.store.transaction import Transaction
 
 __all__ = [
@@ -27,4 +27,5 @@ __all__ = [
     "StoreError",
     "Transaction",
     "TransactionOps",
+    "database_unavailable",
 ]

@@ -216,6 +216,16 @@ class Store:
         return await events.count_by_status(self._conn)
 
 
+def database_unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` is the database unavailable (locked, busy, disk full or failing,
+    the file damaged): a later try can get past it. Its other errors are about the
+    data, and would fail the same way every time."""
+    if isinstance(exc, sqlite3.OperationalError):
+        return True
+    # The bare DatabaseError is a damaged file; its other subclasses are about the data.
+    return type(exc) in (sqlite3.DatabaseError, sqlite3.InternalError)
+
+
 def _check_header(path: Path) -> None:
     """SQLite takes a short non-database file for an empty database and writes over it."""
     try:
