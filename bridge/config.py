@@ -14,14 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from bot.config import ConfigReader, MetricsConfig, read_config_file
-from bot.engine.policy import (
-    Mode,
-    Policy,
-    PolicyError,
-    Readers,
-    default_cap,
-    format_duration,
-)
+from bot.engine.policy import Mode, Policy, PolicyError, Readers, default_cap, format_duration
 
 DEFAULT_ID = "lethe"
 DEFAULT_PORT = 29331

@@ -5,14 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bot.engine.policy import (
-    Policy,
-    PolicyError,
-    Readers,
-    default_cap,
-    parse_duration,
-    shown,
-)
+from bot.engine.policy import Policy, PolicyError, Readers, default_cap, parse_duration, shown
 
 
 class CommandError(ValueError):
