@@ -2,7 +2,7 @@
 this one place.
 
 Statuses and modes are written into the text as literals rather than bound: a
-partial index (``WHERE status = 0``) is only used by a query whose own condition
+partial index (``WHERE status = <WAITING>``) is only used by a query whose own condition
 names the same constant, which a bound parameter does not.
 """
 
