@@ -43,7 +43,7 @@ CAP_MS = 3600_000
 
 async def tracked(room: BotRoom, event_id: str) -> None:
     async def known() -> bool:
-        return await room.engine.store.known_event_ids([event_id]) == {event_id}
+        return await room.engine.tracked([event_id]) == {event_id}
 
     await eventually(known, 30, interval=0.02, what="the bot tracking the message")
 

@@ -81,7 +81,7 @@ async def _setup_rooms(engine: Engine, rooms: int, now: int) -> None:
 async def _next_due_cost(engine: Engine, calls: int = 2000) -> float:
     with Timer() as t:
         for _ in range(calls):
-            await engine.store.next_due()
+            await engine.next_due()
     return t.seconds / calls * 1e6  # microseconds per call
 
 
@@ -134,12 +134,12 @@ async def main(total: int, rooms: int) -> dict[str, object]:
                     t.start += time.perf_counter() - t_pause  # not part of the ingest
         lethe_rate = total / t.seconds
         cost_large = await _next_due_cost(engine)
-        pending = await engine.store.pending_count()
+        pending = await engine.pending_count()
         await engine.close()
 
         with Timer() as restart:
             engine = await _engine(path)
-            await engine.store.next_due()
+            await engine.next_due()
         await engine.close()
 
     assert cost_small is not None

@@ -27,15 +27,15 @@ import sqlite3
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from bench.common import Timer, save, table
-from bot.engine import reads
 from bot.engine.engine import Engine, EngineConfig
 from bot.engine.model import MemberChange, Message, PolicyEvent, Receipt, RoomUpdate
 from bot.engine.policy import POLICY_EVENT_TYPE, Policy
 from bot.engine.redactor import Outcome, Reply
+from bot.engine.store import Store
 
 HOUR_MS = 3600 * 1000
 BOT = "@lethe:bench"
@@ -78,11 +78,11 @@ async def _build(path: Path, members: int, events: int) -> None:
     await engine.close()
 
 
-def _read_by(path: Path, readers: range, up_to: str) -> None:
+async def _read_by(path: Path, readers: range, up_to: str) -> None:
     """Receipts of ``readers`` on ``up_to``, written straight into the table (building
     them receipt by receipt would take hours with a cost of members x events); messages
     every required reader has read are marked read, and whatever per-message count the
-    engine keeps is recomputed (``reads.RECOUNT``, where the engine has one)."""
+    engine keeps is recomputed (``recount_readers_left``)."""
     conn = sqlite3.connect(path, isolation_level=None)
     seq = conn.execute("SELECT seq FROM positions WHERE event_id = ?", (up_to,)).fetchone()[0]
     conn.execute("BEGIN")
@@ -95,11 +95,12 @@ def _read_by(path: Path, readers: range, up_to: str) -> None:
         "AND m.join_seq < e.seq AND m.user_id != e.sender AND NOT EXISTS ("
         "SELECT 1 FROM receipts r WHERE r.room_id = m.room_id AND r.user_id = m.user_id "
         "AND r.seq >= e.seq))")
-    recount = getattr(reads, "RECOUNT", None)
-    if recount is not None:
-        conn.execute(recount, {"room_id": ROOM})
     conn.execute("COMMIT")
     conn.close()
+    store = await Store.open(path)
+    async with store.transaction() as tx:
+        await tx.recount_readers_left(ROOM)
+    await store.close()
 
 
 async def _time_batch(path: Path, receipts: tuple[Receipt, ...]) -> tuple[float, int]:
@@ -107,21 +108,24 @@ async def _time_batch(path: Path, receipts: tuple[Receipt, ...]) -> tuple[float,
     engine = await _engine(path)
     with Timer() as t:
         await engine.ingest([RoomUpdate(ROOM, receipts=receipts)])
-    async with engine.store.conn.execute(
-        "SELECT count(*) FROM events WHERE read_at IS NOT NULL") as cur:
-        row = await cur.fetchone()
     await engine.close()
+    with sqlite3.connect(path) as conn:
+        row = conn.execute("SELECT count(*) FROM events WHERE read_at IS NOT NULL").fetchone()
+    conn.close()
     return t.seconds * 1000, int(row[0]) if row else 0
 
 
-async def _case(tmp: Path, name: str, template: Path, prepare: Callable[[Path], None],
+async def _case(tmp: Path, name: str, template: Path,
+                prepare: Callable[[Path], Awaitable[None] | None],
                 receipts: tuple[Receipt, ...], repeat: int) -> tuple[float, int]:
     times = []
     read = 0
     for n in range(repeat):
         path = tmp / f"{name}{n}.db"
         shutil.copy(template, path)
-        prepare(path)
+        pending = prepare(path)
+        if pending is not None:
+            await pending
         ms, read = await _time_batch(path, receipts)
         times.append(ms)
         path.unlink()

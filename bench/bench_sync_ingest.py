@@ -106,7 +106,7 @@ async def bot_catch_up(room: BotRoom, ids: set[str]) -> float:
             if handle.task.done():
                 handle.task.result()  # raises what stopped the bot
                 raise RuntimeError("the bot stopped")
-            if await room.engine.store.known_event_ids(ids) == ids:
+            if await room.engine.tracked(ids) == ids:
                 break
     return t.seconds
 
@@ -179,7 +179,7 @@ async def main(n: int, rounds: int) -> dict[str, object]:
 
 
 async def _tracked(room: BotRoom, event_id: str) -> bool:
-    return await room.engine.store.known_event_ids([event_id]) == {event_id}
+    return await room.engine.tracked([event_id]) == {event_id}
 
 
 if __name__ == "__main__":

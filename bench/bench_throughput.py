@@ -29,6 +29,7 @@ import asyncio
 import dataclasses
 import json
 import secrets
+import sqlite3
 import tempfile
 import time
 from collections.abc import Sequence
@@ -202,7 +203,7 @@ async def lethe_setup(hs: LocalSynapse, bot: BotHandle, rooms: int, n: int) -> l
     ids = [e for _, e in targets]
 
     async def tracked() -> bool:
-        return len(await engine.store.known_event_ids(ids)) == len(ids)
+        return len(await engine.tracked(ids)) == len(ids)
 
     await eventually(tracked, 300, what="the bot tracking every message")
     print(f"  pre-sent {n:,} events to Lethe over {rooms} room(s) in {presend.seconds:.1f} s",
@@ -218,20 +219,22 @@ async def lethe_redact(bot: BotHandle, targets: Sequence[Target]) -> dict[str, f
     ids = [e for _, e in targets]
     before = dataclasses.replace(engine.stats)
     verified = RedactionLog().attach(engine)
-    due = engine.clock.now_ms() + LEAD_MS
-    async with engine.store.transaction() as conn:
+    due = engine.now_ms() + LEAD_MS
+    # Behind the engine's back, as a tool would: a second connection to its database.
+    with sqlite3.connect(bot.bot.config.db_path, timeout=30) as conn:
         # The deadline of an after_send row is origin_ts + timer_ms: make it T for each.
-        await conn.executemany(
+        conn.executemany(
             "UPDATE events SET timer_ms = ? - origin_ts, due_at = ? WHERE event_id = ?",
             [(due, due, e) for e in ids])
-    engine.scheduler.wake()
-    if engine.clock.now_ms() >= due:
+    conn.close()
+    engine.wake()
+    if engine.now_ms() >= due:
         raise RuntimeError("setting the due time took longer than LEAD_MS; raise it")
     try:
         done = await verified.wait_for(ids, timeout=600)
     finally:
         verified.detach()
-    left = await engine.store.known_event_ids(ids)
+    left = await engine.tracked(ids)
     if left:
         raise RuntimeError(f"{len(left)} events still tracked after all were verified")
     stats = engine.stats

@@ -180,7 +180,7 @@ class RedactionLog:
         self._handler: logging.Handler | None = None
 
     def attach(self, engine: Engine) -> RedactionLog:
-        observe = getattr(engine.scheduler, "observe_redactions", None)
+        observe = getattr(engine, "observe_redactions", None)
         if observe is not None:
             observe(lambda event, lag_ms: self._add(VerifiedRedaction(
                 event.event_id, event.room_id, lag_ms, time.time())))

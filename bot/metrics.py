@@ -16,10 +16,9 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
-from bot.cli.census import STATE_NAMES, pending_by_state
 from bot.config import ConfigError, MetricsConfig
 from bot.engine.engine import Engine
-from bot.engine.store import DueEvent
+from bot.engine.model import STATUS_NAMES, DueEvent, counts_by_name
 
 log = logging.getLogger(__name__)
 
@@ -68,10 +67,10 @@ class LetheMetrics:
         engine = self._front.engine
         if engine is None:
             return
-        self._pending = await pending_by_state(engine.store)
+        self._pending = counts_by_name(await engine.pending_by_status())
         rooms: dict[tuple[str, str], int] = {}
-        for row in await engine.store.list_rooms():
-            key = (row.policy.mode.value, "yes" if row.can_redact else "no")
+        for row in await engine.rooms():
+            key = (row.policy.mode.value, "yes" if row.can_redact_others else "no")
             rooms[key] = rooms.get(key, 0) + 1
         self._rooms = rooms
 
@@ -86,12 +85,13 @@ class LetheMetrics:
             "lethe_events_tracked", "Timeline events put on a retention schedule.",
             value=front.tracked_total,
         )
+        # The label is "state" (an event's status) for the dashboards that use it.
         pending = GaugeMetricFamily(
             "lethe_pending_events", "Events scheduled for redaction, by state.",
             labels=["state"],
         )
-        for state in STATE_NAMES.values():
-            pending.add_metric([state], self._pending.get(state, 0))
+        for status in STATUS_NAMES.values():
+            pending.add_metric([status], self._pending.get(status, 0))
         yield pending
         engine = front.engine
         stats = engine.stats if engine is not None else None
@@ -112,12 +112,13 @@ class LetheMetrics:
             yield CounterMetricFamily(
                 name, doc, value=getattr(stats, value) if stats is not None else 0
             )
+        # The label "enforceable" says whether the bot can_redact_others there.
         rooms = GaugeMetricFamily(
             "lethe_rooms", "Rooms by policy mode and whether the bot can enforce it.",
             labels=["policy", "enforceable"],
         )
-        for (policy, enforceable), count in sorted(self._rooms.items()):
-            rooms.add_metric([policy, enforceable], count)
+        for (policy, can_redact_others), count in sorted(self._rooms.items()):
+            rooms.add_metric([policy, can_redact_others], count)
         yield rooms
         for name, doc, alive in (
             ("lethe_sync_alive", "1 while the sync loop completes syncs.", front.sync_alive),

@@ -23,7 +23,8 @@ from bot.cli.main import (
 )
 from bot.cli.output import json_option
 from bot.config import ConfigError
-from bot.engine.store import RoomRow, Store
+from bot.engine.model import RoomRow
+from bot.engine.store import Store
 from bot.runlock import hold
 from bridge.config import BridgeConfig, load_bridge_config
 from bridge.registration import RegistrationError, build_registration, write_registration

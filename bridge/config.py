@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from bot.config import ConfigReader, MetricsConfig, read_config_file
-from bot.engine.policy import Mode, Policy, PolicyError, Readers, format_duration
+from bot.engine.policy import Mode, Policy, PolicyError, Readers, default_cap, format_duration
 
 DEFAULT_ID = "lethe"
 DEFAULT_PORT = 29331
@@ -171,7 +171,7 @@ def _default_policy(r: ConfigReader, bridge: dict[str, Any], default_cap_ms: int
         if "cap" in raw or "readers" in raw:
             raise r.fail(key, "cap and readers apply only to after_read")
         return Policy.after_send(timer)
-    cap = r.duration(raw, f"{key}.cap", format_duration(max(default_cap_ms, timer)))
+    cap = r.duration(raw, f"{key}.cap", format_duration(default_cap(default_cap_ms, timer)))
     try:
         readers = Readers(raw.get("readers", Readers.ALL.value))
     except ValueError:

@@ -29,7 +29,7 @@ from click.testing import CliRunner
 
 from bot.cli.main import main
 from bot.devtools.localsynapse import LocalSynapse, find_free_port, synapse_available
-from bot.engine.store import FAILED, PARKED
+from bot.engine.model import EventStatus
 from bridge.app import Bridge, RegistrationNotLoaded
 from bridge.config import BridgeConfig, load_bridge_config
 from bridge.registration import build_registration, load_registration, write_registration
@@ -562,7 +562,8 @@ async def test_remote_sender_without_power_is_reported_not_retried(
 
     async def parked() -> bool:
         event = await engine.store.pending(room)
-        return [(e.event_id, e.status) for e in event] == [(message["event_id"], PARKED)]
+        return [(e.event_id, e.status) for e in event] == [
+            (message["event_id"], EventStatus.PARKED)]
 
     await eventually(parked, 20, what="the remote message parked")
     assert await stays(parked, 2), "a parked event was picked up again"
@@ -589,7 +590,7 @@ async def test_remote_sender_without_power_is_reported_not_retried(
                      what="the bridge's bot joining on the invite")
 
     async def failed() -> bool:
-        return [e.status for e in await engine.store.pending(room)] == [FAILED]
+        return [e.status for e in await engine.store.pending(room)] == [EventStatus.FAILED]
 
     await eventually(failed, 20, what="the unknown remote event given up on")
     status = await engine.status(room)

@@ -18,6 +18,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from bot.engine.store import Transaction
 from bot.matrix.events import MAX_TS
 from bridge.intake import is_id, shown
 from bridge.registration import load_registration
@@ -421,14 +422,15 @@ async def test_a_bug_meeting_one_event_costs_that_event_only(
     room = await _pushed_room(bridge_server, handle)
     store = handle.bridge.engine.store
     first, poison, last = room.event(), room.event(), room.event()
-    insert_positions = store.insert_positions
+    insert_positions = Transaction.insert_positions
+    record_txn = Transaction.record_appservice_txn
 
-    async def buggy(rows: Any) -> None:
+    async def buggy(tx: Transaction, rows: Any) -> None:
         if any(row[1] == poison["event_id"] for row in rows):
             raise TypeError("a bug")
-        await insert_positions(rows)
+        await insert_positions(tx, rows)
 
-    store.insert_positions = buggy
+    Transaction.insert_positions = buggy  # type: ignore[method-assign]
     try:
         txn = f"bug-{secrets.token_hex(6)}"
         body = {"events": [first, poison, last],
@@ -444,15 +446,14 @@ async def test_a_bug_meeting_one_event_costs_that_event_only(
         async def broken(*args: Any) -> None:
             raise TypeError("the engine is broken")
 
-        store.insert_positions = broken
-        store.record_appservice_txn = broken
+        Transaction.insert_positions = broken  # type: ignore[method-assign]
+        Transaction.record_appservice_txn = broken  # type: ignore[method-assign]
         message = room.event()
         status, _ = await push(bridge_server, f"broken-{txn}", {"events": [message]})
         assert status == 503
     finally:
-        del store.insert_positions
-        if "record_appservice_txn" in vars(store):
-            del store.record_appservice_txn
+        Transaction.insert_positions = insert_positions  # type: ignore[method-assign]
+        Transaction.record_appservice_txn = record_txn  # type: ignore[method-assign]
     assert (await push(bridge_server, f"broken-{txn}", {"events": [message]}))[0] == 200
     await handle.tracked(message["event_id"])
 

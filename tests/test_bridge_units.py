@@ -27,7 +27,7 @@ from bot.config import ConfigError
 from bot.engine.engine import EngineConfig
 from bot.engine.model import Marker, MemberChange, Message, PolicyEvent, RoomUpdate
 from bot.engine.policy import BEEPER_EVENT_TYPE, POLICY_EVENT_TYPE, Policy, Readers
-from bot.engine.store import MIGRATIONS, SCHEMA_VERSION, Store
+from bot.engine.store import MIGRATIONS, SCHEMA_VERSION, Store, Transaction
 from bot.matrix.events import clean_receipts
 from bot.matrix.http import HomeserverUnavailable
 from bridge.config import RoomFilter, load_bridge_config
@@ -247,13 +247,16 @@ async def test_appservice_txn_commits_with_its_events(tmp_path: Path) -> None:
         assert await store.appservice_txn_done("t1")
         assert await h.event_ids() == {"$m1"}
 
-        async def broken(txn_id: str, now_ms: int) -> None:
+        async def broken(tx: Transaction, txn_id: str, now_ms: int) -> None:
             raise sqlite3.OperationalError("disk I/O error")
 
-        store.record_appservice_txn = broken  # type: ignore[method-assign]
-        with pytest.raises(sqlite3.OperationalError):
-            await h.engine.ingest([_update("$m2")], appservice_txn="t2")
-        del store.record_appservice_txn
+        record = Transaction.record_appservice_txn
+        Transaction.record_appservice_txn = broken  # type: ignore[method-assign]
+        try:
+            with pytest.raises(sqlite3.OperationalError):
+                await h.engine.ingest([_update("$m2")], appservice_txn="t2")
+        finally:
+            Transaction.record_appservice_txn = record  # type: ignore[method-assign]
         assert await h.event_ids() == {"$m1"}, "events stored without their transaction id"
         assert not await store.appservice_txn_done("t2")
         # Old ids are pruned: the homeserver re-sends only what it has no answer for.

@@ -29,7 +29,7 @@ import pytest
 
 from bot.config import Config
 from bot.devtools.localsynapse import LocalSynapse
-from bot.engine.store import FAILED, IN_FLIGHT, SENT
+from bot.engine.model import EventStatus
 from tests.harness import (
     BotHandle,
     LetheProcess,
@@ -174,7 +174,8 @@ async def test_sigkill_while_redacting_loses_nothing_and_redacts_nothing_twice(
     with sqlite3.connect(config.db_path) as db:
         # Sent but not yet confirmed: in a worker's hands, or waiting for its echo.
         in_flight = db.execute("SELECT count(*) FROM events WHERE status IN (?, ?) AND "
-                               "txn_id IS NOT NULL", (IN_FLIGHT, SENT)).fetchone()[0]
+                               "txn_id IS NOT NULL",
+                               (EventStatus.IN_FLIGHT, EventStatus.SENT)).fetchone()[0]
     assert in_flight >= 1, "the kill did not land while a redaction was in flight"
 
     second = LetheProcess(["-c", str(config.path), "run"], log_path)
@@ -359,7 +360,7 @@ async def test_demoted_bot_keeps_the_schedule_and_resumes(people, lethe) -> None
     assert await stays(none_redacted, 7), "redacted without power"
     pending = {p.event_id: p for p in await engine.store.pending(room)}
     assert set(sent) <= set(pending), "an event was dropped from the schedule"
-    assert all(pending[e].status != FAILED for e in sent)
+    assert all(pending[e].status != EventStatus.FAILED for e in sent)
     await alice.send(room, "!lethe status")
     status = await alice.wait_notice(room, "Enforcement: NO")
     assert "Pending:" in status, status

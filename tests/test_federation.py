@@ -1,5 +1,5 @@
 """Two Synapses federating on loopback (the ``federation`` fixture), one of them with a
-wrong clock: no remote clock decides a deadline alone (see ingest.MAX_SKEW_MS)."""
+wrong clock: no remote clock decides a deadline alone (see sendtimes.MAX_SKEW_MS)."""
 
 from __future__ import annotations
 

@@ -20,8 +20,8 @@ from urllib.parse import quote
 import aiohttp
 import yaml
 
+from bot.engine.model import EventStatus, TrackedEvent
 from bot.engine.policy import Policy
-from bot.engine.store import FAILED, TrackedEvent
 from tests.harness import (
     REPO,
     BotHandle,
@@ -225,15 +225,15 @@ async def test_redaction_of_an_unknown_event_is_unconfirmed_not_done(people, let
     engine = lethe.bot.engine
     bogus = "$" + secrets.token_urlsafe(32)[:43]  # well formed, never sent
     now = engine.clock.now_ms()
-    async with engine.store.transaction():
-        await engine.store.insert_events([TrackedEvent(
+    async with engine.store.transaction() as tx:
+        await tx.insert_events([TrackedEvent(
             bogus, room, alice.user_id, await engine.store.max_seq(), now - 5000, None, None,
             Policy.after_send(1000), None, now)])
     engine.scheduler.wake()
 
     async def failed() -> bool:
         rows = {p.event_id: p for p in await engine.store.pending(room)}
-        return bogus in rows and rows[bogus].status == FAILED
+        return bogus in rows and rows[bogus].status == EventStatus.FAILED
 
     await eventually(failed, 20, what="the bogus event marked failed")
     row = await engine.room(room)

@@ -56,9 +56,7 @@ def judge(events_newest_first: list[PastEvent], now_ms: int, grace_ms: int,
         if event.bot_joined and event.policy.active:
             policy = event.policy
             after_read = after_read or policy.mode is Mode.AFTER_READ
-            life = policy.timer_ms if policy.mode is Mode.AFTER_SEND else policy.cap_ms
-            assert life is not None
-            due = event.origin_ts + life
+            due = policy.deadline(event.origin_ts)  # unread: receipts cannot be seen here
         parent_due = leads.get(event.parent_id) if event.parent_id else None
         # An edit, reaction or poll response goes with its message (if sent before that
         # was due: later ones are tracked on their own).

@@ -1,44 +1,26 @@
-"""Read-only summaries of Lethe's database, for the CLI and the metrics.
+"""Read-only summaries of Lethe's database, for the CLI.
 
 Only ids, counts and times: the database holds no message content anyway.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from bot.engine.model import STATUS_NAMES, RoomSchedule, counts_by_name
+from bot.engine.store import StoreBackend
 
-from bot.engine.store import FAILED, IN_FLIGHT, PARKED, SENT, WAITING, Store
+STATE_NAMES = STATUS_NAMES  # the old name, until pending.py switches
 
-STATE_NAMES = {
-    WAITING: "waiting", IN_FLIGHT: "in_flight", SENT: "sent", PARKED: "parked", FAILED: "failed",
-}
-
-
-@dataclass(frozen=True)
-class RoomSchedule:
-    pending: int  # not yet redacted and not given up on
-    next_due: int | None  # as in `!lethe status`: overdue (parked) events count too
+__all__ = ["STATE_NAMES", "STATUS_NAMES", "RoomSchedule", "pending_by_status", "room_schedules"]
 
 
-async def pending_by_state(store: Store) -> dict[str, int]:
-    """Every state name, with a count (0 where none)."""
-    counts = dict.fromkeys(STATE_NAMES.values(), 0)
-    async with store.conn.execute("SELECT status, count(*) FROM events GROUP BY status") as cur:
-        for status, count in await cur.fetchall():
-            counts[STATE_NAMES.get(status, f"status_{status}")] = int(count)
-    return counts
+async def pending_by_status(store: StoreBackend) -> dict[str, int]:
+    """Every status name, with a count (0 where none)."""
+    return counts_by_name(await store.count_by_status())
 
 
-async def room_schedules(store: Store) -> dict[str, RoomSchedule]:
+pending_by_state = pending_by_status  # the old name, until doctor.py switches
+
+
+async def room_schedules(store: StoreBackend) -> dict[str, RoomSchedule]:
     """Per room with anything pending: how much, and the earliest due time."""
-    # NOT INDEXED: grouping along the (room_id, seq) index costs a row lookup per event;
-    # one sequential scan is about 4x faster (100k events: 98 ms instead of 378 ms).
-    async with store.conn.execute(
-        "SELECT room_id, count(*), min(due_at) FROM events NOT INDEXED WHERE status != ? "
-        "GROUP BY room_id",
-        (FAILED,),
-    ) as cur:
-        return {
-            room_id: RoomSchedule(int(count), None if due is None else int(due))
-            for room_id, count, due in await cur.fetchall()
-        }
+    return await store.room_schedules()

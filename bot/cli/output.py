@@ -20,9 +20,9 @@ from typing import Any, Protocol
 import click
 
 from bot.cli.roomstate import RoomState
+from bot.engine.model import RoomRow
 from bot.engine.policy import Policy, format_duration
 from bot.engine.power import describe_level
-from bot.engine.store import RoomRow
 
 # C0 controls (newline and tab included: text from outside must not start a line of
 # its own or break a table), DEL, C1 controls (CSI and OSC among them), and the

@@ -32,7 +32,7 @@ from bot.cli.output import (
     warn,
 )
 from bot.config import Config
-from bot.engine.policy import Policy, PolicyError, Readers
+from bot.engine.policy import Policy, PolicyError, Readers, default_cap
 from bot.engine.power import describe_level
 from bot.matrix.policy_state import PolicyWriteFailed, missing_policy_power, write_policy
 
@@ -90,7 +90,7 @@ def build_policy(after_send: str | None, after_read: str | None, cap: str | None
         return Policy.after_send(duration_arg("--after-send", after_send))
     assert after_read is not None
     timer = duration_arg("--after-read", after_read)
-    cap_ms = duration_arg("--cap", cap) if cap is not None else max(default_cap_ms, timer)
+    cap_ms = duration_arg("--cap", cap) if cap is not None else default_cap(default_cap_ms, timer)
     try:
         return Policy.after_read(timer, cap_ms, Readers(readers or Readers.ALL.value))
     except PolicyError as exc:

@@ -1,26 +1,30 @@
-"""The retention engine: the one object a front talks to.
+"""The retention engine: the one object a front (and the metrics) talks to.
 
-A front (the nio bot or the appservice bridge) calls ``ingest`` with what it
-saw, tells it about power changes, and provides a ``Transport`` for redactions.
-The engine owns the store, the scheduler and its workers.
+A front (the nio bot or the appservice bridge) opens it (``Engine.open``), calls
+``ingest`` with what it saw, tells it about power changes, keeps its own small
+state through ``get_meta``/``set_meta``, and provides a ``Transport`` for
+redactions. The engine owns the store, the scheduler and its workers; a front
+needs none of them directly.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import cast
 
 from bot.engine.clock import Clock, SystemClock
+from bot.engine.echoes import EchoConfirmation
 from bot.engine.givenup import META_KEY as GIVEN_UP_KEY
 from bot.engine.givenup import GivenUpRoom, dump_given_up, load_given_up
 from bot.engine.ingest import IngestConfig, Ingestor
-from bot.engine.model import IngestResult, RoomUpdate
+from bot.engine.model import EventStatus, IngestResult, PendingEvent, RoomRow, RoomUpdate
 from bot.engine.policy import Policy
 from bot.engine.redactor import RedactionStats, Redactor, Transport
-from bot.engine.scheduler import Scheduler
-from bot.engine.store import FAILED, RoomRow, Store
+from bot.engine.scheduler import ParkListener, RedactionListener, Scheduler
+from bot.engine.store import Store, StoreBackend
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +47,7 @@ class RoomStatus:
     room_id: str
     policy: Policy
     policy_sender: str | None
-    can_redact: bool
+    can_redact_others: bool
     bot_level: int | None
     redact_level: int | None
     pending: int
@@ -51,24 +55,31 @@ class RoomStatus:
     redacted: int
     failed: int
 
+    @property
+    def can_redact(self) -> bool:
+        """The old name of ``can_redact_others``, until every caller has switched."""
+        return self.can_redact_others
+
 
 class Engine:
     def __init__(
         self,
-        store: Store,
+        store: StoreBackend,
         transport: Transport,
         config: EngineConfig,
         *,
         clock: Clock | None = None,
-        on_park: Callable[[str, str], Awaitable[None]] | None = None,
-        needs_power: Callable[[str], bool] | None = None,
+        on_park: ParkListener | None = None,
+        is_other_sender: Callable[[str], bool] | None = None,
+        needs_power: Callable[[str], bool] | None = None,  # old name of is_other_sender
     ) -> None:
-        self.store = store
+        self._store = store
         self.config = config
-        self.clock = clock or SystemClock()
+        self._clock = clock or SystemClock()
+        self._echoes = EchoConfirmation(trusted=config.echo_wait_ms is not None)
         self._redactor = Redactor(
-            store, transport, self.clock, config.bot_user_id, needs_power,
-            echo_wait_ms=config.echo_wait_ms,
+            store, transport, self._clock, config.bot_user_id, is_other_sender or needs_power,
+            echo_wait_ms=config.echo_wait_ms, echoes=self._echoes,
         )
         self._ingestor = Ingestor(
             store,
@@ -76,12 +87,13 @@ class Engine:
                 config.bot_user_id, config.ignore_readers, config.default_cap_ms,
                 config.default_policy,
             ),
-            self._redactor.echoes,
+            self._echoes,
         )
-        self.scheduler = Scheduler(
+        self._scheduler = Scheduler(
             store,
             self._redactor,
-            self.clock,
+            self._echoes,
+            self._clock,
             self._can_redact_others,
             workers=config.workers,
             on_park=on_park,
@@ -89,25 +101,47 @@ class Engine:
 
     @classmethod
     async def open(
-        cls, db_path: Path, transport: Transport, config: EngineConfig, **kwargs: object
+        cls,
+        db_path: Path,
+        transport: Transport,
+        config: EngineConfig,
+        *,
+        clock: Clock | None = None,
+        on_park: ParkListener | None = None,
+        is_other_sender: Callable[[str], bool] | None = None,
     ) -> Engine:
+        """The way a front makes its engine: opens (and migrates) the database."""
         store = await Store.open(db_path)
-        return cls(store, transport, config, **kwargs)  # type: ignore[arg-type]
+        return cls(store, transport, config, clock=clock, on_park=on_park,
+                   is_other_sender=is_other_sender)
+
+    # Kept until the fronts, benchmarks and tests use the methods below instead.
+    @property
+    def store(self) -> Store:
+        return cast(Store, self._store)
 
     @property
-    def stats(self) -> RedactionStats:
-        return self._redactor.stats
+    def scheduler(self) -> Scheduler:
+        return self._scheduler
+
+    @property
+    def clock(self) -> Clock:
+        return self._clock
+
+    # --- lifecycle -------------------------------------------------------------
 
     async def start(self) -> None:
         await self._ingestor.load()
-        await self.scheduler.start()
+        await self._scheduler.start()
 
     async def stop(self) -> None:
-        await self.scheduler.stop()
+        await self._scheduler.stop()
 
     async def close(self) -> None:
         await self.stop()
-        await self.store.close()
+        await self._store.close()
+
+    # --- what the fronts tell the engine ----------------------------------------
 
     async def ingest(
         self,
@@ -118,69 +152,122 @@ class Engine:
     ) -> IngestResult:
         """Store ``updates`` in one transaction, together with ``meta`` and (for the
         bridge) the id of the appservice transaction that carried them."""
-        now = self.clock.now_ms()
+        now = self._clock.now_ms()
         result = await self._ingestor.apply(updates, now, meta, appservice_txn)
         for event in result.redacted:
-            self.scheduler.record_done(event, now, echoed=True)
-        self.scheduler.wake()
+            self._scheduler.record_done(event, now, echoed=True)
+        self._scheduler.wake()
         return result
 
-    async def sync_token(self) -> str | None:
-        return await self.store.get_meta(SYNC_TOKEN_KEY)
-
-    def counts_as_reader(self, user_id: str) -> bool:
-        return self._ingestor.counts_as_reader(user_id)
-
     async def set_power(
-        self, room_id: str, can_redact: bool, bot_level: int | None, redact_level: int | None
+        self, room_id: str, can_redact_others: bool, bot_level: int | None,
+        redact_level: int | None,
     ) -> bool:
         """Record whether the bot may redact others' events; returns whether that changed."""
-        before = await self.store.get_room(room_id)
-        async with self.store.transaction():
-            await self.store.ensure_room(room_id)
-            await self.store.set_room_power(room_id, can_redact, bot_level, redact_level)
-        self.scheduler.wake()
+        before = await self._store.get_room(room_id)
+        async with self._store.transaction() as tx:
+            await tx.ensure_room(room_id)
+            await tx.set_room_power(room_id, can_redact_others, bot_level, redact_level)
+        self._scheduler.wake()
         # A new room row starts as "can redact", so only a lack of power is news there.
-        was = before.can_redact if before is not None else True
-        return was != can_redact
+        was = before.can_redact_others if before is not None else True
+        return was != can_redact_others
 
     async def forget_room(self, room_id: str) -> GivenUpRoom | None:
         """Drop the room's schedule (the front can no longer redact there). What was
         still scheduled is given up: recorded, in the same transaction, for `lethe rooms
         list`, and returned so the front can log it; None if nothing was."""
         given_up = None
-        async with self.store.transaction() as conn:
-            async with conn.execute(
-                "SELECT count(*), min(due_at) FROM events WHERE room_id = ? AND status != ?",
-                (room_id, FAILED),
-            ) as cur:
-                found = await cur.fetchone()
-            if found and found[0]:
-                given_up = GivenUpRoom(room_id, self.clock.now_ms(), int(found[0]), found[1])
-            await self.store.delete_room(room_id)
+        async with self._store.transaction() as tx:
+            schedule = await self._store.room_schedule(room_id)
+            if schedule.pending:
+                given_up = GivenUpRoom(room_id, self._clock.now_ms(), schedule.pending,
+                                       schedule.next_due)
+            await tx.delete_room(room_id)
             if given_up is not None:
-                await self.store.set_meta(GIVEN_UP_KEY, dump_given_up(
-                    load_given_up(await self.store.get_meta(GIVEN_UP_KEY)), given_up))
+                await tx.set_meta(GIVEN_UP_KEY, dump_given_up(
+                    load_given_up(await self._store.get_meta(GIVEN_UP_KEY)), given_up))
         return given_up
 
+    async def set_meta(self, key: str, value: str) -> None:
+        """Keep a front's own small state (a JSON text, say) in the database."""
+        async with self._store.transaction() as tx:
+            await tx.set_meta(key, value)
+
+    def wake(self) -> None:
+        """Something may have become due sooner than the scheduler thinks."""
+        self._scheduler.wake()
+
+    def observe_redactions(self, listener: RedactionListener) -> None:
+        """Tell ``listener`` of each verified redaction and its lag (for metrics)."""
+        self._scheduler.observe_redactions(listener)
+
+    # --- what the fronts and the metrics read -----------------------------------
+
+    def now_ms(self) -> int:
+        return self._clock.now_ms()
+
+    @property
+    def stats(self) -> RedactionStats:
+        return self._redactor.stats
+
+    @property
+    def scheduler_alive(self) -> bool:
+        return self._scheduler.alive
+
+    @property
+    def backlogged(self) -> bool:
+        """More is due than the redaction workers take at once (see Scheduler)."""
+        return self._scheduler.backlogged
+
+    async def wait_drained(self) -> None:
+        """Return once there is no backlog (at once if there is none)."""
+        await self._scheduler.wait_drained()
+
+    async def get_meta(self, key: str) -> str | None:
+        return await self._store.get_meta(key)
+
+    async def sync_token(self) -> str | None:
+        return await self._store.get_meta(SYNC_TOKEN_KEY)
+
+    async def appservice_txn_done(self, txn_id: str) -> bool:
+        return await self._store.appservice_txn_done(txn_id)
+
     async def room(self, room_id: str) -> RoomRow | None:
-        return await self.store.get_room(room_id)
+        return await self._store.get_room(room_id)
+
+    async def rooms(self) -> list[RoomRow]:
+        return await self._store.list_rooms()
 
     async def status(self, room_id: str) -> RoomStatus | None:
-        row = await self.store.get_room(room_id)
+        row = await self._store.get_room(room_id)
         if row is None:
             return None
-        async with self.store.conn.execute(
-            "SELECT count(*), min(due_at) FROM events WHERE room_id = ? AND status != 3",
-            (room_id,),
-        ) as cur:
-            found = await cur.fetchone()
-        pending, next_due = (found[0], found[1]) if found else (0, None)
+        schedule = await self._store.room_schedule(room_id)
         return RoomStatus(
-            row.room_id, row.policy, row.policy_sender, row.can_redact, row.bot_level,
-            row.redact_level, pending, next_due, row.redacted_count, row.failed_count,
+            row.room_id, row.policy, row.policy_sender, row.can_redact_others, row.bot_level,
+            row.redact_level, schedule.pending, schedule.next_due, row.redacted_count,
+            row.failed_count,
         )
 
+    async def pending_by_status(self) -> dict[EventStatus | int, int]:
+        """Tracked events per status (an int: one this version does not know)."""
+        return await self._store.count_by_status()
+
+    async def pending(self, room_id: str | None = None, limit: int = 1000) -> list[PendingEvent]:
+        return await self._store.pending(room_id, limit)
+
+    async def pending_count(self, room_id: str | None = None) -> int:
+        return await self._store.pending_count(room_id)
+
+    async def next_due(self) -> int | None:
+        return await self._store.next_due()
+
+    async def tracked(self, event_ids: Iterable[str]) -> set[str]:
+        """Which of ``event_ids`` are on a schedule."""
+        return await self._store.known_event_ids(event_ids)
+
     async def _can_redact_others(self, room_id: str) -> bool:
-        row = await self.store.get_room(room_id)
-        return row is not None and row.can_redact
+        row = await self._store.get_room(room_id)
+        return row is not None and row.can_redact_others
+

@@ -10,10 +10,10 @@ import fnmatch
 import logging
 from dataclasses import dataclass, field
 
-import aiosqlite
-
 from bot.engine import reads
+from bot.engine.echoes import Echo, EchoConfirmation
 from bot.engine.model import (
+    DueEvent,
     IngestResult,
     InvalidPolicy,
     MemberChange,
@@ -21,8 +21,11 @@ from bot.engine.model import (
     PolicyChange,
     PolicyEvent,
     Receipt,
+    ReceiptMove,
     Redaction,
     RoomUpdate,
+    TrackedEvent,
+    server_name,
 )
 from bot.engine.policy import (
     BEEPER_EVENT_TYPE,
@@ -35,8 +38,8 @@ from bot.engine.policy import (
     policy_from_state,
     resolve_policy,
 )
-from bot.engine.redactor import Echoes
-from bot.engine.store import DueEvent, Echo, Store, TrackedEvent
+from bot.engine.sendtimes import SEEN_KEY, read_time, seen_time, sent_time
+from bot.engine.store import StoreBackend, TransactionOps
 
 log = logging.getLogger(__name__)
 
@@ -44,7 +47,7 @@ log = logging.getLogger(__name__)
 # while the policy was off, redacted ones): the position of every timeline event is
 # stored (``positions``), in the transaction of the sync that brought it, so such
 # receipts count across restarts too. Each batch prunes a room's positions to those a
-# receipt could still make count (reads.prune_positions). On top, a room keeps at most
+# receipt could still make count (prune_positions). On top, a room keeps at most
 # its newest _POSITIONS_PER_ROOM: a receipt on an event that far back, while a message
 # before it is still unread, is then lost, but the reader's next receipt on anything
 # newer covers the same, and the cap applies regardless. Checking that cap walks the
@@ -53,47 +56,10 @@ log = logging.getLogger(__name__)
 _POSITIONS_PER_ROOM = 10_000
 _CAP_CHECK_EVERY = 1_000
 
-# No remote clock decides a deadline alone. origin_server_ts and a receipt's ts are
-# stamped by whichever server the sender is on, so Lethe bounds them by what it saw
-# itself: "now" (its clock when a batch is stored) and the time it stored the previous
-# batch of the same stream (SEEN_KEY, kept with the batch).
-# - A message counts as sent at origin_ts, but never after Lethe had it, and never more
-#   than MAX_SKEW_MS before the previous batch: it was not in that one, so it reached
-#   the homeserver after it, give or take a clock's skew. After downtime, the previous
-#   batch is from before it, so what was sent meanwhile keeps its own time and is
-#   redacted at once if overdue. A backlog can come in several batches (a homeserver
-#   pushes an appservice its queue 100 events at a time): a batch whose newest message
-#   is older than the skew is a backlog one, and the time it stands for is that newest
-#   message's, never going back, so the next batch of the backlog keeps its own times.
-# - A receipt from a user of Lethe's own homeserver (which stamped it) counts at its ts,
-#   within the same window without the skew; one from another server counts when Lethe
-#   learned of it: a remote clock never makes anything read earlier.
-MAX_SKEW_MS = 60_000
-SEEN_KEY = "seen_ms"
 
 # More receipts than this from members of one room in one batch are counted in one pass
-# (reads.cover_many) rather than one statement each (reads.cover).
+# (cover_many) rather than one statement each (cover).
 _BULK_RECEIPTS = 16
-
-
-def sent_time(origin_ts: int, now_ms: int, previous_ms: int | None) -> int:
-    """When a message counts as sent (see MAX_SKEW_MS)."""
-    earliest = origin_ts if previous_ms is None else previous_ms - MAX_SKEW_MS
-    return min(max(origin_ts, earliest), now_ms)
-
-
-def read_time(ts: int | None, local: bool, now_ms: int, previous_ms: int | None) -> int:
-    """When a receipt counts as read (see MAX_SKEW_MS)."""
-    if ts is None or not local:
-        return now_ms
-    return min(ts if previous_ms is None else max(ts, previous_ms), now_ms)
-
-
-def seen_time(now_ms: int, newest_sent: int | None, previous_ms: int | None) -> int:
-    """The time a stored batch stands for, for the next batch's bounds (see MAX_SKEW_MS)."""
-    if newest_sent is None or newest_sent >= now_ms - MAX_SKEW_MS:
-        return now_ms  # a live batch
-    return newest_sent if previous_ms is None else max(previous_ms, newest_sent)
 
 
 @dataclass(frozen=True)
@@ -125,16 +91,18 @@ class _RoomState:
 
 
 class Ingestor:
-    def __init__(self, store: Store, config: IngestConfig, echoes: Echoes) -> None:
+    def __init__(
+        self, store: StoreBackend, config: IngestConfig, echoes: EchoConfirmation
+    ) -> None:
         self._store = store
         self._config = config
         self._echoes = echoes
         self._seq = 0
         # Positions stored per room since its cap was last checked (absent: not yet).
         self._uncapped: dict[str, int] = {}
-        self._home = _server(config.bot_user_id)
+        self._home = server_name(config.bot_user_id)
         # Lethe's clock when it stored the batch before the one being applied (None:
-        # never, or before it kept this); see MAX_SKEW_MS.
+        # never, or before it kept this); see sendtimes.MAX_SKEW_MS.
         self._previous_ms: int | None = None
         self._newest_sent: int | None = None  # of the batch being applied
 
@@ -163,17 +131,19 @@ class Ingestor:
         redacted: list[DueEvent] = []
         tracked = 0
         self._newest_sent = None
-        async with self._store.transaction() as conn:
+        async with self._store.transaction() as tx:
             for update in updates:
-                room = await self._load_room(update.room_id)
-                tracked += await self._apply_timeline(update, room, now_ms, invalid, redacted)
+                room = await self._load_room(tx, update.room_id)
+                tracked += await self._apply_timeline(
+                    tx, update, room, now_ms, invalid, redacted
+                )
                 if room.read_dirty:
                     # Before the receipts: what a leave completes is read now, not earlier.
-                    await reads.mark_read(conn, update.room_id, room.read_at, self._seq)
-                await self._apply_receipts(update, room, now_ms)
-                await self._prune_positions(conn, update.room_id, room.positions)
+                    await tx.mark_read(update.room_id, room.read_at, self._seq)
+                await self._apply_receipts(tx, update, room, now_ms)
+                await self._prune_positions(tx, update.room_id, room.positions)
                 if room.policy_dirty:
-                    await self._store.set_room_policy(
+                    await tx.set_room_policy(
                         update.room_id, room.policy, room.sender, room.lethe, room.beeper
                     )
                 if room.changed or room.is_new:
@@ -183,25 +153,22 @@ class Ingestor:
                         )
                     )
                 if update.last_event_id:
-                    await self._store.set_last_event(update.room_id, update.last_event_id)
-            await self._store.set_meta("seq", str(self._seq))
+                    await tx.set_last_event(update.room_id, update.last_event_id)
+            await tx.set_meta("seq", str(self._seq))
             seen = seen_time(now_ms, self._newest_sent, self._previous_ms)
-            await self._store.set_meta(SEEN_KEY, str(seen))
+            await tx.set_meta(SEEN_KEY, str(seen))
             for key, value in (meta or {}).items():
-                await self._store.set_meta(key, value)
+                await tx.set_meta(key, value)
             if appservice_txn is not None:
-                await self._store.record_appservice_txn(appservice_txn, now_ms)
+                await tx.record_appservice_txn(appservice_txn, now_ms)
         self._previous_ms = seen  # committed
         return IngestResult(tuple(changes), tuple(invalid), tracked, redacted=tuple(redacted))
 
-    async def _load_room(self, room_id: str) -> _RoomState:
+    async def _load_room(self, tx: TransactionOps, room_id: str) -> _RoomState:
         row = await self._store.get_room(room_id)
         if row is None:
-            await self._store.ensure_room(room_id)
-        async with self._store.conn.execute(
-            "SELECT user_id FROM members WHERE room_id = ?", (room_id,)
-        ) as cur:
-            members = {r[0] for r in await cur.fetchall()}
+            await tx.ensure_room(room_id)
+        members = await self._store.members(room_id)
         default = self._config.default_policy
         if row is None:
             return _RoomState(
@@ -221,6 +188,7 @@ class Ingestor:
 
     async def _apply_timeline(
         self,
+        tx: TransactionOps,
         update: RoomUpdate,
         room: _RoomState,
         now_ms: int,
@@ -245,27 +213,24 @@ class Ingestor:
                     rows.append(row)
                     tracked_parents.add(item.event_id)
             elif isinstance(item, MemberChange):
-                await self._member(room_id, room, item, now_ms)
+                await self._member(tx, room_id, room, item, now_ms)
             elif isinstance(item, PolicyEvent):
                 self._policy(room_id, room, item, invalid)
             elif isinstance(item, Redaction):
                 # Flush first: the target may be in this very batch.
-                await self._store.insert_events(rows)
+                await tx.insert_events(rows)
                 rows = []
-                seen = await self._store.redaction_seen(
-                    room_id, item.target, item.event_id, item.sender, now_ms,
-                    trust_echo=self._echoes.trusted,
+                seen = await self._echoes.seen(
+                    tx, room_id, item.target, item.event_id, item.sender, now_ms
                 )
                 if isinstance(seen, DueEvent):
                     redacted.append(seen)
-                elif seen is Echo.HELD and item.event_id is not None:
-                    self._echoes.add(item.target, item.event_id)
                 if isinstance(seen, DueEvent) or seen is Echo.FORGOTTEN:
                     # Its row is gone: a later relation to it in this batch has nothing
                     # to follow, and must not wait on it forever.
                     tracked_parents.discard(item.target)
-        await self._store.insert_events(rows)
-        await self._store.insert_positions(positions)
+        await tx.insert_events(rows)
+        await tx.insert_positions(positions)
         room.positions = len(positions)
         return len(rows)
 
@@ -290,50 +255,44 @@ class Ingestor:
                 msg.event_id, room_id, msg.sender, seq, msg.origin_ts, msg.thread_id,
                 msg.parent_id, policy, None, None, sent,
             )
-        assert policy.timer_ms is not None
         read_at: int | None = None
         readers_left: int | None = None
-        if policy.mode is Mode.AFTER_SEND:
-            due = sent + policy.timer_ms
-        else:
-            assert policy.cap_ms is not None
+        if policy.mode is Mode.AFTER_READ:
             required = room.members - {msg.sender}
             if required:
-                due = sent + policy.cap_ms
                 readers_left = len(required)
             else:
                 read_at = sent
-                due = sent + policy.timer_ms
+        due = policy.deadline(sent, read_at)
         return TrackedEvent(
             msg.event_id, room_id, msg.sender, seq, msg.origin_ts, msg.thread_id,
             msg.parent_id if child else None, policy, read_at, due, sent, readers_left,
         )
 
-    async def _prune_positions(
-        self, conn: aiosqlite.Connection, room_id: str, stored: int
-    ) -> None:
+    async def _prune_positions(self, tx: TransactionOps, room_id: str, stored: int) -> None:
         """After the room's receipts: see _POSITIONS_PER_ROOM."""
-        await reads.prune_positions(conn, room_id)
+        await tx.prune_positions(room_id)
         since = self._uncapped.get(room_id)
         if since is None or since + stored >= _CAP_CHECK_EVERY:
-            await self._store.cap_positions(room_id, _POSITIONS_PER_ROOM)
+            await tx.cap_positions(room_id, _POSITIONS_PER_ROOM)
             self._uncapped[room_id] = 0
         else:
             self._uncapped[room_id] = since + stored
 
     async def _member(
-        self, room_id: str, room: _RoomState, change: MemberChange, now_ms: int
+        self, tx: TransactionOps, room_id: str, room: _RoomState, change: MemberChange,
+        now_ms: int,
     ) -> None:
         if not self.counts_as_reader(change.user_id):
             return
         if change.joined:
             if change.user_id not in room.members:
                 room.members.add(change.user_id)
-                await self._store.add_member(room_id, change.user_id, self._seq)
+                await tx.add_member(room_id, change.user_id, self._seq)
         elif change.user_id in room.members:
             room.members.discard(change.user_id)
-            await reads.leave(self._store.conn, room_id, change.user_id)
-            await self._store.remove_member(room_id, change.user_id)
+            await tx.leave(room_id, change.user_id)
+            await tx.remove_member(room_id, change.user_id)
             # One fewer required reader: some messages may now count as read by all.
             room.read_dirty = True
             room.read_at = max(room.read_at, now_ms)
@@ -394,8 +353,10 @@ class Ingestor:
         if event.in_timeline:
             invalid.append(InvalidPolicy(room_id, event.sender, event.event_type, reason))
 
-    async def _apply_receipts(self, update: RoomUpdate, room: _RoomState, now_ms: int) -> None:
-        """Each receipt counts for what it newly covers (reads.cover), in the order of
+    async def _apply_receipts(
+        self, tx: TransactionOps, update: RoomUpdate, room: _RoomState, now_ms: int
+    ) -> None:
+        """Each receipt counts for what it newly covers (cover), in the order of
         their read times: a message is read when its last required reader read it,
         whatever order the receipts come in (earlier batches' read times are all before
         this batch's, see read_time)."""
@@ -406,35 +367,29 @@ class Ingestor:
                 # Never seen (sent before the bot joined, or in a gap it did not page
                 # back over), or pruned as too old to matter. Worth an INFO line only
                 # where a receipt could still make something due.
-                could_matter = await reads.has_unread(self._store.conn, update.room_id)
+                could_matter = await self._store.has_unread(update.room_id)
                 log.log(
                     logging.INFO if could_matter else logging.DEBUG,
                     "receipt in %s on %s, an event Lethe has no position for; ignored",
                     update.room_id, receipt.event_id,
                 )
                 continue
-            local = _server(receipt.user_id) == self._home
+            local = server_name(receipt.user_id) == self._home
             found.append((read_time(receipt.ts, local, now_ms, self._previous_ms), receipt, seq))
         found.sort(key=lambda item: item[0])
         counted = [item for item in found if item[1].user_id in room.members]
         bulk = len(counted) > _BULK_RECEIPTS
-        moves: list[reads.Move] = []
+        moves: list[ReceiptMove] = []
         for read_at, receipt, seq in found:
             thread = reads.receipt_thread(receipt.thread_id)
-            old = await self._store.move_receipt(update.room_id, receipt.user_id, thread, seq)
+            old = await tx.move_receipt(update.room_id, receipt.user_id, thread, seq)
             if old is None or receipt.user_id not in room.members:
                 continue
             if bulk:
-                moves.append(reads.Move(receipt.user_id, thread, old, seq, read_at))
+                moves.append(ReceiptMove(receipt.user_id, thread, old, seq, read_at))
             else:
-                await reads.cover(
-                    self._store.conn, update.room_id, receipt.user_id, thread, old, seq, read_at
-                )
-        await reads.cover_many(self._store.conn, update.room_id, moves)
+                await tx.cover(update.room_id, receipt.user_id, thread, old, seq, read_at)
+        await tx.cover_many(update.room_id, moves)
 
     async def _receipt_seq(self, room_id: str, receipt: Receipt) -> int | None:
         return await self._store.event_seq(room_id, receipt.event_id)
-
-
-def _server(user_id: str) -> str:
-    return user_id.partition(":")[2]

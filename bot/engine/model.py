@@ -1,4 +1,5 @@
-"""What fronts (the nio bot, the appservice bridge) hand to the engine.
+"""The engine's values: what fronts (the nio bot, the appservice bridge) hand to
+the engine, what it hands back, and the rows the store reads and writes.
 
 Fronts translate Matrix events into these values, in timeline order. None of
 them carries message content: only ids, senders, times and relations.
@@ -7,9 +8,121 @@ them carries message content: only ids, senders, times and relations.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import IntEnum
 
-from bot.engine.policy import Policy
-from bot.engine.store import DueEvent
+from bot.engine.policy import Policy, StatePolicy
+
+
+def server_name(user_id: str) -> str:
+    """The server part of a Matrix user id."""
+    return user_id.partition(":")[2]
+
+
+class EventStatus(IntEnum):
+    """Where a tracked event is on its way out (stored as this integer)."""
+
+    WAITING = 0  # tracked; due_at set when its deadline is known
+    IN_FLIGHT = 1  # handed to a redaction worker of this process (reset on start)
+    PARKED = 2  # due, but the bot may not redact others' events here; resumes with power
+    FAILED = 3  # gave up (the homeserver does not confirm the redaction)
+    # The homeserver accepted our redaction; waiting for it to come back through the event
+    # stream (sync or appservice push) until check_at, when the event is fetched instead.
+    SENT = 4
+
+
+# Each status's name in listings and metrics, in the order they show them.
+STATUS_NAMES: dict[EventStatus | int, str] = {
+    status: status.name.lower()
+    for status in (EventStatus.WAITING, EventStatus.IN_FLIGHT, EventStatus.SENT,
+                   EventStatus.PARKED, EventStatus.FAILED)
+}
+
+
+def counts_by_name(counts: dict[EventStatus | int, int]) -> dict[str, int]:
+    """Every status name, with a count (0 where none)."""
+    named = dict.fromkeys(STATUS_NAMES.values(), 0)
+    for status, count in counts.items():
+        named[STATUS_NAMES.get(status, f"status_{status}")] = count
+    return named
+
+
+@dataclass(frozen=True)
+class RoomRow:
+    room_id: str
+    policy: Policy
+    policy_sender: str | None
+    lethe_state: StatePolicy | None
+    beeper_state: StatePolicy | None
+    can_redact_others: bool
+    bot_level: int | None
+    redact_level: int | None
+    last_event_id: str | None
+    redacted_count: int
+    failed_count: int
+
+    @property
+    def can_redact(self) -> bool:
+        """The old name of ``can_redact_others``, until every caller has switched."""
+        return self.can_redact_others
+
+
+@dataclass(frozen=True)
+class TrackedEvent:
+    """A row to insert: one timeline event under the policy in force when it was sent."""
+
+    event_id: str
+    room_id: str
+    sender: str
+    seq: int
+    origin_ts: int
+    thread_id: str | None
+    parent_id: str | None
+    policy: Policy
+    read_at: int | None
+    due_at: int | None
+    sent_at: int | None = None  # origin_ts as Lethe bounds it; None: origin_ts
+    readers_left: int | None = None  # unread after_read: required readers yet to read
+
+
+@dataclass(frozen=True)
+class DueEvent:
+    event_id: str
+    room_id: str
+    sender: str
+    # When the policy made it due (not a later retry time, which is the due_at column):
+    # lag counts from here.
+    deadline: int
+    txn_id: str | None
+    attempts: int
+
+
+@dataclass(frozen=True)
+class PendingEvent:
+    """Ids and times only: what `pending` listings show."""
+
+    event_id: str
+    room_id: str
+    sender: str
+    origin_ts: int
+    due_at: int | None
+    status: EventStatus | int  # an int only for a status this version does not know
+
+
+@dataclass(frozen=True)
+class RoomSchedule:
+    pending: int  # not yet redacted and not given up on
+    next_due: int | None  # the earliest due time: overdue (parked) events count too
+
+
+@dataclass(frozen=True)
+class ReceiptMove:
+    """A member's receipt on ``thread`` that moved from ``old`` (0: none) to ``new``."""
+
+    user_id: str
+    thread: str
+    old: int
+    new: int
+    read_at: int
 
 
 @dataclass(frozen=True)
@@ -110,3 +223,13 @@ class IngestResult:
     emptied_rooms: tuple[str, ...] = field(default=())
     # Lethe's own redactions the event stream brought back: confirmed, now counted.
     redacted: tuple[DueEvent, ...] = ()
+
+
+@dataclass(frozen=True)
+class RedactionTarget:
+    """A tracked event the event stream shows redacted: what deciding about that echo
+    needs (see echoes.py)."""
+
+    status: EventStatus
+    redaction_id: str | None  # of the redaction the homeserver accepted from Lethe
+    due: DueEvent  # the row (sender, txn_id set once Lethe began to send a redaction)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import Any, cast
 
 POLICY_EVENT_TYPE = "chat.lethe.policy"
 BEEPER_EVENT_TYPE = "com.beeper.disappearing_timer"
@@ -153,6 +153,17 @@ class Policy:
     def active(self) -> bool:
         return self.mode is not Mode.OFF
 
+    def deadline(self, sent_at: int, read_at: int | None = None) -> int:
+        """When a message sent at ``sent_at`` (and read by all its required readers at
+        ``read_at``, if they have) is due under this policy. The store's SQL repeats
+        this rule (store/sql.py DEADLINE); nothing else may."""
+        assert self.timer_ms is not None, "an off policy has no deadline"
+        if self.mode is Mode.AFTER_SEND:
+            return sent_at + self.timer_ms
+        assert self.cap_ms is not None
+        capped = sent_at + self.cap_ms
+        return capped if read_at is None else min(capped, read_at + self.timer_ms)
+
     def describe(self) -> str:
         """A short human sentence, used in notices, status and the CLI."""
         if self.mode is Mode.OFF:
@@ -208,7 +219,7 @@ def policy_from_state(content: object) -> Policy:
     if not content:
         return Policy.off()
     try:
-        mode = Mode(content.get("mode"))
+        mode = Mode(cast(str, content.get("mode")))  # ValueError for anything else
     except ValueError:
         raise PolicyError(
             f"unknown mode {shown(content.get('mode'))}; expected off, after_send or after_read"
@@ -231,6 +242,12 @@ def policy_from_state(content: object) -> Policy:
     return Policy.after_read(timer, cap, readers)  # type: ignore[arg-type]
 
 
+def default_cap(default_cap_ms: int, timer_ms: int) -> int:
+    """The cap of an after_read policy that names none: the configured default, but
+    never shorter than the timer."""
+    return max(default_cap_ms, timer_ms)
+
+
 def policy_from_beeper(content: object, default_cap_ms: int) -> Policy:
     """Parse ``com.beeper.disappearing_timer``; after_read gets the configured default cap."""
     if not isinstance(content, dict):
@@ -245,7 +262,7 @@ def policy_from_beeper(content: object, default_cap_ms: int) -> Policy:
     if kind == Mode.AFTER_READ.value:
         _check_ms("timer", timer)
         assert isinstance(timer, int)
-        return Policy.after_read(timer, max(default_cap_ms, timer))
+        return Policy.after_read(timer, default_cap(default_cap_ms, timer))
     raise PolicyError(
         f"unknown disappearing_timer type {shown(kind)}; expected after_read or after_send"
     )

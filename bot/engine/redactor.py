@@ -10,10 +10,9 @@ unknown event ids). Two things count as proof:
   through the front's event stream (sync, or an appservice push), which shows the
   homeserver persisted it. It costs nothing extra.
 
-A front whose event stream carries Lethe's own redactions sets ``echo_wait_ms``.
-Then the first redaction in each room and every ``SPOT_CHECK_EVERY``-th are still
-fetched, as are those whose echo does not come within ``echo_wait_ms``; a fetch
-that finds content after a 200 stops trusting echoes for the rest of the run.
+A front whose event stream carries Lethe's own redactions sets ``echo_wait_ms``:
+then echoes confirm (echoes.py decides which redactions wait for one), and those
+whose echo does not come within ``echo_wait_ms`` are fetched instead.
 """
 
 from __future__ import annotations
@@ -21,14 +20,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 from typing import Protocol
 
 from bot.engine.clock import Clock
-from bot.engine.store import DueEvent, Store
+from bot.engine.echoes import EchoConfirmation
+from bot.engine.model import DueEvent
+from bot.engine.store import StoreBackend
 
 log = logging.getLogger(__name__)
 
@@ -43,12 +43,6 @@ CALM_AFTER = 10
 _VERIFY_DELAYS_S = (0.0, 0.2, 0.5)
 # How long to wait for a redaction's echo before fetching the event instead.
 ECHO_WAIT_MS = 10_000
-# Besides the first in each room, every this-many-th echo-confirmed redaction is
-# fetched as well, to notice a homeserver whose 200s and echoes do not redact.
-SPOT_CHECK_EVERY = 20
-# Echoes that arrive before the worker recorded its redaction as sent: a worker
-# finds its echo within a moment, so this bound is only against leaks.
-_ECHO_MEMORY = 10_000
 
 
 class Outcome(Enum):
@@ -106,24 +100,6 @@ class RedactionStats:
     parked: int = 0
 
 
-class Echoes:
-    """Echoes that arrived while a worker still held their event: target event id ->
-    the redaction event's id, for that worker to find."""
-
-    def __init__(self, trusted: bool) -> None:
-        self._seen: OrderedDict[str, str] = OrderedDict()
-        # False once a fetch found content after a 200: then no echo confirms anything.
-        self.trusted = trusted
-
-    def add(self, target: str, redaction_id: str) -> None:
-        self._seen[target] = redaction_id
-        if len(self._seen) > _ECHO_MEMORY:
-            self._seen.popitem(last=False)
-
-    def take(self, target: str) -> str | None:
-        return self._seen.pop(target, None)
-
-
 def backoff_ms(attempts: int) -> int:
     return int(min(MAX_BACKOFF_MS, 1000 * 2 ** max(0, attempts - 1)))
 
@@ -131,35 +107,43 @@ def backoff_ms(attempts: int) -> int:
 class Redactor:
     def __init__(
         self,
-        store: Store,
+        store: StoreBackend,
         transport: Transport,
         clock: Clock,
         bot_user_id: str,
-        needs_power: Callable[[str], bool] | None = None,
+        is_other_sender: Callable[[str], bool] | None = None,
         *,
         echo_wait_ms: int | None = None,
+        echoes: EchoConfirmation | None = None,
     ) -> None:
         self._store = store
         self._transport = transport
         self._clock = clock
         self._bot = bot_user_id
-        # Whether redacting this sender's events needs the room's redact power level:
-        # the bot needs it for everyone but itself; the bridge only for remote senders,
-        # since it acts as each local sender.
-        self._needs_power = needs_power or (lambda sender: sender != bot_user_id)
+        # Whether redacting this sender's events takes can_redact_others: the bot needs
+        # it for everyone but itself; the bridge only for remote senders, since it acts
+        # as each local sender.
+        self._is_other_sender = is_other_sender or (lambda sender: sender != bot_user_id)
         self.stats = RedactionStats()
         # The homeserver rate-limits per sender: one 429 pauses every worker.
-        self.paused_until_ms = 0
-        self.throttled = False  # since a 429, until CALM_AFTER accepted in a row
+        self._paused_until_ms = 0
+        self._throttled = False  # since a 429, until CALM_AFTER accepted in a row
         self._accepted_in_a_row = 0
-        self.echoes = Echoes(trusted=echo_wait_ms is not None)
+        self.echoes = echoes or EchoConfirmation(trusted=echo_wait_ms is not None)
         self._echo_wait_ms = echo_wait_ms
-        self._accepted = 0
-        self._spot_checked_rooms: set[str] = set()
 
     @property
     def trusts_echoes(self) -> bool:
         return self.echoes.trusted
+
+    @property
+    def paused_until_ms(self) -> int:
+        """Until when a 429 holds every worker back (0: never)."""
+        return self._paused_until_ms
+
+    def workers(self, limit: int) -> int:
+        """How many redactions may be under way at once: one, while 429s are recent."""
+        return 1 if self._throttled else limit
 
     async def process(self, event: DueEvent, can_redact_others: bool) -> Decision:
         if event.attempts > 0:
@@ -168,16 +152,17 @@ class Redactor:
             seen = await self._check(event)
             if seen.outcome is Outcome.REDACTED:
                 return Decision(Verdict.DONE)
-        if self._needs_power(event.sender) and not can_redact_others:
+        if self._is_other_sender(event.sender) and not can_redact_others:
             return Decision(Verdict.PARK, reason="no power to redact others' events")
         txn_id = event.txn_id or f"lethe.{secrets.token_hex(12)}"
-        await self._store.record_txn(event.event_id, txn_id)
+        async with self._store.transaction() as tx:
+            await tx.record_txn(event.event_id, txn_id)
         reply = await self._transport.redact(event.room_id, event.event_id, event.sender, txn_id)
         if reply.outcome is Outcome.OK:
             self._accepted_in_a_row += 1
             if self._accepted_in_a_row >= CALM_AFTER:
-                self.throttled = False
-            if self._wait_for_echo(event, reply):
+                self._throttled = False
+            if self.echoes.wait_for(event.room_id, reply.event_id, event.attempts):
                 assert self._echo_wait_ms is not None
                 return Decision(
                     Verdict.SENT, retry_at=self._clock.now_ms() + self._echo_wait_ms,
@@ -185,16 +170,6 @@ class Redactor:
                 )
             return await self._verify(event)
         return self._on_error(event, reply)
-
-    def _wait_for_echo(self, event: DueEvent, reply: Reply) -> bool:
-        """Whether the echo may confirm this redaction, or it must be fetched now."""
-        if not self.trusts_echoes or reply.event_id is None or event.attempts > 0:
-            return False  # a retry is fetched: its echo did not come, or it failed before
-        self._accepted += 1
-        if event.room_id not in self._spot_checked_rooms:
-            self._spot_checked_rooms.add(event.room_id)
-            return False
-        return self._accepted % SPOT_CHECK_EVERY != 0
 
     async def _check(self, event: DueEvent) -> Reply:
         self.stats.fetches += 1
@@ -214,8 +189,7 @@ class Redactor:
             # The homeserver took the redaction of an event it cannot show: unconfirmed.
             return Decision(Verdict.FAIL, reason="unconfirmed: the homeserver does not know it")
         if reply.outcome is Outcome.PRESENT:
-            if self.echoes.trusted:
-                self.echoes.trusted = False
+            if self.echoes.distrust():
                 log.warning("the homeserver accepted a redaction in %s but still serves the "
                             "event's content; from now on every redaction is fetched to "
                             "confirm it", event.room_id)
@@ -229,11 +203,11 @@ class Redactor:
         if reply.outcome is Outcome.RATE_LIMITED:
             self.stats.rate_limited += 1
             wait = max(reply.retry_after_ms or 1000, 100)
-            self.throttled, self._accepted_in_a_row = True, 0
-            self.paused_until_ms = max(self.paused_until_ms, now + wait)
+            self._throttled, self._accepted_in_a_row = True, 0
+            self._paused_until_ms = max(self._paused_until_ms, now + wait)
             return self._retry(event, wait, "rate limited")
         if reply.outcome is Outcome.FORBIDDEN:
-            if not self._needs_power(event.sender):
+            if not self._is_other_sender(event.sender):
                 return self._retry(event, backoff_ms(event.attempts + 1), "forbidden")
             return Decision(Verdict.PARK, reason=reply.detail or "forbidden")
         if reply.outcome is Outcome.NOT_FOUND:

@@ -13,8 +13,10 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 
 from bot.engine.clock import Clock
+from bot.engine.echoes import EchoConfirmation
+from bot.engine.model import DueEvent
 from bot.engine.redactor import Decision, Redactor, Verdict
-from bot.engine.store import DueEvent, Store
+from bot.engine.store import StoreBackend
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +31,9 @@ RedactionListener = Callable[[DueEvent, int], None]
 class Scheduler:
     def __init__(
         self,
-        store: Store,
+        store: StoreBackend,
         redactor: Redactor,
+        echoes: EchoConfirmation,
         clock: Clock,
         can_redact_others: PowerLookup,
         *,
@@ -39,6 +42,7 @@ class Scheduler:
     ) -> None:
         self._store = store
         self._redactor = redactor
+        self._echoes = echoes
         self._clock = clock
         self._can_redact_others = can_redact_others
         self._limit = workers
@@ -67,7 +71,8 @@ class Scheduler:
         self._redaction_listeners.append(listener)
 
     async def start(self) -> None:
-        await self._store.reset_in_flight()
+        async with self._store.transaction() as tx:
+            await tx.reset_in_flight()
         self._loop_task = asyncio.create_task(self._run(), name="lethe-scheduler")
 
     async def stop(self) -> None:
@@ -114,14 +119,14 @@ class Scheduler:
                 if paused > now:
                     await self._clock.sleep_until(paused, asyncio.Event())
                     continue
-                limit = 1 if self._redactor.throttled else self._limit
+                limit = self._redactor.workers(self._limit)
                 self._start_claimed(limit)
                 # Claim what the free slots need and, under load, a slot-set ahead: a
                 # request ending then starts the next at once, with no database round
                 # trip between them.
                 want = (limit - self._requesting) + limit - len(self._claimed)
                 if want > 0 and (self._requesting < limit or self.backlogged):
-                    batch = await self._store.claim_due(now, want)
+                    batch = await self._claim(now, want)
                     self._claimed.extend(batch)
                     self._start_claimed(limit)
                     # A full batch may have left more due rows behind, beyond the slots
@@ -180,12 +185,12 @@ class Scheduler:
         stats = self._redactor.stats
         stats.done += 1
         stats.echoed += echoed
-        self.last_lag_ms = now - event.due_at
+        self.last_lag_ms = now - event.deadline
         for listener in self._redaction_listeners:
             listener(event, self.last_lag_ms)
         log.info(
             "redacted %s in %s, %.2f s after its due time%s",
-            event.event_id, event.room_id, (now - event.due_at) / 1000,
+            event.event_id, event.room_id, (now - event.deadline) / 1000,
             " (echo seen)" if echoed else "",
         )
 
@@ -194,30 +199,33 @@ class Scheduler:
         if decision.verdict is not Verdict.SENT:
             # Only a SENT verdict looks for an echo that came while the worker held the
             # event; drop any other, now that the row is out of the worker's hands.
-            self._redactor.echoes.take(event.event_id)
+            self._echoes.released(event.event_id)
 
     async def _settle(self, event: DueEvent, decision: Decision) -> None:
         now = self._clock.now_ms()
         stats = self._redactor.stats
         if decision.verdict is Verdict.DONE:
-            if await self._store.finish_redacted(event.room_id, event.event_id, now):
+            if await self._finish(event, now):
                 self.record_done(event, now, echoed=False)
         elif decision.verdict is Verdict.SENT:
             assert decision.retry_at is not None and decision.redaction_id is not None
-            await self._store.mark_sent(event.event_id, decision.redaction_id, decision.retry_at)
-            # The echo may have come while this worker held the event (see Echoes).
-            echoed = self._redactor.echoes.take(event.event_id) == decision.redaction_id
-            if echoed and await self._store.finish_redacted(event.room_id, event.event_id, now):
+            async with self._store.transaction() as tx:
+                await tx.mark_sent(event.event_id, decision.redaction_id, decision.retry_at)
+            # The echo may have come while this worker held the event (see echoes.py).
+            echoed = self._echoes.came_while_held(event.event_id, decision.redaction_id)
+            if echoed and await self._finish(event, now):
                 self.record_done(event, now, echoed=True)
         elif decision.verdict is Verdict.RETRY:
             assert decision.retry_at is not None
-            await self._store.reschedule(event.event_id, decision.retry_at)
+            async with self._store.transaction() as tx:
+                await tx.reschedule(event.event_id, decision.retry_at)
             log.info(
                 "will retry %s in %s in %.1f s: %s",
                 event.event_id, event.room_id, (decision.retry_at - now) / 1000, decision.reason,
             )
         elif decision.verdict is Verdict.PARK:
-            await self._store.park(event.room_id, event.event_id)
+            async with self._store.transaction() as tx:
+                await tx.park(event.room_id, event.event_id)
             stats.parked += 1
             log.warning(
                 "cannot redact %s in %s (%s); kept until the bot has power",
@@ -226,6 +234,15 @@ class Scheduler:
             if self._on_park is not None:
                 await self._on_park(event.room_id, decision.reason)
         else:
-            await self._store.fail(event.room_id, event.event_id)
+            async with self._store.transaction() as tx:
+                await tx.fail(event.room_id, event.event_id)
             stats.failures += 1
             log.error("giving up on %s in %s: %s", event.event_id, event.room_id, decision.reason)
+
+    async def _claim(self, now: int, limit: int) -> list[DueEvent]:
+        async with self._store.transaction() as tx:
+            return await tx.claim_due(now, limit)
+
+    async def _finish(self, event: DueEvent, now: int) -> bool:
+        async with self._store.transaction() as tx:
+            return await tx.finish_redacted(event.room_id, event.event_id, now)

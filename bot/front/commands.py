@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bot.engine.policy import Policy, PolicyError, Readers, parse_duration, shown
+from bot.engine.policy import Policy, PolicyError, Readers, default_cap, parse_duration, shown
 
 
 class CommandError(ValueError):
@@ -100,5 +100,5 @@ def _after_read(rest: list[str], prefix: str, default_cap_ms: int) -> Policy:
         else:
             raise CommandError(f"unknown option {shown(key)}; expected cap or readers")
     if cap is None:
-        cap = max(default_cap_ms, timer)
+        cap = default_cap(default_cap_ms, timer)
     return Policy.after_read(timer, cap, readers)

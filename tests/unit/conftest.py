@@ -167,13 +167,13 @@ class Harness:
 
     @property
     def store(self) -> Store:
+        """The database, for looking (and, in a few tests, writing behind the engine)."""
         assert self.engine is not None
         return self.engine.store
 
     async def start(self) -> Harness:
-        store = await Store.open(self.path)
-        self.engine = Engine(
-            store, self.transport, self.config, clock=self.clock, on_park=self.on_park
+        self.engine = await Engine.open(
+            self.path, self.transport, self.config, clock=self.clock, on_park=self.on_park
         )
         await self.engine.start()
         await self.settle()

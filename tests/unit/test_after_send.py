@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from bot.engine.model import Marker, Message, PolicyEvent
+from bot.engine.model import EventStatus, Marker, Message, PolicyEvent
 from bot.engine.policy import BEEPER_EVENT_TYPE, POLICY_EVENT_TYPE, Policy, Readers
-from bot.engine.store import WAITING
 
 from .conftest import ADMIN, ALICE, BOB, BOT, ROOM, Harness
 
@@ -20,7 +19,7 @@ async def test_after_send_due_at_origin_plus_timer(h: Harness) -> None:
     assert result.tracked == 1
     row = await h.event("$m1")
     assert row is not None
-    assert (row["due_at"], row["status"], row["sender"]) == (sent + M, WAITING, ALICE)
+    assert (row["due_at"], row["status"], row["sender"]) == (sent + M, EventStatus.WAITING, ALICE)
 
     await h.advance(M - 1)
     assert h.transport.redact_calls == []

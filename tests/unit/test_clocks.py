@@ -1,14 +1,14 @@
 """No remote clock decides a deadline alone: origin_server_ts and receipt ts are
-bounded by Lethe's own clock (ingest.MAX_SKEW_MS), a message's read time is its
+bounded by Lethe's own clock (sendtimes.MAX_SKEW_MS), a message's read time is its
 last required reader's whatever order receipts come in, floods are claimed fairly
 across rooms, and a receipt costs what it newly covers."""
 
 from __future__ import annotations
 
 from bot.engine.engine import EngineConfig
-from bot.engine.ingest import MAX_SKEW_MS
 from bot.engine.model import MemberChange, Message, Receipt, RoomUpdate
 from bot.engine.policy import Policy
+from bot.engine.sendtimes import MAX_SKEW_MS
 
 from .conftest import ALICE, BOB, BOT, CAROL, ROOM, T0, Harness, TestClock
 
@@ -157,7 +157,7 @@ async def test_a_batch_reads_each_message_at_its_own_last_readers_time(h: Harnes
 
 async def test_many_receipts_in_one_batch_count_as_one_at_a_time(make_harness, tmp_path) -> None:
     """Over 16 members' receipts in one room and batch are counted in one pass
-    (reads.cover_many): threads, senders, late joiners and earlier receipts on the
+    (reads.plan_cover_many): threads, senders, late joiners and earlier receipts on the
     other key come out as receipt by receipt, read at the batch's latest time."""
     readers = [f"@r{i:02d}:x" for i in range(24)]
 

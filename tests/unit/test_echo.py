@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import pytest
 
+from bot.engine.echoes import SPOT_CHECK_EVERY
 from bot.engine.engine import EngineConfig
-from bot.engine.model import IngestResult, Message, Redaction
+from bot.engine.model import EventStatus, IngestResult, Message, Redaction
 from bot.engine.policy import Policy
-from bot.engine.redactor import SPOT_CHECK_EVERY, Outcome, Redactor, Reply
-from bot.engine.store import FAILED, SENT, WAITING
+from bot.engine.redactor import Outcome, Redactor, Reply
 
 from .conftest import ALICE, BOB, BOT, ROOM, FakeTransport, Harness, TestClock
 
@@ -51,7 +51,7 @@ async def _assert_sent(h: Harness, event_id: str, sent_at: int) -> None:
     row = await h.event(event_id)
     assert row is not None, f"{event_id} is gone"
     assert (row["status"], row["redaction_id"], row["check_at"]) == (
-        SENT, FakeTransport.redaction_id(event_id), sent_at + W,
+        EventStatus.SENT, FakeTransport.redaction_id(event_id), sent_at + W,
     ), event_id
 
 
@@ -187,7 +187,7 @@ async def test_every_nth_redaction_is_a_spot_check(make_harness) -> None:
     sent = await h.event_ids()
     assert sent == set(ids) - set(expected)
     for event_id in sent:
-        assert (await h.event(event_id))["status"] == SENT
+        assert (await h.event(event_id))["status"] == EventStatus.SENT
 
 
 async def test_content_after_a_200_stops_trusting_echoes(h: Harness) -> None:
@@ -198,7 +198,7 @@ async def test_content_after_a_200_stops_trusting_echoes(h: Harness) -> None:
     await h.advance(dues[0] - h.now())
     assert not _redactor(h).trusts_echoes
     row = await h.event("$m1")
-    assert row is not None and row["status"] == WAITING
+    assert row is not None and row["status"] == EventStatus.WAITING
     await _redact_in_turn(h, dues[1:])
     # Fetched at once, not left waiting for an echo.
     assert h.transport.checked_ids().count("$m2") == 1
@@ -219,14 +219,14 @@ async def test_no_echo_confirms_once_echoes_are_distrusted(h: Harness) -> None:
     h.transport.script_check("$m3", present, present, present)
     h.transport.script_redact("$m3", Reply(Outcome.OK, event_id=FakeTransport.redaction_id("$m3")))
     # Every 20th is fetched: force $m3 to be a spot check, which finds content.
-    _redactor(h)._accepted = SPOT_CHECK_EVERY - 1
+    h.engine._echoes._accepted = SPOT_CHECK_EVERY - 1  # type: ignore[union-attr]
     await _redact_in_turn(h, dues[2:])
     assert not _redactor(h).trusts_echoes
     for event_id in ("$m2", "$m3"):
         result = await h.ingest(h.transport.echo(event_id))
         assert result.redacted == ()
     row = await h.event("$m3")
-    assert row is not None and row["status"] == WAITING and row["redaction_id"] is None
+    assert row is not None and row["status"] == EventStatus.WAITING and row["redaction_id"] is None
     await _assert_sent(h, "$m2", dues[1])
     await h.advance(dues[1] + W - h.now())
     assert "$m2" in h.transport.checked_ids()
@@ -242,14 +242,14 @@ async def test_a_late_echo_does_not_undo_a_failure(h: Harness) -> None:
     for _ in range(20):
         row = await h.event("$m1")
         assert row is not None
-        if row["status"] == FAILED:
+        if row["status"] == EventStatus.FAILED:
             break
         await h.advance(60_000)
-    assert row["status"] == FAILED and row["redaction_id"] is None
+    assert row["status"] == EventStatus.FAILED and row["redaction_id"] is None
     result = await h.ingest(h.transport.echo("$m1"))
     assert result.redacted == ()
     row = await h.event("$m1")
-    assert row is not None and row["status"] == FAILED
+    assert row is not None and row["status"] == EventStatus.FAILED
     assert (await h.room_row())["redacted_count"] == 0
 
 
@@ -305,7 +305,8 @@ async def test_sent_rows_survive_a_restart(make_harness) -> None:
             "SELECT event_id, status, redaction_id FROM events ORDER BY event_id"
         ).fetchall()
     db.close()
-    assert rows == [(e, SENT, FakeTransport.redaction_id(e)) for e in ("$m2", "$m3", "$m4")]
+    assert rows == [
+        (e, EventStatus.SENT, FakeTransport.redaction_id(e)) for e in ("$m2", "$m3", "$m4")]
 
     transport = FakeTransport()
     second: Harness = await make_harness(

@@ -5,10 +5,9 @@ from __future__ import annotations
 import asyncio
 
 from bot.engine.engine import EngineConfig
-from bot.engine.model import Message
+from bot.engine.model import DueEvent, EventStatus, Message
 from bot.engine.policy import Policy
 from bot.engine.redactor import CALM_AFTER, MAX_BACKOFF_MS, Outcome, Reply, backoff_ms
-from bot.engine.store import FAILED, PARKED, WAITING, DueEvent
 
 from .conftest import ALICE, BOB, BOT, ROOM, Harness, eventually
 
@@ -36,7 +35,7 @@ async def test_rate_limited_waits_retry_after(h: Harness) -> None:
     await h.advance(M - 1_000)
     assert h.transport.redacted_ids() == ["$m1"]
     row = await h.event("$m1")
-    assert row is not None and row["status"] == WAITING
+    assert row is not None and row["status"] == EventStatus.WAITING
     assert row["due_at"] == h.now() + 5_000
 
     # $m2 falls due during the pause: nothing is sent before retry_after.
@@ -98,12 +97,12 @@ async def test_forbidden_parks_until_power_returns(h: Harness) -> None:
     await h.advance(10)
     # $m1 parked; $m2 parked without trying (no power in this room); the bot's own
     # message does not need power and goes.
-    assert (await h.event("$m1"))["status"] == PARKED
-    assert (await h.event("$m2"))["status"] == PARKED
+    assert (await h.event("$m1"))["status"] == EventStatus.PARKED
+    assert (await h.event("$m2"))["status"] == EventStatus.PARKED
     assert await h.event("$own") is None
     assert h.transport.redacted_ids() == ["$m1", "$own"]
     room = await h.engine.room(ROOM)
-    assert room is not None and not room.can_redact
+    assert room is not None and not room.can_redact_others
     assert h.engine.stats.parked == 2
 
     await h.advance(24 * 3600 * 1000)
@@ -114,7 +113,7 @@ async def test_forbidden_parks_until_power_returns(h: Harness) -> None:
     assert sorted(h.transport.redacted_ids()[2:]) == ["$m1", "$m2"]
     assert await h.event_ids() == set()
     room = await h.engine.room(ROOM)
-    assert room is not None and (room.can_redact, room.bot_level, room.redact_level) == (
+    assert room is not None and (room.can_redact_others, room.bot_level, room.redact_level) == (
         True,
         100,
         50,
@@ -125,7 +124,7 @@ async def test_forbidden_on_own_event_retries(h: Harness) -> None:
     h.transport.script_redact("$own", Reply(Outcome.FORBIDDEN))
     await _one_due(h, "$own", BOT)
     await h.advance(M)
-    assert (await h.event("$own"))["status"] == WAITING
+    assert (await h.event("$own"))["status"] == EventStatus.WAITING
     await h.advance(backoff_ms(1))
     assert h.transport.redacted_ids() == ["$own", "$own"]
     assert await h.event("$own") is None
@@ -152,7 +151,7 @@ async def test_not_found_after_ok_fails_without_retry(h: Harness) -> None:
     await _one_due(h)
     await h.advance(M)
     row = await h.event("$m1")
-    assert row is not None and row["status"] == FAILED
+    assert row is not None and row["status"] == EventStatus.FAILED
     room = await h.room_row()
     assert (room["failed_count"], room["redacted_count"]) == (1, 0)
     await h.advance(3600 * 1000)
@@ -166,7 +165,7 @@ async def test_not_found_on_redact_fails(h: Harness) -> None:
     h.transport.script_redact("$m1", Reply(Outcome.NOT_FOUND))
     await _one_due(h)
     await h.advance(M)
-    assert (await h.event("$m1"))["status"] == FAILED
+    assert (await h.event("$m1"))["status"] == EventStatus.FAILED
     assert (await h.room_row())["failed_count"] == 1
 
 
@@ -190,7 +189,7 @@ async def test_unconfirmed_redaction_is_retried(h: Harness) -> None:
     await _one_due(h)
     await h.advance(M)
     row = await h.event("$m1")
-    assert row is not None and row["status"] == WAITING
+    assert row is not None and row["status"] == EventStatus.WAITING
     assert row["due_at"] == h.now() + backoff_ms(1)
     await h.advance(backoff_ms(1))
     assert await h.event("$m1") is None
@@ -260,15 +259,15 @@ async def test_a_worker_slot_frees_when_its_request_ends(make_harness) -> None:
     written down: the limit bounds requests to the homeserver, not bookkeeping."""
     h: Harness = await make_harness(config=EngineConfig(bot_user_id=BOT, workers=1))
     assert h.engine is not None
-    store = h.engine.store
+    scheduler = h.engine.scheduler
     release = asyncio.Event()
-    finish = store.finish_redacted
+    finish = scheduler._finish
 
-    async def slow_finish(room_id: str, event_id: str, now: int) -> bool:
+    async def slow_finish(event: DueEvent, now: int) -> bool:
         await release.wait()
-        return await finish(room_id, event_id, now)
+        return await finish(event, now)
 
-    store.finish_redacted = slow_finish  # type: ignore[method-assign]
+    scheduler._finish = slow_finish  # type: ignore[method-assign]
     await h.set_policy(Policy.after_send(M))
     t = h.now()
     await h.ingest(Message("$m1", ALICE, t), Message("$m2", ALICE, t))
@@ -286,8 +285,8 @@ async def test_under_load_the_next_event_is_claimed_before_a_slot_frees(make_har
     database round trip sits between the two."""
     h: Harness = await make_harness(config=EngineConfig(bot_user_id=BOT, workers=1))
     assert h.engine is not None
-    store = h.engine.store
-    claim = store.claim_due
+    scheduler = h.engine.scheduler
+    claim = scheduler._claim
     claims_open = asyncio.Event()
     claims_open.set()
 
@@ -295,7 +294,7 @@ async def test_under_load_the_next_event_is_claimed_before_a_slot_frees(make_har
         await claims_open.wait()
         return await claim(now_ms, limit)
 
-    store.claim_due = gated_claim  # type: ignore[method-assign]
+    scheduler._claim = gated_claim  # type: ignore[method-assign]
     first_request = asyncio.Event()
 
     async def hold_first(room_id: str, event_id: str, *_: str) -> None:
@@ -359,6 +358,6 @@ async def test_worker_crash_keeps_the_event(h: Harness) -> None:
     await _one_due(h)
     await h.advance(M)
     row = await h.event("$m1")
-    assert row is not None and row["status"] == WAITING
+    assert row is not None and row["status"] == EventStatus.WAITING
     await h.advance(30_000)
     assert await h.event("$m1") is None

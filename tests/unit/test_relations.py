@@ -8,9 +8,8 @@ from typing import Any
 import pytest
 
 from bot.engine.engine import EngineConfig
-from bot.engine.model import MemberChange, Message, Redaction
+from bot.engine.model import EventStatus, MemberChange, Message, Redaction
 from bot.engine.policy import Policy
-from bot.engine.store import SENT
 from bot.matrix.events import receipts_from_content, to_items
 
 from .conftest import ALICE, BOB, BOT, CAROL, ROOM, Harness
@@ -281,7 +280,7 @@ async def test_a_redaction_seen_while_lethe_expires_the_target_still_takes_its_c
     await h.ingest(Message("$react", BOB, t + 1, parent_id="$m1"))
     await h.advance(M)
     assert h.transport.redacted_ids() == ["$m0", "$m1"]
-    assert (await h.event("$m1"))["status"] == SENT  # type: ignore[index]
+    assert (await h.event("$m1"))["status"] == EventStatus.SENT  # type: ignore[index]
     await h.ingest(Redaction("$m1", "$theirs", ALICE))
     assert h.transport.redacted_ids() == ["$m0", "$m1"]
     assert await h.event_ids() == {"$m1", "$react"}

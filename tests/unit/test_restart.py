@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import asyncio
 
-from bot.engine.model import MemberChange, Message, Receipt
+from bot.engine.model import EventStatus, MemberChange, Message, Receipt
 from bot.engine.policy import Policy
 from bot.engine.redactor import Outcome, Reply
-from bot.engine.store import IN_FLIGHT
 
 from .conftest import ALICE, BOB, ROOM, T0, FakeTransport, Harness, TestClock, eventually
 
@@ -71,7 +70,7 @@ async def test_in_flight_rows_of_a_crashed_process_are_redacted(make_harness) ->
     await first.close()
     # As a crash would leave it: claimed by a worker, never finished.
     with first.sync_db() as db:
-        db.execute("UPDATE events SET status = ? WHERE event_id = '$m1'", (IN_FLIGHT,))
+        db.execute("UPDATE events SET status = ? WHERE event_id = '$m1'", (EventStatus.IN_FLIGHT,))
     db.close()
 
     second: Harness = await make_harness(clock=TestClock(T0 + 10 * M))
@@ -101,7 +100,7 @@ async def test_crash_during_the_request_reuses_the_txn_id(make_harness) -> None:
         .execute("SELECT status, txn_id, attempts FROM events WHERE event_id = '$m1'")
         .fetchone()
     )
-    assert row == (IN_FLIGHT, txn_id, 1)
+    assert row == (EventStatus.IN_FLIGHT, txn_id, 1)
 
     transport = FakeTransport()
     second: Harness = await make_harness(clock=TestClock(T0 + 2 * M), transport=transport)
@@ -121,7 +120,7 @@ async def test_crash_after_the_request_worked_is_not_sent_again(make_harness) ->
         db.execute(
             "UPDATE events SET status = ?, txn_id = 'lethe.t1', attempts = 1 "
             "WHERE event_id = '$m1'",
-            (IN_FLIGHT,),
+            (EventStatus.IN_FLIGHT,),
         )
     db.close()
 

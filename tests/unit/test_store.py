@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from bot.engine import reads
+from bot.engine.model import EventStatus
 from bot.engine.policy import Policy
-from bot.engine.store import MIGRATIONS, SCHEMA_VERSION, WAITING, Store, StoreError
+from bot.engine.store import MIGRATIONS, SCHEMA_VERSION, Store, StoreError
 
 
 def _mode(path: Path) -> int:
@@ -63,10 +63,10 @@ async def test_new_database_gets_schema_version(db_path: Path) -> None:
 
 async def test_reopen_keeps_data_and_does_not_migrate_again(db_path: Path) -> None:
     store = await Store.open(db_path)
-    async with store.transaction():
-        await store.ensure_room("!r:x")
-        await store.set_room_policy("!r:x", Policy.after_send(60_000), "@a:x", None, None)
-        await store.set_meta("sync_token", "s42")
+    async with store.transaction() as tx:
+        await tx.ensure_room("!r:x")
+        await tx.set_room_policy("!r:x", Policy.after_send(60_000), "@a:x", None, None)
+        await tx.set_meta("sync_token", "s42")
     await store.close()
 
     store = await Store.open(db_path)
@@ -86,12 +86,14 @@ async def test_transaction_rolls_back_on_error(db_path: Path) -> None:
     store = await Store.open(db_path)
     try:
         with pytest.raises(RuntimeError):
-            async with store.transaction():
-                await store.set_meta("k", "v")
+            async with store.transaction() as tx:
+                await tx.set_meta("k", "v")
                 raise RuntimeError("boom")
         assert await store.get_meta("k") is None
-        async with store.transaction():  # the lock was released and no transaction is open
-            await store.set_meta("k", "w")
+        async with store.transaction() as tx:  # the lock was released, no transaction open
+            await tx.set_meta("k", "w")
+        with pytest.raises(StoreError):  # a transaction is only valid inside its block
+            await tx.set_meta("k", "x")
         assert await store.get_meta("k") == "w"
     finally:
         await store.close()
@@ -140,8 +142,8 @@ async def test_readonly_open_of_missing_file(tmp_path: Path) -> None:
 
 async def test_readonly_store_reads_but_refuses_writes(db_path: Path) -> None:
     store = await Store.open(db_path)
-    async with store.transaction():
-        await store.set_meta("sync_token", "s1")
+    async with store.transaction() as tx:
+        await tx.set_meta("sync_token", "s1")
     await store.close()
 
     ro = await Store.open(db_path, readonly=True)
@@ -167,8 +169,8 @@ async def test_newer_schema_is_refused(db_path: Path) -> None:
 async def test_database_files_are_private(db_path: Path) -> None:
     store = await Store.open(db_path)
     try:
-        async with store.transaction():
-            await store.set_meta("k", "v")
+        async with store.transaction() as tx:
+            await tx.set_meta("k", "v")
         assert _mode(db_path) == 0o600
         # The WAL and shared-memory files hold the same data while the store is open.
         for suffix in ("-wal", "-shm"):
@@ -198,7 +200,7 @@ async def test_schema_2_database_migrates_and_keeps_its_due_index(db_path: Path)
         conn.execute(
             "INSERT INTO events (event_id, room_id, sender, seq, origin_ts, mode, timer_ms, "
             "due_at, status) VALUES ('$m1', '!r:x', '@a:x', 1, 1000, 1, 60000, 61000, ?)",
-            (WAITING,),
+            (EventStatus.WAITING,),
         )
     conn.close()
 
@@ -208,13 +210,15 @@ async def test_schema_2_database_migrates_and_keeps_its_due_index(db_path: Path)
         async with store.conn.execute(
             "SELECT event_id, status, due_at, redaction_id FROM events"
         ) as cur:
-            assert [tuple(r) for r in await cur.fetchall()] == [("$m1", WAITING, 61000, None)]
+            assert [tuple(r) for r in await cur.fetchall()] == [
+                ("$m1", EventStatus.WAITING, 61000, None)]
 
         # The statements the store really runs, with their parameters filled in.
         statements: list[str] = []
         await store.conn.set_trace_callback(statements.append)
         assert await store.next_due() == 61000
-        assert [e.event_id for e in await store.claim_due(61000, 8)] == ["$m1"]
+        async with store.transaction() as tx:
+            assert [e.event_id for e in await tx.claim_due(61000, 8)] == ["$m1"]
         await store.conn.set_trace_callback(None)
         selects = [s for s in statements if s.lstrip().upper().startswith("SELECT")]
         assert len(selects) == 3, statements  # next_due; claim_due: due, then overdue SENT
@@ -241,7 +245,7 @@ async def test_schema_3_database_migrates_and_finds_positions_of_tracked_events(
             "INSERT INTO events (event_id, room_id, sender, seq, origin_ts, mode, timer_ms, "
             "cap_ms, due_at, status) VALUES ('$m1', '!r:x', '@a:x', 7, 1000, 2, 60000, "
             "600000, 601000, ?)",
-            (WAITING,),
+            (EventStatus.WAITING,),
         )
     conn.close()
 
@@ -254,9 +258,9 @@ async def test_schema_3_database_migrates_and_finds_positions_of_tracked_events(
 
         statements: list[str] = []
         await store.conn.set_trace_callback(statements.append)
-        async with store.transaction() as conn:
-            await reads.mark_read(conn, "!r:x", 2000, 7)
-            assert await reads.prune_positions(conn, "!r:x") == 0
+        async with store.transaction() as tx:
+            await tx.mark_read("!r:x", 2000, 7)
+            assert await tx.prune_positions("!r:x") == 0
         await store.conn.set_trace_callback(None)
         writes = [s for s in statements if s.lstrip().upper().startswith(("UPDATE", "DELETE"))]
         assert len(writes) == 2, statements
@@ -304,13 +308,13 @@ async def test_schema_4_database_migrates_with_sent_times_and_reader_counts(
         ) as cur:
             # $m4: b and c read it; $m6: neither (b's and c's receipts are before it).
             assert [tuple(r) for r in await cur.fetchall()] == [("$m4", 1000, 0), ("$m6", 1000, 2)]
-        async with store.transaction() as conn:
-            old = await store.move_receipt("!r:x", "@c:x", "", 6)
+        async with store.transaction() as tx:
+            old = await tx.move_receipt("!r:x", "@c:x", "", 6)
             assert old == 0
-            await reads.cover(conn, "!r:x", "@c:x", "", old, 6, 2000)
-            old = await store.move_receipt("!r:x", "@b:x", "", 6)
+            await tx.cover("!r:x", "@c:x", "", old, 6, 2000)
+            old = await tx.move_receipt("!r:x", "@b:x", "", 6)
             assert old == 5
-            await reads.cover(conn, "!r:x", "@b:x", "", old, 6, 3000)
+            await tx.cover("!r:x", "@b:x", "", old, 6, 3000)
         async with store.conn.execute("SELECT read_at, due_at FROM events WHERE seq = 6") as cur:
             assert [tuple(r) for r in await cur.fetchall()] == [(3000, 63000)]
         plan = await _plan(

@@ -1,0 +1,7 @@
+"""The store's one error, whatever the backend."""
+
+from __future__ import annotations
+
+
+class StoreError(RuntimeError):
+    """The database cannot be used; the message names the file and the problem."""

@@ -1,0 +1,122 @@
+"""The SQLite schema, as numbered migrations: a database at version N has had the
+first N applied, each in the transaction that records N. Never edit a migration
+that has shipped; add the next one."""
+
+from __future__ import annotations
+
+from bot.engine.store.sql import AFTER_READ, PARKED, SENT, WAITING
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    # 1: the core schema.
+    (
+        """CREATE TABLE meta (
+            key TEXT PRIMARY KEY,
+            value TEXT NOT NULL
+        ) WITHOUT ROWID""",
+        """CREATE TABLE rooms (
+            room_id TEXT PRIMARY KEY,
+            lethe_state TEXT,
+            beeper_state TEXT,
+            policy TEXT NOT NULL DEFAULT '{}',
+            policy_sender TEXT,
+            can_redact INTEGER NOT NULL DEFAULT 1,
+            bot_level INTEGER,
+            redact_level INTEGER,
+            last_event_id TEXT,
+            redacted_count INTEGER NOT NULL DEFAULT 0,
+            failed_count INTEGER NOT NULL DEFAULT 0
+        ) WITHOUT ROWID""",
+        f"""CREATE TABLE events (
+            event_id TEXT PRIMARY KEY,
+            room_id TEXT NOT NULL,
+            sender TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            origin_ts INTEGER NOT NULL,
+            thread_id TEXT,
+            parent_id TEXT,
+            mode INTEGER NOT NULL,
+            timer_ms INTEGER,
+            cap_ms INTEGER,
+            readers_any INTEGER NOT NULL DEFAULT 0,
+            read_at INTEGER,
+            due_at INTEGER,
+            status INTEGER NOT NULL DEFAULT {WAITING},
+            txn_id TEXT,
+            attempts INTEGER NOT NULL DEFAULT 0
+        )""",
+        f"CREATE INDEX events_due ON events(due_at) WHERE status = {WAITING} "
+        "AND due_at IS NOT NULL",
+        "CREATE INDEX events_room_seq ON events(room_id, seq)",
+        "CREATE INDEX events_parent ON events(parent_id) WHERE parent_id IS NOT NULL",
+        """CREATE TABLE members (
+            room_id TEXT NOT NULL,
+            user_id TEXT NOT NULL,
+            join_seq INTEGER NOT NULL,
+            PRIMARY KEY (room_id, user_id)
+        ) WITHOUT ROWID""",
+        # thread: '' for an unthreaded receipt, 'main', or a thread root's event id.
+        """CREATE TABLE receipts (
+            room_id TEXT NOT NULL,
+            user_id TEXT NOT NULL,
+            thread TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            PRIMARY KEY (room_id, user_id, thread)
+        ) WITHOUT ROWID""",
+    ),
+    # 2: the appservice bridge: transactions the homeserver pushed and the bridge
+    # committed, so a re-sent transaction id is not processed twice.
+    (
+        """CREATE TABLE appservice_txns (
+            txn_id TEXT PRIMARY KEY,
+            done_at INTEGER NOT NULL
+        ) WITHOUT ROWID""",
+        "CREATE INDEX appservice_txns_done ON appservice_txns(done_at)",
+    ),
+    # 3: confirming a redaction by its echo. redaction_id is the id of the redaction
+    # event the homeserver returned; check_at is when a SENT row whose echo has not
+    # come is fetched instead (due_at keeps the time the event became due).
+    (
+        "ALTER TABLE events ADD COLUMN redaction_id TEXT",
+        "ALTER TABLE events ADD COLUMN check_at INTEGER",
+        f"CREATE INDEX events_check ON events(check_at) WHERE status = {SENT}",
+    ),
+    # 4: the timeline position of every event Lethe saw, tracked or not (state events,
+    # messages sent while the policy was off, redacted ones), so a receipt on one still
+    # counts after a restart. Pruned to what a receipt can still change
+    # (receipts.prune_positions, cap_positions). events_unread finds a room's oldest
+    # unread after_read event for that, and the rows mark_read looks at; its condition
+    # is sql.UNREAD, which the queries must repeat verbatim for SQLite to use it.
+    (
+        """CREATE TABLE positions (
+            room_id TEXT NOT NULL,
+            event_id TEXT NOT NULL,
+            seq INTEGER NOT NULL,
+            PRIMARY KEY (room_id, event_id)
+        ) WITHOUT ROWID""",
+        "CREATE INDEX positions_room_seq ON positions(room_id, seq)",
+        "CREATE INDEX events_unread ON events(room_id, seq) "
+        f"WHERE mode = {AFTER_READ} AND read_at IS NULL AND status IN ({WAITING}, {PARKED})",
+    ),
+    # 5: no remote clock decides a deadline alone. sent_at is origin_ts as Lethe bounds
+    # it (sendtimes.sent_time); deadlines count from it, origin_ts stays what the event says.
+    # readers_left counts, per unread after_read event, the required readers who have not
+    # read it, so a receipt costs what it newly covers (receipts.cover); filled in here
+    # the slow way, once.
+    (
+        "ALTER TABLE events ADD COLUMN sent_at INTEGER",
+        "UPDATE events SET sent_at = origin_ts",
+        "ALTER TABLE events ADD COLUMN readers_left INTEGER",
+        f"""UPDATE events AS e SET readers_left = (
+            SELECT count(*) FROM members m
+            WHERE m.room_id = e.room_id AND m.join_seq < e.seq AND m.user_id != e.sender
+              AND NOT EXISTS (
+                  SELECT 1 FROM receipts r
+                  WHERE r.room_id = m.room_id AND r.user_id = m.user_id AND r.seq >= e.seq
+                    AND r.thread IN ('', coalesce(e.thread_id, 'main'))))
+        WHERE e.mode = {AFTER_READ} AND e.read_at IS NULL AND e.status IN ({WAITING}, {PARKED})""",
+        # claim_due under a backlog: a room's earliest due events.
+        "CREATE INDEX events_room_due ON events(room_id, due_at) "
+        f"WHERE status = {WAITING} AND due_at IS NOT NULL",
+    ),
+)
+SCHEMA_VERSION = len(MIGRATIONS)

@@ -1,0 +1,237 @@
+"""The SQLite backend: opening (and migrating) the file, transactions, and reads.
+
+One aiosqlite connection. Writers hold ``transaction()`` (which serialises them);
+readers need nothing, and a read inside a transaction sees its writes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import aiosqlite
+
+from bot.engine.model import EventStatus, PendingEvent, RoomRow, RoomSchedule
+from bot.engine.store import events, meta, receipts, rooms
+from bot.engine.store.errors import StoreError
+from bot.engine.store.schema import MIGRATIONS, SCHEMA_VERSION
+from bot.engine.store.transaction import Transaction
+
+_SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+class Store:
+    def __init__(self, conn: aiosqlite.Connection, path: Path, readonly: bool) -> None:
+        self._conn = conn
+        self.path = path
+        self.readonly = readonly
+        self._write_lock = asyncio.Lock()
+        self._due_rooms = events.DueRooms()
+        self._tx: Transaction | None = None  # the open one, for the deprecated set_meta
+
+    # --- opening -----------------------------------------------------------
+
+    @classmethod
+    async def open(cls, path: Path, *, readonly: bool = False) -> Store:
+        path = Path(path)
+        existed = path.exists()
+        if readonly and not existed:
+            raise StoreError(f"{path}: no Lethe database here (has the bot run yet?)")
+        if existed:
+            _check_header(path)
+        if not readonly:
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            if not existed:
+                # Create it private before SQLite does: its -wal and -shm files take
+                # their mode from the database file.
+                os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+        uri = f"file:{path}?mode={'ro' if readonly else 'rwc'}"
+        try:
+            conn = await aiosqlite.connect(uri, uri=True, isolation_level=None)
+        except sqlite3.Error as exc:
+            raise StoreError(f"{path}: cannot open the database: {exc}") from None
+        store = cls(conn, path, readonly)
+        try:
+            await store._prepare(existed)
+        except BaseException:
+            await conn.close()
+            raise
+        if not existed:
+            os.chmod(path, 0o600)
+        return store
+
+    async def _prepare(self, existed: bool) -> None:
+        try:
+            await self._conn.execute("PRAGMA busy_timeout = 5000")
+            # Before switching to WAL, which rewrites the file header: a foreign
+            # database must be left exactly as it was.
+            version = await self._schema_version(existed)
+            if not self.readonly:
+                await self._conn.execute("PRAGMA journal_mode = WAL")
+                # FULL: a committed "redaction due" must survive power loss, not only a crash.
+                await self._conn.execute("PRAGMA synchronous = FULL")
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{self.path}: not a usable SQLite database: {exc}") from None
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"{self.path}: schema version {version} is newer than this Lethe "
+                f"understands ({SCHEMA_VERSION}); upgrade Lethe"
+            )
+        if version < SCHEMA_VERSION:
+            if self.readonly:
+                raise StoreError(f"{self.path}: schema is out of date; run the bot once to migrate")
+            await self._migrate(version)
+
+    async def _schema_version(self, existed: bool) -> int:
+        async with self._conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table'"
+        ) as cur:
+            tables = {row[0] for row in await cur.fetchall()}
+        if "schema_version" not in tables:
+            if tables:
+                # Never silently build our schema over somebody else's data.
+                raise StoreError(
+                    f"{self.path}: exists but is not a Lethe database (tables: "
+                    f"{', '.join(sorted(tables))}); move it away or fix data_dir"
+                )
+            return 0
+        async with self._conn.execute("SELECT version FROM schema_version") as cur:
+            row = await cur.fetchone()
+        if row is None:
+            raise StoreError(f"{self.path}: schema_version table is empty; the file is damaged")
+        return int(row[0])
+
+    async def _migrate(self, current: int) -> None:
+        async with self._writing():
+            if current == 0:
+                await self._conn.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
+                await self._conn.execute("INSERT INTO schema_version VALUES (0)")
+            for number in range(current + 1, SCHEMA_VERSION + 1):
+                for statement in MIGRATIONS[number - 1]:
+                    await self._conn.execute(statement)
+                await self._conn.execute("UPDATE schema_version SET version = ?", (number,))
+
+    async def close(self) -> None:
+        await self._conn.close()
+
+    # --- writing -----------------------------------------------------------
+
+    @asynccontextmanager
+    async def _writing(self) -> AsyncIterator[None]:
+        if self.readonly:
+            raise StoreError(f"{self.path}: opened read-only")
+        async with self._write_lock:
+            await self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield
+            except BaseException:
+                await self._conn.execute("ROLLBACK")
+                raise
+            await self._conn.execute("COMMIT")
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Transaction]:
+        """Serialise writers and make each batch atomic: the one way to write."""
+        async with self._writing():
+            tx = self._tx = Transaction(self._conn, self._due_rooms)
+            try:
+                yield tx
+            finally:
+                tx._end()
+                self._tx = None
+
+    async def set_meta(self, key: str, value: str) -> None:
+        """Deprecated: ``tx.set_meta`` (kept until the fronts write through the Engine)."""
+        if self._tx is None:
+            raise StoreError("set_meta needs an open transaction")
+        await self._tx.set_meta(key, value)
+
+    @property
+    def conn(self) -> aiosqlite.Connection:
+        """The SQLite connection, for tests and tools that inspect the file; the engine
+        never uses it."""
+        return self._conn
+
+    # --- reads -------------------------------------------------------------
+
+    async def get_meta(self, key: str) -> str | None:
+        return await meta.get_meta(self._conn, key)
+
+    async def max_seq(self) -> int:
+        stored = await self.get_meta("seq")
+        return int(stored) if stored is not None else 0
+
+    async def appservice_txn_done(self, txn_id: str) -> bool:
+        return await meta.appservice_txn_done(self._conn, txn_id)
+
+    async def get_room(self, room_id: str) -> RoomRow | None:
+        return await rooms.get_room(self._conn, room_id)
+
+    async def list_rooms(self) -> list[RoomRow]:
+        return await rooms.list_rooms(self._conn)
+
+    async def members(self, room_id: str) -> set[str]:
+        """The room's counted members."""
+        return await rooms.members(self._conn, room_id)
+
+    async def room_schedule(self, room_id: str) -> RoomSchedule:
+        return await rooms.room_schedule(self._conn, room_id)
+
+    async def room_schedules(self) -> dict[str, RoomSchedule]:
+        """Per room with anything pending: how much, and the earliest due time."""
+        return await rooms.room_schedules(self._conn)
+
+    async def known_event_ids(
+        self, event_ids: Iterable[str], *, room_id: str | None = None
+    ) -> set[str]:
+        """Which of ``event_ids`` are tracked (in ``room_id`` only, if given: a relation
+        resolves within its own room, whatever id it names)."""
+        return await events.known_event_ids(self._conn, event_ids, room_id)
+
+    async def event_seq(self, room_id: str, event_id: str) -> int | None:
+        """The timeline position of an event Lethe saw in the room, if it still keeps it:
+        in ``positions``, or for a tracked event also in ``events`` (rows from before
+        migration 4, or older than the per-room cap)."""
+        return await receipts.event_seq(self._conn, room_id, event_id)
+
+    async def has_unread(self, room_id: str) -> bool:
+        """Whether the room has an event a receipt could still make due."""
+        return await receipts.has_unread(self._conn, room_id)
+
+    async def next_due(self) -> int | None:
+        return await events.next_due(self._conn)
+
+    async def pending_count(self, room_id: str | None = None) -> int:
+        return await events.pending_count(self._conn, room_id)
+
+    async def pending(self, room_id: str | None = None, limit: int = 1000) -> list[PendingEvent]:
+        return await events.pending(self._conn, room_id, limit)
+
+    async def count_by_status(self) -> dict[EventStatus | int, int]:
+        """Tracked events per status (an int: a status this version does not know)."""
+        return await events.count_by_status(self._conn)
+
+
+def database_unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` is the database unavailable (locked, busy, disk full or failing,
+    the file damaged): a later try can get past it. Its other errors are about the
+    data, and would fail the same way every time."""
+    if isinstance(exc, sqlite3.OperationalError):
+        return True
+    # The bare DatabaseError is a damaged file; its other subclasses are about the data.
+    return type(exc) in (sqlite3.DatabaseError, sqlite3.InternalError)
+
+
+def _check_header(path: Path) -> None:
+    """SQLite takes a short non-database file for an empty database and writes over it."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(_SQLITE_HEADER))
+    except OSError as exc:
+        raise StoreError(f"{path}: cannot read the database: {exc}") from None
+    if head and head != _SQLITE_HEADER:
+        raise StoreError(f"{path}: not a SQLite database; move it away or fix data_dir")
