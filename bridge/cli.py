@@ -24,7 +24,6 @@ from bot.cli.main import (
 from bot.cli.output import json_option
 from bot.config import ConfigError
 from bot.engine.store import RoomRow, Store
-from bot.runlock import hold
 from bridge.config import BridgeConfig, load_bridge_config
 from bridge.registration import RegistrationError, build_registration, write_registration
 
@@ -81,11 +80,10 @@ def run(ctx: click.Context) -> None:
     setup_logging(config.log_level)
 
     async def go() -> None:
-        # One bridge per database (exit 3 otherwise): see bot/runlock.py.
-        with hold(config.db_path.with_suffix(".lock"), "lethe bridge run"):
-            log.info("starting the Lethe bridge as %s for %s", config.user_id,
-                     config.homeserver_url)
-            await Bridge(config).run_until(stop_on_signals())
+        # The bridge holds its run lock (exit 3 if another holds it): see bot/runlock.py.
+        log.info("starting the Lethe bridge as %s for %s", config.user_id,
+                 config.homeserver_url)
+        await Bridge(config).run_until(stop_on_signals())
         log.info("stopped")
 
     try:

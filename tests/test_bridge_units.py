@@ -28,8 +28,8 @@ from bot.engine.engine import EngineConfig
 from bot.engine.model import Marker, MemberChange, Message, PolicyEvent, RoomUpdate
 from bot.engine.policy import BEEPER_EVENT_TYPE, POLICY_EVENT_TYPE, Policy, Readers
 from bot.engine.store import MIGRATIONS, SCHEMA_VERSION, Store
+from bot.matrix.api import HomeserverUnavailable
 from bot.matrix.events import clean_receipts
-from bot.matrix.http import HomeserverUnavailable
 from bridge.config import RoomFilter, load_bridge_config
 from bridge.intake import (
     PushedTransaction,
@@ -471,9 +471,9 @@ async def test_any_pushed_event_is_read_or_skipped(
         content = receipts if isinstance(receipts, dict) else {}
         usable, _ = clean_receipts(content)
         reading = reader.read(view, initial, cleaned[1], usable, first_sight=True)
-        enforcement = reader.enforcement(view)
+        enforcement = reader.bridge_power(view)
         _storable(enforcement)
-        await h.engine.set_power(ROOM, enforcement.can_redact, enforcement.bot_level,
+        await h.engine.set_power(ROOM, enforcement.can_redact_others, enforcement.bot_level,
                                  enforcement.redact_level)
         if reading.update is not None:
             _storable(reading.update)

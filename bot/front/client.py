@@ -15,11 +15,11 @@ from aiohttp import ClientResponse
 from nio import AsyncClient, AsyncClientConfig, LoginResponse, SyncResponse, WhoamiResponse
 
 from bot.config import Config
+from bot.matrix.api import MatrixHttp
 from bot.matrix.credentials import Credentials, LoginFailed, load_credentials, save_credentials
 from bot.matrix.crosssigning import IdentityError, OwnIdentity, ensure_identity
 from bot.matrix.events import ephemeral_by_room
 from bot.matrix.files import secure_dir
-from bot.matrix.http import MatrixHttp
 
 log = logging.getLogger(__name__)
 
