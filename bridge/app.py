@@ -247,8 +247,8 @@ class Bridge:
 
     async def _on_park(self, room_id: str, reason: str) -> None:
         """The engine found the bridge may not redact a remote sender's message."""
-        if room_id not in self.stats.unenforceable_rooms:
-            self.stats.unenforceable_rooms.add(room_id)
+        if room_id not in self.stats.cannot_redact_others:
+            self.stats.cannot_redact_others.add(room_id)
             log.warning("%s: cannot redact a remote sender's message (%s); the room is "
                         "listed as not enforceable until the bridge's bot %s has power there",
                         room_id, reason, self.config.user_id)

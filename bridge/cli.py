@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -115,7 +116,7 @@ def rooms(ctx: click.Context, as_json: bool) -> None:
             owners = load_owners(await store.get_meta(OWNERS_META))
         finally:
             await store.close()
-        found = []
+        found: list[dict[str, Any]] = []
         for row in rows:
             schedule = schedules.get(row.room_id)
             found.append({

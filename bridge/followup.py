@@ -34,7 +34,7 @@ class FollowUp:
         if reading.forget:
             await self._engine.forget_room(view.room_id)
             view.recorded = None
-            self._stats.unenforceable_rooms.discard(view.room_id)
+            self._stats.cannot_redact_others.discard(view.room_id)
         if not view.watched:
             return
         if reading.power_inputs_changed:
@@ -63,14 +63,14 @@ class FollowUp:
         view.recorded = power
         await self._engine.set_power(view.room_id, power.can_redact_others,
                                      power.bot_level, power.redact_level)
-        unenforceable = self._stats.unenforceable_rooms
+        cannot = self._stats.cannot_redact_others
         if power.can_redact_others:
-            if view.room_id in unenforceable:
-                unenforceable.discard(view.room_id)
+            if view.room_id in cannot:
+                cannot.discard(view.room_id)
                 log.info("%s: the bridge can redact every message there again", view.room_id)
             return
-        if view.room_id not in unenforceable:
-            unenforceable.add(view.room_id)
+        if view.room_id not in cannot:
+            cannot.add(view.room_id)
             level = "none" if not view.bot_joined else describe_level(
                 power.bot_level if power.bot_level is not None else float("inf"))
             log.warning(

@@ -40,7 +40,7 @@ class BridgeStats:
     skipped: int = 0  # malformed events and receipts left out of their transactions
     largest_transaction: int = 0  # bytes
     # Rooms where the bridge may not redact others' messages (remote senders').
-    unenforceable_rooms: set[str] = field(default_factory=set)
+    cannot_redact_others: set[str] = field(default_factory=set)
 
     def skipped_event(self, skipped: Skipped) -> None:
         self.skipped += 1

@@ -146,10 +146,6 @@ class LetheBot:
             self.reader.create_events.get(room_id), self.reader.power_levels.get(room_id)
         )
 
-    async def notice(self, room_id: str, text: str) -> str | None:
-        """Send an m.notice (encrypted where the room is); returns its event id."""
-        return await self.actions.notice(room_id, text)
-
     @property
     def sync_alive(self) -> bool:
         return self.last_sync_at is not None and time.monotonic() - self.last_sync_at < 120

@@ -30,6 +30,8 @@ COMMAND_MAX_AGE_MS = 10 * 60 * 1000
 
 @dataclass(frozen=True)
 class Invite:
+    """An invite of the bot: the action worker joins the room, or refuses."""
+
     room_id: str
     inviter: str | None
 

@@ -151,6 +151,18 @@ class MatrixHttp:
     async def join(self, room_id: str) -> HttpReply:
         return await self.request("POST", f"{CLIENT_V3}/rooms/{q(room_id)}/join", json={})
 
+    async def leave(self, room_id: str) -> HttpReply:
+        return await self.request("POST", f"{CLIENT_V3}/rooms/{q(room_id)}/leave", json={})
+
+    async def whoami(self) -> HttpReply:
+        return await self.request("GET", f"{CLIENT_V3}/account/whoami")
+
+    async def joined_rooms(self) -> HttpReply:
+        return await self.request("GET", f"{CLIENT_V3}/joined_rooms")
+
+    async def resolve_alias(self, alias: str) -> HttpReply:
+        return await self.request("GET", f"{CLIENT_V3}/directory/room/{q(alias)}")
+
     async def query_keys(self, device_keys: Mapping[str, list[str]],
                          timeout_ms: int | None = None) -> HttpReply:
         body: dict[str, Any] = {"device_keys": device_keys}
