@@ -29,9 +29,8 @@ from bot.engine.policy import (
     StatePolicy,
     resolve_policy,
 )
-from bot.engine.power import PowerState
 from bot.matrix.events import to_item
-from bot.matrix.roomstate import checked, state_policy
+from bot.matrix.roomstate import PowerSource, checked, state_policy
 from bridge.config import BridgeConfig
 from bridge.intake import clean_aliases, clean_create, clean_power_levels, shown, where
 
@@ -70,8 +69,8 @@ class RoomView:
     loaded: bool = False  # this process has read the room's state (or seen its creation)
     state_tried: set[str] = field(default_factory=set)  # users it failed to read it as
     watched: bool = False  # included by bridge.rooms
-    create: Mapping[str, Any] | None = None
-    power_levels: Mapping[str, Any] | None = None
+    # Its power, from its create and power levels events as intake.py cleaned them.
+    power_source: PowerSource = field(default_factory=PowerSource)
     aliases: tuple[str, ...] = ()
     remote_members: set[str] = field(default_factory=set)
     owners: set[str] = field(default_factory=set)  # joined Lethe bots (bridge.defer_to)
@@ -107,7 +106,7 @@ class RoomReader:
         events under the room's power levels at this point (the bot's rule too)."""
         if item is None:
             return None
-        return checked(item, PowerState.from_state(view.create, view.power_levels))
+        return checked(item, view.power_source.power)
 
     def observe(self, view: RoomView, event: Mapping[str, Any], reading: RoomReading, *,
                 refused: bool = False) -> None:
@@ -121,10 +120,10 @@ class RoomReader:
         content = content if isinstance(content, Mapping) else {}
         ok = True
         if kind == "m.room.create" and skey == "":
-            view.create, ok = clean_create(event)
+            view.power_source.create, ok = clean_create(event)
             reading.power_inputs_changed = True
         elif kind == "m.room.power_levels" and skey == "":
-            view.power_levels, ok = clean_power_levels(event.get("content"))
+            view.power_source.levels, ok = clean_power_levels(event.get("content"))
             reading.power_inputs_changed = True
         elif kind == "m.room.canonical_alias" and skey == "":
             view.aliases, ok = clean_aliases(event.get("content"))
@@ -174,7 +173,7 @@ class RoomReader:
                                view.policies.get(BEEPER_EVENT_TYPE))
         if not view.owners or state is None or not state.policy.active:
             return None
-        power = PowerState.from_state(view.create, view.power_levels)
+        power = view.power_source.power
         able = sorted(bot for bot in view.owners if power.can_redact_others(bot))
         return able[0] if able else None
 
@@ -208,7 +207,7 @@ class RoomReader:
             if item is not None:
                 items.append(item)
         if known:  # checked against the state's power levels, now all read
-            power = PowerState.from_state(view.create, view.power_levels)
+            power = view.power_source.power
             items = [checked(item, power) for item in items]
             for item in items:
                 if isinstance(item, PolicyEvent) and item.refused is not None:
@@ -268,7 +267,7 @@ class RoomReader:
         return reading
 
     def bridge_power(self, view: RoomView) -> BridgePower:
-        power = PowerState.from_state(view.create, view.power_levels)
+        power = view.power_source.power
         bot = self.config.user_id
         level = power.level(bot)
         can = not view.remote_members or (view.bot_joined and power.can_redact_others(bot))

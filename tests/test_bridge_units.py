@@ -30,6 +30,7 @@ from bot.engine.policy import BEEPER_EVENT_TYPE, POLICY_EVENT_TYPE, Policy, Read
 from bot.engine.store import MIGRATIONS, SCHEMA_VERSION, Store
 from bot.matrix.api import HomeserverUnavailable
 from bot.matrix.events import clean_receipts
+from bot.matrix.roomstate import PowerSource
 from bridge.config import RoomFilter, load_bridge_config
 from bridge.intake import (
     PushedTransaction,
@@ -305,10 +306,9 @@ def test_messages_while_a_lethe_bot_is_joined_are_the_bots(tmp_path: Path) -> No
     """...while that bot can enforce the room: power to redact, and a policy in state."""
     config = load_bridge_config(write(tmp_path, minimal(defer_to=["@lethe:example.org"])))
     reader = RoomReader(config)
-    view = RoomView(ROOM, loaded=True, watched=True,
-                    create={"creator": "@a:example.org", "room_version": "10"},
-                    power_levels={"users": {"@lethe:example.org": 50, "@a:example.org": 100},
-                                  "redact": 50})
+    view = RoomView(ROOM, loaded=True, watched=True, power_source=PowerSource(
+        create={"creator": "@a:example.org", "room_version": "10"},
+        levels={"users": {"@lethe:example.org": 50, "@a:example.org": 100}, "redact": 50}))
     events = [
         _event("chat.lethe.policy", "@a:example.org", "$policy", state_key="",
                content={"mode": "after_send", "timer_ms": 1000}),
@@ -334,9 +334,8 @@ def test_a_lethe_bot_without_power_or_policy_owns_nothing(tmp_path: Path) -> Non
     admin = {"@a:example.org": 100}
     for power, policy in (({"users": admin}, True),
                           ({"users": {**admin, "@lethe:example.org": 50}}, False)):
-        view = RoomView(ROOM, loaded=True, watched=True,
-                        create={"creator": "@a:example.org", "room_version": "10"},
-                        power_levels=power)
+        view = RoomView(ROOM, loaded=True, watched=True, power_source=PowerSource(
+            create={"creator": "@a:example.org", "room_version": "10"}, levels=power))
         events = [_member("@lethe:example.org", "join", "$botjoin"),
                   _event("m.room.message", "@a:example.org", "$during")]
         if policy:

@@ -18,7 +18,7 @@ from bot.engine.policy import (
     resolve_policy,
 )
 from bot.engine.power import PowerState
-from bot.matrix.roomstate import state_policy
+from bot.matrix.roomstate import PowerSource, state_policy
 
 
 @dataclass(frozen=True)
@@ -74,7 +74,6 @@ class RoomState:
             if kind == "m.room.member" and (event.get("content") or {}).get("membership") == "join"
         )
         create = state.get(("m.room.create", ""))
-        power_levels = state.get(("m.room.power_levels", ""))
         views: list[PolicyEventView] = []
         valid: dict[str, StatePolicy] = {}
         for event_type in POLICY_STATE_TYPES:
@@ -100,9 +99,7 @@ class RoomState:
             else (),
             encrypted=("m.room.encryption", "") in state,
             members=tuple(members),
-            power=PowerState.from_state(
-                create, power_levels.get("content") if power_levels else None
-            ),
+            power=PowerSource.of(state.values()).power,
             policy=winner.policy if winner else Policy.off(),
             policy_sender=winner.sender if winner else None,
             policy_events=tuple(views),

@@ -204,7 +204,7 @@ class ActionWorker:
     async def _check_power(self, room_id: str, announce: bool) -> None:
         bot = self._bot
         assert bot.engine is not None
-        if room_id not in bot.reader.create_events:
+        if not bot.reader.knows(room_id):
             return  # not a room we are in (any more)
         power = bot.power(room_id)
         me = bot.config.bot.user_id

@@ -142,9 +142,7 @@ class LetheBot:
         self.synced = asyncio.Event()
 
     def power(self, room_id: str) -> PowerState:
-        return PowerState.from_state(
-            self.reader.create_events.get(room_id), self.reader.power_levels.get(room_id)
-        )
+        return self.reader.power(room_id)
 
     @property
     def sync_alive(self) -> bool:

@@ -20,7 +20,7 @@ from bot.engine.model import MemberChange, Message, PolicyEvent, Receipt, RoomUp
 from bot.engine.power import PowerState
 from bot.front.commands import is_command
 from bot.matrix.events import receipts_from_ephemeral, to_item, to_items
-from bot.matrix.roomstate import checked
+from bot.matrix.roomstate import PowerSource, checked
 
 log = logging.getLogger(__name__)
 
@@ -66,14 +66,13 @@ def _source(event: Any) -> Mapping[str, Any] | None:
 
 
 class SyncReader:
-    """Holds what must survive between syncs: the create and power levels events of each
-    room (for power checks), read from the state the homeserver sends."""
+    """Holds what must survive between syncs: the power of each room (its create and
+    power levels events), read from the state the homeserver sends."""
 
     def __init__(self, bot_user_id: str, prefix: str) -> None:
         self.bot_user_id = bot_user_id
         self.prefix = prefix
-        self.create_events: dict[str, Mapping[str, Any]] = {}
-        self.power_levels: dict[str, Mapping[str, Any]] = {}
+        self.power_sources: dict[str, PowerSource] = {}
         self._ephemeral: Mapping[str, object] | None = None
         self._run_commands = True
 
@@ -119,15 +118,17 @@ class SyncReader:
         return None
 
     def _watch_power(self, room_id: str, source: Mapping[str, Any], reading: SyncReading) -> None:
-        if source.get("state_key") != "":
-            return
-        if source.get("type") == "m.room.create":
-            self.create_events[room_id] = source
+        if self.power_sources.setdefault(room_id, PowerSource()).observe(source):
             reading.power_changed.add(room_id)
-        elif source.get("type") == "m.room.power_levels":
-            content = source.get("content")
-            self.power_levels[room_id] = content if isinstance(content, Mapping) else {}
-            reading.power_changed.add(room_id)
+
+    def power(self, room_id: str) -> PowerState:
+        """The room's power as its state last said (nobody's, for a room not seen)."""
+        return self.power_sources.get(room_id, PowerSource()).power
+
+    def knows(self, room_id: str) -> bool:
+        """Whether the room's create event was seen: a room the bot is in."""
+        room = self.power_sources.get(room_id)
+        return room is not None and room.create is not None
 
     def _room(
         self,
@@ -218,8 +219,7 @@ class SyncReader:
     def _checked(self, room_id: str, item: TimelineItem) -> TimelineItem:
         """A policy event marked refused if its sender may not send both policy state
         events under the power levels at this point of the timeline."""
-        return checked(item, PowerState.from_state(self.create_events.get(room_id),
-                                                   self.power_levels.get(room_id)))
+        return checked(item, self.power(room_id))
 
     def _checked_state(
         self, room_id: str, items: list[TimelineItem], is_new: bool
