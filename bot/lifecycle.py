@@ -42,14 +42,14 @@ class FrontLife:
         transport: Transport,
         config: EngineConfig,
         on_park: Callable[[str, str], Awaitable[None]],
-        can_redact_needed: Callable[[str], bool] | None = None,
+        needs_can_redact_others: Callable[[str], bool] | None = None,
     ) -> Engine:
-        """The engine on the front's database, started. ``can_redact_needed`` says whose
-        events need the permission to redact others' messages (default: all but the
-        bot's own)."""
+        """The engine on the front's database, started. ``needs_can_redact_others``
+        says whose events need the permission to redact others' messages (default: all
+        but the bot's own)."""
         store = await Store.open(db_path)
         engine = Engine(store, transport, config, on_park=on_park,
-                        needs_power=can_redact_needed)
+                        needs_power=needs_can_redact_others)
         await engine.start()
         self._engine = engine
         return engine

@@ -90,7 +90,7 @@ class Bridge:
                 echo_wait_ms=ECHO_WAIT_MS,
             ),
             self._on_park,
-            can_redact_needed=lambda sender: not config.is_local(sender),
+            needs_can_redact_others=lambda sender: not config.is_local(sender),
         )
         owners = load_owners(await engine.store.get_meta(OWNERS_META))
         self._state = StateFetcher(http, config, self.stats)
