@@ -44,7 +44,7 @@ from bench.common import (
 from bot.devtools.localsynapse import LocalSynapse, RegisteredUser
 from bot.devtools.people import Person
 from bot.engine.policy import Policy
-from bot.matrix.http import CLIENT_V3, MatrixHttp, q
+from bot.matrix.api import CLIENT_V3, MatrixHttp, q
 
 TIMER_MS = 2000
 BASELINE_EVENTS = 400

@@ -55,9 +55,9 @@ from bot.devtools.people import eventually
 from bot.engine.engine import EngineConfig
 from bot.engine.policy import POLICY_EVENT_TYPE, Policy
 from bot.engine.redactor import REDACTION_REASON
-from bot.front.bot import SYNC_FILTER, TIMELINE_LIMIT
 from bot.front.pace import MIN_INTERVAL_S, SyncNews, SyncPace
-from bot.matrix.http import CLIENT_V3, MatrixHttp, q
+from bot.front.sync import SYNC_FILTER, TIMELINE_LIMIT
+from bot.matrix.api import CLIENT_V3, MatrixHttp, q
 from tests.harness import BotHandle, write_bot_config
 
 WORKERS = EngineConfig("@x:y").workers  # Lethe's default number of redaction workers

@@ -25,7 +25,7 @@ from bot.devtools.localsynapse import LocalSynapse
 from bot.devtools.people import Person, eventually
 from bot.engine.engine import Engine
 from bot.engine.policy import POLICY_EVENT_TYPE, Policy
-from bot.matrix.http import CLIENT_V3, MatrixHttp, q
+from bot.matrix.api import CLIENT_V3, MatrixHttp, q
 from tests.harness import BotHandle, write_bot_config
 
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -25,7 +26,6 @@ from bot.cli.output import json_option
 from bot.config import ConfigError
 from bot.engine.model import RoomRow
 from bot.engine.store import Store
-from bot.runlock import hold
 from bridge.config import BridgeConfig, load_bridge_config
 from bridge.registration import RegistrationError, build_registration, write_registration
 
@@ -82,11 +82,10 @@ def run(ctx: click.Context) -> None:
     setup_logging(config.log_level)
 
     async def go() -> None:
-        # One bridge per database (exit 3 otherwise): see bot/runlock.py.
-        with hold(config.db_path.with_suffix(".lock"), "lethe bridge run"):
-            log.info("starting the Lethe bridge as %s for %s", config.user_id,
-                     config.homeserver_url)
-            await Bridge(config).run_until(stop_on_signals())
+        # The bridge holds its run lock (exit 3 if another holds it): see bot/runlock.py.
+        log.info("starting the Lethe bridge as %s for %s", config.user_id,
+                 config.homeserver_url)
+        await Bridge(config).run_until(stop_on_signals())
         log.info("stopped")
 
     try:
@@ -118,7 +117,7 @@ def rooms(ctx: click.Context, as_json: bool) -> None:
             owners = load_owners(await store.get_meta(OWNERS_META))
         finally:
             await store.close()
-        found = []
+        found: list[dict[str, Any]] = []
         for row in rows:
             schedule = schedules.get(row.room_id)
             found.append({

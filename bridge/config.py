@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from bot.config import ConfigReader, MetricsConfig, read_config_file
-from bot.engine.policy import Mode, Policy, PolicyError, Readers, default_cap, format_duration
+from bot.engine.policy import Mode, Policy, PolicyError, Readers, after_read_policy
+from bot.matrix.ids import localpart, server_name
 
 DEFAULT_ID = "lethe"
 DEFAULT_PORT = 29331
@@ -62,14 +63,14 @@ class BridgeConfig:
 
     @property
     def server_name(self) -> str:
-        return self.user_id.split(":", 1)[1]
+        return server_name(self.user_id)
 
     @property
     def localpart(self) -> str:
-        return self.user_id[1:].split(":", 1)[0]
+        return localpart(self.user_id)
 
     def is_local(self, user_id: str) -> bool:
-        return user_id.partition(":")[2] == self.server_name
+        return server_name(user_id) == self.server_name
 
     def defers_to(self, user_id: str) -> bool:
         return any(fnmatch.fnmatchcase(user_id, glob) for glob in self.defer_to)
@@ -158,7 +159,7 @@ def _default_policy(r: ConfigReader, bridge: dict[str, Any], default_cap_ms: int
     if unknown:
         raise r.fail(f"{key}.{unknown[0]}", "unknown key; expected mode, timer, cap or readers")
     try:
-        mode = Mode(raw.get("mode"))
+        mode = Mode(str(raw.get("mode")))
     except ValueError:
         raise r.fail(f"{key}.mode", f"must be off, after_send or after_read, "
                                     f"not {raw.get('mode')!r}") from None
@@ -171,13 +172,14 @@ def _default_policy(r: ConfigReader, bridge: dict[str, Any], default_cap_ms: int
         if "cap" in raw or "readers" in raw:
             raise r.fail(key, "cap and readers apply only to after_read")
         return Policy.after_send(timer)
-    cap = r.duration(raw, f"{key}.cap", format_duration(default_cap(default_cap_ms, timer)))
+    # No cap: the default cap (bot/engine/policy.py, after_read_policy).
+    cap = None if raw.get("cap") is None else r.duration(raw, f"{key}.cap", "")
     try:
-        readers = Readers(raw.get("readers", Readers.ALL.value))
+        readers = Readers(str(raw.get("readers", Readers.ALL.value)))
     except ValueError:
         raise r.fail(f"{key}.readers", f"must be all or any, not {raw.get('readers')!r}") \
             from None
     try:
-        return Policy.after_read(timer, cap, readers)
+        return after_read_policy(timer, cap, readers, default_cap_ms)
     except PolicyError as exc:
         raise r.fail(key, str(exc)) from None

@@ -28,8 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bot.matrix.api import HomeserverUnavailable
 from bot.matrix.events import MAX_TS, is_id, storable
-from bot.matrix.http import HomeserverUnavailable
 
 # The largest transaction the bridge reads. Synapse puts at most 100 PDUs and 100
 # ephemeral events (plus 100 to-device messages, which this bridge does not ask for)

@@ -5,9 +5,7 @@ mode 0600 and never logged.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 import re
 import secrets
 import stat
@@ -18,6 +16,7 @@ from urllib.parse import urlparse
 
 import yaml
 
+from bot.matrix.files import write_secret
 from bridge.config import BridgeConfig
 
 log = logging.getLogger(__name__)
@@ -70,18 +69,8 @@ def write_registration(path: Path, data: dict[str, Any], *, force: bool = False)
         raise RegistrationError(
             f"{path}: exists; pass --force to replace it (the tokens change, so the homeserver "
             "must then be restarted with the new file)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write("# Lethe bridge appservice registration. Secret: keep mode 0600.\n")
-            yaml.safe_dump(data, fh, sort_keys=False)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+    write_secret(path, "# Lethe bridge appservice registration. Secret: keep mode 0600.\n"
+                 + yaml.safe_dump(data, sort_keys=False), secure_parent=False)
 
 
 def load_registration(path: Path) -> Registration:

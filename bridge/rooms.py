@@ -18,7 +18,7 @@ import json
 import logging
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from bot.engine.model import Marker, Message, PolicyEvent, Receipt, RoomUpdate, TimelineItem
@@ -27,13 +27,10 @@ from bot.engine.policy import (
     POLICY_EVENT_TYPE,
     PolicyError,
     StatePolicy,
-    policy_from_beeper,
-    policy_from_state,
     resolve_policy,
 )
-from bot.engine.power import PowerState
 from bot.matrix.events import to_item
-from bot.matrix.policy_state import policy_refusal
+from bot.matrix.roomstate import PowerSource, checked, state_policy
 from bridge.config import BridgeConfig
 from bridge.intake import clean_aliases, clean_create, clean_power_levels, shown, where
 
@@ -55,12 +52,12 @@ def load_owners(raw: str | None) -> dict[str, str]:
 
 
 @dataclass(frozen=True)
-class Enforcement:
+class BridgePower:
     """Whether the bridge can redact everything the room's policy makes due: local
     senders' events always (it acts as them); remote senders' events only through its
-    own bot user, joined and with the room's redact power."""
+    own bot user, joined and with the permission to redact others' messages."""
 
-    can_redact: bool
+    can_redact_others: bool
     bot_level: int | None  # None: unlimited (a room creator)
     redact_level: int
     remote_members: int
@@ -72,14 +69,14 @@ class RoomView:
     loaded: bool = False  # this process has read the room's state (or seen its creation)
     state_tried: set[str] = field(default_factory=set)  # users it failed to read it as
     watched: bool = False  # included by bridge.rooms
-    create: Mapping[str, Any] | None = None
-    power_levels: Mapping[str, Any] | None = None
+    # Its power, from its create and power levels events as intake.py cleaned them.
+    power_source: PowerSource = field(default_factory=PowerSource)
     aliases: tuple[str, ...] = ()
     remote_members: set[str] = field(default_factory=set)
     owners: set[str] = field(default_factory=set)  # joined Lethe bots (bridge.defer_to)
     policies: dict[str, StatePolicy] = field(default_factory=dict)  # valid policy state
     bot_joined: bool = False
-    recorded: Enforcement | None = None  # last given to the engine
+    recorded: BridgePower | None = None  # last given to the engine
 
 
 @dataclass
@@ -107,11 +104,9 @@ class RoomReader:
     def _checked(self, view: RoomView, item: TimelineItem | None) -> TimelineItem | None:
         """A policy event marked refused if its sender may not send both policy state
         events under the room's power levels at this point (the bot's rule too)."""
-        if not isinstance(item, PolicyEvent) or item.redacted_by is not None:
-            return item
-        reason = policy_refusal(PowerState.from_state(view.create, view.power_levels),
-                                item.sender)
-        return item if reason is None else replace(item, refused=reason)
+        if item is None:
+            return None
+        return checked(item, view.power_source.power)
 
     def observe(self, view: RoomView, event: Mapping[str, Any], reading: RoomReading, *,
                 refused: bool = False) -> None:
@@ -125,10 +120,10 @@ class RoomReader:
         content = content if isinstance(content, Mapping) else {}
         ok = True
         if kind == "m.room.create" and skey == "":
-            view.create, ok = clean_create(event)
+            view.power_source.create, ok = clean_create(event)
             reading.power_inputs_changed = True
         elif kind == "m.room.power_levels" and skey == "":
-            view.power_levels, ok = clean_power_levels(event.get("content"))
+            view.power_source.levels, ok = clean_power_levels(event.get("content"))
             reading.power_inputs_changed = True
         elif kind == "m.room.canonical_alias" and skey == "":
             view.aliases, ok = clean_aliases(event.get("content"))
@@ -164,20 +159,12 @@ class RoomReader:
 
     def _policy(self, view: RoomView, kind: str, event: Mapping[str, Any]) -> None:
         """Remember the room's policy state, to know whether a Lethe bot there has a
-        policy to enforce (an invalid event leaves the previous one, as in the engine)."""
-        unsigned = event.get("unsigned")
-        if isinstance(unsigned, Mapping) and unsigned.get("redacted_because"):
-            return  # a redacted policy event is not an "off": the previous one stays
-        content = event.get("content")
-        ts = event.get("origin_server_ts")
-        sender = event.get("sender")
+        policy to enforce (an invalid event leaves the previous one, as in the engine;
+        so does a redacted one: a redaction is not an "off")."""
         try:
-            policy = (policy_from_state(content) if kind == POLICY_EVENT_TYPE
-                      else policy_from_beeper(content, self.config.default_cap_ms))
+            view.policies[kind] = state_policy(event, self.config.default_cap_ms)
         except PolicyError:
             return
-        view.policies[kind] = StatePolicy(policy, kind, sender if isinstance(sender, str)
-                                          else "", ts if isinstance(ts, int) else 0)
 
     def deferred_to(self, view: RoomView) -> str | None:
         """The Lethe bot that owns messages sent now, if one can enforce the room: joined,
@@ -186,7 +173,7 @@ class RoomReader:
                                view.policies.get(BEEPER_EVENT_TYPE))
         if not view.owners or state is None or not state.policy.active:
             return None
-        power = PowerState.from_state(view.create, view.power_levels)
+        power = view.power_source.power
         able = sorted(bot for bot in view.owners if power.can_redact_others(bot))
         return able[0] if able else None
 
@@ -220,7 +207,8 @@ class RoomReader:
             if item is not None:
                 items.append(item)
         if known:  # checked against the state's power levels, now all read
-            items = [self._checked(view, item) for item in items]
+            power = view.power_source.power
+            items = [checked(item, power) for item in items]
             for item in items:
                 if isinstance(item, PolicyEvent) and item.refused is not None:
                     view.policies.pop(item.event_type, None)
@@ -278,12 +266,12 @@ class RoomReader:
         reading.update = RoomUpdate(view.room_id, tuple(items), tuple(receipts), last_event_id)
         return reading
 
-    def enforcement(self, view: RoomView) -> Enforcement:
-        power = PowerState.from_state(view.create, view.power_levels)
+    def bridge_power(self, view: RoomView) -> BridgePower:
+        power = view.power_source.power
         bot = self.config.user_id
         level = power.level(bot)
         can = not view.remote_members or (view.bot_joined and power.can_redact_others(bot))
-        return Enforcement(
+        return BridgePower(
             can, None if math.isinf(level) else int(level), power.redact,
             len(view.remote_members),
         )

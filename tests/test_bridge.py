@@ -571,7 +571,7 @@ async def test_remote_sender_without_power_is_reported_not_retried(
         "SELECT attempts FROM events WHERE event_id = ?", (message["event_id"],)
     ) as cur:
         assert (await cur.fetchone())[0] == 0, "a redaction was attempted without power"
-    assert room in handle.bridge.stats.unenforceable_rooms
+    assert room in handle.bridge.stats.cannot_redact_others
     listed = await _bridge_rooms(handle.config, "--json")
     mine = next(r for r in json.loads(listed) if r["room_id"] == room)
     assert (mine["can_enforce"], mine["pending"]) == (False, 1)
@@ -595,7 +595,7 @@ async def test_remote_sender_without_power_is_reported_not_retried(
     await eventually(failed, 20, what="the unknown remote event given up on")
     status = await engine.status(room)
     assert status is not None and status.can_redact and status.failed == 1
-    assert room not in handle.bridge.stats.unenforceable_rooms
+    assert room not in handle.bridge.stats.cannot_redact_others
 
 
 async def test_message_of_a_local_sender_who_left_goes_through_the_bridge_bot(

@@ -28,8 +28,9 @@ from bot.engine.engine import EngineConfig
 from bot.engine.model import Marker, MemberChange, Message, PolicyEvent, RoomUpdate
 from bot.engine.policy import BEEPER_EVENT_TYPE, POLICY_EVENT_TYPE, Policy, Readers
 from bot.engine.store import MIGRATIONS, SCHEMA_VERSION, Store, Transaction
+from bot.matrix.api import HomeserverUnavailable
 from bot.matrix.events import clean_receipts
-from bot.matrix.http import HomeserverUnavailable
+from bot.matrix.roomstate import PowerSource
 from bridge.config import RoomFilter, load_bridge_config
 from bridge.intake import (
     PushedTransaction,
@@ -308,10 +309,9 @@ def test_messages_while_a_lethe_bot_is_joined_are_the_bots(tmp_path: Path) -> No
     """...while that bot can enforce the room: power to redact, and a policy in state."""
     config = load_bridge_config(write(tmp_path, minimal(defer_to=["@lethe:example.org"])))
     reader = RoomReader(config)
-    view = RoomView(ROOM, loaded=True, watched=True,
-                    create={"creator": "@a:example.org", "room_version": "10"},
-                    power_levels={"users": {"@lethe:example.org": 50, "@a:example.org": 100},
-                                  "redact": 50})
+    view = RoomView(ROOM, loaded=True, watched=True, power_source=PowerSource(
+        create={"creator": "@a:example.org", "room_version": "10"},
+        levels={"users": {"@lethe:example.org": 50, "@a:example.org": 100}, "redact": 50}))
     events = [
         _event("chat.lethe.policy", "@a:example.org", "$policy", state_key="",
                content={"mode": "after_send", "timer_ms": 1000}),
@@ -337,9 +337,8 @@ def test_a_lethe_bot_without_power_or_policy_owns_nothing(tmp_path: Path) -> Non
     admin = {"@a:example.org": 100}
     for power, policy in (({"users": admin}, True),
                           ({"users": {**admin, "@lethe:example.org": 50}}, False)):
-        view = RoomView(ROOM, loaded=True, watched=True,
-                        create={"creator": "@a:example.org", "room_version": "10"},
-                        power_levels=power)
+        view = RoomView(ROOM, loaded=True, watched=True, power_source=PowerSource(
+            create={"creator": "@a:example.org", "room_version": "10"}, levels=power))
         events = [_member("@lethe:example.org", "join", "$botjoin"),
                   _event("m.room.message", "@a:example.org", "$during")]
         if policy:
@@ -474,9 +473,9 @@ async def test_any_pushed_event_is_read_or_skipped(
         content = receipts if isinstance(receipts, dict) else {}
         usable, _ = clean_receipts(content)
         reading = reader.read(view, initial, cleaned[1], usable, first_sight=True)
-        enforcement = reader.enforcement(view)
+        enforcement = reader.bridge_power(view)
         _storable(enforcement)
-        await h.engine.set_power(ROOM, enforcement.can_redact, enforcement.bot_level,
+        await h.engine.set_power(ROOM, enforcement.can_redact_others, enforcement.bot_level,
                                  enforcement.redact_level)
         if reading.update is not None:
             _storable(reading.update)

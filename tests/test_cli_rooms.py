@@ -236,7 +236,7 @@ async def test_room_names_with_terminal_escapes_are_printed_escaped(
 async def test_a_kicked_bot_reports_the_redactions_it_gave_up(people, lethe, caplog) -> None:
     """Kicked, the bot can redact nothing there: it drops the room's schedule, logs how
     many scheduled redactions it gave up, and `rooms list` keeps showing the room."""
-    caplog.set_level(logging.INFO, logger="bot.front.bot")
+    caplog.set_level(logging.INFO, logger="bot.front")
     alice, _, room = await bot_room(people, lethe, policy="after-send 1h")
     sent = [await alice.send(room, f"canary-kicked number {i}") for i in range(3)]
     await scheduled(lethe, *sent)

@@ -17,7 +17,7 @@ from typing import Any
 
 import yaml
 
-from bot.matrix.http import HomeserverUnavailable, MatrixHttp
+from bot.matrix.api import HomeserverUnavailable, MatrixHttp
 from bot.runlock import BOT_LOCK, hold
 from tests.harness import (
     REPO,
@@ -38,7 +38,7 @@ LIMIT_10 = {"room": {"timeline": {"limit": 10}}}
 
 def small_timeline(monkeypatch: Any) -> None:
     """A sync timeline of 10 events, so a gap of a few dozen messages is one."""
-    monkeypatch.setattr("bot.front.bot.SYNC_FILTER", LIMIT_10)
+    monkeypatch.setattr("bot.front.sync.SYNC_FILTER", LIMIT_10)
 
 
 async def send_many(person: Any, room: str, count: int, what: str) -> list[str]:
@@ -101,7 +101,7 @@ async def test_a_gap_too_long_to_read_applies_its_state_and_reports_what_was_mis
     sent = await send_many(alice, room, LONG_GAP, "after the policy")
 
     small_timeline(monkeypatch)
-    monkeypatch.setattr("bot.front.bot.BACKFILL_PAGES", 1)  # 100 events
+    monkeypatch.setattr("bot.front.catchup.BACKFILL_PAGES", 1)  # 100 events
     again = BotHandle(lethe.config)
     try:
         await again.start()

@@ -127,7 +127,7 @@ async def test_messages_sent_while_stopped_are_redacted_after_restart(
     caplog.clear()
     # A gap wider than the bot's sync timeline (100 events) is slow to send; with a
     # timeline of 10 these 50 messages are one, as a busy room's would be.
-    monkeypatch.setattr("bot.front.bot.SYNC_FILTER", {"room": {"timeline": {"limit": 10}}})
+    monkeypatch.setattr("bot.front.sync.SYNC_FILTER", {"room": {"timeline": {"limit": 10}}})
     again = BotHandle(lethe.config)
     try:
         bot = await again.start()

@@ -80,7 +80,7 @@ async def _wait_new_notice(person: Person, room_id: str, needle: str, before: in
 async def test_joins_on_allowed_invite_and_refuses_others(
     people, synapse, tmp_path, caplog
 ) -> None:
-    caplog.set_level(logging.INFO, logger="bot.front.bot")
+    caplog.set_level(logging.INFO, logger="bot.front")
     alice = await people("alice")
     mallory = await people("mallory")
     handle = BotHandle(write_bot_config(synapse, tmp_path / "b2",
@@ -359,10 +359,11 @@ async def test_the_bots_own_policy_write_redacted_before_it_synced_still_counts(
     alice, (bob,), room = await bot_room(people, lethe, "bob", bot_power=100)
     await _restrict_policy_events(alice, room, {bob.user_id: 50}, **{LETHE: 100, BEEPER: 100})
     bot = lethe.bot
-    assert bot is not None
+    assert bot is not None and bot.sync_loop is not None
+    sync_loop, actions = bot.sync_loop, bot.actions
     gate = asyncio.Event()
     gate.set()
-    on_sync, set_policy = bot._on_sync, bot._set_policy
+    on_sync, set_policy = sync_loop._on_sync, actions._set_policy
 
     async def held_sync(*args: Any) -> None:
         await gate.wait()
@@ -372,7 +373,8 @@ async def test_the_bots_own_policy_write_redacted_before_it_synced_still_counts(
         await set_policy(*args)
         gate.clear()  # no sync is handled after the write: its echo is not seen
 
-    bot._on_sync, bot._set_policy = held_sync, set_then_hold  # type: ignore[method-assign]
+    sync_loop._on_sync = held_sync  # type: ignore[method-assign]
+    actions._set_policy = set_then_hold  # type: ignore[method-assign]
     await alice.send(room, "!lethe after-send 3s")
     await alice.wait_notice(room, "changed the retention policy: after-send 3s")
     assert not gate.is_set()

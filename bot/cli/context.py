@@ -17,8 +17,8 @@ from bot.cli.roomstate import RoomState
 from bot.config import Config
 from bot.engine.policy import PolicyError, parse_duration
 from bot.engine.store import Store, StoreError
+from bot.matrix.api import CLIENT_V3, HttpReply, MatrixHttp, q
 from bot.matrix.credentials import Credentials, LoginFailed, load_credentials
-from bot.matrix.http import CLIENT_V3, HttpReply, MatrixHttp, q
 
 
 def duration_arg(option: str, text: str, *, zero_ok: bool = False) -> int:

@@ -24,9 +24,9 @@ from bot.cli.output import emit_json, json_option, say
 from bot.cli.roomstate import RoomState
 from bot.config import PICKLE_KEY_ENV, Config
 from bot.engine.store import SCHEMA_VERSION, StoreError
+from bot.matrix.api import HomeserverUnavailable
 from bot.matrix.credentials import Credentials, LoginFailed
 from bot.matrix.crosssigning import IdentityError, fingerprint, query_identities, stored_master
-from bot.matrix.http import HomeserverUnavailable
 
 OK, WARN, FAIL = "ok", "warn", "FAIL"
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from bot.cli.context import Admin
-from bot.cli.roomstate import RoomState, state_policy
+from bot.cli.roomstate import RoomState
 from bot.engine.model import Message
 from bot.engine.policy import (
     BEEPER_EVENT_TYPE,
@@ -26,8 +26,9 @@ from bot.engine.policy import (
     StatePolicy,
     resolve_policy,
 )
-from bot.matrix.events import to_item
-from bot.matrix.http import is_redacted, q
+from bot.matrix.api import messages_query, page_back, q
+from bot.matrix.events import is_redacted, to_item
+from bot.matrix.roomstate import state_policy
 
 PAGE_SIZE = 100
 MAX_INVALID_CHAIN = 20  # invalid policy events skipped in a row looking for a valid one
@@ -73,13 +74,13 @@ class History:
         policy = await self._policy(current)
         joined = True  # the bot is in the room now (resolve_room checked)
         found: list[PastEvent] = []
-        token: str | None = None
-        while True:
-            params = {"dir": "b", "limit": str(PAGE_SIZE)}
-            if token:
-                params["from"] = token
-            page = await admin.expect("GET", f"/rooms/{q(room_id)}/messages",
-                                      f"reading the history of {room_id}", params=params)
+
+        async def fetch(token: str | None) -> dict[str, Any]:
+            return await admin.expect("GET", f"/rooms/{q(room_id)}/messages",
+                                      f"reading the history of {room_id}",
+                                      params=messages_query(token, PAGE_SIZE))
+
+        async for page in page_back(fetch, None):
             chunk = page.get("chunk")
             if not isinstance(chunk, list) or not chunk:
                 return found
@@ -118,9 +119,7 @@ class History:
                 ))
             if on_page is not None:
                 on_page(found[-1].origin_ts if found else 0)
-            token = page.get("end")
-            if not isinstance(token, str):
-                return found
+        return found
 
     async def _replaced(self, event: Mapping[str, Any]) -> Mapping[str, Any] | None:
         """The state event ``event`` replaced, if any (fetched once)."""

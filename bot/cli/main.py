@@ -146,8 +146,8 @@ def main(ctx: click.Context, config_path: Path | None) -> None:
 
 def run_async(coro_factory: Callable[[], Awaitable[T]]) -> T:
     """Run a coroutine, turning the expected failures into exit codes."""
+    from bot.matrix.api import HomeserverUnavailable
     from bot.matrix.credentials import LoginFailed
-    from bot.matrix.http import HomeserverUnavailable
 
     async def main() -> T:
         return await coro_factory()
@@ -176,8 +176,8 @@ def login(ctx: click.Context, reset_identity: bool) -> None:
     cross-sign it with the bot's own identity (created on first use)."""
     from bot.front.client import ensure_own_identity
     from bot.front.client import login as do_login
+    from bot.matrix.api import MatrixHttp
     from bot.matrix.crosssigning import IdentityError, fingerprint
-    from bot.matrix.http import MatrixHttp
 
     config = cli_config(ctx)
     setup_logging(config.log_level)

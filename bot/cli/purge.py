@@ -27,7 +27,7 @@ from bot.cli.output import (
     when,
 )
 from bot.engine.redactor import Outcome, backoff_ms
-from bot.matrix.http import HttpTransport
+from bot.matrix.transport import HttpTransport
 
 MAX_TRIES = 6  # per event, for errors other than 429 (rate limits are waited out)
 VERIFY_DELAYS_S = (0.0, 0.2, 0.5, 1.0)

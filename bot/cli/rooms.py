@@ -31,7 +31,7 @@ from bot.engine.givenup import GivenUpRoom, load_given_up
 from bot.engine.store import Store
 from bot.front.joins import META_KEY as JOINS_META
 from bot.front.joins import PendingInvite, load_pending
-from bot.matrix.http import q
+from bot.matrix.api import q
 
 
 def summary(state: RoomState, schedule: RoomSchedule | None, store: Store | None,

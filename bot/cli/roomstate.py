@@ -1,6 +1,6 @@
 """A room as its current state describes it, from the homeserver (GET /state):
-name, aliases, encryption, members, power, and the retention policy in force.
-Pure: no I/O."""
+name, aliases, encryption, members, power, and the retention policy in force
+(each policy event read by bot/matrix/roomstate.py). Pure: no I/O."""
 
 from __future__ import annotations
 
@@ -15,35 +15,10 @@ from bot.engine.policy import (
     Policy,
     PolicyError,
     StatePolicy,
-    policy_from_beeper,
-    policy_from_state,
     resolve_policy,
 )
 from bot.engine.power import PowerState
-from bot.matrix.events import redacted_by as redaction_sender
-
-
-def state_policy(event: Mapping[str, Any], default_cap_ms: int) -> StatePolicy:
-    """One policy state event read as the engine reads it; PolicyError if invalid."""
-    event_type = event.get("type")
-    content = event.get("content")
-    redacted_by = redaction_sender(event)
-    if redacted_by is not None:
-        # Its content is gone, which is no "off": the engine keeps what was in force.
-        raise PolicyError(f"redacted{' by ' + redacted_by if redacted_by else ''}; a "
-                          "redaction does not change the policy")
-    if event_type == POLICY_EVENT_TYPE:
-        policy = policy_from_state(content)
-    elif event_type == BEEPER_EVENT_TYPE:
-        policy = policy_from_beeper(content, default_cap_ms)
-    else:
-        raise PolicyError(f"{event_type!r} is not a policy event")
-    sender = event.get("sender")
-    ts = event.get("origin_server_ts")
-    return StatePolicy(
-        policy, str(event_type), sender if isinstance(sender, str) else "",
-        ts if isinstance(ts, int) else 0,
-    )
+from bot.matrix.roomstate import PowerSource, state_policy
 
 
 @dataclass(frozen=True)
@@ -99,7 +74,6 @@ class RoomState:
             if kind == "m.room.member" and (event.get("content") or {}).get("membership") == "join"
         )
         create = state.get(("m.room.create", ""))
-        power_levels = state.get(("m.room.power_levels", ""))
         views: list[PolicyEventView] = []
         valid: dict[str, StatePolicy] = {}
         for event_type in POLICY_STATE_TYPES:
@@ -125,9 +99,7 @@ class RoomState:
             else (),
             encrypted=("m.room.encryption", "") in state,
             members=tuple(members),
-            power=PowerState.from_state(
-                create, power_levels.get("content") if power_levels else None
-            ),
+            power=PowerSource.of(state.values()).power,
             policy=winner.policy if winner else Policy.off(),
             policy_sender=winner.sender if winner else None,
             policy_events=tuple(views),

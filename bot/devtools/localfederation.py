@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from bot.devtools.localsynapse import LocalSynapse, find_free_port
+from bot.matrix.files import write_secret
 
 CLOCK_FILE_ENV = "LETHE_TEST_CLOCK_FILE"
 
@@ -113,15 +114,11 @@ def _self_signed(cert_path: Path, key_path: Path) -> None:
         )
         .sign(key, hashes.SHA256())
     )
-    fd = os.open(key_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-        )
+    write_secret(key_path, key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    ).decode("ascii"), secure_parent=False)
     cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
 
 

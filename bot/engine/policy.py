@@ -232,7 +232,7 @@ def policy_from_state(content: object) -> Policy:
         return Policy.after_send(timer)  # type: ignore[arg-type]
     cap = content.get("cap_ms")
     try:
-        readers = Readers(content.get("readers", Readers.ALL.value))
+        readers = Readers(str(content.get("readers", Readers.ALL.value)))
     except ValueError:
         raise PolicyError(
             f"unknown readers {shown(content.get('readers'))}; expected all or any"
@@ -262,10 +262,37 @@ def policy_from_beeper(content: object, default_cap_ms: int) -> Policy:
     if kind == Mode.AFTER_READ.value:
         _check_ms("timer", timer)
         assert isinstance(timer, int)
-        return Policy.after_read(timer, default_cap(default_cap_ms, timer))
+        return after_read_policy(timer, None, Readers.ALL, default_cap_ms)
     raise PolicyError(
         f"unknown disappearing_timer type {shown(kind)}; expected after_read or after_send"
     )
+
+
+def policy_from_event(event_type: object, content: object, default_cap_ms: int) -> Policy:
+    """The content of either policy state event, parsed by its type's format; the one
+    place that tells the two apart. PolicyError if invalid or not a policy event."""
+    if event_type == POLICY_EVENT_TYPE:
+        return policy_from_state(content)
+    if event_type == BEEPER_EVENT_TYPE:
+        return policy_from_beeper(content, default_cap_ms)
+    raise PolicyError(f"{event_type!r} is not a policy event")
+
+
+def parse_readers(value: object) -> Readers:
+    """``all`` or ``any``, as an in-room command or the CLI gives it."""
+    try:
+        return Readers(value if isinstance(value, str) else "")
+    except ValueError:
+        raise PolicyError(f"readers must be all or any, not {shown(value)}") from None
+
+
+def after_read_policy(timer_ms: int, cap_ms: int | None, readers: Readers,
+                      default_cap_ms: int) -> Policy:
+    """An after_read policy from its parts, whatever syntax gave them (a command, the
+    CLI, the configuration, the Beeper event, which has no cap): without a cap of its
+    own it gets the configured default cap, or the timer if that is longer."""
+    cap = default_cap(default_cap_ms, timer_ms) if cap_ms is None else cap_ms
+    return Policy.after_read(timer_ms, cap, readers)
 
 
 @dataclass(frozen=True)

@@ -15,16 +15,16 @@ from aiohttp import ClientResponse
 from nio import AsyncClient, AsyncClientConfig, LoginResponse, SyncResponse, WhoamiResponse
 
 from bot.config import Config
+from bot.matrix.api import MatrixHttp
 from bot.matrix.credentials import Credentials, LoginFailed, load_credentials, save_credentials
 from bot.matrix.crosssigning import IdentityError, OwnIdentity, ensure_identity
 from bot.matrix.events import ephemeral_by_room
 from bot.matrix.files import secure_dir
-from bot.matrix.http import MatrixHttp
 
 log = logging.getLogger(__name__)
 
 
-class LetheClient(AsyncClient):
+class LetheClient(AsyncClient):  # type: ignore[misc]  # nio has no type stubs
     """nio's client, keeping each room's ephemeral events of the last ``/sync`` as raw
     JSON. nio validates an ``m.receipt`` event as a whole and drops every receipt of
     the room when one of them is malformed (one remote server is enough), so Lethe
@@ -48,7 +48,7 @@ class LetheClient(AsyncClient):
         # of the raw body Lethe reads itself. Only the sync loop syncs, one at a time.
         parsed = await self.parse_body(transport_response)
         self.last_ephemeral = ephemeral_by_room(parsed)
-        resp = SyncResponse.from_dict(parsed)
+        resp = SyncResponse.from_dict(parsed)  # type: ignore[attr-defined]
         resp.transport_response = transport_response
         return resp
 

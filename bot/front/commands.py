@@ -5,7 +5,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from bot.engine.policy import Policy, PolicyError, Readers, default_cap, parse_duration, shown
+from bot.engine.policy import (
+    Policy,
+    PolicyError,
+    Readers,
+    after_read_policy,
+    parse_duration,
+    parse_readers,
+    shown,
+)
 
 
 class CommandError(ValueError):
@@ -28,19 +36,6 @@ class SetPolicy:
 
 
 Command = Help | Status | SetPolicy
-
-
-def usage(prefix: str) -> str:
-    return (
-        f"{prefix} help: this text\n"
-        f"{prefix} status: the policy, whether I can enforce it, and what is pending\n"
-        f"{prefix} off: keep messages\n"
-        f"{prefix} after-send DUR: redact each message DUR after it was sent\n"
-        f"{prefix} after-read DUR [cap DUR] [readers all|any]: redact DUR after every "
-        f"member (or any member) has read it, and at the latest cap after sending\n"
-        "Durations: 30s, 5m, 1h30m, 2d, 1w. Only members who may send both policy state "
-        "events (room settings) may change the policy."
-    )
 
 
 def is_command(body: str, prefix: str) -> bool:
@@ -94,11 +89,7 @@ def _after_read(rest: list[str], prefix: str, default_cap_ms: int) -> Policy:
         if key == "cap":
             cap = parse_duration(value)
         elif key == "readers":
-            if value not in ("all", "any"):
-                raise CommandError(f"readers must be all or any, not {shown(value)}")
-            readers = Readers(value)
+            readers = parse_readers(value)
         else:
             raise CommandError(f"unknown option {shown(key)}; expected cap or readers")
-    if cap is None:
-        cap = default_cap(default_cap_ms, timer)
-    return Policy.after_read(timer, cap, readers)
+    return after_read_policy(timer, cap, readers, default_cap_ms)

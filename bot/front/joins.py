@@ -45,7 +45,7 @@ class JoinRetries:
             self._pending.pop(room_id, None)
             return None
         self._pending[room_id] = entry
-        return min(MAX_DELAY_S, FIRST_DELAY_S * 2 ** (entry.attempts - 1))
+        return min(MAX_DELAY_S, FIRST_DELAY_S * 2.0 ** (entry.attempts - 1))
 
     def done(self, room_id: str) -> bool:
         """The room was joined, or the invite is gone: True if it was pending."""

@@ -34,8 +34,8 @@ from nacl.exceptions import CryptoError
 from signedjson.key import decode_signing_key_base64, decode_verify_key_bytes
 from signedjson.sign import SignatureVerifyException, sign_json, verify_signed_json
 
+from bot.matrix.api import HomeserverUnavailable, HttpReply, MatrixHttp
 from bot.matrix.files import write_secret
-from bot.matrix.http import CLIENT_V3, HomeserverUnavailable, HttpReply, MatrixHttp
 
 log = logging.getLogger(__name__)
 
@@ -245,10 +245,7 @@ def read_identity(body: Mapping[str, Any], user_id: str) -> UserIdentity:
 
 
 async def query_identities(http: MatrixHttp, user_ids: list[str]) -> dict[str, UserIdentity]:
-    reply = await http.request(
-        "POST", f"{CLIENT_V3}/keys/query",
-        json={"device_keys": {user: [] for user in user_ids}, "timeout": 10_000},
-    )
+    reply = await http.query_keys({user: [] for user in user_ids}, timeout_ms=10_000)
     if not reply.ok:
         raise HomeserverUnavailable(f"/keys/query: HTTP {reply.status} {reply.errcode}")
     return {user: read_identity(reply.body, user) for user in user_ids}
@@ -269,8 +266,7 @@ async def _upload_keys(http: MatrixHttp, user_id: str, keys: SigningKeys,
     body: dict[str, Any] = {
         f"{usage}_key": keys.key_object(user_id, usage) for usage in USAGES
     }
-    path = f"{CLIENT_V3}/keys/device_signing/upload"
-    reply = await http.request("POST", path, json=body)
+    reply = await http.upload_signing_keys(body)
     if reply.status == 401 and "flows" in reply.body:
         # Replacing an existing identity needs user-interactive auth (a first upload
         # does not, MSC3967).
@@ -289,7 +285,7 @@ async def _upload_keys(http: MatrixHttp, user_id: str, keys: SigningKeys,
             "password": password,
             "session": reply.body.get("session"),
         }
-        reply = await http.request("POST", path, json=body)
+        reply = await http.upload_signing_keys(body)
     if not reply.ok:
         raise IdentityError(f"uploading the cross-signing keys failed: HTTP {reply.status} "
                             f"{reply.errcode} {str(reply.body.get('error', ''))[:200]}")
@@ -304,9 +300,7 @@ def _offers_password(reply: HttpReply) -> bool:
 
 async def _sign_device(http: MatrixHttp, user_id: str, device_id: str, device_ed25519: str,
                        keys: SigningKeys) -> None:
-    reply = await http.request(
-        "POST", f"{CLIENT_V3}/keys/query", json={"device_keys": {user_id: [device_id]}}
-    )
+    reply = await http.query_keys({user_id: [device_id]})
     devices = reply.body.get("device_keys", {}).get(user_id, {}) if reply.ok else {}
     device = devices.get(device_id) if isinstance(devices, Mapping) else None
     if not isinstance(device, Mapping):
@@ -321,7 +315,7 @@ async def _sign_device(http: MatrixHttp, user_id: str, device_id: str, device_ed
     plain = {k: v for k, v in device.items() if k not in ("unsigned", "signatures")}
     signed = sign_json(plain, user_id, keys.signer("self_signing"))
     upload = {user_id: {device_id: {**plain, "signatures": signed["signatures"]}}}
-    reply = await http.request("POST", f"{CLIENT_V3}/keys/signatures/upload", json=upload)
+    reply = await http.upload_signatures(upload)
     failures = reply.body.get("failures") if reply.ok else None
     if not reply.ok or failures:
         raise IdentityError(f"signing device {device_id} failed: HTTP {reply.status} "

@@ -73,6 +73,14 @@ def redacted_by(event: Mapping[str, Any]) -> str | None:
     return sender if isinstance(sender, str) else ""
 
 
+def is_redacted(event: Mapping[str, Any]) -> bool:
+    """Whether an event fetched again is redacted: marked so, or its content pruned."""
+    unsigned = event.get("unsigned")
+    if isinstance(unsigned, Mapping) and unsigned.get("redacted_because"):
+        return True
+    return not event.get("content")
+
+
 def to_item(event: Mapping[str, Any], *, in_timeline: bool = True) -> TimelineItem | None:
     event_id = _str(event.get("event_id"))
     sender = _str(event.get("sender"))

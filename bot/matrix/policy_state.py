@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 from bot.engine.model import PolicyEvent
 from bot.engine.policy import BEEPER_EVENT_TYPE, POLICY_EVENT_TYPE, POLICY_STATE_TYPES, Policy
 from bot.engine.power import PowerState, describe_level
-from bot.matrix.http import HomeserverUnavailable, MatrixHttp
+from bot.matrix.api import HomeserverUnavailable, MatrixHttp
 
 
 class PolicyWriteFailed(RuntimeError):

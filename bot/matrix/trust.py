@@ -17,9 +17,9 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from bot.matrix.api import MatrixHttp
 from bot.matrix.crosssigning import UserIdentity, fingerprint, query_identities
 from bot.matrix.files import write_secret
-from bot.matrix.http import MatrixHttp
 
 log = logging.getLogger(__name__)
 

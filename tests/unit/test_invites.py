@@ -6,7 +6,6 @@ from typing import Any
 
 from nio import SyncResponse
 
-from bot.front.handlers import SyncReader
 from bot.front.joins import (
     FIRST_DELAY_S,
     GIVE_UP_AFTER_S,
@@ -14,6 +13,7 @@ from bot.front.joins import (
     JoinRetries,
     load_pending,
 )
+from bot.front.reader import SyncReader
 
 BOT = "@lethe:ours.example"
 

@@ -9,7 +9,7 @@ from nio import SyncResponse
 
 from bot.engine.model import Message, PolicyEvent
 from bot.engine.policy import BEEPER_EVENT_TYPE, POLICY_EVENT_TYPE, Policy
-from bot.front.handlers import SyncReader
+from bot.front.reader import SyncReader
 from bot.matrix.events import to_item
 
 from .conftest import ADMIN, ALICE, BOB, BOT, ROOM, Harness

@@ -9,7 +9,7 @@ from nio import ReceiptEvent, SyncResponse
 
 from bot.engine.model import Receipt
 from bot.front.client import LetheClient
-from bot.front.handlers import SyncReader
+from bot.front.reader import SyncReader
 from bot.matrix.events import clean_receipts, ephemeral_by_room, receipts_from_ephemeral
 
 BOT = "@lethe:ours.example"

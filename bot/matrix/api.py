@@ -1,25 +1,26 @@
-"""A small client-server API client on aiohttp, for the calls whose exact status codes
-matter: redaction and its verification, state, and history paging.
+"""The client-server API on aiohttp: every endpoint Lethe calls without nio, for the
+calls whose exact status codes matter (redaction and its verification, state,
+history paging, joins, the appservice ping) and for the admin commands.
 
 matrix-nio retries 429s forever and hides status codes; the redaction path needs
 ``retry_after_ms``, 403 vs 404, and a transaction id it chose itself. The bridge
-uses the same class with an appservice token and ``user_id`` masquerading.
+uses the same class with an appservice token and ``user_id`` masquerading. Nothing
+here knows the engine (bot/matrix/transport.py adapts this to it).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
 
 import aiohttp
 
-from bot.engine.redactor import REDACTION_REASON, Outcome, Reply
-
 log = logging.getLogger(__name__)
 
+CLIENT_V1 = "/_matrix/client/v1"
 CLIENT_V3 = "/_matrix/client/v3"
 
 
@@ -129,73 +130,89 @@ class MatrixHttp:
 
     async def messages(self, room_id: str, start: str | None, direction: str = "b",
                        limit: int = 100, **params: str) -> HttpReply:
-        query = {"dir": direction, "limit": str(limit), **params}
-        if start:
-            query["from"] = start
+        query = {**messages_query(start, limit, direction), **params}
         return await self.request(
             "GET", f"{CLIENT_V3}/rooms/{q(room_id)}/messages", params=query
         )
 
+    async def event(self, room_id: str, event_id: str, **params: str) -> HttpReply:
+        return await self.request(
+            "GET", f"{CLIENT_V3}/rooms/{q(room_id)}/event/{q(event_id)}",
+            params=params or None,
+        )
 
-def reply_outcome(reply: HttpReply) -> Reply:
-    """Classify an error reply for the redactor."""
-    if reply.status == 429 or reply.errcode == "M_LIMIT_EXCEEDED":
-        return Reply(Outcome.RATE_LIMITED, reply.retry_after_ms, "rate limited")
-    if reply.status == 403:
-        return Reply(Outcome.FORBIDDEN, detail=reply.errcode or "forbidden")
-    if reply.status == 404:
-        return Reply(Outcome.NOT_FOUND, detail=reply.errcode or "not found")
-    if reply.status >= 500:
-        return Reply(Outcome.TRANSIENT, detail=f"HTTP {reply.status}")
-    return Reply(Outcome.NOT_FOUND, detail=f"rejected: HTTP {reply.status} {reply.errcode}")
+    async def redact(self, room_id: str, event_id: str, txn_id: str, reason: str,
+                     **params: str) -> HttpReply:
+        return await self.request(
+            "PUT", f"{CLIENT_V3}/rooms/{q(room_id)}/redact/{q(event_id)}/{q(txn_id)}",
+            json={"reason": reason}, params=params or None,
+        )
+
+    async def join(self, room_id: str) -> HttpReply:
+        return await self.request("POST", f"{CLIENT_V3}/rooms/{q(room_id)}/join", json={})
+
+    async def leave(self, room_id: str) -> HttpReply:
+        return await self.request("POST", f"{CLIENT_V3}/rooms/{q(room_id)}/leave", json={})
+
+    async def whoami(self) -> HttpReply:
+        return await self.request("GET", f"{CLIENT_V3}/account/whoami")
+
+    async def joined_rooms(self) -> HttpReply:
+        return await self.request("GET", f"{CLIENT_V3}/joined_rooms")
+
+    async def resolve_alias(self, alias: str) -> HttpReply:
+        return await self.request("GET", f"{CLIENT_V3}/directory/room/{q(alias)}")
+
+    async def query_keys(self, device_keys: Mapping[str, list[str]],
+                         timeout_ms: int | None = None) -> HttpReply:
+        body: dict[str, Any] = {"device_keys": device_keys}
+        if timeout_ms is not None:
+            body["timeout"] = timeout_ms
+        return await self.request("POST", f"{CLIENT_V3}/keys/query", json=body)
+
+    async def upload_signing_keys(self, body: Mapping[str, Any]) -> HttpReply:
+        return await self.request("POST", f"{CLIENT_V3}/keys/device_signing/upload",
+                                  json=body)
+
+    async def upload_signatures(self, body: Mapping[str, Any]) -> HttpReply:
+        return await self.request("POST", f"{CLIENT_V3}/keys/signatures/upload", json=body)
+
+    async def ping_appservice(self, appservice_id: str, txn_id: str) -> HttpReply:
+        """Ask the homeserver to ping the appservice back (MSC2659)."""
+        return await self.request("POST", f"{CLIENT_V1}/appservice/{q(appservice_id)}/ping",
+                                  json={"transaction_id": txn_id})
 
 
-def is_redacted(event: Mapping[str, Any]) -> bool:
-    unsigned = event.get("unsigned")
-    if isinstance(unsigned, Mapping) and unsigned.get("redacted_because"):
-        return True
-    return not event.get("content")
+def messages_query(start: str | None, limit: int, direction: str = "b") -> dict[str, str]:
+    """The query of one ``/messages`` page from ``start`` (None: the newest end)."""
+    query = {"dir": direction, "limit": str(limit)}
+    if start:
+        query["from"] = start
+    return query
 
 
-class HttpTransport:
-    """The engine's Transport over the client-server API.
+async def page_back(
+    fetch: Callable[[str | None], Awaitable[Mapping[str, Any]]],
+    start: str | None,
+    *,
+    max_pages: int | None = None,
+) -> AsyncIterator[Mapping[str, Any]]:
+    """The one ``/messages`` pager: the body of each page back from ``start``, which
+    ``fetch`` gets for a token (judging the reply its caller's way). It ends after a
+    page without events or without an ``end`` token (the start of the room), or after
+    ``max_pages``; the caller judges each page's ``chunk``."""
+    token = start
+    pages = 0
+    while max_pages is None or pages < max_pages:
+        pages += 1
+        body = await fetch(token)
+        yield body
+        if reached_start(body):
+            return
+        token = str(body["end"])
 
-    ``as_user`` maps an event's sender to the ``user_id`` to act as (appservice
-    masquerading), or None to act as the token's own user.
-    """
 
-    def __init__(self, http: MatrixHttp, as_user: Any = None) -> None:
-        self._http = http
-        self._as_user = as_user
-
-    def _params(self, sender: str) -> dict[str, str] | None:
-        user = self._as_user(sender) if self._as_user is not None else None
-        return {"user_id": user} if user else None
-
-    async def redact(self, room_id: str, event_id: str, sender: str, txn_id: str) -> Reply:
-        try:
-            reply = await self._http.request(
-                "PUT",
-                f"{CLIENT_V3}/rooms/{q(room_id)}/redact/{q(event_id)}/{q(txn_id)}",
-                json={"reason": REDACTION_REASON},
-                params=self._params(sender),
-            )
-        except HomeserverUnavailable as exc:
-            return Reply(Outcome.TRANSIENT, detail=str(exc))
-        if not reply.ok:
-            return reply_outcome(reply)
-        redaction_id = reply.body.get("event_id") if isinstance(reply.body, Mapping) else None
-        return Reply(Outcome.OK, event_id=redaction_id if isinstance(redaction_id, str) else None)
-
-    async def check(self, room_id: str, event_id: str, sender: str) -> Reply:
-        try:
-            reply = await self._http.request(
-                "GET",
-                f"{CLIENT_V3}/rooms/{q(room_id)}/event/{q(event_id)}",
-                params=self._params(sender),
-            )
-        except HomeserverUnavailable as exc:
-            return Reply(Outcome.TRANSIENT, detail=str(exc))
-        if reply.ok:
-            return Reply(Outcome.REDACTED if is_redacted(reply.body) else Outcome.PRESENT)
-        return reply_outcome(reply)
+def reached_start(body: Mapping[str, Any]) -> bool:
+    """Whether a ``/messages`` page is the last one back: no events or no ``end``."""
+    chunk = body.get("chunk")
+    return not isinstance(chunk, list) or not chunk or not isinstance(body.get("end"), str)

@@ -1,4 +1,5 @@
-"""Read a nio sync response into engine updates and follow-up work, without I/O.
+"""The sync reader: a nio sync response read into engine updates and follow-up work,
+without I/O.
 
 The bot persists the updates (one engine transaction, with the sync token) and
 only then hands the follow-up work (joins, commands, notices, power checks) to
@@ -13,13 +14,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from nio import InviteMemberEvent, MegolmEvent, ReceiptEvent, RoomMessageText, SyncResponse
+from nio import InviteMemberEvent, ReceiptEvent, RoomMessageText, SyncResponse
 
 from bot.engine.model import MemberChange, Message, PolicyEvent, Receipt, RoomUpdate, TimelineItem
 from bot.engine.power import PowerState
 from bot.front.commands import is_command
 from bot.matrix.events import receipts_from_ephemeral, to_item, to_items
-from bot.matrix.policy_state import policy_refusal
+from bot.matrix.roomstate import PowerSource, checked
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +30,8 @@ COMMAND_MAX_AGE_MS = 10 * 60 * 1000
 
 @dataclass(frozen=True)
 class Invite:
+    """An invite of the bot: the action worker joins the room, or refuses."""
+
     room_id: str
     inviter: str | None
 
@@ -49,7 +52,6 @@ class SyncReading:
     commands: list[CommandRequest] = field(default_factory=list)
     # Rooms whose create or power levels event arrived: power must be re-checked.
     power_changed: set[str] = field(default_factory=set)
-    undecryptable: int = 0
     # Commands seen but deliberately not run (a schedule rebuilt after a lost database).
     commands_skipped: int = 0
 
@@ -64,14 +66,13 @@ def _source(event: Any) -> Mapping[str, Any] | None:
 
 
 class SyncReader:
-    """Holds what must survive between syncs: the create and power levels events of each
-    room (for power checks), read from the state the homeserver sends."""
+    """Holds what must survive between syncs: the power of each room (its create and
+    power levels events), read from the state the homeserver sends."""
 
     def __init__(self, bot_user_id: str, prefix: str) -> None:
         self.bot_user_id = bot_user_id
         self.prefix = prefix
-        self.create_events: dict[str, Mapping[str, Any]] = {}
-        self.power_levels: dict[str, Mapping[str, Any]] = {}
+        self.power_sources: dict[str, PowerSource] = {}
         self._ephemeral: Mapping[str, object] | None = None
         self._run_commands = True
 
@@ -117,15 +118,17 @@ class SyncReader:
         return None
 
     def _watch_power(self, room_id: str, source: Mapping[str, Any], reading: SyncReading) -> None:
-        if source.get("state_key") != "":
-            return
-        if source.get("type") == "m.room.create":
-            self.create_events[room_id] = source
+        if self.power_sources.setdefault(room_id, PowerSource()).observe(source):
             reading.power_changed.add(room_id)
-        elif source.get("type") == "m.room.power_levels":
-            content = source.get("content")
-            self.power_levels[room_id] = content if isinstance(content, Mapping) else {}
-            reading.power_changed.add(room_id)
+
+    def power(self, room_id: str) -> PowerState:
+        """The room's power as its state last said (nobody's, for a room not seen)."""
+        return self.power_sources.get(room_id, PowerSource()).power
+
+    def knows(self, room_id: str) -> bool:
+        """Whether the room's create event was seen: a room the bot is in."""
+        room = self.power_sources.get(room_id)
+        return room is not None and room.create is not None
 
     def _room(
         self,
@@ -137,6 +140,7 @@ class SyncReader:
         reading: SyncReading,
     ) -> RoomUpdate:
         items: list[TimelineItem] = []
+        source: Mapping[str, Any] | None  # one raw event at a time, in each loop below
         state_sources = [s for s in (_source(e) for e in info.state) if s is not None]
         for source in state_sources:
             self._watch_power(room_id, source, reading)
@@ -194,8 +198,6 @@ class SyncReader:
                 continue
             if index == start:
                 seen_join = True
-            if isinstance(event, MegolmEvent):
-                reading.undecryptable += 1
             if (
                 seen_join
                 and isinstance(item, Message)
@@ -216,13 +218,8 @@ class SyncReader:
 
     def _checked(self, room_id: str, item: TimelineItem) -> TimelineItem:
         """A policy event marked refused if its sender may not send both policy state
-        events under the power levels at this point of the timeline (policy_refusal)."""
-        if not isinstance(item, PolicyEvent) or item.redacted_by is not None:
-            return item
-        power = PowerState.from_state(self.create_events.get(room_id),
-                                      self.power_levels.get(room_id))
-        reason = policy_refusal(power, item.sender)
-        return item if reason is None else replace(item, refused=reason)
+        events under the power levels at this point of the timeline."""
+        return checked(item, self.power(room_id))
 
     def _checked_state(
         self, room_id: str, items: list[TimelineItem], is_new: bool

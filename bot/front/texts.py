@@ -1,0 +1,102 @@
+"""Every text the bot sends into a room, in one place: replies to commands, notices
+of policy and power changes, and `!lethe status`. (Malformed commands are answered
+with the parse error, bot/front/commands.py.) Pure: no I/O, no content of anyone's
+messages."""
+
+from __future__ import annotations
+
+from bot.engine.engine import RoomStatus
+from bot.engine.model import InvalidPolicy
+from bot.engine.policy import Policy
+from bot.engine.power import PowerState, describe_level
+from bot.front.untracked import UntrackedSpan, when
+
+
+def usage(prefix: str) -> str:
+    return (
+        f"{prefix} help: this text\n"
+        f"{prefix} status: the policy, whether I can enforce it, and what is pending\n"
+        f"{prefix} off: keep messages\n"
+        f"{prefix} after-send DUR: redact each message DUR after it was sent\n"
+        f"{prefix} after-read DUR [cap DUR] [readers all|any]: redact DUR after every "
+        f"member (or any member) has read it, and at the latest cap after sending\n"
+        "Durations: 30s, 5m, 1h30m, 2d, 1w. Only members who may send both policy state "
+        "events (room settings) may change the policy."
+    )
+
+
+def hello(prefix: str, policy: Policy) -> str:
+    """When the bot meets a room."""
+    p = prefix
+    return (f"Lethe is here to make messages disappear. Policy: {policy.describe()}. "
+            f"Set one with `{p} after-send 1d` or `{p} after-read 1h`; `{p} help` for more.")
+
+
+def cannot_redact_others(power: PowerState, bot_user_id: str) -> str:
+    level = describe_level(power.level(bot_user_id))
+    return (f"I cannot redact other people's messages here: my power level is {level} "
+            f"and redacting needs {power.redact}. Give me power level {power.redact} "
+            "(moderator) so the policy can be enforced; until then expired messages "
+            "stay and I keep them scheduled.")
+
+
+CAN_REDACT_OTHERS_AGAIN = ("I can redact messages here again; the policy is enforced, "
+                           "including what came due meanwhile.")
+
+
+def policy_changed(sender: str | None, policy: Policy) -> str:
+    return f"{sender} changed the retention policy: {policy.describe()}"
+
+
+def operator_changed_policy(policy: Policy) -> str:
+    """A change made with the bot's account elsewhere (`lethe policy set|clear`)."""
+    return f"The bot's operator changed the retention policy: {policy.describe()}"
+
+
+def invalid_policy(bad: InvalidPolicy) -> str:
+    return (f"Ignoring the {bad.event_type} state event from {bad.sender}: {bad.reason}. "
+            "The policy is unchanged.")
+
+
+def command_error(sender: str, error: Exception) -> str:
+    return f"{sender}: {error}"
+
+
+def sender_may_not_change_policy(sender: str, needed: int, power: PowerState) -> str:
+    return (f"{sender}: you may not change the retention policy here: that needs "
+            f"power level {needed}, you have {describe_level(power.level(sender))}. "
+            "Nothing was changed.")
+
+
+def bot_may_not_change_policy(needed: int) -> str:
+    return f"I may not change room settings here (I need power level {needed}). " \
+        "Nothing was changed."
+
+
+POLICY_WRITE_FAILED = "Could not write the policy to the room state; please try again."
+
+
+def status_text(status: RoomStatus | None, power: PowerState, bot_user_id: str,
+                untracked: UntrackedSpan | None = None) -> str:
+    """`!lethe status`: the policy, whether it can be enforced, and what is pending."""
+    if status is None:
+        return "I have not seen this room's state yet; try again in a moment."
+    lines = [f"Policy: {status.policy.describe()}"]
+    if status.policy_sender:
+        lines[0] += f", set by {status.policy_sender}"
+    level = power.level(bot_user_id)
+    if power.can_redact_others(bot_user_id):
+        lines.append(f"Enforcement: yes (my power level {describe_level(level)}, "
+                     f"redacting needs {power.redact})")
+    else:
+        lines.append(f"Enforcement: NO, I cannot redact other people's messages: my power level "
+                     f"is {describe_level(level)}, redacting needs {power.redact}")
+    pending = f"Pending: {status.pending} message(s)"
+    if status.next_due is not None:
+        pending += f", next due {when(status.next_due)}"
+    lines.append(pending)
+    lines.append(f"Redacted so far: {status.redacted}" +
+                 (f"; unconfirmed failures: {status.failed}" if status.failed else ""))
+    if untracked is not None:
+        lines.append(f"Not tracked: {untracked.describe()}")
+    return "\n".join(lines)
