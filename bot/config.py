@@ -17,6 +17,7 @@ from urllib.parse import urlparse
 import yaml
 
 from bot.engine.policy import PolicyError, parse_duration
+from bot.errors import SetupError
 
 DEFAULT_PREFIX = "!lethe"
 DEFAULT_CAP = "7d"
@@ -31,7 +32,7 @@ _FIXED_PHRASE = re.compile(r"^[a-z ,<>]+$")
 SECRET_KEYS = frozenset({"bot.password", "e2ee.pickle_key"})
 
 
-class ConfigError(ValueError):
+class ConfigError(SetupError, ValueError):
     """The configuration cannot be used."""
 
 
@@ -254,7 +255,8 @@ def read_config_file(path: Path) -> ConfigReader:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found (copy config.example.yaml)") from None
+        raise ConfigError(f"{path}: config file not found (start from `lethe config "
+                          "example`)") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
     try:

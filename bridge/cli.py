@@ -8,22 +8,14 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
+from typing import Any
 
 import click
 
-from bot.cli.main import (
-    EXIT_CONFIG,
-    EXIT_HOMESERVER,
-    EXIT_USAGE,
-    Fail,
-    config_option,
-    run_async,
-    setup_logging,
-    stop_on_signals,
-)
+from bot.cli.common import config_option, config_path, run_async, setup_logging, stop_on_signals
 from bot.cli.output import json_option
-from bot.config import ConfigError
 from bot.engine.store import RoomRow, Store
+from bot.errors import HomeserverError, SetupError, UsageError
 from bot.runlock import hold
 from bridge.config import BridgeConfig, load_bridge_config
 from bridge.registration import RegistrationError, build_registration, write_registration
@@ -32,14 +24,7 @@ log = logging.getLogger("bridge.cli")
 
 
 def _config(ctx: click.Context) -> BridgeConfig:
-    path = (ctx.find_root().obj or {}).get("config_path")
-    if path is None:
-        raise Fail("no config given: use lethe -c CONFIG bridge ... (see config.example.yaml)",
-                   EXIT_USAGE)
-    try:
-        return load_bridge_config(path)
-    except ConfigError as exc:
-        raise Fail(str(exc), EXIT_CONFIG) from None
+    return load_bridge_config(config_path(ctx, "lethe -c CONFIG bridge ..."))
 
 
 @click.group()
@@ -62,9 +47,9 @@ def registration(ctx: click.Context, url: str, out: Path | None, force: bool) ->
     try:
         write_registration(path, build_registration(config, url), force=force)
     except RegistrationError as exc:
-        raise Fail(str(exc), EXIT_USAGE) from None
+        raise UsageError(str(exc)) from None
     except OSError as exc:
-        raise Fail(f"{path}: cannot write: {exc.strerror}", EXIT_CONFIG) from None
+        raise SetupError(f"{path}: cannot write: {exc.strerror}") from None
     click.echo(f"wrote {path} (mode 0600; it holds the bridge's tokens). Add it to "
                "homeserver.yaml and restart the homeserver:\n"
                f"  app_service_config_files:\n    - {path.resolve()}")
@@ -91,9 +76,9 @@ def run(ctx: click.Context) -> None:
     try:
         run_async(go)
     except (RegistrationError, CannotListen) as exc:
-        raise Fail(str(exc), EXIT_CONFIG) from None
+        raise SetupError(str(exc)) from None
     except RegistrationNotLoaded as exc:
-        raise Fail(str(exc), EXIT_HOMESERVER) from None
+        raise HomeserverError(str(exc)) from None
 
 
 @bridge.command()
@@ -117,7 +102,7 @@ def rooms(ctx: click.Context, as_json: bool) -> None:
             owners = load_owners(await store.get_meta(OWNERS_META))
         finally:
             await store.close()
-        found = []
+        found: list[dict[str, Any]] = []
         for row in rows:
             schedule = schedules.get(row.room_id)
             found.append({

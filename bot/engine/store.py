@@ -22,6 +22,7 @@ from typing import Any
 import aiosqlite
 
 from bot.engine.policy import Mode, Policy, PolicyError, Readers, StatePolicy, policy_from_state
+from bot.errors import SetupError
 
 # Event status values.
 WAITING = 0  # tracked; due_at set when its deadline is known
@@ -164,7 +165,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
-class StoreError(RuntimeError):
+class StoreError(SetupError, RuntimeError):
     """The database cannot be used; the message names the file and the problem."""
 
 

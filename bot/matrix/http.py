@@ -17,13 +17,14 @@ from urllib.parse import quote
 import aiohttp
 
 from bot.engine.redactor import REDACTION_REASON, Outcome, Reply
+from bot.errors import HomeserverError
 
 log = logging.getLogger(__name__)
 
 CLIENT_V3 = "/_matrix/client/v3"
 
 
-class HomeserverUnavailable(ConnectionError):
+class HomeserverUnavailable(HomeserverError, ConnectionError):
     """No HTTP answer from the homeserver (refused, reset, timed out)."""
 
 
