@@ -158,7 +158,7 @@ def _default_policy(r: ConfigReader, bridge: dict[str, Any], default_cap_ms: int
     if unknown:
         raise r.fail(f"{key}.{unknown[0]}", "unknown key; expected mode, timer, cap or readers")
     try:
-        mode = Mode(raw.get("mode"))
+        mode = Mode(str(raw.get("mode")))
     except ValueError:
         raise r.fail(f"{key}.mode", f"must be off, after_send or after_read, "
                                     f"not {raw.get('mode')!r}") from None
