@@ -67,3 +67,14 @@ def test_the_commands_do_not_import_the_entry_point() -> None:
         "assert 'bot.cli.main' not in sys.modules, 'imported bot.cli.main'",
     ])
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, timeout=60)
+
+
+def test_only_the_edge_knows_click_exceptions() -> None:
+    """Service code raises bot/errors.py kinds; Lethe.invoke turns them into exits."""
+    raising = [
+        str(path.relative_to(ROOT))
+        for folder in ("bot", "bridge") for path in sorted((ROOT / folder).rglob("*.py"))
+        if any(name in path.read_text(encoding="utf-8")
+               for name in ("ClickException", "click.UsageError", "click.BadParameter"))
+    ]
+    assert raising == []
