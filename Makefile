@@ -1,4 +1,5 @@
 # Quick start: `make demo` (a local Synapse, a bot, messages disappearing) and `make test`.
+# While working: `make test-unit` (no homeserver, the fast loop) and `make lint`.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -7,7 +8,7 @@ STAMP := $(VENV)/.installed-test
 INTEROP := tests/interop
 INTEROP_STAMP := $(INTEROP)/node_modules/.installed
 
-.PHONY: demo test lint bench install interop clean
+.PHONY: demo test test-unit lint bench install interop clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,12 +37,18 @@ demo: $(STAMP)
 test: $(STAMP) $(INTEROP_STAMP)
 	$(BIN)/python -m pytest -q
 
+# The tests that start no homeserver (tests/conftest.py marks the others `synapse`).
+test-unit: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not synapse"
+
 # Benchmarks are not tests: each prints a table and writes bench/results/NAME.json.
 bench: $(STAMP)
 	for b in bench/bench_*.py; do $(BIN)/python -m bench.$$(basename $$b .py) || exit 1; done
 
+# mypy reads its settings (strict, bot and bridge) from pyproject.toml.
 lint: $(STAMP)
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info $(INTEROP)/node_modules

@@ -16,7 +16,9 @@ from urllib.parse import urlparse
 
 import yaml
 
+from bot.engine.ids import server_name
 from bot.engine.policy import PolicyError, parse_duration
+from bot.errors import SetupError
 
 DEFAULT_PREFIX = "!lethe"
 DEFAULT_CAP = "7d"
@@ -31,7 +33,7 @@ _FIXED_PHRASE = re.compile(r"^[a-z ,<>]+$")
 SECRET_KEYS = frozenset({"bot.password", "e2ee.pickle_key"})
 
 
-class ConfigError(ValueError):
+class ConfigError(SetupError, ValueError):
     """The configuration cannot be used."""
 
 
@@ -48,7 +50,7 @@ class BotConfig:
 
     @property
     def server_name(self) -> str:
-        return self.user_id.split(":", 1)[1]
+        return server_name(self.user_id)
 
 
 @dataclass(frozen=True)
@@ -254,7 +256,8 @@ def read_config_file(path: Path) -> ConfigReader:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found (copy config.example.yaml)") from None
+        raise ConfigError(f"{path}: config file not found (start from `lethe config "
+                          "example`)") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
     try:
@@ -330,7 +333,7 @@ def load_config(path: Path | str, env: dict[str, str] | None = None) -> Config:
         raise r.fail("e2ee.trust", f"must be 'tofu' or 'verified', not {trust!r}")
 
     invites = r.section("invites")
-    server = user_id.split(":", 1)[1]
+    server = server_name(user_id)
     invites_allow = r.globs(invites, "invites.allow", (f"@*:{server}",))
 
     commands = r.section("commands")

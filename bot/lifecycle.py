@@ -20,7 +20,6 @@ from typing import Any
 from bot.config import MetricsConfig
 from bot.engine.engine import Engine, EngineConfig
 from bot.engine.redactor import Transport
-from bot.engine.store import Store
 from bot.metrics import Front, LetheMetrics, MetricsServer
 from bot.runlock import RunLock, hold
 
@@ -42,14 +41,13 @@ class FrontLife:
         transport: Transport,
         config: EngineConfig,
         on_park: Callable[[str, str], Awaitable[None]],
-        needs_can_redact_others: Callable[[str], bool] | None = None,
+        is_other_sender: Callable[[str], bool] | None = None,
     ) -> Engine:
-        """The engine on the front's database, started. ``needs_can_redact_others``
-        says whose events need the permission to redact others' messages (default: all
-        but the bot's own)."""
-        store = await Store.open(db_path)
-        engine = Engine(store, transport, config, on_park=on_park,
-                        needs_power=needs_can_redact_others)
+        """The engine on the front's database, started. ``is_other_sender`` says whose
+        events need the permission to redact others' messages (default: all but the
+        bot's own)."""
+        engine = await Engine.open(db_path, transport, config, on_park=on_park,
+                                   is_other_sender=is_other_sender)
         await engine.start()
         self._engine = engine
         return engine
@@ -58,7 +56,7 @@ class FrontLife:
         if config is None or self._engine is None:
             return
         metrics = LetheMetrics(front)
-        self._engine.scheduler.observe_redactions(metrics.observe_redaction)
+        self._engine.observe_redactions(metrics.observe_redaction)
         self._metrics_server = MetricsServer(config, front, metrics)
         await self._metrics_server.start()
 

@@ -15,10 +15,12 @@ import fcntl
 import os
 from pathlib import Path
 
+from bot.errors import SetupError
+
 BOT_LOCK = "lethe.lock"  # in data_dir, next to lethe.db
 
 
-class AlreadyRunning(RuntimeError):
+class AlreadyRunning(SetupError, RuntimeError):
     """Another process holds the lock; the message names it and the way out."""
 
 

@@ -90,9 +90,9 @@ class Bridge:
                 echo_wait_ms=ECHO_WAIT_MS,
             ),
             self._on_park,
-            needs_can_redact_others=lambda sender: not config.is_local(sender),
+            is_other_sender=lambda sender: not config.is_local(sender),
         )
-        owners = load_owners(await engine.store.get_meta(OWNERS_META))
+        owners = load_owners(await engine.get_meta(OWNERS_META))
         self._state = StateFetcher(http, config, self.stats)
         self._follow = FollowUp(config, engine, http, self._reader, self.stats, owners)
         await self.life.start_metrics(config.metrics, self)
@@ -138,7 +138,7 @@ class Bridge:
 
     @property
     def scheduler_alive(self) -> bool:
-        return self.engine is not None and self.engine.scheduler.alive
+        return self.engine is not None and self.engine.scheduler_alive
 
     # --- ping ----------------------------------------------------------------
 
@@ -190,7 +190,7 @@ class Bridge:
                 raise TryLater("the bridge is stopping")
             txn_id = txn.txn_id
             self.stats.largest_transaction = max(self.stats.largest_transaction, txn.size)
-            if await self.engine.store.appservice_txn_done(txn_id):
+            if await self.engine.appservice_txn_done(txn_id):
                 self.stats.duplicates += 1
                 log.info("transaction %s was already processed; acknowledged again",
                          shown(txn_id))

@@ -12,20 +12,11 @@ from typing import Any
 
 import click
 
-from bot.cli.main import (
-    EXIT_CONFIG,
-    EXIT_HOMESERVER,
-    EXIT_USAGE,
-    Fail,
-    config_option,
-    run_async,
-    setup_logging,
-    stop_on_signals,
-)
+from bot.cli.common import config_option, config_path, run_async, setup_logging, stop_on_signals
 from bot.cli.output import json_option
-from bot.config import ConfigError
 from bot.engine.model import RoomRow
 from bot.engine.store import Store
+from bot.errors import HomeserverError, SetupError, UsageError
 from bridge.config import BridgeConfig, load_bridge_config
 from bridge.registration import RegistrationError, build_registration, write_registration
 
@@ -33,14 +24,7 @@ log = logging.getLogger("bridge.cli")
 
 
 def _config(ctx: click.Context) -> BridgeConfig:
-    path = (ctx.find_root().obj or {}).get("config_path")
-    if path is None:
-        raise Fail("no config given: use lethe -c CONFIG bridge ... (see config.example.yaml)",
-                   EXIT_USAGE)
-    try:
-        return load_bridge_config(path)
-    except ConfigError as exc:
-        raise Fail(str(exc), EXIT_CONFIG) from None
+    return load_bridge_config(config_path(ctx, "lethe -c CONFIG bridge ..."))
 
 
 @click.group()
@@ -63,9 +47,9 @@ def registration(ctx: click.Context, url: str, out: Path | None, force: bool) ->
     try:
         write_registration(path, build_registration(config, url), force=force)
     except RegistrationError as exc:
-        raise Fail(str(exc), EXIT_USAGE) from None
+        raise UsageError(str(exc)) from None
     except OSError as exc:
-        raise Fail(f"{path}: cannot write: {exc.strerror}", EXIT_CONFIG) from None
+        raise SetupError(f"{path}: cannot write: {exc.strerror}") from None
     click.echo(f"wrote {path} (mode 0600; it holds the bridge's tokens). Add it to "
                "homeserver.yaml and restart the homeserver:\n"
                f"  app_service_config_files:\n    - {path.resolve()}")
@@ -91,9 +75,9 @@ def run(ctx: click.Context) -> None:
     try:
         run_async(go)
     except (RegistrationError, CannotListen) as exc:
-        raise Fail(str(exc), EXIT_CONFIG) from None
+        raise SetupError(str(exc)) from None
     except RegistrationNotLoaded as exc:
-        raise Fail(str(exc), EXIT_HOMESERVER) from None
+        raise HomeserverError(str(exc)) from None
 
 
 @bridge.command()
@@ -124,7 +108,7 @@ def rooms(ctx: click.Context, as_json: bool) -> None:
                 "room_id": row.room_id,
                 "policy": policy_json(row.policy),
                 "policy_sender": row.policy_sender,
-                "can_enforce": row.can_redact,
+                "can_enforce": row.can_redact_others,
                 # None: the bridge; else the Lethe bot (bridge.defer_to) that has power
                 # and a policy there, which owns what is sent while it stays so.
                 "enforced_by": owners.get(row.room_id),
@@ -159,7 +143,7 @@ def rooms(ctx: click.Context, as_json: bool) -> None:
 
 
 def _enforced(row: RoomRow) -> str:
-    if row.can_redact:
+    if row.can_redact_others:
         return "yes"
     level = "unknown" if row.bot_level is None else row.bot_level
     return (f"NO (remote senders: the bridge's bot must be joined with power level "

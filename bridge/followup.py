@@ -52,8 +52,7 @@ class FollowUp:
         else:
             self._owners[view.room_id] = owner
         log.info("%s is enforced by %s", view.room_id, owner or "the bridge")
-        async with self._engine.store.transaction():
-            await self._engine.store.set_meta(OWNERS_META, json.dumps(self._owners))
+        await self._engine.set_meta(OWNERS_META, json.dumps(self._owners))
 
     async def _record_power(self, view: RoomView) -> None:
         await self._record_owner(view)

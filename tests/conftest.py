@@ -11,6 +11,19 @@ import pytest
 from bot.devtools.localsynapse import LocalSynapse, synapse_available
 from tests.harness import BotHandle, Person, unique, write_bot_config
 
+# Every fixture that starts a homeserver (here and in test modules: add a new one
+# here). A test that uses one, directly or through another fixture, is marked
+# `synapse`: `make test-unit` (-m "not synapse") leaves it out.
+HOMESERVER_FIXTURES = frozenset({
+    "synapse", "federation", "bridge_server", "outage_hs", "limited_hs",
+})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if HOMESERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.synapse)
+
 
 @pytest.fixture(scope="session")
 def synapse(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSynapse]:

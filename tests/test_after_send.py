@@ -30,7 +30,7 @@ async def test_redactions_are_confirmed_by_their_echo_not_by_fetching(people, le
     await eventually(all_redacted(bob, room, *sent), 30, what="all six redacted for bob")
 
     async def settled() -> bool:
-        return await engine.store.pending_count(room) == 0
+        return await engine._store.pending_count(room) == 0
 
     await eventually(settled, 30, what="nothing pending in the room")
     stats = engine.stats

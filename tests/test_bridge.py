@@ -134,7 +134,7 @@ class BridgeHandle:
     async def tracked(self, *event_ids: str) -> None:
         """Wait until the bridge has stored these events (pushed and committed)."""
         assert self.bridge is not None and self.bridge.engine is not None
-        store = self.bridge.engine.store
+        store = self.bridge.engine._store
 
         async def known() -> bool:
             return await store.known_event_ids(event_ids) == set(event_ids)
@@ -455,7 +455,7 @@ async def test_same_transaction_twice_is_processed_once(
     alice, _, room = await encrypted_room(people)
     known = await alice.send(room, "canary-bridge makes the room known")
     await handle.tracked(known)
-    store = handle.bridge.engine.store
+    store = handle.bridge.engine._store
 
     now = int(time.time() * 1000)
     message = {"type": "m.room.message", "room_id": room, "sender": alice.user_id,
@@ -482,7 +482,7 @@ async def test_same_transaction_twice_is_processed_once(
     await handle.stop()
     await handle.start()
     assert (await push(bridge_server, txn, {"events": [message]}))[0] == 200
-    assert await handle.bridge.engine.store.known_event_ids([message["event_id"]]) == set()
+    assert await handle.bridge.engine._store.known_event_ids([message["event_id"]]) == set()
     assert handle.bridge.stats.duplicates == 1
 
 
@@ -517,7 +517,7 @@ async def test_redactions_are_confirmed_by_their_pushed_echo(bridges, people) ->
     engine = handle.bridge.engine
 
     async def settled() -> bool:
-        return await engine.store.pending_count(room) == 0
+        return await engine._store.pending_count(room) == 0
 
     await eventually(settled, 30, what="nothing pending in the room")
     stats = engine.stats
@@ -561,13 +561,13 @@ async def test_remote_sender_without_power_is_reported_not_retried(
     assert "not enforceable" in caplog.text
 
     async def parked() -> bool:
-        event = await engine.store.pending(room)
+        event = await engine._store.pending(room)
         return [(e.event_id, e.status) for e in event] == [
             (message["event_id"], EventStatus.PARKED)]
 
     await eventually(parked, 20, what="the remote message parked")
     assert await stays(parked, 2), "a parked event was picked up again"
-    async with engine.store.conn.execute(
+    async with engine._store.conn.execute(
         "SELECT attempts FROM events WHERE event_id = ?", (message["event_id"],)
     ) as cur:
         assert (await cur.fetchone())[0] == 0, "a redaction was attempted without power"
@@ -590,7 +590,7 @@ async def test_remote_sender_without_power_is_reported_not_retried(
                      what="the bridge's bot joining on the invite")
 
     async def failed() -> bool:
-        return [e.status for e in await engine.store.pending(room)] == [EventStatus.FAILED]
+        return [e.status for e in await engine._store.pending(room)] == [EventStatus.FAILED]
 
     await eventually(failed, 20, what="the unknown remote event given up on")
     status = await engine.status(room)
@@ -694,7 +694,7 @@ async def test_rooms_from_before_the_bridge_are_read_from_state(
         message = await alice.send(room, "canary-bridge after the bridge came")
         await handle.tracked(message)
         engine = handle.bridge.engine
-        async with engine.store.conn.execute(
+        async with engine._store.conn.execute(
             "SELECT user_id FROM members WHERE room_id = ?", (room,)
         ) as cur:
             assert {r[0] for r in await cur.fetchall()} == {

@@ -283,7 +283,7 @@ async def test_malformed_event_is_skipped_alone(
     await handle.tracked(good["event_id"], *kept)
     others = [e.get("event_id") for i, e in enumerate(hostile.events)
               if i not in hostile.kept and isinstance(e, dict)]
-    stored = await bridge.engine.store.known_event_ids([i for i in others if is_id(i, "$")])
+    stored = await bridge.engine._store.known_event_ids([i for i in others if is_id(i, "$")])
     assert not stored, "a malformed event was put on a schedule"
 
     records = [r for r in caplog.records if not r.name.startswith("nio")]
@@ -405,7 +405,7 @@ async def test_locked_database_is_answered_503_and_nothing_is_lost(
         assert (status, data.get("errcode")) == (503, "M_UNKNOWN")
     finally:
         locker.close()
-    store = handle.bridge.engine.store
+    store = handle.bridge.engine._store
     assert not await store.known_event_ids([message["event_id"]])
     assert (await push(bridge_server, txn, {"events": [message]}))[0] == 200
     await handle.tracked(message["event_id"])
@@ -420,7 +420,7 @@ async def test_a_bug_meeting_one_event_costs_that_event_only(
     caplog.set_level(logging.INFO)
     handle = await bridges(default_policy={"mode": "after_send", "timer": "1h"})
     room = await _pushed_room(bridge_server, handle)
-    store = handle.bridge.engine.store
+    store = handle.bridge.engine._store
     first, poison, last = room.event(), room.event(), room.event()
     insert_positions = Transaction.insert_positions
     record_txn = Transaction.record_appservice_txn

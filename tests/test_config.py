@@ -273,3 +273,70 @@ def test_unknown_keys_are_named_with_the_nearest_valid_one(
         assert f"did you mean {nearest}?" in message, message
     else:
         assert "known keys here" in message and "user_id" in message, message
+
+
+# --- the example config --------------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_the_example_in_the_package_is_the_repositorys() -> None:
+    """bot/config.example.yaml is a link to the root file: one text, no drift."""
+    from bot.cli.config import example_config
+
+    assert example_config() == (ROOT / "config.example.yaml").read_text(encoding="utf-8")
+
+
+def test_a_built_package_includes_the_example() -> None:
+    """A wheel (a non-editable install) carries only the package data pyproject names."""
+    import tomllib
+
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    assert "config.example.yaml" in setuptools["package-data"]["bot"]
+    assert any(glob.rstrip("*") == "bot" for glob in setuptools["packages"]["find"]["include"])
+
+
+def run_lethe(*args: str, env: dict[str, str] | None = None) -> Any:
+    from click.testing import CliRunner
+
+    from bot.cli.main import main
+
+    return CliRunner().invoke(main, list(args), env=env)
+
+
+def test_lethe_config_example_prints_the_example() -> None:
+    result = run_lethe("config", "example")
+    assert result.exit_code == 0, result.output
+    assert result.stdout == (ROOT / "config.example.yaml").read_text(encoding="utf-8")
+
+
+def test_the_example_loads_once_the_secrets_are_set(tmp_path: Path) -> None:
+    path = write(tmp_path, run_lethe("config", "example").stdout)
+    result = run_lethe("-c", str(path), "config", "check", env={"LETHE_PICKLE_KEY": GOOD_KEY})
+    assert result.exit_code == 0, result.output
+    assert result.stdout == f"{path}: valid for the bot\n"
+    config = load_config(path, env={"LETHE_PICKLE_KEY": GOOD_KEY})
+    assert config.bot.user_id == "@lethe:example.org"
+
+
+def test_config_check_names_the_problem(tmp_path: Path) -> None:
+    path = write(tmp_path, with_(minimal(), "redaction", "worker", 2))
+    result = run_lethe("config", "check", "-c", str(path))
+    assert result.exit_code == 3
+    assert result.stderr.startswith(f"lethe: {path}: redaction.worker: unknown key")
+
+
+def test_config_check_also_checks_a_bridge_section(tmp_path: Path) -> None:
+    data = minimal()
+    data["bridge"] = {"user_id": "@lethe-bridge:example.org",
+                      "listen": {"port": "not a port"}}
+    result = run_lethe("config", "check", "-c", str(write(tmp_path, data)))
+    assert result.exit_code == 3
+    assert "bridge.listen.port" in result.stderr
+
+
+def test_without_a_config_the_cli_points_to_the_example() -> None:
+    result = run_lethe("config", "check", env={"LETHE_CONFIG": ""})
+    assert result.exit_code == 2
+    assert result.stderr == ("lethe: no config given: use lethe config check -c CONFIG "
+                             "(see `lethe config example`)\n")

@@ -358,7 +358,7 @@ async def test_demoted_bot_keeps_the_schedule_and_resumes(people, lethe) -> None
 
     # Well past their due time, nothing is redacted and nothing is dropped.
     assert await stays(none_redacted, 7), "redacted without power"
-    pending = {p.event_id: p for p in await engine.store.pending(room)}
+    pending = {p.event_id: p for p in await engine._store.pending(room)}
     assert set(sent) <= set(pending), "an event was dropped from the schedule"
     assert all(pending[e].status != EventStatus.FAILED for e in sent)
     await alice.send(room, "!lethe status")
@@ -372,6 +372,6 @@ async def test_demoted_bot_keeps_the_schedule_and_resumes(people, lethe) -> None
                      what="everything kept while demoted redacted")
 
     async def confirmed() -> bool:  # once each redaction's echo is back in the bot's sync
-        return not {p.event_id for p in await engine.store.pending(room)} & set(sent)
+        return not {p.event_id for p in await engine._store.pending(room)} & set(sent)
 
     await eventually(confirmed, 30, what="every redaction confirmed and off the schedule")

@@ -224,15 +224,15 @@ async def test_redaction_of_an_unknown_event_is_unconfirmed_not_done(people, let
     assert lethe.bot is not None and lethe.bot.engine is not None
     engine = lethe.bot.engine
     bogus = "$" + secrets.token_urlsafe(32)[:43]  # well formed, never sent
-    now = engine.clock.now_ms()
-    async with engine.store.transaction() as tx:
+    now = engine._clock.now_ms()
+    async with engine._store.transaction() as tx:
         await tx.insert_events([TrackedEvent(
-            bogus, room, alice.user_id, await engine.store.max_seq(), now - 5000, None, None,
+            bogus, room, alice.user_id, await engine._store.max_seq(), now - 5000, None, None,
             Policy.after_send(1000), None, now)])
-    engine.scheduler.wake()
+    engine._scheduler.wake()
 
     async def failed() -> bool:
-        rows = {p.event_id: p for p in await engine.store.pending(room)}
+        rows = {p.event_id: p for p in await engine._store.pending(room)}
         return bogus in rows and rows[bogus].status == EventStatus.FAILED
 
     await eventually(failed, 20, what="the bogus event marked failed")

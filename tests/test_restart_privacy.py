@@ -18,7 +18,7 @@ from urllib.parse import quote
 import aiohttp
 import yaml
 
-from bot.cli.main import QUIET_LIBRARIES
+from bot.cli.common import QUIET_LIBRARIES
 from bot.config import Config
 from bot.devtools.localsynapse import LocalSynapse, find_free_port
 from tests.harness import (
@@ -191,7 +191,7 @@ async def test_message_text_never_reaches_disk_or_logs(people, lethe, caplog) ->
     # Everything logged at DEBUG, third-party libraries included, is free of the text.
     assert canary not in caplog.text
     # matrix-nio logs whole responses at DEBUG (the login response carries the access
-    # token); `lethe run` keeps those libraries at INFO (bot/cli/main.py setup_logging), and
+    # token); `lethe run` keeps those libraries at INFO (bot/cli/common.py setup_logging), and
     # the CLI test below checks its real output. Everything else must be free of secrets.
     shown = "\n".join(r.getMessage() for r in caplog.records if shown_by_cli(r))
     assert token not in shown

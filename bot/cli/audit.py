@@ -16,9 +16,9 @@ from dataclasses import dataclass
 
 import click
 
+from bot.cli.common import EXIT_CHECK_FAILED, cli_config, config_option, run_async
 from bot.cli.context import admin_session, duration_arg
 from bot.cli.history import History, PastEvent
-from bot.cli.main import EXIT_CHECK_FAILED, cli_config, config_option, run_async
 from bot.cli.output import emit_json, json_option, progress, relative, say, table, when
 from bot.engine.policy import Mode, format_duration
 

@@ -8,17 +8,12 @@ from __future__ import annotations
 from bot.engine.model import STATUS_NAMES, RoomSchedule, counts_by_name
 from bot.engine.store import StoreBackend
 
-STATE_NAMES = STATUS_NAMES  # the old name, until pending.py switches
-
-__all__ = ["STATE_NAMES", "STATUS_NAMES", "RoomSchedule", "pending_by_status", "room_schedules"]
+__all__ = ["STATUS_NAMES", "RoomSchedule", "pending_by_status", "room_schedules"]
 
 
 async def pending_by_status(store: StoreBackend) -> dict[str, int]:
     """Every status name, with a count (0 where none)."""
     return counts_by_name(await store.count_by_status())
-
-
-pending_by_state = pending_by_status  # the old name, until doctor.py switches
 
 
 async def room_schedules(store: StoreBackend) -> dict[str, RoomSchedule]:

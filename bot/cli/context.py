@@ -11,12 +11,12 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
-from bot.cli.main import EXIT_CHECK_FAILED, EXIT_HOMESERVER, EXIT_USAGE, Fail
 from bot.cli.output import warn
 from bot.cli.roomstate import RoomState
 from bot.config import Config
 from bot.engine.policy import PolicyError, parse_duration
 from bot.engine.store import Store, StoreError
+from bot.errors import CheckFailed, HomeserverError, LetheError, UsageError
 from bot.matrix.api import CLIENT_V3, HttpReply, MatrixHttp, q
 from bot.matrix.credentials import Credentials, LoginFailed, load_credentials
 
@@ -28,7 +28,19 @@ def duration_arg(option: str, text: str, *, zero_ok: bool = False) -> int:
     try:
         return parse_duration(text)
     except PolicyError as exc:
-        raise Fail(f"{option}: {exc}", EXIT_USAGE) from None
+        raise UsageError(f"{option}: {exc}") from None
+
+
+class RequestError(LetheError):
+    """The homeserver answered a request the command needs with an error."""
+
+
+class RequestRefused(RequestError, CheckFailed):
+    """The homeserver refused a request (4xx): the bot may not, or nothing is there."""
+
+
+class RequestBroke(RequestError, HomeserverError):
+    """The homeserver failed a request (5xx)."""
 
 
 @dataclass
@@ -57,8 +69,8 @@ class Admin:
         reply = await self.call(method, path, **kwargs)
         if not reply.ok:
             error = reply.body.get("error") or reply.errcode or "no details"
-            raise Fail(f"{what}: HTTP {reply.status}: {error}",
-                       EXIT_HOMESERVER if reply.status >= 500 else EXIT_CHECK_FAILED)
+            kind = RequestBroke if reply.status >= 500 else RequestRefused
+            raise kind(f"{what}: HTTP {reply.status}: {error}")
         return reply.body
 
     async def whoami(self) -> dict[str, Any]:
@@ -75,15 +87,15 @@ class Admin:
             reply = await self.call("GET", f"/directory/room/{q(room)}")
             room_id = reply.body.get("room_id")
             if reply.status == 404 or not isinstance(room_id, str):
-                raise Fail(f"unknown room {room}: no such alias", EXIT_USAGE)
+                raise UsageError(f"unknown room {room}: no such alias")
         elif room.startswith("!"):
             room_id = room
         else:
-            raise Fail(f"{room!r} is not a room: give a room id (!abc:server) or an alias "
-                       "(#name:server)", EXIT_USAGE)
+            raise UsageError(f"{room!r} is not a room: give a room id (!abc:server) or an "
+                             "alias (#name:server)")
         if room_id not in await self.joined_rooms():
             shown = room if room == room_id else f"{room} ({room_id})"
-            raise Fail(f"unknown room {shown}: the bot is not in it", EXIT_USAGE)
+            raise UsageError(f"unknown room {shown}: the bot is not in it")
         return room_id
 
     async def room_state(self, room_id: str) -> RoomState:

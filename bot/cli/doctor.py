@@ -17,9 +17,9 @@ from typing import Any
 import aiohttp
 import click
 
-from bot.cli.census import pending_by_state
-from bot.cli.context import Admin, admin_session, readonly_store, saved_login
-from bot.cli.main import EXIT_CHECK_FAILED, EXIT_HOMESERVER, cli_config, config_option, run_async
+from bot.cli.census import pending_by_status
+from bot.cli.common import EXIT_CHECK_FAILED, EXIT_HOMESERVER, cli_config, config_option, run_async
+from bot.cli.context import Admin, RequestError, admin_session, readonly_store, saved_login
 from bot.cli.output import emit_json, json_option, say
 from bot.cli.roomstate import RoomState
 from bot.config import PICKLE_KEY_ENV, Config
@@ -177,8 +177,8 @@ class Doctor:
                 for room_id in room_ids:
                     try:
                         state = await admin.room_state(room_id)
-                    except click.ClickException as exc:
-                        self.add("room", FAIL, f"{room_id}: {exc.format_message()}")
+                    except RequestError as exc:
+                        self.add("room", FAIL, f"{room_id}: {exc}")
                         continue
                     self.room_power(admin, state)
         except HomeserverUnavailable as exc:
@@ -249,7 +249,7 @@ class Doctor:
         try:
             async with readonly_store(self.config, required=True) as store:
                 assert store is not None
-                counts = await pending_by_state(store)
+                counts = await pending_by_status(store)
         except StoreError as exc:
             self.add("database", FAIL, str(exc))
             return

@@ -3,96 +3,33 @@ registered here; docs/cli.md describes them all.
 
 Exit codes: 0 ok, 1 a check failed (or the room refused: no power), 2 usage error
 or unknown room, 3 config or database error, 4 homeserver unreachable or login
-failed. Expected failures print one clear line, never a traceback.
+failed. Expected failures (bot/errors.py) print one clear line, never a traceback:
+`Lethe.invoke` is the one place that turns them into that line and their exit code
+(bot/cli/common.py, EXIT_CODES). Only the entry point imports this module; the
+commands share bot/cli/common.py.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import signal
-import sys
-from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any
 
-import aiohttp
 import click
 
-from bot.config import Config, ConfigError, load_config
-from bot.engine.store import StoreError
-from bot.runlock import BOT_LOCK, AlreadyRunning, hold
-
-EXIT_CHECK_FAILED = 1
-EXIT_USAGE = 2
-EXIT_CONFIG = 3
-EXIT_HOMESERVER = 4
-
-QUIET_LIBRARIES = ("nio", "peewee", "aiohttp", "aiosqlite", "asyncio")
+from bot.cli.common import (
+    cli_config,
+    config_option,
+    exit_code,
+    run_async,
+    setup_logging,
+    stop_on_signals,
+)
+from bot.errors import CheckFailed, LetheError, SetupError, UsageError
+from bot.runlock import BOT_LOCK, hold
 
 log = logging.getLogger("bot.cli")
-
-T = TypeVar("T")
-
-
-class Fail(click.ClickException):
-    """An expected failure: message and exit code, no traceback."""
-
-    def __init__(self, message: str, exit_code: int) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
-
-    def show(self, file: object = None) -> None:
-        # Imported here: the bot itself never loads the admin commands.
-        from bot.cli.output import say
-
-        say(f"lethe: {self.format_message()}", err=True)  # may quote the homeserver
-
-
-def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-        force=True,
-    )
-    # Third-party libraries stay quieter than Lethe itself (nio logs whole responses,
-    # tokens included, at DEBUG).
-    # Never louder than Lethe's own level: `lethe demo` (ERROR) tells only its story.
-    chosen = logging.getLevelName(level)
-    quiet = logging.INFO if level == "DEBUG" else max(
-        logging.WARNING, chosen if isinstance(chosen, int) else logging.WARNING)
-    for name in QUIET_LIBRARIES:
-        logging.getLogger(name).setLevel(quiet)
-    # nio warns about every redacted encrypted event failing its schema: expected here.
-    logging.getLogger("nio.events").setLevel(logging.ERROR)
-
-
-def cli_config(ctx: click.Context) -> Config:
-    """The config named by -c/--config (or $LETHE_CONFIG), loaded and validated."""
-    path = ctx.obj.get("config_path")
-    if path is None:
-        raise Fail("no config given: use lethe -c CONFIG ... (see config.example.yaml)", EXIT_USAGE)
-    try:
-        return load_config(path)
-    except ConfigError as exc:
-        raise Fail(str(exc), EXIT_CONFIG) from None
-
-
-F = TypeVar("F", bound=Callable[..., object])
-
-
-def config_option(command: F) -> F:
-    """-c/--config after the command name too (`lethe rooms list -c lethe.yaml`)."""
-
-    def remember(ctx: click.Context, param: click.Parameter, value: Path | None) -> None:
-        if value is not None:
-            ctx.ensure_object(dict)["config_path"] = value
-
-    return click.option(
-        "-c", "--config", type=click.Path(path_type=Path), expose_value=False,
-        callback=remember, help="Config file (YAML); may also come before the command.",
-    )(command)
 
 
 class Lethe(click.Group):
@@ -102,12 +39,24 @@ class Lethe(click.Group):
     lazy = {
         "audit": "bot.cli.audit:audit",
         "bridge": "bridge.cli:bridge",
+        "config": "bot.cli.config:config",
         "doctor": "bot.cli.doctor:doctor",
         "pending": "bot.cli.pending:pending",
         "policy": "bot.cli.policy:policy",
         "purge": "bot.cli.purge:purge",
         "rooms": "bot.cli.rooms:rooms",
     }
+
+    def invoke(self, ctx: click.Context) -> Any:
+        # The CLI's edge: every expected failure of every command ends here.
+        try:
+            return super().invoke(ctx)
+        except LetheError as error:
+            # Imported here: the bot itself never loads the admin commands.
+            from bot.cli.output import say
+
+            say(f"lethe: {error}", err=True)  # may quote the homeserver
+            ctx.exit(exit_code(error))
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted([*super().list_commands(ctx), *self.lazy])
@@ -144,27 +93,6 @@ def main(ctx: click.Context, config_path: Path | None) -> None:
     ctx.obj["config_path"] = config_path
 
 
-def run_async(coro_factory: Callable[[], Awaitable[T]]) -> T:
-    """Run a coroutine, turning the expected failures into exit codes."""
-    from bot.matrix.api import HomeserverUnavailable
-    from bot.matrix.credentials import LoginFailed
-
-    async def main() -> T:
-        return await coro_factory()
-
-    try:
-        return asyncio.run(main())
-    except ConfigError as exc:
-        raise Fail(str(exc), EXIT_CONFIG) from None
-    except LoginFailed as exc:
-        raise Fail(str(exc), EXIT_HOMESERVER) from None
-    except (HomeserverUnavailable, aiohttp.ClientError, OSError, TimeoutError) as exc:
-        raise Fail(f"homeserver unreachable: {type(exc).__name__}: {exc}", EXIT_HOMESERVER) \
-            from None
-    except (StoreError, AlreadyRunning) as exc:
-        raise Fail(str(exc), EXIT_CONFIG) from None
-
-
 @main.command()
 @config_option
 @click.option("--reset-identity", is_flag=True,
@@ -182,8 +110,7 @@ def login(ctx: click.Context, reset_identity: bool) -> None:
     config = cli_config(ctx)
     setup_logging(config.log_level)
     if reset_identity and not config.bot.password:
-        raise Fail("--reset-identity needs the bot's password: set LETHE_PASSWORD",
-                   EXIT_USAGE)
+        raise UsageError("--reset-identity needs the bot's password: set LETHE_PASSWORD")
 
     async def go() -> None:
         # It opens the key store and may rewrite the identity: never next to `lethe run`.
@@ -199,8 +126,8 @@ def login(ctx: click.Context, reset_identity: bool) -> None:
             identity = await ensure_own_identity(config, client, http, creds,
                                                  reset=reset_identity)
         except IdentityError as exc:
-            raise Fail(f"logged in as {creds.user_id}, device {creds.device_id}, but the "
-                       f"device is not cross-signed: {exc}", EXIT_CHECK_FAILED) from None
+            raise CheckFailed(f"logged in as {creds.user_id}, device {creds.device_id}, but "
+                              f"the device is not cross-signed: {exc}") from None
         finally:
             await http.close()
             await client.close()
@@ -232,16 +159,7 @@ def trust_accept(ctx: click.Context, user_id: str) -> None:
         click.echo(f"forgot the pinned identity of {user_id}; the bot pins the one it sees "
                    "next and shares its notices with that user's cross-signed devices again")
     else:
-        raise Fail(f"no identity of {user_id} is pinned", EXIT_USAGE)
-
-
-def stop_on_signals() -> asyncio.Event:
-    """An event SIGINT and SIGTERM set, for `run_until` (call it in the running loop)."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    return stop
+        raise UsageError(f"no identity of {user_id} is pinned")
 
 
 @main.command()
@@ -275,9 +193,9 @@ def demo(keep: bool, timer: str) -> None:
     try:
         asyncio.run(run_demo(timer=timer, keep=keep, echo=click.echo))
     except SynapseNotInstalled as exc:
-        raise Fail(str(exc), EXIT_CONFIG) from None
+        raise SetupError(str(exc)) from None
     except DemoError as exc:
-        raise Fail(str(exc), EXIT_CHECK_FAILED) from None
+        raise CheckFailed(str(exc)) from None
 
 
 if __name__ == "__main__":

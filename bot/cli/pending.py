@@ -10,10 +10,11 @@ import time
 
 import click
 
-from bot.cli.census import STATE_NAMES
+from bot.cli.census import STATUS_NAMES
+from bot.cli.common import cli_config, config_option, run_async
 from bot.cli.context import admin_session, readonly_store
-from bot.cli.main import EXIT_USAGE, Fail, cli_config, config_option, run_async
 from bot.cli.output import emit_json, json_option, relative, say, table, when
+from bot.errors import UsageError
 
 
 @click.command()
@@ -36,12 +37,12 @@ def pending(ctx: click.Context, room: str | None, limit: int, as_json: bool) -> 
         async with readonly_store(config, required=True) as store:
             assert store is not None
             if room_id is not None and await store.get_room(room_id) is None:
-                raise Fail(f"unknown room {room}: Lethe has no record of it", EXIT_USAGE)
+                raise UsageError(f"unknown room {room}: Lethe has no record of it")
             rows = await store.pending(room_id, limit)
         if as_json:
             emit_json([
                 {"event_id": r.event_id, "room_id": r.room_id, "sender": r.sender,
-                 "sent": r.origin_ts, "due": r.due_at, "state": STATE_NAMES.get(r.status)}
+                 "sent": r.origin_ts, "due": r.due_at, "state": STATUS_NAMES.get(r.status)}
                 for r in rows
             ])
             return
@@ -49,9 +50,9 @@ def pending(ctx: click.Context, room: str | None, limit: int, as_json: bool) -> 
             say("Nothing is scheduled" + (f" in {room}." if room else "."))
             return
         now = int(time.time() * 1000)
-        headers = ("DUE", "", "STATE", "EVENT", *(() if room else ("ROOM",)), "SENDER", "SENT")
+        headers = ("DUE", "", "STATUS", "EVENT", *(() if room else ("ROOM",)), "SENDER", "SENT")
         table(headers, [
-            (when(r.due_at), relative(r.due_at, now), STATE_NAMES.get(r.status, r.status),
+            (when(r.due_at), relative(r.due_at, now), STATUS_NAMES.get(r.status, r.status),
              r.event_id, *(() if room else (r.room_id,)), r.sender, when(r.origin_ts))
             for r in rows
         ])

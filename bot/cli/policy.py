@@ -9,16 +9,8 @@ from __future__ import annotations
 
 import click
 
+from bot.cli.common import cli_config, config_option, run_async
 from bot.cli.context import Admin, admin_session, duration_arg, readonly_store
-from bot.cli.main import (
-    EXIT_CHECK_FAILED,
-    EXIT_HOMESERVER,
-    EXIT_USAGE,
-    Fail,
-    cli_config,
-    config_option,
-    run_async,
-)
 from bot.cli.output import (
     emit_json,
     enforcement,
@@ -32,8 +24,15 @@ from bot.cli.output import (
     warn,
 )
 from bot.config import Config
-from bot.engine.policy import Policy, PolicyError, Readers, default_cap
+from bot.engine.policy import (
+    Policy,
+    PolicyError,
+    Readers,
+    after_read_policy,
+    parse_readers,
+)
 from bot.engine.power import describe_level
+from bot.errors import CheckFailed, HomeserverError, UsageError
 from bot.matrix.policy_state import PolicyWriteFailed, missing_policy_power, write_policy
 
 
@@ -83,18 +82,19 @@ def build_policy(after_send: str | None, after_read: str | None, cap: str | None
                  readers: str | None, default_cap_ms: int) -> Policy:
     """The policy the options describe; exit 2 for anything contradictory or malformed."""
     if (after_send is None) == (after_read is None):
-        raise Fail("give exactly one of --after-send DUR or --after-read DUR", EXIT_USAGE)
+        raise UsageError("give exactly one of --after-send DUR or --after-read DUR")
     if after_send is not None:
         if cap is not None or readers is not None:
-            raise Fail("--cap and --readers go with --after-read only", EXIT_USAGE)
+            raise UsageError("--cap and --readers go with --after-read only")
         return Policy.after_send(duration_arg("--after-send", after_send))
     assert after_read is not None
     timer = duration_arg("--after-read", after_read)
-    cap_ms = duration_arg("--cap", cap) if cap is not None else default_cap(default_cap_ms, timer)
+    cap_ms = duration_arg("--cap", cap) if cap is not None else None
     try:
-        return Policy.after_read(timer, cap_ms, Readers(readers or Readers.ALL.value))
+        return after_read_policy(timer, cap_ms, parse_readers(readers or Readers.ALL.value),
+                                 default_cap_ms)
     except PolicyError as exc:
-        raise Fail(str(exc), EXIT_USAGE) from None
+        raise UsageError(str(exc)) from None
 
 
 async def apply_policy(admin: Admin, room: str, new: Policy) -> None:
@@ -104,16 +104,15 @@ async def apply_policy(admin: Admin, room: str, new: Policy) -> None:
     state = await admin.room_state(room_id)
     missing = missing_policy_power(state.power, admin.bot)
     if missing is not None:
-        raise Fail(
+        raise CheckFailed(
             f"the bot may not change the policy in {room}: sending {missing.event_type} "
             f"needs power level {missing.needed}, the bot has "
-            f"{describe_level(state.power.level(admin.bot))}. Nothing was changed.",
-            EXIT_CHECK_FAILED,
+            f"{describe_level(state.power.level(admin.bot))}. Nothing was changed."
         )
     try:
         await write_policy(admin.http, room_id, new)
     except PolicyWriteFailed as exc:
-        raise Fail(f"could not write the policy of {room}: {exc}", EXIT_HOMESERVER) from None
+        raise HomeserverError(f"could not write the policy of {room}: {exc}") from None
     say(f"{room}: policy set to {new.describe()}. The bot announces it in the room "
                "when it next syncs.")
     if new.active and not state.power.can_redact_others(admin.bot):

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 
 import click
 
+from bot.cli.common import EXIT_CHECK_FAILED, cli_config, config_option, run_async
 from bot.cli.context import admin_session, duration_arg
 from bot.cli.history import History, PastEvent
-from bot.cli.main import EXIT_CHECK_FAILED, Fail, cli_config, config_option, run_async
 from bot.cli.output import (
     emit_json,
     enforcement_text,
@@ -27,6 +27,7 @@ from bot.cli.output import (
     when,
 )
 from bot.engine.redactor import Outcome, backoff_ms
+from bot.errors import CheckFailed
 from bot.matrix.transport import HttpTransport
 
 MAX_TRIES = 6  # per event, for errors other than 429 (rate limits are waited out)
@@ -96,7 +97,7 @@ def purge(ctx: click.Context, room: str, older_than: str, dry_run: bool, yes: bo
                 problem = (f"the bot cannot redact the {others} event(s) of other senders "
                            f"{scope}: {enforcement_text(state, admin.bot, long=True)}")
                 if not dry_run:
-                    raise Fail(f"{problem}. Nothing was redacted.", EXIT_CHECK_FAILED)
+                    raise CheckFailed(f"{problem}. Nothing was redacted.")
                 warn(problem)
             if dry_run or not doomed:
                 _report(as_json, dry_run, doomed, [], scope)
@@ -104,7 +105,7 @@ def purge(ctx: click.Context, room: str, older_than: str, dry_run: bool, yes: bo
             if not yes and not click.confirm(
                 f"Redact {len(doomed)} event(s) {scope}? This cannot be undone.", err=True
             ):
-                raise Fail("not confirmed; nothing was redacted", EXIT_CHECK_FAILED)
+                raise CheckFailed("not confirmed; nothing was redacted")
             transport = HttpTransport(admin.http)
             results = []
             with progress(len(doomed), "redacting", quiet=as_json) as bar:

@@ -9,8 +9,8 @@ from typing import Any
 import click
 
 from bot.cli.census import RoomSchedule, room_schedules
+from bot.cli.common import cli_config, config_option, run_async
 from bot.cli.context import admin_session, readonly_store
-from bot.cli.main import cli_config, config_option, run_async
 from bot.cli.output import (
     emit_json,
     enforcement,

@@ -77,17 +77,18 @@ class RoomState:
         views: list[PolicyEventView] = []
         valid: dict[str, StatePolicy] = {}
         for event_type in POLICY_STATE_TYPES:
-            event = state.get((event_type, ""))
-            if event is None:
+            policy_event = state.get((event_type, ""))
+            if policy_event is None:
                 continue
             problem = None
             try:
-                valid[event_type] = state_policy(event, default_cap_ms)
+                valid[event_type] = state_policy(policy_event, default_cap_ms)
             except PolicyError as exc:
                 problem = str(exc)
             views.append(PolicyEventView(
-                event_type, str(event.get("sender", "")), int(event.get("origin_server_ts", 0)),
-                content(event_type), problem, event,
+                event_type, str(policy_event.get("sender", "")),
+                int(policy_event.get("origin_server_ts", 0)),
+                content(event_type), problem, policy_event,
             ))
         winner = resolve_policy(valid.get(POLICY_EVENT_TYPE), valid.get(BEEPER_EVENT_TYPE))
         created = create.get("origin_server_ts") if create else None

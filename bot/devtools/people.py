@@ -111,8 +111,9 @@ class Person:
             power_level_override=override,
         )
         assert isinstance(resp, RoomCreateResponse), resp
-        await eventually(lambda: resp.room_id in self.client.rooms, what="room in own sync")
-        return resp.room_id
+        room_id = str(resp.room_id)
+        await eventually(lambda: room_id in self.client.rooms, what="room in own sync")
+        return room_id
 
     async def join(self, room_id: str) -> None:
         await self.client.join(room_id)
@@ -133,7 +134,7 @@ class Person:
         resp = await self.client.room_send(room_id, event_type, content,
                                            ignore_unverified_devices=True)
         assert isinstance(resp, RoomSendResponse), resp
-        return resp.event_id
+        return str(resp.event_id)
 
     async def react(self, room_id: str, event_id: str, key: str = "+1") -> str:
         return await self.send_event(room_id, "m.reaction", {"m.relates_to": {

@@ -25,7 +25,8 @@ from collections import OrderedDict
 from enum import Enum
 from typing import Protocol
 
-from bot.engine.model import DueEvent, EventStatus, RedactionTarget, server_name
+from bot.engine.ids import server_name
+from bot.engine.model import DueEvent, EventStatus, RedactionTarget
 
 # Besides the first in each room, every this-many-th echo-confirmed redaction is
 # fetched as well, to notice a homeserver whose 200s and echoes do not redact.

@@ -13,7 +13,6 @@ import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import cast
 
 from bot.engine.clock import Clock, SystemClock
 from bot.engine.echoes import EchoConfirmation
@@ -55,11 +54,6 @@ class RoomStatus:
     redacted: int
     failed: int
 
-    @property
-    def can_redact(self) -> bool:
-        """The old name of ``can_redact_others``, until every caller has switched."""
-        return self.can_redact_others
-
 
 class Engine:
     def __init__(
@@ -71,14 +65,13 @@ class Engine:
         clock: Clock | None = None,
         on_park: ParkListener | None = None,
         is_other_sender: Callable[[str], bool] | None = None,
-        needs_power: Callable[[str], bool] | None = None,  # old name of is_other_sender
     ) -> None:
         self._store = store
         self.config = config
         self._clock = clock or SystemClock()
         self._echoes = EchoConfirmation(trusted=config.echo_wait_ms is not None)
         self._redactor = Redactor(
-            store, transport, self._clock, config.bot_user_id, is_other_sender or needs_power,
+            store, transport, self._clock, config.bot_user_id, is_other_sender,
             echo_wait_ms=config.echo_wait_ms, echoes=self._echoes,
         )
         self._ingestor = Ingestor(
@@ -114,19 +107,6 @@ class Engine:
         store = await Store.open(db_path)
         return cls(store, transport, config, clock=clock, on_park=on_park,
                    is_other_sender=is_other_sender)
-
-    # Kept until the fronts, benchmarks and tests use the methods below instead.
-    @property
-    def store(self) -> Store:
-        return cast(Store, self._store)
-
-    @property
-    def scheduler(self) -> Scheduler:
-        return self._scheduler
-
-    @property
-    def clock(self) -> Clock:
-        return self._clock
 
     # --- lifecycle -------------------------------------------------------------
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from bot.engine import reads
 from bot.engine.echoes import Echo, EchoConfirmation
+from bot.engine.ids import server_name
 from bot.engine.model import (
     DueEvent,
     IngestResult,
@@ -25,7 +26,6 @@ from bot.engine.model import (
     Redaction,
     RoomUpdate,
     TrackedEvent,
-    server_name,
 )
 from bot.engine.policy import (
     BEEPER_EVENT_TYPE,
@@ -34,8 +34,7 @@ from bot.engine.policy import (
     Policy,
     PolicyError,
     StatePolicy,
-    policy_from_beeper,
-    policy_from_state,
+    policy_from_event,
     resolve_policy,
 )
 from bot.engine.sendtimes import SEEN_KEY, read_time, seen_time, sent_time
@@ -304,10 +303,8 @@ class Ingestor:
             self._ignored(room_id, room, event, invalid)
             return
         try:
-            if event.event_type == POLICY_EVENT_TYPE:
-                policy = policy_from_state(event.content)
-            else:
-                policy = policy_from_beeper(event.content, self._config.default_cap_ms)
+            policy = policy_from_event(
+                event.event_type, event.content, self._config.default_cap_ms)
         except PolicyError as exc:
             log.warning("ignoring invalid %s in %s from %s: %s",
                         event.event_type, room_id, event.sender, exc)

@@ -13,11 +13,6 @@ from enum import IntEnum
 from bot.engine.policy import Policy, StatePolicy
 
 
-def server_name(user_id: str) -> str:
-    """The server part of a Matrix user id."""
-    return user_id.partition(":")[2]
-
-
 class EventStatus(IntEnum):
     """Where a tracked event is on its way out (stored as this integer)."""
 
@@ -59,11 +54,6 @@ class RoomRow:
     last_event_id: str | None
     redacted_count: int
     failed_count: int
-
-    @property
-    def can_redact(self) -> bool:
-        """The old name of ``can_redact_others``, until every caller has switched."""
-        return self.can_redact_others
 
 
 @dataclass(frozen=True)

@@ -157,8 +157,7 @@ class ActionWorker:
     async def save_joins(self) -> None:
         engine = self._bot.engine
         assert engine is not None
-        async with engine.store.transaction():
-            await engine.store.set_meta(JOINS_META, self._bot.joins.to_json())
+        await engine.set_meta(JOINS_META, self._bot.joins.to_json())
 
     async def _leave_if_alone(self, room_id: str) -> None:
         bot = self._bot
@@ -254,7 +253,7 @@ class ActionWorker:
         elif isinstance(command, Status):
             status = await bot.engine.status(request.room_id)
             untracked = UntrackedSpan.from_json(
-                await bot.engine.store.get_meta(UNTRACKED_KEY + request.room_id))
+                await bot.engine.get_meta(UNTRACKED_KEY + request.room_id))
             await self.notice(request.room_id, texts.status_text(
                 status, bot.power(request.room_id), bot.config.bot.user_id, untracked))
         elif isinstance(command, SetPolicy):
@@ -284,8 +283,7 @@ class ActionWorker:
             await self.notice(room_id, texts.POLICY_WRITE_FAILED)
             return
         bot.own_writes.add(written, policy)
-        async with bot.engine.store.transaction():
-            await bot.engine.store.set_meta(OWN_WRITES_KEY, bot.own_writes.to_json())
+        await bot.engine.set_meta(OWN_WRITES_KEY, bot.own_writes.to_json())
         log.info("policy in %s set to %s by %s", room_id, policy.mode.value, sender)
         text = texts.policy_changed(sender, policy)
         if policy.mode is not Mode.OFF and not power.can_redact_others(me):

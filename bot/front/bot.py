@@ -87,7 +87,7 @@ class LetheBot:
             ),
             self.actions.on_park,
         )
-        self.own_writes = OwnWrites(await engine.store.get_meta(OWN_WRITES_KEY))
+        self.own_writes = OwnWrites(await engine.get_meta(OWN_WRITES_KEY))
         self.rebuild = had_login and await engine.sync_token() is None
         if self.rebuild:
             log.info("lethe.db holds no schedule but a login is saved: rebuilding the "
@@ -102,7 +102,7 @@ class LetheBot:
                                  self.config.pinned_identities_path)
         # What the last run was retrying: the first sync (full state) lists every
         # invite still open, and each is tried again from there.
-        self.joins = JoinRetries(load_pending(await engine.store.get_meta(JOINS_META)))
+        self.joins = JoinRetries(load_pending(await engine.get_meta(JOINS_META)))
         catch_up = CatchUp(self.http, engine, self.config.bot.user_id)
         self.sync_loop = SyncLoop(self, self.actions, catch_up)
         self.life.own(self.sync_loop.run(), name="lethe-sync")
@@ -150,4 +150,4 @@ class LetheBot:
 
     @property
     def scheduler_alive(self) -> bool:
-        return self.engine is not None and self.engine.scheduler.alive
+        return self.engine is not None and self.engine.scheduler_alive

@@ -64,7 +64,7 @@ class CatchUp:
             if room_id in known:
                 if not info.timeline.limited:
                     continue
-                row = await self._engine.store.get_room(room_id)
+                row = await self._engine.room(room_id)
                 stop_at = row.last_event_id if row else None
                 if stop_at is None or stop_at in timeline_ids:
                     continue

@@ -60,13 +60,13 @@ class SyncLoop:
         failures = 0
         down_since: float | None = None
         loop = asyncio.get_running_loop()
-        scheduler = bot.engine.scheduler
+        engine = bot.engine
         pace = SyncPace(TIMELINE_LIMIT)
         started = -MIN_INTERVAL_S
         while True:
-            await pace.wait_turn(started, scheduler.backlogged, scheduler.wait_drained)
+            await pace.wait_turn(started, engine.backlogged, engine.wait_drained)
             started = loop.time()
-            backlogged = scheduler.backlogged
+            backlogged = engine.backlogged
             try:
                 resp = await bot.client.sync(
                     timeout=self._first_timeout_ms() if first else SYNC_TIMEOUT_MS,
@@ -131,10 +131,10 @@ class SyncLoop:
     async def _on_sync(self, resp: SyncResponse, first: bool) -> None:
         bot = self._bot
         assert bot.engine is not None and bot.client is not None
-        known = {row.room_id for row in await bot.engine.store.list_rooms()}
+        known = {row.room_id for row in await bot.engine.rooms()}
         rebuilding = first and bot.rebuild
         backfill = await self._catch_up.backfill(resp, known, rebuilding)
-        now = bot.engine.clock.now_ms()
+        now = bot.engine.now_ms()
         ephemeral = bot.client.last_ephemeral if isinstance(bot.client, LetheClient) else None
         reading = bot.reader.read(resp, known, now, backfill.events, ephemeral=ephemeral,
                                   run_commands=not rebuilding)

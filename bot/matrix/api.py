@@ -18,13 +18,15 @@ from urllib.parse import quote
 
 import aiohttp
 
+from bot.errors import HomeserverError
+
 log = logging.getLogger(__name__)
 
 CLIENT_V1 = "/_matrix/client/v1"
 CLIENT_V3 = "/_matrix/client/v3"
 
 
-class HomeserverUnavailable(ConnectionError):
+class HomeserverUnavailable(HomeserverError, ConnectionError):
     """No HTTP answer from the homeserver (refused, reset, timed out)."""
 
 

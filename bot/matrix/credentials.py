@@ -8,10 +8,11 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from bot.errors import HomeserverError
 from bot.matrix.files import write_secret
 
 
-class LoginFailed(RuntimeError):
+class LoginFailed(HomeserverError, RuntimeError):
     """The homeserver refused the login, or no credentials are available."""
 
 

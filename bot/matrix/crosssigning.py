@@ -34,6 +34,7 @@ from nacl.exceptions import CryptoError
 from signedjson.key import decode_signing_key_base64, decode_verify_key_bytes
 from signedjson.sign import SignatureVerifyException, sign_json, verify_signed_json
 
+from bot.errors import LetheError
 from bot.matrix.api import HomeserverUnavailable, HttpReply, MatrixHttp
 from bot.matrix.files import write_secret
 
@@ -43,7 +44,7 @@ KEY_FILE_VERSION = 1
 USAGES = ("master", "self_signing", "user_signing")
 
 
-class IdentityError(RuntimeError):
+class IdentityError(LetheError, RuntimeError):
     """The cross-signing identity cannot be set up; the message says what to do."""
 
 

@@ -169,7 +169,7 @@ class Harness:
     def store(self) -> Store:
         """The database, for looking (and, in a few tests, writing behind the engine)."""
         assert self.engine is not None
-        return self.engine.store
+        return self.engine._store
 
     async def start(self) -> Harness:
         self.engine = await Engine.open(
@@ -221,7 +221,7 @@ class Harness:
     async def settle(self, timeout: float = 5) -> None:
         """Wait until the scheduler sleeps with nothing due and no worker runs."""
         assert self.engine is not None
-        scheduler = self.engine.scheduler
+        scheduler = self.engine._scheduler
 
         def idle() -> bool:
             task = scheduler._loop_task

@@ -48,7 +48,7 @@ async def test_a_message_stamped_in_the_future_counts_as_sent_when_seen(h: Harne
     assert h.transport.redact_calls == []
     await h.advance(1)
     assert sorted(h.transport.redacted_ids()) == ["$fast", "$forged"]
-    assert h.engine is not None and h.engine.scheduler.last_lag_ms == 0
+    assert h.engine is not None and h.engine._scheduler.last_lag_ms == 0
 
 
 async def test_a_backdated_live_message_counts_at_most_the_skew_before_the_last_batch(
@@ -117,7 +117,7 @@ async def test_a_remote_receipt_counts_when_it_arrives(h: Harness) -> None:
     assert h.transport.redact_calls == []
     await h.advance(1)
     assert h.transport.redacted_ids() == ["$m1"]
-    assert h.engine is not None and h.engine.scheduler.last_lag_ms == 0
+    assert h.engine is not None and h.engine._scheduler.last_lag_ms == 0
 
 
 async def test_read_time_is_the_last_required_readers_whatever_the_order(h: Harness) -> None:

@@ -58,7 +58,7 @@ async def _assert_sent(h: Harness, event_id: str, sent_at: int) -> None:
 async def test_echo_confirms_without_a_fetch(h: Harness) -> None:
     assert h.engine is not None
     lags: dict[str, int] = {}
-    h.engine.scheduler.observe_redactions(lambda event, lag: lags.__setitem__(event.event_id, lag))
+    h.engine._scheduler.observe_redactions(lambda event, lag: lags.__setitem__(event.event_id, lag))
     dues = await _track(h, "$m1", "$m2", "$m3")
     await _redact_in_turn(h, dues)
     assert h.transport.redacted_ids() == ["$m1", "$m2", "$m3"]
@@ -110,7 +110,7 @@ async def test_echo_while_the_worker_holds_the_event(h: Harness) -> None:
     stats = h.engine.stats
     assert (stats.done, stats.echoed, stats.fetches) == (2, 1, 1)
     assert (await h.room_row())["redacted_count"] == 2
-    assert h.engine.scheduler.last_lag_ms == 0
+    assert h.engine._scheduler.last_lag_ms == 0
 
 
 async def test_someone_elses_redaction_while_held_does_not_confirm_ours(h: Harness) -> None:
@@ -143,7 +143,7 @@ async def test_no_echo_fetches_after_the_wait(h: Harness) -> None:
     stats = h.engine.stats
     assert (stats.done, stats.echoed, stats.fetches) == (2, 0, 2)
     assert (await h.room_row())["redacted_count"] == 2
-    assert h.engine.scheduler.last_lag_ms == W
+    assert h.engine._scheduler.last_lag_ms == W
     # A late echo changes nothing.
     result = await h.ingest(h.transport.echo("$m2"))
     assert result.redacted == ()
@@ -369,7 +369,7 @@ async def test_redaction_by_somebody_else(
     assert await h.event_ids() == set()
     assert (await h.room_row())["redacted_count"] == int(kept)
     if kept:
-        assert h.engine is not None and h.engine.scheduler.last_lag_ms == h.now() - due == 0
+        assert h.engine is not None and h.engine._scheduler.last_lag_ms == h.now() - due == 0
 
 
 async def test_without_echo_wait_every_redaction_is_fetched(make_harness) -> None:
@@ -412,7 +412,7 @@ async def test_lag_of_a_child_confirmed_later(h: Harness, by_echo: bool) -> None
     moment its parent was confirmed, which made it due."""
     assert h.engine is not None
     lags: dict[str, int] = {}
-    h.engine.scheduler.observe_redactions(lambda event, lag: lags.__setitem__(event.event_id, lag))
+    h.engine._scheduler.observe_redactions(lambda event, lag: lags.__setitem__(event.event_id, lag))
     dues = await _track(h, "$m0", "$m1")
     await h.set_policy(Policy.off())
     await h.ingest(Message("$react", BOB, h.now(), parent_id="$m1"))

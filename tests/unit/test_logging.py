@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from bot.cli.main import QUIET_LIBRARIES, setup_logging
+from bot.cli.common import QUIET_LIBRARIES, setup_logging
 
 
 def test_libraries_are_never_louder_than_the_chosen_level() -> None:

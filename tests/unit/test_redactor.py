@@ -81,7 +81,7 @@ async def test_lag_counts_from_the_deadline_not_the_last_retry(h: Harness) -> No
         await h.advance(backoff_ms(attempt))
     assert await h.event("$m1") is None
     assert h.engine is not None
-    assert h.engine.scheduler.last_lag_ms == h.now() - due == sum(backoff_ms(n) for n in (1, 2, 3))
+    assert h.engine._scheduler.last_lag_ms == h.now() - due == sum(backoff_ms(n) for n in (1, 2, 3))
 
 
 async def test_forbidden_parks_until_power_returns(h: Harness) -> None:
@@ -226,7 +226,7 @@ async def test_worker_pool_is_bounded(make_harness) -> None:
     release = asyncio.Event()
     h: Harness = await make_harness(config=EngineConfig(bot_user_id=BOT, workers=2))
     assert h.engine is not None
-    scheduler = h.engine.scheduler
+    scheduler = h.engine._scheduler
     assert not scheduler.backlogged
     await asyncio.wait_for(scheduler.wait_drained(), 1)  # at once when nothing waits
 
@@ -259,7 +259,7 @@ async def test_a_worker_slot_frees_when_its_request_ends(make_harness) -> None:
     written down: the limit bounds requests to the homeserver, not bookkeeping."""
     h: Harness = await make_harness(config=EngineConfig(bot_user_id=BOT, workers=1))
     assert h.engine is not None
-    scheduler = h.engine.scheduler
+    scheduler = h.engine._scheduler
     release = asyncio.Event()
     finish = scheduler._finish
 
@@ -285,7 +285,7 @@ async def test_under_load_the_next_event_is_claimed_before_a_slot_frees(make_har
     database round trip sits between the two."""
     h: Harness = await make_harness(config=EngineConfig(bot_user_id=BOT, workers=1))
     assert h.engine is not None
-    scheduler = h.engine.scheduler
+    scheduler = h.engine._scheduler
     claim = scheduler._claim
     claims_open = asyncio.Event()
     claims_open.set()
@@ -307,7 +307,7 @@ async def test_under_load_the_next_event_is_claimed_before_a_slot_frees(make_har
     await h.ingest(*(Message(f"$m{i}", ALICE, t) for i in (1, 2, 3)))
     h.clock.advance(M)
     await eventually(lambda: len(h.transport.redact_calls) == 1, what="the first request")
-    assert h.engine.scheduler.backlogged
+    assert h.engine._scheduler.backlogged
     claims_open.clear()  # from now on the store answers no claim
     first_request.set()
     await eventually(lambda: len(h.transport.redact_calls) == 2, what="the claimed-ahead one")

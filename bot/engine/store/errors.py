@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from bot.errors import SetupError
 
-class StoreError(RuntimeError):
+
+class StoreError(SetupError, RuntimeError):
     """The database cannot be used; the message names the file and the problem."""

@@ -144,12 +144,6 @@ class Store:
                 tx._end()
                 self._tx = None
 
-    async def set_meta(self, key: str, value: str) -> None:
-        """Deprecated: ``tx.set_meta`` (kept until the fronts write through the Engine)."""
-        if self._tx is None:
-            raise StoreError("set_meta needs an open transaction")
-        await self._tx.set_meta(key, value)
-
     @property
     def conn(self) -> aiosqlite.Connection:
         """The SQLite connection, for tests and tools that inspect the file; the engine
