@@ -67,9 +67,9 @@ async def logged_in(handle: BotHandle) -> None:
 async def scheduled(handle: BotHandle, *event_ids: str) -> None:
     """Wait until the running bot has stored these events (on its schedule)."""
     assert handle.bot is not None and handle.bot.engine is not None
-    store = handle.bot.engine.store
+    engine = handle.bot.engine
 
     async def known() -> bool:
-        return await store.known_event_ids(event_ids) == set(event_ids)
+        return await engine.tracked(event_ids) == set(event_ids)
 
     await eventually(known, 30, what="the events in the bot's database")

@@ -29,10 +29,10 @@ async def _tracked(lethe: BotHandle, *events: str) -> None:
     """Wait until the bot tracks these events, so the receipts that follow are not
     racing the bot's sync."""
     assert lethe.bot is not None
-    store = lethe.bot.engine.store
+    engine = lethe.bot.engine
 
     async def known() -> bool:
-        return await store.known_event_ids(events) == set(events)
+        return await engine.tracked(events) == set(events)
 
     await eventually(known, 15, what="bot tracking the new events")
 

@@ -128,7 +128,7 @@ async def test_receipt_on_a_state_event_counts_across_a_bot_restart(
     topic = await alice.set_state(room, "m.room.topic", {"topic": "what we talk about"})
     bot = lethe.bot
     assert bot is not None and bot.engine is not None
-    store = bot.engine.store
+    store = bot.engine._store
 
     async def persisted() -> bool:  # stored with the sync token that delivered it
         return await store.event_seq(room, topic) is not None

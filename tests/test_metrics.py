@@ -94,7 +94,7 @@ async def test_metrics_and_health(people, synapse, tmp_path) -> None:
         status, body = await health(port)
         assert (status, body) == (200, {"sync_alive": True, "scheduler_alive": True})
         assert handle.bot is not None and handle.bot.engine is not None
-        await handle.bot.engine.scheduler.stop()
+        await handle.bot.engine._scheduler.stop()
         status, body = await health(port)
         assert (status, body) == (503, {"sync_alive": True, "scheduler_alive": False})
         assert (await scrape(port))[("lethe_scheduler_alive", ())] == 0

@@ -16,10 +16,10 @@ from tests.harness import BotHandle, bot_room, eventually, not_redacted, stays
 async def _tracked(lethe: BotHandle, *events: str) -> None:
     """Wait until the bot tracks these events, so what follows does not race its sync."""
     assert lethe.bot is not None
-    store = lethe.bot.engine.store
+    engine = lethe.bot.engine
 
     async def known() -> bool:
-        return await store.known_event_ids(events) == set(events)
+        return await engine.tracked(events) == set(events)
 
     await eventually(known, 15, what="bot tracking the new events")
 

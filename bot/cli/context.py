@@ -6,7 +6,7 @@ The E2EE key store is never opened here: only the running bot may use it.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -17,7 +17,7 @@ from bot.config import Config
 from bot.engine.policy import PolicyError, parse_duration
 from bot.engine.store import Store, StoreError
 from bot.errors import CheckFailed, HomeserverError, LetheError, UsageError
-from bot.matrix.api import CLIENT_V3, HttpReply, MatrixHttp, q
+from bot.matrix.api import HttpReply, MatrixHttp
 from bot.matrix.credentials import Credentials, LoginFailed, load_credentials
 
 
@@ -53,9 +53,8 @@ class Admin:
     def bot(self) -> str:
         return self.config.bot.user_id
 
-    async def call(self, method: str, path: str, *, json: Mapping[str, Any] | None = None,
-                   params: Mapping[str, str] | None = None) -> HttpReply:
-        reply = await self.http.request(method, CLIENT_V3 + path, json=json, params=params)
+    def checked(self, reply: HttpReply) -> HttpReply:
+        """Any reply of the bot's login: a refused login is a failure of its own."""
         if reply.status == 401:
             raise LoginFailed(
                 f"the homeserver refused the saved login of {self.bot} ({reply.errcode}); "
@@ -63,10 +62,10 @@ class Admin:
             )
         return reply
 
-    async def expect(self, method: str, path: str, what: str, **kwargs: Any) -> dict[str, Any]:
-        """A call that must succeed; otherwise a failure naming ``what`` (exit 4 when the
-        homeserver is in trouble, 1 when it refused)."""
-        reply = await self.call(method, path, **kwargs)
+    async def expect(self, request: Awaitable[HttpReply], what: str) -> dict[str, Any]:
+        """A request (a ``self.http`` call) that must succeed; otherwise a failure naming
+        ``what`` (exit 4 when the homeserver is in trouble, 1 when it refused)."""
+        reply = self.checked(await request)
         if not reply.ok:
             error = reply.body.get("error") or reply.errcode or "no details"
             kind = RequestBroke if reply.status >= 500 else RequestRefused
@@ -74,17 +73,17 @@ class Admin:
         return reply.body
 
     async def whoami(self) -> dict[str, Any]:
-        return await self.expect("GET", "/account/whoami", "checking the login")
+        return await self.expect(self.http.whoami(), "checking the login")
 
     async def joined_rooms(self) -> list[str]:
-        body = await self.expect("GET", "/joined_rooms", "listing the bot's rooms")
+        body = await self.expect(self.http.joined_rooms(), "listing the bot's rooms")
         rooms = body.get("joined_rooms")
         return sorted(r for r in rooms if isinstance(r, str)) if isinstance(rooms, list) else []
 
     async def resolve_room(self, room: str) -> str:
         """A room id or alias of a room the bot is in, as a room id; exit 2 otherwise."""
         if room.startswith("#"):
-            reply = await self.call("GET", f"/directory/room/{q(room)}")
+            reply = self.checked(await self.http.resolve_alias(room))
             room_id = reply.body.get("room_id")
             if reply.status == 404 or not isinstance(room_id, str):
                 raise UsageError(f"unknown room {room}: no such alias")
@@ -99,14 +98,14 @@ class Admin:
         return room_id
 
     async def room_state(self, room_id: str) -> RoomState:
-        body = await self.expect("GET", f"/rooms/{q(room_id)}/state",
+        body = await self.expect(self.http.full_state(room_id),
                                  f"reading the state of {room_id}")
         chunk = body.get("chunk")
         events = [e for e in chunk if isinstance(e, Mapping)] if isinstance(chunk, list) else []
         return RoomState.from_events(room_id, events, self.config.default_cap_ms)
 
     async def event(self, room_id: str, event_id: str) -> dict[str, Any] | None:
-        reply = await self.call("GET", f"/rooms/{q(room_id)}/event/{q(event_id)}")
+        reply = self.checked(await self.http.event(room_id, event_id))
         return reply.body if reply.ok else None
 
 

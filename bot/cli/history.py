@@ -26,7 +26,7 @@ from bot.engine.policy import (
     StatePolicy,
     resolve_policy,
 )
-from bot.matrix.api import messages_query, page_back, q
+from bot.matrix.api import page_back
 from bot.matrix.events import is_redacted, to_item
 from bot.matrix.roomstate import state_policy
 
@@ -76,9 +76,8 @@ class History:
         found: list[PastEvent] = []
 
         async def fetch(token: str | None) -> dict[str, Any]:
-            return await admin.expect("GET", f"/rooms/{q(room_id)}/messages",
-                                      f"reading the history of {room_id}",
-                                      params=messages_query(token, PAGE_SIZE))
+            return await admin.expect(admin.http.messages(room_id, token, limit=PAGE_SIZE),
+                                      f"reading the history of {room_id}")
 
         async for page in page_back(fetch, None):
             chunk = page.get("chunk")

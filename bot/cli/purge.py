@@ -26,12 +26,11 @@ from bot.cli.output import (
     warn,
     when,
 )
-from bot.engine.redactor import Outcome, backoff_ms
+from bot.engine.redactor import Outcome, backoff_ms, fetch_until_redacted
 from bot.errors import CheckFailed
 from bot.matrix.transport import HttpTransport
 
 MAX_TRIES = 6  # per event, for errors other than 429 (rate limits are waited out)
-VERIFY_DELAYS_S = (0.0, 0.2, 0.5, 1.0)
 
 
 @dataclass(frozen=True)
@@ -51,13 +50,10 @@ async def redact_now(transport: HttpTransport, room_id: str, event: PastEvent) -
             continue
         tries += 1
         if reply.outcome is Outcome.OK:
-            for delay in VERIFY_DELAYS_S:
-                await asyncio.sleep(delay)
-                seen = await transport.check(room_id, event.event_id, event.sender)
-                if seen.outcome is Outcome.REDACTED:
-                    return Result(event.event_id, "redacted")
-                if seen.outcome is not Outcome.PRESENT:
-                    break
+            seen = await fetch_until_redacted(
+                lambda: transport.check(room_id, event.event_id, event.sender))
+            if seen.outcome is Outcome.REDACTED:
+                return Result(event.event_id, "redacted")
             return Result(event.event_id, "failed", "the homeserver does not confirm it")
         if reply.outcome is Outcome.TRANSIENT:
             await asyncio.sleep(backoff_ms(tries) / 1000)

@@ -31,7 +31,6 @@ from bot.engine.givenup import GivenUpRoom, load_given_up
 from bot.engine.store import Store
 from bot.front.joins import META_KEY as JOINS_META
 from bot.front.joins import PendingInvite, load_pending
-from bot.matrix.api import q
 
 
 def summary(state: RoomState, schedule: RoomSchedule | None, store: Store | None,
@@ -199,8 +198,7 @@ def leave(ctx: click.Context, room: str) -> None:
                 readonly_store(config, required=False) as store:
             room_id = await admin.resolve_room(room)
             pending = await store.pending_count(room_id) if store else 0
-            await admin.expect("POST", f"/rooms/{q(room_id)}/leave", f"leaving {room_id}",
-                               json={})
+            await admin.expect(admin.http.leave(room_id), f"leaving {room_id}")
         say(f"left {room_id}")
         if pending:
             say(f"{pending} scheduled redaction(s) there will not happen now")

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import Enum
 from typing import Protocol
@@ -40,7 +40,7 @@ MAX_BACKOFF_MS = 60_000
 # workers released together when a pause ends would mostly earn 429s again.
 CALM_AFTER = 10
 # Short re-checks after a 200, before treating the redaction as unconfirmed.
-_VERIFY_DELAYS_S = (0.0, 0.2, 0.5)
+VERIFY_DELAYS_S = (0.0, 0.2, 0.5)
 # How long to wait for a redaction's echo before fetching the event instead.
 ECHO_WAIT_MS = 10_000
 
@@ -98,6 +98,20 @@ class RedactionStats:
     retries: int = 0
     failures: int = 0
     parked: int = 0
+
+
+async def fetch_until_redacted(check: Callable[[], Awaitable[Reply]]) -> Reply:
+    """After a ``200`` from /redact: fetch the event, shortly apart, until it shows
+    redacted or something other than its content (the last reply says which). A 200
+    alone proves nothing; every redact-and-verify in Lethe goes through here."""
+    reply = Reply(Outcome.PRESENT)
+    for delay in VERIFY_DELAYS_S:
+        if delay:
+            await asyncio.sleep(delay)
+        reply = await check()
+        if reply.outcome is not Outcome.PRESENT:
+            break
+    return reply
 
 
 def backoff_ms(attempts: int) -> int:
@@ -176,15 +190,9 @@ class Redactor:
         return await self._transport.check(event.room_id, event.event_id, event.sender)
 
     async def _verify(self, event: DueEvent) -> Decision:
-        reply = Reply(Outcome.PRESENT)
-        for delay in _VERIFY_DELAYS_S:
-            if delay:
-                await asyncio.sleep(delay)
-            reply = await self._check(event)
-            if reply.outcome is Outcome.REDACTED:
-                return Decision(Verdict.DONE)
-            if reply.outcome is not Outcome.PRESENT:
-                break
+        reply = await fetch_until_redacted(lambda: self._check(event))
+        if reply.outcome is Outcome.REDACTED:
+            return Decision(Verdict.DONE)
         if reply.outcome is Outcome.NOT_FOUND:
             # The homeserver took the redaction of an event it cannot show: unconfirmed.
             return Decision(Verdict.FAIL, reason="unconfirmed: the homeserver does not know it")
