@@ -41,8 +41,9 @@ from bench.common import (
     spread,
     table,
 )
-from bot.devtools.localsynapse import LocalSynapse, RegisteredUser
+from bot.devtools.localsynapse import LocalSynapse
 from bot.devtools.people import Person
+from bot.devtools.synapseusers import RegisteredUser
 from bot.engine.policy import Policy
 from bot.matrix.api import CLIENT_V3, MatrixHttp, q
 

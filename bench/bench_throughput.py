@@ -50,8 +50,9 @@ from bench.common import (
     send_plain,
     table,
 )
-from bot.devtools.localsynapse import LocalSynapse, RegisteredUser
+from bot.devtools.localsynapse import LocalSynapse
 from bot.devtools.people import eventually
+from bot.devtools.synapseusers import RegisteredUser
 from bot.engine.engine import EngineConfig
 from bot.engine.policy import POLICY_EVENT_TYPE, Policy
 from bot.engine.redactor import REDACTION_REASON

@@ -12,12 +12,8 @@ from typing import Any
 
 import pytest
 
-from bot.devtools.localsynapse import (
-    LocalSynapse,
-    RegisteredUser,
-    SynapseRegistrationError,
-    synapse_available,
-)
+from bot.devtools.localsynapse import LocalSynapse, synapse_available
+from bot.devtools.synapseusers import RegisteredUser, SynapseRegistrationError
 
 pytestmark = [
     pytest.mark.synapse,

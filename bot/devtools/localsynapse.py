@@ -12,10 +12,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import hashlib
-import hmac
 import importlib
-import json
 import logging
 import os
 import secrets
@@ -28,12 +25,15 @@ import urllib.error
 import urllib.request
 from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
 import yaml
+
+from bot.devtools.synapseconfig import log_config, rate_limits
+from bot.devtools.synapseusers import OPENER, RegisteredUser, register_user
+from bot.matrix.files import write_secret
 
 log = logging.getLogger(__name__)
 
@@ -42,15 +42,8 @@ _INSTALL_HINT = (
     "Install it with: pip install 'lethe-matrix[demo]' (or 'lethe-matrix[test]' for the tests)"
 )
 
-# High enough that no test or demo ever hits a limit, low enough to stay a sane float/int.
-_UNLIMITED: dict[str, float] = {"per_second": 10000, "burst_count": 100000}
-
 # How many lines of each log file go into a SynapseStartError.
 _LOG_TAIL_LINES = 40
-
-# urllib honours http_proxy/https_proxy from the environment, and a proxy would see (or
-# forward) our loopback traffic. An opener with an empty ProxyHandler never uses one.
-_OPENER = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 class SynapseNotInstalled(RuntimeError):
@@ -59,27 +52,6 @@ class SynapseNotInstalled(RuntimeError):
 
 class SynapseStartError(RuntimeError):
     """Synapse exited or did not answer in time; the message ends with its log tail."""
-
-
-class SynapseRegistrationError(RuntimeError):
-    """The shared-secret registration API refused to create a user."""
-
-    def __init__(self, message: str, *, status: int, errcode: str | None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.errcode = errcode
-
-
-@dataclass(frozen=True)
-class RegisteredUser:
-    user_id: str
-    access_token: str
-    device_id: str
-    password: str
-
-    def __repr__(self) -> str:
-        # Keep credentials out of pytest failure output and log lines.
-        return f"RegisteredUser(user_id={self.user_id!r}, device_id={self.device_id!r})"
 
 
 def find_free_port() -> int:
@@ -110,13 +82,6 @@ def _tail(path: Path, lines: int = _LOG_TAIL_LINES) -> str:
             return "".join(deque(fh, maxlen=lines))
     except FileNotFoundError:
         return "(no such file)\n"
-
-
-def _write_private(path: Path, text: str) -> None:
-    # The config holds the shared secret: keep it readable by the owner only.
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
 
 
 class LocalSynapse:
@@ -176,46 +141,6 @@ class LocalSynapse:
         if resolved not in self._app_service_files:
             self._app_service_files.append(resolved)
 
-    def _rate_limits(self) -> dict[str, Any]:
-        unlimited = dict(_UNLIMITED)
-        limits: dict[str, Any] = {
-            # Setup traffic (registration, login, joins, room creation) is never throttled,
-            # even in rate-limited mode, so only the behaviour under test sees limits.
-            "rc_registration": unlimited,
-            "rc_registration_token_validity": unlimited,
-            "rc_login": {
-                "address": unlimited,
-                "account": unlimited,
-                "failed_attempts": unlimited,
-            },
-            "rc_joins": {"local": unlimited, "remote": unlimited},
-            "rc_joins_per_room": unlimited,
-            "rc_room_creation": unlimited,
-            "rc_invites": {
-                "per_room": unlimited,
-                "per_user": unlimited,
-                "per_issuer": unlimited,
-            },
-        }
-        if not self.rate_limited:
-            limits.update(
-                {
-                    "rc_message": unlimited,
-                    "rc_admin_redaction": unlimited,
-                    "rc_3pid_validation": unlimited,
-                    "rc_third_party_invite": unlimited,
-                    "rc_key_requests": unlimited,
-                    "rc_media_create": unlimited,
-                    "rc_reports": unlimited,
-                    "rc_presence": {"per_user": unlimited},
-                    "rc_delayed_event_mgmt": unlimited,
-                    "rc_user_directory": unlimited,
-                    "rc_profile": unlimited,
-                }
-            )
-        # rate_limited=True leaves rc_message at Synapse's default (0.2/s, burst 10).
-        return limits
-
     def build_config(self) -> dict[str, Any]:
         """The homeserver.yaml contents as a dict (extra_config merged last, shallowly)."""
         config: dict[str, Any] = {
@@ -252,41 +177,20 @@ class LocalSynapse:
             "federation_domain_whitelist": [],
             "presence": {"enabled": False},
             "app_service_config_files": [str(p) for p in self._app_service_files],
-            **self._rate_limits(),
+            **rate_limits(self.rate_limited),
         }
         config.update(self._extra_config)
         return config
 
-    def _log_config(self) -> dict[str, Any]:
-        # A plain FileHandler (no buffering, no rotation) so the tail we show on a failed
-        # start is complete, and nothing goes to stdout.
-        return {
-            "version": 1,
-            "formatters": {
-                "precise": {
-                    "format": "%(asctime)s - %(name)s - %(lineno)d - %(levelname)s - "
-                    "%(request)s - %(message)s"
-                }
-            },
-            "handlers": {
-                "file": {
-                    "class": "logging.FileHandler",
-                    "formatter": "precise",
-                    "filename": str(self.log_path),
-                    "encoding": "utf8",
-                }
-            },
-            # DEBUG on synapse.storage.SQL would log access tokens; pin it to INFO.
-            "loggers": {"synapse.storage.SQL": {"level": "INFO"}},
-            "root": {"level": "INFO", "handlers": ["file"]},
-            "disable_existing_loggers": False,
-        }
-
     def _write_config(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
         (self.workdir / "media_store").mkdir(exist_ok=True)
-        _write_private(self._log_config_path, yaml.safe_dump(self._log_config(), sort_keys=False))
-        _write_private(self.config_path, yaml.safe_dump(self.build_config(), sort_keys=False))
+        write_secret(self._log_config_path,
+                     yaml.safe_dump(log_config(self.log_path), sort_keys=False),
+                     secure_parent=False)
+        # The config holds the shared secret: owner-only.
+        write_secret(self.config_path, yaml.safe_dump(self.build_config(), sort_keys=False),
+                     secure_parent=False)
 
     def _generate_keys(self, timeout: float) -> None:
         if self._signing_key_path.exists():
@@ -374,7 +278,7 @@ class LocalSynapse:
                     f"Synapse exited with code {code} during startup\n{self._log_tails()}"
                 )
             try:
-                with _OPENER.open(url, timeout=2) as resp:
+                with OPENER.open(url, timeout=2) as resp:
                     if resp.status == 200:
                         return
             except (urllib.error.URLError, OSError):
@@ -440,58 +344,9 @@ class LocalSynapse:
 
     # -- users -----------------------------------------------------------------------------
 
-    def _request(self, method: str, path: str, body: Mapping[str, Any] | None = None) -> Any:
-        data = json.dumps(body).encode() if body is not None else None
-        req = urllib.request.Request(
-            f"{self.base_url}{path}",
-            data=data,
-            method=method,
-            headers={"Content-Type": "application/json"} if data is not None else {},
-        )
-        with _OPENER.open(req, timeout=30) as resp:
-            return json.loads(resp.read() or b"{}")
-
     def register(
         self, localpart: str, password: str | None = None, *, admin: bool = False
     ) -> RegisteredUser:
         """Create a user through the shared-secret admin API and return its credentials."""
-        if password is None:
-            password = secrets.token_urlsafe(24)
-        path = "/_synapse/admin/v1/register"
-        nonce: str = self._request("GET", path)["nonce"]
-        # MAC as documented for the shared-secret registration API:
-        # HMAC-SHA1(secret, nonce \0 username \0 password \0 admin|notadmin).
-        mac = hmac.new(self.registration_shared_secret.encode(), digestmod=hashlib.sha1)
-        for i, part in enumerate((nonce, localpart, password, "admin" if admin else "notadmin")):
-            if i:
-                mac.update(b"\x00")
-            mac.update(part.encode())
-        body = {
-            "nonce": nonce,
-            "username": localpart,
-            "password": password,
-            "admin": admin,
-            "mac": mac.hexdigest(),
-        }
-        try:
-            result = self._request("POST", path, body)
-        except urllib.error.HTTPError as err:
-            raw = err.read()
-            try:
-                payload = json.loads(raw)
-            except ValueError:
-                payload = {}
-            errcode = payload.get("errcode")
-            detail = payload.get("error") or raw.decode(errors="replace")[:200]
-            raise SynapseRegistrationError(
-                f"could not register {localpart!r} on {self.server_name}: "
-                f"HTTP {err.code} {errcode or ''} {detail}".rstrip(),
-                status=err.code,
-                errcode=errcode,
-            ) from None
-        return RegisteredUser(
-            user_id=result["user_id"],
-            access_token=result["access_token"],
-            device_id=result["device_id"],
-            password=password,
-        )
+        return register_user(self.base_url, self.server_name, self.registration_shared_secret,
+                             localpart, password, admin=admin)
