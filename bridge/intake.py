@@ -21,13 +21,13 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import sqlite3
 import traceback
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bot.engine.store import database_unavailable
 from bot.matrix.api import HomeserverUnavailable
 from bot.matrix.events import MAX_TS, is_id, storable
 
@@ -112,11 +112,9 @@ def is_transient(exc: BaseException) -> bool:
     """A failure a later delivery of the same transaction can get past: the homeserver
     or the database unavailable (locked, busy, disk full or failing). Anything else is
     the data meeting a bug, and would fail the same way every time."""
-    if isinstance(exc, (TryLater, HomeserverUnavailable, OSError, MemoryError,
-                        sqlite3.OperationalError)):
+    if isinstance(exc, (TryLater, HomeserverUnavailable, OSError, MemoryError)):
         return True
-    # The bare DatabaseError is a damaged file; its other subclasses are about the data.
-    return type(exc) in (sqlite3.DatabaseError, sqlite3.InternalError)
+    return database_unavailable(exc)
 
 
 def where(exc: BaseException) -> str:
