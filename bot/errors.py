@@ -1,8 +1,9 @@
 """The domain's expected failures: one base class, four kinds.
 
 An expected failure carries a message for a person and no traceback. The kind says
-what the person has to look at; the CLI's edge (bot/cli/main.py) maps each kind to
-its exit code, the only place that knows exit codes of failures. Library code raises
+what the person has to look at; the CLI's edge (bot/cli/main.py, with the table
+``EXIT_CODES`` in bot/cli/common.py) maps each kind to its exit code, the only place
+that knows exit codes of failures. Library code raises
 these (or its own subclasses of them) and never a click exception.
 """
 

@@ -48,8 +48,8 @@ class FrontLife:
         bot's own)."""
         engine = await Engine.open(db_path, transport, config, on_park=on_park,
                                    is_other_sender=is_other_sender)
+        self._engine = engine  # before start: ``stop`` closes it even if start fails
         await engine.start()
-        self._engine = engine
         return engine
 
     async def start_metrics(self, config: MetricsConfig | None, front: Front) -> None:

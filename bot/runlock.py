@@ -24,6 +24,10 @@ class AlreadyRunning(SetupError, RuntimeError):
     """Another process holds the lock; the message names it and the way out."""
 
 
+class LockUnusable(SetupError, RuntimeError):
+    """The lock file cannot be made or opened (permissions, a read-only disk)."""
+
+
 class RunLock:
     """An exclusive lock held until ``release`` (or the process ends)."""
 
@@ -45,8 +49,11 @@ class RunLock:
 
 def hold(path: Path, what: str) -> RunLock:
     """Take the lock at ``path`` for ``what`` (e.g. "lethe run"), or raise AlreadyRunning."""
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise LockUnusable(f"{path}: cannot open the run lock: {exc.strerror}") from None
     try:
         os.fchmod(fd, 0o600)
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -31,6 +31,9 @@ from bot.errors import CheckFailed
 from bot.matrix.transport import HttpTransport
 
 MAX_TRIES = 6  # per event, for errors other than 429 (rate limits are waited out)
+# Longer than the bot's re-checks: purge has no later retry, and a re-run would send
+# a second redaction.
+VERIFY_DELAYS_S = (0.0, 0.2, 0.5, 1.0)
 
 
 @dataclass(frozen=True)
@@ -51,7 +54,8 @@ async def redact_now(transport: HttpTransport, room_id: str, event: PastEvent) -
         tries += 1
         if reply.outcome is Outcome.OK:
             seen = await fetch_until_redacted(
-                lambda: transport.check(room_id, event.event_id, event.sender))
+                lambda: transport.check(room_id, event.event_id, event.sender),
+                VERIFY_DELAYS_S)
             if seen.outcome is Outcome.REDACTED:
                 return Result(event.event_id, "redacted")
             return Result(event.event_id, "failed", "the homeserver does not confirm it")

@@ -19,7 +19,7 @@ from bot.engine.echoes import EchoConfirmation
 from bot.engine.givenup import META_KEY as GIVEN_UP_KEY
 from bot.engine.givenup import GivenUpRoom, dump_given_up, load_given_up
 from bot.engine.ingest import IngestConfig, Ingestor
-from bot.engine.model import EventStatus, IngestResult, PendingEvent, RoomRow, RoomUpdate
+from bot.engine.model import EventStatus, IngestResult, RoomRow, RoomUpdate
 from bot.engine.policy import Policy
 from bot.engine.redactor import RedactionStats, Redactor, Transport
 from bot.engine.scheduler import ParkListener, RedactionListener, Scheduler
@@ -233,9 +233,6 @@ class Engine:
     async def pending_by_status(self) -> dict[EventStatus | int, int]:
         """Tracked events per status (an int: one this version does not know)."""
         return await self._store.count_by_status()
-
-    async def pending(self, room_id: str | None = None, limit: int = 1000) -> list[PendingEvent]:
-        return await self._store.pending(room_id, limit)
 
     async def pending_count(self, room_id: str | None = None) -> int:
         return await self._store.pending_count(room_id)

@@ -220,6 +220,6 @@ class RedactionTarget:
     """A tracked event the event stream shows redacted: what deciding about that echo
     needs (see echoes.py)."""
 
-    status: EventStatus
+    status: EventStatus | int  # an int: a status of a newer version, none of these rules
     redaction_id: str | None  # of the redaction the homeserver accepted from Lethe
     due: DueEvent  # the row (sender, txn_id set once Lethe began to send a redaction)

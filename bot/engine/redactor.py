@@ -100,12 +100,14 @@ class RedactionStats:
     parked: int = 0
 
 
-async def fetch_until_redacted(check: Callable[[], Awaitable[Reply]]) -> Reply:
+async def fetch_until_redacted(
+    check: Callable[[], Awaitable[Reply]], delays_s: tuple[float, ...] = VERIFY_DELAYS_S
+) -> Reply:
     """After a ``200`` from /redact: fetch the event, shortly apart, until it shows
     redacted or something other than its content (the last reply says which). A 200
     alone proves nothing; every redact-and-verify in Lethe goes through here."""
     reply = Reply(Outcome.PRESENT)
-    for delay in VERIFY_DELAYS_S:
+    for delay in delays_s:
         if delay:
             await asyncio.sleep(delay)
         reply = await check()

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from bot.runlock import AlreadyRunning, hold
+from bot.errors import SetupError
+from bot.runlock import AlreadyRunning, LockUnusable, hold
 
 
 def test_a_second_holder_is_refused_until_the_first_releases(tmp_path: Path) -> None:
@@ -24,3 +25,14 @@ def test_a_second_holder_is_refused_until_the_first_releases(tmp_path: Path) -> 
     first.release()
     with hold(path, "lethe run"):  # a stale file is no lock
         pass
+
+
+def test_a_lock_that_cannot_be_made_is_a_setup_error(tmp_path: Path) -> None:
+    """Exit 3 naming the file, not "homeserver unreachable": the lock is taken inside
+    the async run, where other OSErrors mean the network."""
+    blocker = tmp_path / "data"
+    blocker.write_text("a file where the data_dir should be")
+    with pytest.raises(LockUnusable) as refused:
+        hold(blocker / "lethe.lock", "lethe run")
+    assert isinstance(refused.value, SetupError)
+    assert "lethe.lock" in str(refused.value)

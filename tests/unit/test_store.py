@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bot.engine.model import EventStatus
+from bot.engine.model import EventStatus, TrackedEvent
 from bot.engine.policy import Policy
 from bot.engine.store import MIGRATIONS, SCHEMA_VERSION, Store, StoreError
 
@@ -322,5 +322,27 @@ async def test_schema_4_database_migrates_with_sent_times_and_reader_counts(
             "WHERE room_id = ? AND status = 0 AND due_at IS NOT NULL AND due_at <= ? "
             "ORDER BY due_at", ("!r:x", 0))
         assert "INDEX events_room_due" in plan and "TEMP B-TREE" not in plan, plan
+    finally:
+        await store.close()
+
+
+async def test_a_status_of_a_newer_version_is_read_not_refused(db_path: Path) -> None:
+    """After a downgrade, a row in a status this version does not know must not stop
+    ingest when its redaction comes by: it is read as the bare number, and no rule for
+    a known status applies to it."""
+    store = await Store.open(db_path)
+    try:
+        async with store.transaction() as tx:
+            await tx.ensure_room("!r:x")
+            await tx.insert_events([TrackedEvent(
+                "$m", "!r:x", "@a:x", 1, 1000, None, None, Policy.after_send(60_000),
+                None, 61_000)])
+        await store.conn.execute("UPDATE events SET status = 99 WHERE event_id = '$m'")
+        await store.conn.commit()
+        async with store.transaction() as tx:
+            target = await tx.redaction_target("!r:x", "$m")
+        assert target is not None and target.status == 99
+        assert not isinstance(target.status, EventStatus)
+        assert (await store.count_by_status()).get(99) == 1
     finally:
         await store.close()

@@ -304,7 +304,7 @@ async def redaction_target(
     if row is None:
         return None
     due = DueEvent(*row[:6])
-    return RedactionTarget(EventStatus(row[6]), row[7], due)
+    return RedactionTarget(_status(row[6]), row[7], due)
 
 
 async def forget(conn: aiosqlite.Connection, room_id: str, event_id: str) -> None:

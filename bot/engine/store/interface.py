@@ -3,7 +3,11 @@ backend (PostgreSQL, say) implements. SQLite's is ``sqlite.Store``; nothing outs
 this package sees SQL or a connection.
 
 Reads are on the store; every write goes through the ``Transaction`` that
-``transaction()`` yields, and commits or rolls back with it."""
+``transaction()`` yields, and commits or rolls back with it. A read made while a
+transaction is open must see that transaction's writes: the ingestor reads rooms,
+positions and unread counts in the middle of a batch (a receipt on a message of the
+same batch), so a backend with a pool of connections must read on the
+transaction's own."""
 
 from __future__ import annotations
 

@@ -31,7 +31,6 @@ class Store:
         self.readonly = readonly
         self._write_lock = asyncio.Lock()
         self._due_rooms = events.DueRooms()
-        self._tx: Transaction | None = None  # the open one, for the deprecated set_meta
 
     # --- opening -----------------------------------------------------------
 
@@ -137,12 +136,11 @@ class Store:
     async def transaction(self) -> AsyncIterator[Transaction]:
         """Serialise writers and make each batch atomic: the one way to write."""
         async with self._writing():
-            tx = self._tx = Transaction(self._conn, self._due_rooms)
+            tx = Transaction(self._conn, self._due_rooms)
             try:
                 yield tx
             finally:
                 tx._end()
-                self._tx = None
 
     @property
     def conn(self) -> aiosqlite.Connection:
