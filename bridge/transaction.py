@@ -117,7 +117,6 @@ async def ingest(engine: Engine, txn_id: str, updates: list[RoomUpdate],
         policy_changes=tuple(c for r in results for c in r.policy_changes),
         invalid_policies=tuple(i for r in results for i in r.invalid_policies),
         tracked=sum(r.tracked for r in results),
-        emptied_rooms=tuple(e for r in results for e in r.emptied_rooms),
         redacted=tuple(e for r in results for e in r.redacted),
     )
 

@@ -7,7 +7,7 @@ them carries message content: only ids, senders, times and relations.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import IntEnum
 
 from bot.engine.policy import Policy, StatePolicy
@@ -210,7 +210,6 @@ class IngestResult:
     policy_changes: tuple[PolicyChange, ...] = ()
     invalid_policies: tuple[InvalidPolicy, ...] = ()
     tracked: int = 0
-    emptied_rooms: tuple[str, ...] = field(default=())
     # Lethe's own redactions the event stream brought back: confirmed, now counted.
     redacted: tuple[DueEvent, ...] = ()
 
