@@ -17,7 +17,7 @@ $(BIN)/python:
 # pip and setuptools talk even with --quiet (e.g. setuptools' note on every editable
 # install): their output goes to a log, shown only when the install fails.
 $(STAMP): pyproject.toml | $(BIN)/python
-	@echo "installing into $(VENV) (log: $(VENV)/install.log)"
+	@echo "installing Lethe and its test tools into $(VENV), once (log: $(VENV)/install.log)"
 	@$(BIN)/python -m pip install --quiet -e '.[test,demo]' > $(VENV)/install.log 2>&1 \
 		|| { cat $(VENV)/install.log >&2; exit 1; }
 	@touch $(STAMP)

@@ -76,7 +76,8 @@ def _require_synapse() -> None:
         raise SynapseNotInstalled(_INSTALL_HINT)
 
 
-def _tail(path: Path, lines: int = _LOG_TAIL_LINES) -> str:
+def log_tail(path: Path, lines: int = _LOG_TAIL_LINES) -> str:
+    """The last lines of a log file, for a failure message."""
     try:
         with path.open(encoding="utf-8", errors="replace") as fh:
             return "".join(deque(fh, maxlen=lines))
@@ -291,8 +292,8 @@ class LocalSynapse:
 
     def _log_tails(self) -> str:
         return (
-            f"--- last lines of {self.log_path} ---\n{_tail(self.log_path)}"
-            f"--- last lines of {self.stdout_path} ---\n{_tail(self.stdout_path)}"
+            f"--- last lines of {self.log_path} ---\n{log_tail(self.log_path)}"
+            f"--- last lines of {self.stdout_path} ---\n{log_tail(self.stdout_path)}"
         )
 
     def stop(self, timeout: float = 15.0) -> None:

@@ -18,12 +18,11 @@ import json
 import os
 import secrets
 import subprocess
-from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypedDict
 
-from bot.devtools.localsynapse import LocalSynapse
+from bot.devtools.localsynapse import LocalSynapse, log_tail
 from tests.harness import unique
 
 __all__ = [
@@ -144,14 +143,6 @@ def _node_env() -> dict[str, str]:
     return env
 
 
-def _tail(path: Path, lines: int = _LOG_TAIL_LINES) -> str:
-    try:
-        with path.open(encoding="utf-8", errors="replace") as fh:
-            return "".join(deque(fh, maxlen=lines))
-    except FileNotFoundError:
-        return "(no log)\n"
-
-
 class ElementClient:
     """One js-sdk client in its own node process. Call ``start`` first, ``close`` last."""
 
@@ -244,7 +235,8 @@ class ElementClient:
 
     def _failure(self, message: str) -> str:
         who = f"{self.name} ({self.user_id})" if self.user_id else self.name
-        return f"{who}: {message}\n--- last lines of {self.log_path} ---\n{_tail(self.log_path)}"
+        tail = log_tail(self.log_path, _LOG_TAIL_LINES)
+        return f"{who}: {message}\n--- last lines of {self.log_path} ---\n{tail}"
 
     async def request(self, cmd: str, *, timeout: float = 30, **args: Any) -> dict[str, Any]:
         """Send one command and return its reply, raising ElementError on ok:false."""

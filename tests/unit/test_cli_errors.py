@@ -56,8 +56,10 @@ def test_a_failure_is_one_line_and_its_exit_code() -> None:
     assert result.stdout == ""
 
 
-def test_the_commands_do_not_import_the_entry_point() -> None:
-    """bot/cli/main.py loads the commands by name; they share bot/cli/common.py."""
+def test_the_commands_import_neither_the_entry_point_nor_nio() -> None:
+    """bot/cli/main.py loads the commands by name; they share bot/cli/common.py. They
+    read the saved login without nio (bot/matrix/credentials.py), which costs them
+    nothing to import."""
     commands = sorted(p.stem for p in (ROOT / "bot" / "cli").glob("*.py")
                       if p.stem not in ("__init__", "__main__", "main"))
     code = "; ".join([
@@ -65,6 +67,7 @@ def test_the_commands_do_not_import_the_entry_point() -> None:
         *(f"import bot.cli.{name}" for name in commands),
         "import bridge.cli",
         "assert 'bot.cli.main' not in sys.modules, 'imported bot.cli.main'",
+        "assert 'nio' not in sys.modules, 'imported nio'",
     ])
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, timeout=60)
 
