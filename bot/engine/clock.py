@@ -27,8 +27,12 @@ class SystemClock:
         delay = (deadline_ms - self.now_ms()) / 1000
         if delay <= 0:
             return
+        # Not asyncio.wait_for: on Python 3.11 it swallows a cancellation that comes in
+        # the same turn as ``wake`` (a worker ending as the scheduler stops), and the
+        # cancelled loop would run on while ``stop`` waits for it.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(wake.wait(), timeout=delay)
+            async with asyncio.timeout(delay):
+                await wake.wait()
 
 
 class FakeClock:
