@@ -1,6 +1,7 @@
 """The bridge's configuration: its own ``bridge`` section of the Lethe YAML config, plus
 the settings it shares with the bot (``homeserver.url``, ``data_dir``,
-``policy.default_cap``, ``readers.ignore``, ``redaction.workers``, ``logging.level``),
+``policy.default_cap``, ``readers.ignore``, ``redaction.workers``, ``logging.level``,
+``erasure``),
 read with the bot's reader so both name keys and problems the same way.
 """
 
@@ -8,12 +9,13 @@ from __future__ import annotations
 
 import fnmatch
 import ipaddress
+import os
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bot.config import ConfigReader, MetricsConfig, read_config_file
+from bot.config import ConfigReader, ErasureConfig, MetricsConfig, read_config_file
 from bot.engine.ids import localpart, server_name
 from bot.engine.policy import Mode, Policy, PolicyError, Readers, after_read_policy
 
@@ -60,6 +62,7 @@ class BridgeConfig:
     workers: int
     log_level: str
     metrics: MetricsConfig | None = None  # None: no metrics endpoint
+    erasure: ErasureConfig = field(default_factory=ErasureConfig)
 
     @property
     def server_name(self) -> str:
@@ -76,7 +79,8 @@ class BridgeConfig:
         return any(fnmatch.fnmatchcase(user_id, glob) for glob in self.defer_to)
 
 
-def load_bridge_config(path: Path | str) -> BridgeConfig:
+def load_bridge_config(path: Path | str, env: dict[str, str] | None = None) -> BridgeConfig:
+    env = dict(os.environ) if env is None else env
     path = Path(path)
     r = read_config_file(path)
     homeserver_url = r.homeserver_url()
@@ -124,6 +128,7 @@ def load_bridge_config(path: Path | str) -> BridgeConfig:
         workers=r.workers(),
         log_level=r.log_level(),
         metrics=r.metrics(_subsection(r, bridge, "bridge.metrics"), "bridge.metrics.listen"),
+        erasure=r.erasure(env),
     )
 
 

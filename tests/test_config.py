@@ -340,3 +340,37 @@ def test_without_a_config_the_cli_points_to_the_example() -> None:
     assert result.exit_code == 2
     assert result.stderr == ("lethe: no config given: use lethe config check -c CONFIG "
                              "(see `lethe config example`)\n")
+
+
+def test_without_an_admin_token_nothing_is_erased_beyond_redaction(tmp_path: Path) -> None:
+    erasure = load_config(write(tmp_path, minimal()), env={}).erasure
+    assert erasure.admin_token is None and not erasure.deletes_media
+    assert erasure.max_held_ms == 7 * 86_400_000 and erasure.ledger_ms == 30 * 86_400_000
+
+
+def test_the_admin_token_comes_from_the_environment_and_stays_out_of_repr(
+        tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, minimal()), env={"LETHE_ADMIN_TOKEN": "syt_admin_x"})
+    assert config.erasure.admin_token == "syt_admin_x" and config.erasure.deletes_media
+    assert config.erasure.token_source == "LETHE_ADMIN_TOKEN"
+    assert "syt_admin_x" not in repr(config)
+
+
+def test_the_admin_token_file_must_be_private(tmp_path: Path) -> None:
+    token = tmp_path / "admin-token"
+    token.write_text("syt_secret_admin\n")
+    data = with_(minimal(), "erasure", "admin_token_file", "admin-token")
+    token.chmod(0o644)
+    message = error(write(tmp_path, data))
+    assert "erasure.admin_token_file" in message and "chmod 600" in message
+    assert "syt_secret_admin" not in message
+    token.chmod(0o600)
+    config = load_config(write(tmp_path, data), env={})
+    assert config.erasure.admin_token == "syt_secret_admin"
+    assert config.erasure.token_source == str(token)
+
+
+@pytest.mark.parametrize(("key", "value"), [("media", "yes"), ("max_held", "soon"),
+                                            ("ledger", "-1d")])
+def test_bad_erasure_settings_are_named(tmp_path: Path, key: str, value: str) -> None:
+    assert f"erasure.{key}" in error(write(tmp_path, with_(minimal(), "erasure", key, value)))

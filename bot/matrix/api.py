@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 
 CLIENT_V1 = "/_matrix/client/v1"
 CLIENT_V3 = "/_matrix/client/v3"
+ADMIN_V1 = "/_synapse/admin/v1"  # Synapse's admin API: only with an admin's token
 
 
 class HomeserverUnavailable(HomeserverError, ConnectionError):
@@ -183,6 +184,39 @@ class MatrixHttp:
         """Ask the homeserver to ping the appservice back (MSC2659)."""
         return await self.request("POST", f"{CLIENT_V1}/appservice/{q(appservice_id)}/ping",
                                   json={"transaction_id": txn_id})
+
+    async def versions(self) -> HttpReply:
+        """The spec versions and ``unstable_features`` the homeserver advertises."""
+        return await self.request("GET", "/_matrix/client/versions")
+
+    # --- Synapse's admin API (the token must be a homeserver admin's) ----------
+
+    async def admin_server_version(self) -> HttpReply:
+        return await self.request("GET", f"{ADMIN_V1}/server_version")
+
+    async def admin_fetch_event(self, event_id: str) -> HttpReply:
+        """The event as stored, not as clients see it: a redacted event's original
+        content until the server prunes it (``redaction_retention_period``)."""
+        return await self.request("GET", f"{ADMIN_V1}/fetch_event/{q(event_id)}")
+
+    async def admin_media_info(self, server_name: str, media_id: str) -> HttpReply:
+        return await self.request("GET", f"{ADMIN_V1}/media/{q(server_name)}/{q(media_id)}")
+
+    async def admin_delete_media(self, server_name: str, media_id: str) -> HttpReply:
+        """Delete a local upload and its thumbnails (404: unknown or already gone)."""
+        return await self.request("DELETE",
+                                  f"{ADMIN_V1}/media/{q(server_name)}/{q(media_id)}")
+
+    async def admin_purge_history(self, room_id: str, up_to_ts: int) -> HttpReply:
+        """Start purging the room's events before ``up_to_ts`` from the database, local
+        ones included; answers a ``purge_id`` to follow (admin_purge_status)."""
+        return await self.request(
+            "POST", f"{ADMIN_V1}/purge_history/{q(room_id)}",
+            json={"purge_up_to_ts": up_to_ts, "delete_local_events": True},
+        )
+
+    async def admin_purge_status(self, purge_id: str) -> HttpReply:
+        return await self.request("GET", f"{ADMIN_V1}/purge_history_status/{q(purge_id)}")
 
 
 def messages_query(start: str | None, limit: int, direction: str = "b") -> dict[str, str]:
