@@ -9,7 +9,8 @@ user with the permission to redact others' messages (bridge/transport.py,
 bridge/followup.py).
 
 Tasks it owns (all cancelled on stop, bot/lifecycle.py): the HTTP listener, the
-start-up ping retry, and the engine's scheduler with its redaction workers.
+start-up ping retry, and the engine's scheduler with its redaction workers (and its
+media deletion, with an admin token).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from bot.engine.engine import Engine, EngineConfig
 from bot.engine.redactor import ECHO_WAIT_MS
 from bot.lifecycle import FrontLife
 from bot.matrix.api import HomeserverUnavailable, MatrixHttp
+from bot.matrix.transport import AdminMediaTransport
 from bridge.config import BridgeConfig, is_loopback
 from bridge.firstsight import StateFetcher
 from bridge.followup import FollowUp
@@ -55,6 +57,8 @@ class Bridge:
         self.registration: Registration | None = None
         self.engine: Engine | None = None
         self.http: MatrixHttp | None = None
+        # Synapse's admin API with the admin token, when media of expired messages go.
+        self.media: AdminMediaTransport | None = None
         self.stats = BridgeStats()
         self.rooms: dict[str, RoomView] = {}
         self.pinged = asyncio.Event()  # the homeserver answered a ping (tests wait on it)
@@ -78,6 +82,9 @@ class Bridge:
             log.warning("listening on %s, not a loopback address: only the homeserver should "
                         "reach the appservice API", config.host)
         self.http = http = MatrixHttp(config.homeserver_url, registration.as_token)
+        # Pushed events are in clear, so their files are seen; in encrypted rooms the
+        # bridge holds no keys and sees none (the bot does).
+        self.media = AdminMediaTransport.from_config(config.homeserver_url, config.erasure)
         self.engine = engine = await self.life.open_engine(
             config.db_path,
             BridgeTransport(http, config.is_local),
@@ -88,9 +95,12 @@ class Bridge:
                 config.workers,
                 config.default_policy,
                 echo_wait_ms=ECHO_WAIT_MS,
+                delete_media=self.media is not None,
+                media_ledger_ms=config.erasure.ledger_ms,
             ),
             self._on_park,
             is_other_sender=lambda sender: not config.is_local(sender),
+            media=self.media,
         )
         owners = load_owners(await engine.get_meta(OWNERS_META))
         self._state = StateFetcher(http, config, self.stats)
@@ -117,6 +127,9 @@ class Bridge:
         if self.http is not None:
             await self.http.close()
             self.http = None
+        if self.media is not None:
+            await self.media.close()
+            self.media = None
         self.life.release()
 
     async def run_until(self, stop: asyncio.Event) -> None:

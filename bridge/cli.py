@@ -86,12 +86,15 @@ def run(ctx: click.Context) -> None:
 @click.pass_context
 def rooms(ctx: click.Context, as_json: bool) -> None:
     """The rooms the bridge enforces, from its database (read-only, safe while it runs):
-    policy, whether it can enforce it, pending count and next due time."""
+    policy, whether it can enforce it, pending count and next due time, and the files of
+    expired messages."""
     from bot.cli.census import room_schedules
-    from bot.cli.output import emit_json, policy_json, relative, short_policy, table
+    from bot.cli.output import emit_json, media_json, policy_json, relative, short_policy, table
+    from bot.engine.media import describe_media
     from bridge.rooms import OWNERS_META, load_owners
 
     config = _config(ctx)
+    deletes = config.erasure.deletes_media
 
     async def go() -> None:
         store = await Store.open(config.db_path, readonly=True)
@@ -99,6 +102,8 @@ def rooms(ctx: click.Context, as_json: bool) -> None:
             rows = await store.list_rooms()
             schedules = await room_schedules(store)
             owners = load_owners(await store.get_meta(OWNERS_META))
+            media = {row.room_id: await store.media_counts(row.room_id) for row in rows}
+            total = await store.media_counts()
         finally:
             await store.close()
         found: list[dict[str, Any]] = []
@@ -118,6 +123,7 @@ def rooms(ctx: click.Context, as_json: bool) -> None:
                 "next_due": schedule.next_due if schedule else None,
                 "redacted": row.redacted_count,
                 "failed": row.failed_count,
+                "media": media_json(media[row.room_id], deletes),
             })
         if as_json:
             emit_json(found)
@@ -138,6 +144,9 @@ def rooms(ctx: click.Context, as_json: bool) -> None:
                 for row, room in zip(rows, found, strict=True)
             ],
         )
+        click.echo(f"\nFiles of expired messages: {describe_media(total if deletes else None)}"
+                   + (" (the bridge cannot read encrypted messages, so it never sees their "
+                      "files: in encrypted rooms, the bot deletes them)" if deletes else ""))
 
     run_async(go)
 

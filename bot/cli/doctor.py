@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import stat
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +17,10 @@ import aiohttp
 import click
 
 from bot.cli.census import pending_by_status
+from bot.cli.checks import FAIL, OK, WARN, Check
 from bot.cli.common import EXIT_CHECK_FAILED, EXIT_HOMESERVER, cli_config, config_option, run_async
 from bot.cli.context import Admin, RequestError, admin_session, readonly_store, saved_login
+from bot.cli.mediacheck import media_checks
 from bot.cli.output import emit_json, json_option, say
 from bot.cli.roomstate import RoomState
 from bot.config import PICKLE_KEY_ENV, Config
@@ -28,25 +29,12 @@ from bot.matrix.api import HomeserverUnavailable
 from bot.matrix.credentials import Credentials, LoginFailed
 from bot.matrix.crosssigning import IdentityError, fingerprint, query_identities, stored_master
 
-OK, WARN, FAIL = "ok", "warn", "FAIL"
-
 RETENTION_ADVICE = (
     "Synapse keeps the original of every redacted event in its database for "
     "redaction_retention_period (7 days by default). The client API cannot tell what "
     "this homeserver uses. To have redacted messages gone from the server sooner, set "
     "in homeserver.yaml:  redaction_retention_period: 5m"
 )
-MEDIA_ADVICE = (
-    "Redaction does not remove uploaded media (mxc:// files): they stay on the server "
-    "until deleted with the admin media API."
-)
-
-
-@dataclass(frozen=True)
-class Check:
-    name: str
-    status: str  # ok | warn | FAIL
-    detail: str
 
 
 class Doctor:
@@ -77,7 +65,7 @@ class Doctor:
         self.pickle_key()
         await self.database()
         self.add("retention", WARN, RETENTION_ADVICE)
-        self.add("media", WARN, MEDIA_ADVICE)
+        self.checks += await media_checks(self.config, reachable=not self.unreachable)
 
     # --- the homeserver ------------------------------------------------------
 

@@ -18,8 +18,10 @@ from bot.engine.clock import Clock, SystemClock
 from bot.engine.echoes import EchoConfirmation
 from bot.engine.givenup import META_KEY as GIVEN_UP_KEY
 from bot.engine.givenup import GivenUpRoom, dump_given_up, load_given_up
+from bot.engine.ids import server_name
 from bot.engine.ingest import IngestConfig, Ingestor
-from bot.engine.model import EventStatus, IngestResult, RoomRow, RoomUpdate
+from bot.engine.media import MediaDeleter, MediaStats, MediaTransport
+from bot.engine.model import EventStatus, IngestResult, MediaCounts, RoomRow, RoomUpdate
 from bot.engine.policy import Policy
 from bot.engine.redactor import RedactionStats, Redactor, Transport
 from bot.engine.scheduler import ParkListener, RedactionListener, Scheduler
@@ -39,6 +41,10 @@ class EngineConfig:
     default_policy: Policy = field(default_factory=Policy.off)  # rooms without policy state
     # Set by fronts whose event stream brings Lethe's own redactions back (see redactor).
     echo_wait_ms: int | None = None
+    # Delete the files of the messages Lethe expires (media.py): their ids are stored
+    # only while this is on, and only with a MediaTransport given to the engine.
+    delete_media: bool = False
+    media_ledger_ms: int = 30 * 24 * 3600 * 1000  # deleted files' ids kept for audits
 
 
 @dataclass(frozen=True)
@@ -53,6 +59,7 @@ class RoomStatus:
     next_due: int | None
     redacted: int
     failed: int
+    media: MediaCounts | None = None  # None: media deletion is off
 
 
 class Engine:
@@ -65,6 +72,7 @@ class Engine:
         clock: Clock | None = None,
         on_park: ParkListener | None = None,
         is_other_sender: Callable[[str], bool] | None = None,
+        media: MediaTransport | None = None,
     ) -> None:
         self._store = store
         self.config = config
@@ -74,11 +82,12 @@ class Engine:
             store, transport, self._clock, config.bot_user_id, is_other_sender,
             echo_wait_ms=config.echo_wait_ms, echoes=self._echoes,
         )
+        deletes_media = config.delete_media and media is not None
         self._ingestor = Ingestor(
             store,
             IngestConfig(
                 config.bot_user_id, config.ignore_readers, config.default_cap_ms,
-                config.default_policy,
+                config.default_policy, track_media=deletes_media,
             ),
             self._echoes,
         )
@@ -91,6 +100,15 @@ class Engine:
             workers=config.workers,
             on_park=on_park,
         )
+        self._media: MediaDeleter | None = None
+        if deletes_media:
+            assert media is not None
+            self._media = MediaDeleter(
+                store, media, self._clock, server_name(config.bot_user_id),
+                config.media_ledger_ms, backlogged=lambda: self._scheduler.backlogged,
+                wait_drained=self._scheduler.wait_drained,
+            )
+            self._scheduler.observe_redactions(lambda _event, _lag: self._wake_media())
 
     @classmethod
     async def open(
@@ -102,19 +120,25 @@ class Engine:
         clock: Clock | None = None,
         on_park: ParkListener | None = None,
         is_other_sender: Callable[[str], bool] | None = None,
+        media: MediaTransport | None = None,
     ) -> Engine:
-        """The way a front makes its engine: opens (and migrates) the database."""
+        """The way a front makes its engine: opens (and migrates) the database. With
+        ``media`` and ``config.delete_media``, the files of expired messages are deleted."""
         store = await Store.open(db_path)
         return cls(store, transport, config, clock=clock, on_park=on_park,
-                   is_other_sender=is_other_sender)
+                   is_other_sender=is_other_sender, media=media)
 
     # --- lifecycle -------------------------------------------------------------
 
     async def start(self) -> None:
         await self._ingestor.load()
         await self._scheduler.start()
+        if self._media is not None:
+            await self._media.start()
 
     async def stop(self) -> None:
+        if self._media is not None:
+            await self._media.stop()
         await self._scheduler.stop()
 
     async def close(self) -> None:
@@ -137,6 +161,7 @@ class Engine:
         for event in result.redacted:
             self._scheduler.record_done(event, now, echoed=True)
         self._scheduler.wake()
+        self._wake_media()  # somebody else's redaction makes files due too
         return result
 
     async def set_power(
@@ -167,6 +192,8 @@ class Engine:
             if given_up is not None:
                 await tx.set_meta(GIVEN_UP_KEY, dump_given_up(
                     load_given_up(await self._store.get_meta(GIVEN_UP_KEY)), given_up))
+        # A file its messages there held may now be free to go with another's.
+        self._wake_media()
         return given_up
 
     async def set_meta(self, key: str, value: str) -> None:
@@ -177,6 +204,10 @@ class Engine:
     def wake(self) -> None:
         """Something may have become due sooner than the scheduler thinks."""
         self._scheduler.wake()
+
+    def _wake_media(self) -> None:
+        if self._media is not None:
+            self._media.wake()
 
     def observe_redactions(self, listener: RedactionListener) -> None:
         """Tell ``listener`` of each verified redaction and its lag (for metrics)."""
@@ -194,6 +225,19 @@ class Engine:
     @property
     def scheduler_alive(self) -> bool:
         return self._scheduler.alive
+
+    @property
+    def deletes_media(self) -> bool:
+        """Whether the files of expired messages are deleted (a token, and not off)."""
+        return self._media is not None
+
+    @property
+    def media_stats(self) -> MediaStats | None:
+        return self._media.stats if self._media is not None else None
+
+    async def media_counts(self, room_id: str | None = None) -> MediaCounts:
+        """Files of tracked messages by state, in ``room_id`` or everywhere."""
+        return await self._store.media_counts(room_id)
 
     @property
     def backlogged(self) -> bool:
@@ -224,10 +268,11 @@ class Engine:
         if row is None:
             return None
         schedule = await self._store.room_schedule(room_id)
+        media = await self.media_counts(room_id) if self.deletes_media else None
         return RoomStatus(
             row.room_id, row.policy, row.policy_sender, row.can_redact_others, row.bot_level,
             row.redact_level, schedule.pending, schedule.next_due, row.redacted_count,
-            row.failed_count,
+            row.failed_count, media,
         )
 
     async def pending_by_status(self) -> dict[EventStatus | int, int]:

@@ -68,6 +68,7 @@ class IngestConfig:
     default_cap_ms: int = 7 * 24 * 3600 * 1000
     # For rooms whose state holds no policy event (the bridge's server-wide default).
     default_policy: Policy = field(default_factory=Policy.off)
+    track_media: bool = False  # keep the ids of tracked messages' files (media deletion)
 
 
 @dataclass
@@ -243,6 +244,7 @@ class Ingestor:
         now_ms: int,
     ) -> TrackedEvent | None:
         policy = room.policy
+        media = msg.media if self._config.track_media else ()
         child = msg.parent_id is not None and msg.parent_id in tracked_parents
         sent = sent_time(msg.origin_ts, now_ms, self._previous_ms)
         self._newest_sent = sent if self._newest_sent is None else max(self._newest_sent, sent)
@@ -252,7 +254,7 @@ class Ingestor:
             # Tracked only so it can follow its parent; no deadline of its own.
             return TrackedEvent(
                 msg.event_id, room_id, msg.sender, seq, msg.origin_ts, msg.thread_id,
-                msg.parent_id, policy, None, None, sent,
+                msg.parent_id, policy, None, None, sent, media=media,
             )
         read_at: int | None = None
         readers_left: int | None = None
@@ -266,6 +268,7 @@ class Ingestor:
         return TrackedEvent(
             msg.event_id, room_id, msg.sender, seq, msg.origin_ts, msg.thread_id,
             msg.parent_id if child else None, policy, read_at, due, sent, readers_left,
+            media,
         )
 
     async def _prune_positions(self, tx: TransactionOps, room_id: str, stored: int) -> None:

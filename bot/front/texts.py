@@ -6,6 +6,7 @@ messages."""
 from __future__ import annotations
 
 from bot.engine.engine import RoomStatus
+from bot.engine.media import describe_media
 from bot.engine.model import InvalidPolicy
 from bot.engine.policy import Policy
 from bot.engine.power import PowerState, describe_level
@@ -97,6 +98,7 @@ def status_text(status: RoomStatus | None, power: PowerState, bot_user_id: str,
     lines.append(pending)
     lines.append(f"Redacted so far: {status.redacted}" +
                  (f"; unconfirmed failures: {status.failed}" if status.failed else ""))
+    lines.append(f"Files: {describe_media(status.media)}")
     if untracked is not None:
         lines.append(f"Not tracked: {untracked.describe()}")
     return "\n".join(lines)

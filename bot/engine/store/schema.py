@@ -4,7 +4,7 @@ that has shipped; add the next one."""
 
 from __future__ import annotations
 
-from bot.engine.store.sql import AFTER_READ, PARKED, SENT, WAITING
+from bot.engine.store.sql import AFTER_READ, MEDIA_DUE, MEDIA_HELD, PARKED, SENT, WAITING
 
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
     # 1: the core schema.
@@ -117,6 +117,27 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         # claim_due under a backlog: a room's earliest due events.
         "CREATE INDEX events_room_due ON events(room_id, due_at) "
         f"WHERE status = {WAITING} AND due_at IS NOT NULL",
+    ),
+    # 6: the files (mxc ids, never content) of tracked messages, kept only while media
+    # deletion is on (store/media.py). A file is deleted once every tracked message
+    # pointing at it is gone; state is a MediaState, changed_at when it became due or
+    # was settled (deleted rows are kept for audits until erasure.ledger), retry_at
+    # when a due file is tried (next).
+    (
+        f"""CREATE TABLE media (
+            event_id TEXT NOT NULL,
+            server TEXT NOT NULL,
+            media_id TEXT NOT NULL,
+            room_id TEXT NOT NULL,
+            state INTEGER NOT NULL DEFAULT {MEDIA_HELD},
+            changed_at INTEGER,
+            retry_at INTEGER,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            PRIMARY KEY (event_id, server, media_id)
+        ) WITHOUT ROWID""",
+        "CREATE INDEX media_file ON media(server, media_id)",
+        f"CREATE INDEX media_due ON media(retry_at) WHERE state = {MEDIA_DUE}",
+        "CREATE INDEX media_room ON media(room_id, state)",
     ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)

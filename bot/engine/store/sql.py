@@ -8,7 +8,7 @@ names the same constant, which a bound parameter does not.
 
 from __future__ import annotations
 
-from bot.engine.model import EventStatus
+from bot.engine.model import EventStatus, MediaState
 from bot.engine.policy import Mode
 
 WAITING = str(int(EventStatus.WAITING))
@@ -16,6 +16,11 @@ IN_FLIGHT = str(int(EventStatus.IN_FLIGHT))
 PARKED = str(int(EventStatus.PARKED))
 FAILED = str(int(EventStatus.FAILED))
 SENT = str(int(EventStatus.SENT))
+
+MEDIA_HELD = str(int(MediaState.HELD))
+MEDIA_DUE = str(int(MediaState.DUE))
+MEDIA_DELETED = str(int(MediaState.DELETED))
+MEDIA_REMOTE = str(int(MediaState.REMOTE))
 
 MODE_CODE = {Mode.OFF: 0, Mode.AFTER_SEND: 1, Mode.AFTER_READ: 2}
 AFTER_SEND = str(MODE_CODE[Mode.AFTER_SEND])

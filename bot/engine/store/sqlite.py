@@ -15,8 +15,15 @@ from pathlib import Path
 
 import aiosqlite
 
-from bot.engine.model import EventStatus, PendingEvent, RoomRow, RoomSchedule
-from bot.engine.store import events, meta, receipts, rooms
+from bot.engine.model import (
+    DueMedia,
+    EventStatus,
+    MediaCounts,
+    PendingEvent,
+    RoomRow,
+    RoomSchedule,
+)
+from bot.engine.store import events, media, meta, receipts, rooms
 from bot.engine.store.errors import StoreError
 from bot.engine.store.schema import MIGRATIONS, SCHEMA_VERSION
 from bot.engine.store.transaction import Transaction
@@ -206,6 +213,18 @@ class Store:
     async def count_by_status(self) -> dict[EventStatus | int, int]:
         """Tracked events per status (an int: a status this version does not know)."""
         return await events.count_by_status(self._conn)
+
+    async def media_counts(self, room_id: str | None = None) -> MediaCounts:
+        """Files of tracked messages by state, in ``room_id`` or everywhere."""
+        return await media.counts(self._conn, room_id)
+
+    async def due_media(self, now_ms: int, limit: int) -> list[DueMedia]:
+        """Up to ``limit`` files to delete now: due, and held by no tracked message."""
+        return await media.due_files(self._conn, now_ms, limit)
+
+    async def next_media_due(self) -> int | None:
+        """When the earliest due file that no tracked message holds is to be tried."""
+        return await media.next_due(self._conn)
 
 
 def database_unavailable(exc: BaseException) -> bool:
