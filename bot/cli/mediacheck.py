@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from bot.cli.checks import FAIL, OK, WARN, Check
 from bot.config import Config
+from bot.engine.ids import server_name
 from bot.engine.media import MEDIA_KEPT, describe_media
 from bot.engine.store import Store, StoreError
 from bot.matrix.api import HomeserverUnavailable, MatrixHttp
@@ -27,23 +28,29 @@ async def media_checks(config: Config, *, reachable: bool) -> list[Check]:
     return checks
 
 
+# A media id no upload has: asking the admin API about it answers 404 M_NOT_FOUND
+# to an admin only (Synapse's server_version answers anybody, so it proves nothing).
+PROBE_MEDIA_ID = "lethe-doctor-probe"
+
+
 async def admin_token_check(config: Config) -> Check:
-    """Is the admin token a homeserver admin's? (Synapse's admin server_version needs
-    one.) Never shows the token: only where it came from."""
+    """Is the admin token a homeserver admin's, and does the admin API answer at the
+    homeserver's address? Never shows the token: only where it came from."""
     erasure = config.erasure
     assert erasure.admin_token is not None
     source = erasure.token_source
     http = MatrixHttp(config.homeserver.url, erasure.admin_token, timeout_s=15)
     try:
-        reply = await http.admin_server_version()
+        reply = await http.admin_media_info(server_name(config.bot.user_id), PROBE_MEDIA_ID)
+        version = await http.admin_server_version()
     except HomeserverUnavailable as exc:
         return Check("admin token", FAIL, f"could not ask the homeserver: {exc}")
     finally:
         await http.close()
-    if reply.ok:
-        version = reply.body.get("server_version", "?")
+    if reply.ok or (reply.status == 404 and reply.errcode == "M_NOT_FOUND"):
+        name = version.body.get("server_version", "?") if version.ok else "?"
         return Check("admin token", OK, f"from {source}: a homeserver admin's (Synapse "
-                                        f"{version})")
+                                        f"{name})")
     if reply.status == 401:
         problem = "is not a valid access token (expired, revoked or mistyped)"
     elif reply.status == 403:
