@@ -6,10 +6,14 @@ its registration must be loaded at start)."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 from pathlib import Path
 
 import yaml
+from click.testing import CliRunner
 
+from bot.cli.main import main
 from bot.engine.model import MediaCounts
 from bridge.config import load_bridge_config
 from tests.harness import all_redacted, eventually, stays, unique
@@ -52,5 +56,20 @@ async def test_the_bridge_deletes_the_files_of_messages_it_expired(
         assert await stays(all_there(bob, hidden_files), 2), \
             "the bridge cannot read encrypted messages, so it never knows their files"
         assert await engine.media_counts(secret) == MediaCounts()
+
+        listed = await _bridge_rooms(handle.config.path, "--json")
+        media = {r["room_id"]: r["media"] for r in json.loads(listed)}
+        assert media[plain] == {"deletion": True, "held": 0, "due": 0, "deleted": 3,
+                                "remote": 0}
+        text = await _bridge_rooms(handle.config.path)
+        assert "Files of expired messages: 3 deleted, 0 waiting to be deleted" in text
     finally:
         await handle.stop()
+
+
+async def _bridge_rooms(config: Path, *args: str) -> str:
+    """`lethe bridge rooms`, run as a command (in a thread: it runs its own loop)."""
+    result = await asyncio.to_thread(
+        CliRunner().invoke, main, ["-c", str(config), "bridge", "rooms", *args])
+    assert result.exit_code == 0, result.output
+    return result.output

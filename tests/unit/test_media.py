@@ -370,3 +370,37 @@ async def test_schema_5_database_migrates_and_finds_due_files_by_index(db_path: 
             assert "USING INDEX media_due" in plan and "USING INDEX media_file" in plan, plan
     finally:
         await store.close()
+
+
+async def test_the_metrics_count_files_by_state(make_media, make_harness, tmp_path: Path) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from bot.metrics import LetheMetrics
+
+    class Front:
+        def __init__(self, engine: Any) -> None:
+            self.engine = engine
+            self.tracked_total = 0
+            self.sync_alive = self.scheduler_alive = True
+
+    async def scrape(engine: Any) -> dict[tuple[str, str], float]:
+        text = (await LetheMetrics(Front(engine)).render()).decode()
+        return {(s.name, s.labels.get("state", "")): s.value
+                for family in text_string_to_metric_families(text) for s in family.samples
+                if s.name.startswith("lethe_media")}
+
+    h = await make_media()
+    await h.set_policy(Policy.after_send(M))
+    await h.ingest(Message("$m", ALICE, h.now(), media=(file("a"), file("b", "other"))))
+    await h.advance(M)
+    await deleted(h, "a")
+    await h.ingest(Message("$n", ALICE, h.now(), media=(file("c"),)))
+    assert await scrape(h.engine) == {
+        ("lethe_media_deletion", ""): 1, ("lethe_media_refused", ""): 0,
+        ("lethe_media_files", "held"): 1, ("lethe_media_files", "due"): 0,
+        ("lethe_media_files", "deleted"): 1, ("lethe_media_files", "remote"): 1}
+
+    off = await make_harness(path=tmp_path / "off" / "lethe.db")
+    found = await scrape(off.engine)
+    assert found[("lethe_media_deletion", "")] == 0
+    assert found[("lethe_media_files", "held")] == 0
