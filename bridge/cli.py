@@ -144,7 +144,7 @@ def rooms(ctx: click.Context, as_json: bool) -> None:
                 for row, room in zip(rows, found, strict=True)
             ],
         )
-        click.echo(f"\nFiles of expired messages: {describe_media(total if deletes else None)}"
+        click.echo(f"\nFiles, all rooms: {describe_media(total if deletes else None)}"
                    + (" (the bridge cannot read encrypted messages, so it never sees their "
                       "files: in encrypted rooms, the bot deletes them)" if deletes else ""))
 

@@ -161,7 +161,7 @@ async def test_files_of_expired_encrypted_messages_are_deleted_and_nothing_else(
 
         await alice.send(room, "!lethe status")
         status = await alice.wait_notice(room, "Files: 4 deleted")
-        assert "0 waiting to be deleted" in status and "2 kept while their message is" \
+        assert "0 waiting to be deleted" in status and "2 kept until their message expires" \
             in status
         assert handle.bot is not None and handle.bot.engine is not None
         assert await handle.bot.engine.media_counts(room) == MediaCounts(held=2, deleted=4)
@@ -200,7 +200,7 @@ async def test_without_a_token_files_stay_and_status_says_so(people, lethe) -> N
     assert "LETHE_ADMIN_TOKEN" in media[0]["detail"]
     assert not [c for c in out_json_any(doctor) if c["name"] == "admin token"]
     listed = await lethe_cli(lethe.config, "rooms", "list")
-    assert "Files of expired messages: uploaded files (images, attachments) stay" \
+    assert "Files, all rooms: uploaded files (images, attachments) stay" \
         in listed.stdout
 
 

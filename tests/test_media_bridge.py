@@ -62,7 +62,7 @@ async def test_the_bridge_deletes_the_files_of_messages_it_expired(
         assert media[plain] == {"deletion": True, "held": 0, "due": 0, "deleted": 3,
                                 "remote": 0}
         text = await _bridge_rooms(handle.config.path)
-        assert "Files of expired messages: 3 deleted, 0 waiting to be deleted" in text
+        assert "Files, all rooms: 3 deleted, 0 waiting to be deleted" in text
     finally:
         await handle.stop()
 

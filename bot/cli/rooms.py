@@ -140,7 +140,7 @@ def list_rooms(ctx: click.Context, as_json: bool) -> None:
         )
         if total is not None:
             say("")
-            say(f"Files of expired messages: {describe_media(total if deletes else None)}")
+            say(f"Files, all rooms: {describe_media(total if deletes else None)}")
 
     run_async(go)
 

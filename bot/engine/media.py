@@ -35,6 +35,7 @@ MAX_BACKOFF_MS = 60_000  # network errors and 5xx
 MAX_REJECTED_BACKOFF_MS = 3_600_000  # one file the homeserver keeps refusing
 REFUSED_RETRY_MS = 600_000  # the token is refused: try again this often
 PRUNE_EVERY_MS = 3_600_000
+ERROR_RETRY_MS = 60_000  # after an unexpected error (the database busy, say)
 IDLE_RECHECK_MS = 3_600_000
 
 
@@ -50,7 +51,7 @@ def describe_media(counts: MediaCounts | None) -> str:
     if counts is None:
         return MEDIA_KEPT
     text = (f"{counts.deleted} deleted, {counts.due} waiting to be deleted, "
-            f"{counts.held} kept while their message is")
+            f"{counts.held} kept until their message expires")
     if counts.remote:
         text += (f", {counts.remote} on other servers (only those servers can delete "
                  "them)")
@@ -115,7 +116,6 @@ class MediaDeleter:
         self._transient = 0  # network errors and 5xx in a row
         self._pruned_at: int | None = None
         self.stats = MediaStats()
-        self.alive = False
 
     def wake(self) -> None:
         """Files may have become due (a message redacted, a room left)."""
@@ -129,38 +129,40 @@ class MediaDeleter:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
-        self.alive = False
 
     async def _run(self) -> None:
-        self.alive = True
-        try:
-            while True:
-                self._wake.clear()
-                if self._backlogged():
-                    await self._wait_drained()
-                    continue
-                now = self._clock.now_ms()
-                if self._paused_until_ms > now:
-                    # Not woken early: new due files do not end a 429 or a refusal.
-                    await self._clock.sleep_until(self._paused_until_ms, asyncio.Event())
-                    continue
-                await self._prune(now)
-                batch = await self._store.due_media(now, BATCH)
-                if not batch:
-                    next_due = await self._store.next_media_due()
-                    deadline = min(next_due if next_due is not None else now + IDLE_RECHECK_MS,
-                                   now + PRUNE_EVERY_MS)
-                    await self._clock.sleep_until(deadline, self._wake)
-                    continue
-                for file in batch:
-                    if self._backlogged() or not await self._delete(file):
-                        break
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            log.exception("media deletion failed")
-            self.alive = False
-            raise
+        while True:
+            self._wake.clear()
+            if self._backlogged():
+                await self._wait_drained()
+                continue
+            now = self._clock.now_ms()
+            if self._paused_until_ms > now:
+                # Not woken early: new due files do not end a 429 or a refusal.
+                await self._clock.sleep_until(self._paused_until_ms, asyncio.Event())
+                continue
+            try:
+                await self._pass(now)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # the database busy, or a bug: the due rows wait, unharmed
+                log.exception("deleting media failed; trying again in %d s",
+                              ERROR_RETRY_MS // 1000)
+                self._paused_until_ms = self._clock.now_ms() + ERROR_RETRY_MS
+
+    async def _pass(self, now: int) -> None:
+        """Delete what is due now, or sleep until something may be."""
+        await self._prune(now)
+        batch = await self._store.due_media(now, BATCH)
+        if not batch:
+            next_due = await self._store.next_media_due()
+            deadline = min(next_due if next_due is not None else now + IDLE_RECHECK_MS,
+                           now + PRUNE_EVERY_MS)
+            await self._clock.sleep_until(deadline, self._wake)
+            return
+        for file in batch:
+            if self._backlogged() or not await self._delete(file):
+                return
 
     async def _delete(self, file: DueMedia) -> bool:
         """Delete one file; False when the rest of the batch must wait (a pause)."""

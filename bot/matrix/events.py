@@ -129,10 +129,12 @@ ENCRYPTED = "m.room.encrypted"
 
 def as_encrypted(event: Mapping[str, Any], content: object) -> dict[str, Any]:
     """An encrypted event with its decrypted ``content``, as Lethe reads it: always a
-    message. State events and redactions are never encrypted; a type, state key or
-    ``redacts`` that only the ciphertext claims would let any sender forge one (a
-    redaction that cancels somebody's expiry, a membership or power change)."""
-    plain = {k: v for k, v in event.items() if k not in ("state_key", "redacts")}
+    message, never redacted (it could be decrypted). State events and redactions are
+    never encrypted; a type, state key, ``redacts`` or ``unsigned`` that only the
+    ciphertext claims would let any sender forge one (a redaction that cancels
+    somebody's expiry, a membership or power change, a message marked as redacted
+    that is then never tracked)."""
+    plain = {k: v for k, v in event.items() if k not in ("state_key", "redacts", "unsigned")}
     plain["type"] = ENCRYPTED
     plain["content"] = content if isinstance(content, Mapping) else {}
     return plain

@@ -17,6 +17,7 @@ import pytest
 
 from bot.engine.engine import EngineConfig
 from bot.engine.media import (
+    ERROR_RETRY_MS,
     MAX_BACKOFF_MS,
     REFUSED_RETRY_MS,
     MediaOutcome,
@@ -45,6 +46,7 @@ class FakeMedia:
         self.calls: list[tuple[str, str]] = []
         self._replies: dict[str, deque[MediaReply]] = defaultdict(deque)
         self.gate: asyncio.Event | None = None  # set: deletions wait for it
+        self.fail_next = False  # raise once, as a bug would
 
     def script(self, media_id: str, *replies: MediaReply) -> None:
         self._replies[media_id].extend(replies)
@@ -56,6 +58,9 @@ class FakeMedia:
         if self.gate is not None:
             await self.gate.wait()
         self.calls.append((server, media_id))
+        if self.fail_next:
+            self.fail_next = False
+            raise RuntimeError("a bug")
         queue = self._replies[media_id]
         return queue.popleft() if queue else MediaReply(MediaOutcome.DELETED)
 
@@ -272,6 +277,21 @@ async def test_a_file_rejected_on_its_own_is_retried_later_others_go_on(make_med
     assert await h.counts() == MediaCounts(due=1, deleted=1)
     await h.advance(1000)
     await deleted(h, "bad")
+
+
+async def test_an_unexpected_error_pauses_deletion_and_loses_nothing(
+        make_media, caplog: pytest.LogCaptureFixture) -> None:
+    h = await make_media()
+    h.media.fail_next = True
+    await h.set_policy(Policy.after_send(M))
+    await h.ingest(Message("$m", ALICE, h.now(), media=(file("a"),)))
+    await h.advance(M)
+    await eventually(lambda: len(h.media.calls) == 1, what="the failing try")
+    assert "deleting media failed" in caplog.text
+    await h.advance(ERROR_RETRY_MS - 1)
+    assert len(h.media.calls) == 1 and await h.counts() == MediaCounts(due=1)
+    await h.advance(1)
+    await deleted(h, "a")
 
 
 async def test_deletion_waits_while_redactions_are_backlogged(make_media) -> None:

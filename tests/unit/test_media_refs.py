@@ -130,7 +130,9 @@ def test_a_decrypted_payload_is_always_a_message() -> None:
                         "content": {"redacts": "$victim"}}
     forged_leave = {**envelope, "type": "m.room.member", "state_key": "@bob:example.org",
                     "content": {"membership": "leave"}}
-    for forged in (forged_redaction, forged_leave):
+    forged_redacted = {**envelope, "type": "m.room.message", "content": {"body": "stays"},
+                       "unsigned": {"redacted_because": {"sender": "@mallory:example.org"}}}
+    for forged in (forged_redaction, forged_leave, forged_redacted):
         item = to_item(as_encrypted(forged, forged["content"]))
         assert isinstance(item, Message) and item.event_id == "$e", item
     image = to_item(as_encrypted(envelope, {"msgtype": "m.image", "url": f"mxc://{HS}/img"}))
@@ -158,6 +160,9 @@ def test_the_sync_reader_reads_what_nio_decrypted_as_a_message() -> None:
          "redacts": "$victim", "content": {"redacts": "$victim"}},
         {**base, "event_id": "$fake-power", "type": "m.room.power_levels", "state_key": "",
          "content": {"users": {"@mallory:example.org": 100}}},
+        {**base, "event_id": "$fake-redacted", "type": "m.room.message",
+         "content": {"msgtype": "m.text", "body": "never expires"},
+         "unsigned": {"redacted_because": {"sender": "@mallory:example.org"}}},
     ]
     timeline = []
     for plain in plaintexts:
@@ -170,6 +175,6 @@ def test_the_sync_reader_reads_what_nio_decrypted_as_a_message() -> None:
     reading = reader.read(resp, {room}, 2000)
 
     items = reading.updates[0].timeline
-    assert [type(i) for i in items] == [Message, Message, Message], items
+    assert [type(i) for i in items] == [Message] * 4, items
     assert isinstance(items[0], Message) and items[0].media == (ref("enc"),)
     assert reading.power_changed == set()
