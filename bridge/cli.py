@@ -1,4 +1,5 @@
-"""`lethe bridge ...`: write the appservice registration, run the bridge.
+"""`lethe bridge ...`: write the appservice registration, run the bridge, list its
+rooms, print Synapse's retention section matching its default policy.
 
 Loaded lazily by the `lethe` group, so the bot never imports the bridge.
 """
@@ -53,6 +54,26 @@ def registration(ctx: click.Context, url: str, out: Path | None, force: bool) ->
     click.echo(f"wrote {path} (mode 0600; it holds the bridge's tokens). Add it to "
                "homeserver.yaml and restart the homeserver:\n"
                f"  app_service_config_files:\n    - {path.resolve()}")
+
+
+@bridge.command("retention-config")
+@config_option
+@click.option("--interval", metavar="DUR",
+              help="How often Synapse's purge job runs (default: a tenth of max_lifetime, "
+                   "from 1m to 1d).")
+@click.pass_context
+def retention_config(ctx: click.Context, interval: str | None) -> None:
+    """Print the homeserver.yaml `retention:` section that makes Synapse purge from its
+    database, server-wide, what bridge.default_policy redacts."""
+    from bot.cli.context import duration_arg
+    from bridge.synapseretention import NothingToMirror, retention_section
+
+    config = _config(ctx)
+    interval_ms = None if interval is None else duration_arg("--interval", interval)
+    try:
+        click.echo(retention_section(config.default_policy, interval_ms), nl=False)
+    except NothingToMirror as exc:
+        raise SetupError(str(exc)) from None
 
 
 @bridge.command()
