@@ -184,19 +184,26 @@ class Redactor:
                     Verdict.SENT, retry_at=self._clock.now_ms() + self._echo_wait_ms,
                     redaction_id=reply.event_id,
                 )
-            return await self._verify(event)
+            return await self._verify(event, reply.event_id)
         return self._on_error(event, reply)
 
     async def _check(self, event: DueEvent) -> Reply:
         self.stats.fetches += 1
         return await self._transport.check(event.room_id, event.event_id, event.sender)
 
-    async def _verify(self, event: DueEvent) -> Decision:
+    async def _verify(self, event: DueEvent, redaction_id: str | None) -> Decision:
         reply = await fetch_until_redacted(lambda: self._check(event))
         if reply.outcome is Outcome.REDACTED:
             return Decision(Verdict.DONE)
         if reply.outcome is Outcome.NOT_FOUND:
-            # The homeserver took the redaction of an event it cannot show: unconfirmed.
+            # The homeserver took the redaction of an event it no longer shows. Lethe saw
+            # the event, so it is hidden or purged: Synapse hides events past their room's
+            # m.room.retention max_lifetime from every client at once. The echo of the
+            # redaction it accepted decides, where echoes count; else: unconfirmed.
+            if (self._echo_wait_ms is not None and self.echoes.trusted
+                    and redaction_id is not None and event.attempts + 1 < MAX_UNCONFIRMED):
+                return Decision(Verdict.SENT, retry_at=self._clock.now_ms() + self._echo_wait_ms,
+                                redaction_id=redaction_id)
             return Decision(Verdict.FAIL, reason="unconfirmed: the homeserver does not know it")
         if reply.outcome is Outcome.PRESENT:
             if self.echoes.distrust():

@@ -9,7 +9,7 @@ from bot.engine.echoes import SPOT_CHECK_EVERY
 from bot.engine.engine import EngineConfig
 from bot.engine.model import EventStatus, IngestResult, Message, Redaction
 from bot.engine.policy import Policy
-from bot.engine.redactor import Outcome, Redactor, Reply
+from bot.engine.redactor import MAX_UNCONFIRMED, Outcome, Redactor, Reply
 
 from .conftest import ALICE, BOB, BOT, ROOM, FakeTransport, Harness, TestClock
 
@@ -429,3 +429,34 @@ async def test_lag_of_a_child_confirmed_later(h: Harness, by_echo: bool) -> None
         assert h.transport.checked_ids()[-1] == "$react"
     assert await h.event_ids() == set()
     assert lags["$react"] == h.now() - made_due
+
+
+async def test_an_event_the_homeserver_hides_after_a_200_waits_for_the_echo(
+    h: Harness,
+) -> None:
+    """Synapse hides an event past its room's m.room.retention max_lifetime from every
+    client, Lethe too, from the moment Lethe redacts it when the policy is mirrored: a
+    spot check's fetch then answers 404. The echo decides; without it, unconfirmed."""
+    assert h.engine is not None
+    gone = Reply(Outcome.NOT_FOUND, detail="M_NOT_FOUND")
+    h.transport.script_check("$m1", gone)
+    dues = await _track(h, "$m1")
+    await _redact_in_turn(h, dues)
+    await _assert_sent(h, "$m1", dues[0])
+    result = await h.ingest(h.transport.echo("$m1"))
+    assert [e.event_id for e in result.redacted] == ["$m1"]
+    room = await h.room_row()
+    assert (room["redacted_count"], room["failed_count"]) == (1, 0)
+
+    # No echo at all: fetched and resent (the same transaction) until the bound, then
+    # given up as before.
+    h.transport.script_check("$m3", *[gone] * 20)
+    await h.set_policy(Policy.after_send(M), room=ROOM2)
+    await h.ingest(Message("$m3", ALICE, h.now()), room=ROOM2)
+    await h.advance(M)
+    for _ in range(10):
+        await h.advance(W)
+    assert (await h.event("$m3"))["status"] == EventStatus.FAILED
+    calls = [call for call in h.transport.redact_calls if call[1] == "$m3"]
+    assert len(calls) == MAX_UNCONFIRMED and len({call[3] for call in calls}) == 1
+    assert (await h.room_row(ROOM2))["failed_count"] == 1
