@@ -17,6 +17,7 @@ M = 60_000
 W = 10_000  # echo wait: short of M, so "due" and "echo wait over" never coincide
 GAP = 1_000  # between messages, so each falls due (and is redacted) on its own
 ROOM2 = "!other:x"
+ROOM3 = "!third:x"
 ECHO = EngineConfig(bot_user_id=BOT, echo_wait_ms=W)
 
 
@@ -436,27 +437,35 @@ async def test_an_event_the_homeserver_hides_after_a_200_waits_for_the_echo(
 ) -> None:
     """Synapse hides an event past its room's m.room.retention max_lifetime from every
     client, Lethe too, from the moment Lethe redacts it when the policy is mirrored: a
-    spot check's fetch then answers 404. The echo decides; without it, unconfirmed."""
+    spot check's fetch (the first redaction in each room) then answers 404. The echo
+    decides; without it, unconfirmed. In a room without the mirror a 404 stays a failure
+    at once."""
     assert h.engine is not None
     gone = Reply(Outcome.NOT_FOUND, detail="M_NOT_FOUND")
-    h.transport.script_check("$m1", gone)
-    dues = await _track(h, "$m1")
-    await _redact_in_turn(h, dues)
-    await _assert_sent(h, "$m1", dues[0])
-    result = await h.ingest(h.transport.echo("$m1"))
-    assert [e.event_id for e in result.redacted] == ["$m1"]
-    room = await h.room_row()
+    mirrored = Policy.after_send(M).mirrored(True)
+    for event_id in ("$plain", "$hidden", "$no-echo"):
+        h.transport.script_check(event_id, *[gone] * 20)
+    (due,) = await _track(h, "$plain")
+    await h.advance(due - h.now())
+    assert (await h.event("$plain"))["status"] == EventStatus.FAILED
+
+    await h.set_policy(mirrored, room=ROOM2)
+    await h.ingest(Message("$hidden", ALICE, h.now()), room=ROOM2)
+    await h.advance(M)
+    await _assert_sent(h, "$hidden", h.now())
+    result = await h.ingest(h.transport.echo("$hidden"), room=ROOM2)
+    assert [e.event_id for e in result.redacted] == ["$hidden"]
+    room = await h.room_row(ROOM2)
     assert (room["redacted_count"], room["failed_count"]) == (1, 0)
 
     # No echo at all: fetched and resent (the same transaction) until the bound, then
     # given up as before.
-    h.transport.script_check("$m3", *[gone] * 20)
-    await h.set_policy(Policy.after_send(M), room=ROOM2)
-    await h.ingest(Message("$m3", ALICE, h.now()), room=ROOM2)
+    await h.set_policy(mirrored, room=ROOM3)
+    await h.ingest(Message("$no-echo", ALICE, h.now()), room=ROOM3)
     await h.advance(M)
-    for _ in range(10):
+    for _ in range(MAX_UNCONFIRMED):
         await h.advance(W)
-    assert (await h.event("$m3"))["status"] == EventStatus.FAILED
-    calls = [call for call in h.transport.redact_calls if call[1] == "$m3"]
+    assert (await h.event("$no-echo"))["status"] == EventStatus.FAILED
+    calls = [call for call in h.transport.redact_calls if call[1] == "$no-echo"]
     assert len(calls) == MAX_UNCONFIRMED and len({call[3] for call in calls}) == 1
-    assert (await h.room_row(ROOM2))["failed_count"] == 1
+    assert (await h.room_row(ROOM3))["failed_count"] == 1
