@@ -28,9 +28,9 @@ from bridge.config import BridgeConfig, is_loopback
 from bridge.firstsight import StateFetcher
 from bridge.followup import FollowUp
 from bridge.intake import PushedTransaction, TryLater, shown
-from bridge.mirror import MIRRORS_META, BridgeMirror, load_mirrors
+from bridge.mirror import MIRRORS_META, BridgeMirror
 from bridge.registration import Registration, check_matches, load_registration
-from bridge.rooms import OWNERS_META, RoomReader, RoomReading, RoomView, load_owners
+from bridge.rooms import OWNERS_META, RoomReader, RoomReading, RoomView, load_room_map
 from bridge.server import AppserviceServer
 from bridge.transaction import BridgeStats, RoomBatch, by_room, ingest
 from bridge.transport import BridgeTransport
@@ -94,11 +94,11 @@ class Bridge:
             self._on_park,
             is_other_sender=lambda sender: not config.is_local(sender),
         )
-        owners = load_owners(await engine.get_meta(OWNERS_META))
+        owners = load_room_map(await engine.get_meta(OWNERS_META))
         self._state = StateFetcher(http, config, self.stats)
         self._follow = FollowUp(config, engine, http, self._reader, self.stats, owners)
         self._mirror = BridgeMirror(config, engine, http, self._reader,
-                                    load_mirrors(await engine.get_meta(MIRRORS_META)))
+                                    load_room_map(await engine.get_meta(MIRRORS_META)))
         await self.life.start_metrics(config.metrics, self)
         self._server = AppserviceServer(registration.hs_token, self.on_transaction)
         try:

@@ -110,7 +110,7 @@ def rooms(ctx: click.Context, as_json: bool) -> None:
     policy, whether it can enforce it, pending count and next due time."""
     from bot.cli.census import room_schedules
     from bot.cli.output import emit_json, policy_json, relative, short_policy, table
-    from bridge.rooms import OWNERS_META, load_owners
+    from bridge.rooms import OWNERS_META, load_room_map
 
     config = _config(ctx)
 
@@ -119,7 +119,7 @@ def rooms(ctx: click.Context, as_json: bool) -> None:
         try:
             rows = await store.list_rooms()
             schedules = await room_schedules(store)
-            owners = load_owners(await store.get_meta(OWNERS_META))
+            owners = load_room_map(await store.get_meta(OWNERS_META))
         finally:
             await store.close()
         found: list[dict[str, Any]] = []

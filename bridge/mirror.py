@@ -29,16 +29,6 @@ log = logging.getLogger(__name__)
 MIRRORS_META = "bridge_retention_mirrors"  # meta: room -> the m.room.retention it wrote
 
 
-def load_mirrors(raw: str | None) -> dict[str, str]:
-    try:
-        data = json.loads(raw) if raw else {}
-    except ValueError:
-        return {}
-    if not isinstance(data, dict):
-        return {}
-    return {k: v for k, v in data.items() if isinstance(k, str) and isinstance(v, str)}
-
-
 class BridgeMirror:
     def __init__(self, config: BridgeConfig, engine: Engine, http: MatrixHttp,
                  reader: RoomReader, written: dict[str, str]) -> None:
