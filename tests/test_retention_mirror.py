@@ -6,6 +6,7 @@ the opt-in read back from room state after a lost database."""
 
 from __future__ import annotations
 
+from bot.engine.policy import Policy
 from tests.cli_harness import lethe_cli, one_line_error, out_json, text_fields
 from tests.harness import BotHandle, bot_room, eventually, stays
 from tests.test_continuity import lose_database
@@ -81,8 +82,13 @@ async def test_no_power_for_the_mirror_is_said_and_the_policy_still_changes(
         "mode": "after_send", "timer_ms": H, "mirror_retention": True}
     assert await alice.get_state(room, RETENTION) is None
     assert lethe.bot is not None and lethe.bot.engine is not None
-    row = await lethe.bot.engine.room(room)
-    assert row is not None and row.policy.timer_ms == H and row.policy.mirror_retention
+    engine = lethe.bot.engine
+
+    async def in_force() -> bool:
+        row = await engine.room(room)
+        return row is not None and row.policy == Policy.after_send(H).mirrored(True)
+
+    await eventually(in_force, 20, what="the bot applying the policy it could not mirror")
 
     await alice.send(room, "!lethe status")
     status = await alice.wait_notice(room, "Mirror in m.room.retention:")

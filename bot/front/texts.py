@@ -82,7 +82,7 @@ def with_mirror(text: str | None, policy: Policy, mirror: Mirror | None, *,
                 announce: bool = True) -> str | None:
     """``text`` with what the mirror into m.room.retention did, where that is news:
     a problem always; with ``announce`` (a change, not first sight) what it now says."""
-    notes = [] if text is None else [text]
+    notes = [] if text is None else [text if text.endswith(".") else text + "."]
     problem = mirror.problem() if mirror is not None else None
     if problem is not None:
         notes.append(f"Mirror: {problem}.")
@@ -90,6 +90,8 @@ def with_mirror(text: str | None, policy: Policy, mirror: Mirror | None, *,
         notes.append("The mirror in m.room.retention is withdrawn (emptied).")
     elif announce and policy.mirror_retention and policy.max_lifetime_ms is not None:
         notes.append(reaches_back(policy.max_lifetime_ms))
+    if len(notes) == 1 and text is not None:
+        return text  # nothing to add: the text as it was
     return " ".join(notes) or None
 
 
