@@ -30,8 +30,9 @@ from bridge.config import BridgeConfig, is_loopback
 from bridge.firstsight import StateFetcher
 from bridge.followup import FollowUp
 from bridge.intake import PushedTransaction, TryLater, shown
+from bridge.mirror import MIRRORS_META, BridgeMirror
 from bridge.registration import Registration, check_matches, load_registration
-from bridge.rooms import OWNERS_META, RoomReader, RoomReading, RoomView, load_owners
+from bridge.rooms import OWNERS_META, RoomReader, RoomReading, RoomView, load_room_map
 from bridge.server import AppserviceServer
 from bridge.transaction import BridgeStats, RoomBatch, by_room, ingest
 from bridge.transport import BridgeTransport
@@ -68,6 +69,7 @@ class Bridge:
         self._lock = asyncio.Lock()  # one transaction at a time, in the order they come
         self._state: StateFetcher | None = None
         self._follow: FollowUp | None = None
+        self._mirror: BridgeMirror | None = None
 
     # --- lifecycle -----------------------------------------------------------
 
@@ -102,9 +104,11 @@ class Bridge:
             is_other_sender=lambda sender: not config.is_local(sender),
             media=self.media,
         )
-        owners = load_owners(await engine.get_meta(OWNERS_META))
+        owners = load_room_map(await engine.get_meta(OWNERS_META))
         self._state = StateFetcher(http, config, self.stats)
         self._follow = FollowUp(config, engine, http, self._reader, self.stats, owners)
+        self._mirror = BridgeMirror(config, engine, http, self._reader,
+                                    load_room_map(await engine.get_meta(MIRRORS_META)))
         await self.life.start_metrics(config.metrics, self)
         self._server = AppserviceServer(registration.hs_token, self.on_transaction)
         try:
@@ -231,13 +235,18 @@ class Bridge:
                     continue  # every room the bridge meets; only enforcement is news
                 log.info("policy in %s: %s%s", change.room_id, change.policy.describe(),
                          f" (set by {change.sender})" if change.sender else "")
-            assert self._follow is not None
+            assert self._follow is not None and self._mirror is not None
             for room_id, reading in readings.items():
                 try:
                     await self._follow.follow_up(self.rooms[room_id], reading)
                 except Exception:
                     # Stored already: a failure here must not make the homeserver resend.
                     log.exception("follow-up work for %s failed", room_id)
+            for change in result.policy_changes:
+                try:
+                    await self._mirror.policy_changed(self.rooms[change.room_id], change)
+                except Exception:
+                    log.exception("mirroring the policy of %s failed", change.room_id)
 
     async def _read_room(self, room_id: str, batch: RoomBatch) -> RoomReading:
         view = self.rooms.get(room_id)
