@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
-from bot.config import ErasureConfig
 from bot.engine.media import MediaOutcome, MediaReply
 from bot.engine.redactor import REDACTION_REASON, Outcome, Reply
+from bot.erasureconfig import ErasureConfig
 from bot.matrix.api import HomeserverUnavailable, HttpReply, MatrixHttp
 from bot.matrix.events import is_redacted
 

@@ -228,7 +228,9 @@ class Harness:
             if task is not None and task.done():
                 task.result()  # re-raise whatever killed the loop
                 raise AssertionError("scheduler loop stopped")
-            return scheduler.in_flight == 0 and self.clock.idle()
+            # No worker task left either: one whose request ended may still be writing
+            # its outcome down.
+            return scheduler.in_flight == 0 and not scheduler._workers and self.clock.idle()
 
         await eventually(idle, timeout, "scheduler idle")
 
