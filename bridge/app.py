@@ -88,6 +88,7 @@ class Bridge:
                 config.workers,
                 config.default_policy,
                 echo_wait_ms=ECHO_WAIT_MS,
+                ledger_ms=config.erasure.ledger_ms,
             ),
             self._on_park,
             is_other_sender=lambda sender: not config.is_local(sender),

@@ -19,6 +19,7 @@ from bot.engine.echoes import EchoConfirmation
 from bot.engine.givenup import META_KEY as GIVEN_UP_KEY
 from bot.engine.givenup import GivenUpRoom, dump_given_up, load_given_up
 from bot.engine.ingest import IngestConfig, Ingestor
+from bot.engine.ledger import LedgerKeeper
 from bot.engine.model import EventStatus, IngestResult, RoomRow, RoomUpdate
 from bot.engine.policy import Policy
 from bot.engine.redactor import RedactionStats, Redactor, Transport
@@ -39,6 +40,8 @@ class EngineConfig:
     default_policy: Policy = field(default_factory=Policy.off)  # rooms without policy state
     # Set by fronts whose event stream brings Lethe's own redactions back (see redactor).
     echo_wait_ms: int | None = None
+    # How long the erasure ledger keeps each confirmed redaction (erasure.ledger).
+    ledger_ms: int = 30 * 24 * 3600 * 1000
 
 
 @dataclass(frozen=True)
@@ -91,6 +94,8 @@ class Engine:
             workers=config.workers,
             on_park=on_park,
         )
+        self._ledger = LedgerKeeper(store, self._clock, config.ledger_ms)
+        self._scheduler.observe_redactions(self._ledger.redacted)
 
     @classmethod
     async def open(
@@ -112,10 +117,12 @@ class Engine:
 
     async def start(self) -> None:
         await self._ingestor.load()
+        await self._ledger.prune()
         await self._scheduler.start()
 
     async def stop(self) -> None:
         await self._scheduler.stop()
+        await self._ledger.stop()
 
     async def close(self) -> None:
         await self.stop()

@@ -84,6 +84,7 @@ class LetheBot:
                 self.config.default_cap_ms,
                 self.config.workers,
                 echo_wait_ms=ECHO_WAIT_MS,
+                ledger_ms=self.config.erasure.ledger_ms,
             ),
             self.actions.on_park,
         )

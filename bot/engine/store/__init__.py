@@ -8,7 +8,7 @@ of verified redactions are deleted; rooms keep counters only.
 - ``sqlite``: the SQLite backend (``Store``); ``transaction``: its ``Transaction``, the
   only way to write.
 - ``schema``: numbered migrations; ``sql``: SQL text built from the engine's enums.
-- ``events``, ``rooms``, ``receipts``, ``meta``: the statements, by table.
+- ``events``, ``rooms``, ``receipts``, ``meta``, ``erasures``: the statements, by table.
 """
 
 from __future__ import annotations

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import aiosqlite
 
-from bot.engine.model import EventStatus, PendingEvent, RoomRow, RoomSchedule
-from bot.engine.store import events, meta, receipts, rooms
+from bot.engine.model import Erasure, EventStatus, PendingEvent, RoomRow, RoomSchedule
+from bot.engine.store import erasures, events, meta, receipts, rooms
 from bot.engine.store.errors import StoreError
 from bot.engine.store.schema import MIGRATIONS, SCHEMA_VERSION
 from bot.engine.store.transaction import Transaction
@@ -206,6 +206,18 @@ class Store:
     async def count_by_status(self) -> dict[EventStatus | int, int]:
         """Tracked events per status (an int: a status this version does not know)."""
         return await events.count_by_status(self._conn)
+
+    async def ledger(self, room_id: str, since_ms: int | None = None) -> list[Erasure]:
+        """The ledger's entries for the room (confirmed since ``since_ms``), oldest first."""
+        return await erasures.in_room(self._conn, room_id, since_ms)
+
+    async def ledger_sample(self, each: int) -> list[Erasure]:
+        """The ledger's ``each`` oldest and ``each`` newest entries, oldest first."""
+        return await erasures.sample(self._conn, each)
+
+    async def ledger_oldest(self) -> int | None:
+        """When the ledger's oldest entry was confirmed (None: the ledger is empty)."""
+        return await erasures.oldest(self._conn)
 
 
 def database_unavailable(exc: BaseException) -> bool:

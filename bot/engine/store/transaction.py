@@ -10,7 +10,7 @@ import aiosqlite
 
 from bot.engine.model import DueEvent, ReceiptMove, RedactionTarget, TrackedEvent
 from bot.engine.policy import Policy, StatePolicy
-from bot.engine.store import events, meta, receipts, rooms
+from bot.engine.store import erasures, events, meta, receipts, rooms
 from bot.engine.store.errors import StoreError
 
 
@@ -162,8 +162,9 @@ class Transaction:
         await events.fail(self._conn, room_id, event_id)
 
     async def finish_redacted(self, room_id: str, event_id: str, now_ms: int) -> bool:
-        """Verified gone: drop the row, count it, and let its edits, reactions and poll
-        responses follow at once. False if the row was already gone."""
+        """Verified gone: drop the row, count it, enter it in the erasure ledger, and let
+        its edits, reactions and poll responses follow at once. False if the row was
+        already gone."""
         return await events.finish_redacted(self._conn, room_id, event_id, now_ms)
 
     async def redaction_target(self, room_id: str, event_id: str) -> RedactionTarget | None:
@@ -174,3 +175,9 @@ class Transaction:
         """Somebody else redacted it: drop the row, and the rows tracked only to follow
         it (its own edits, reactions and poll responses keep their own deadline)."""
         await events.forget(self._conn, room_id, event_id)
+
+    # --- the erasure ledger ------------------------------------------------------
+
+    async def prune_ledger(self, before_ms: int) -> int:
+        """Forget the ledger's entries confirmed before ``before_ms``; returns how many."""
+        return await erasures.prune(self._conn, before_ms)
