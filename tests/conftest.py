@@ -15,7 +15,7 @@ from tests.harness import BotHandle, Person, unique, write_bot_config
 # here). A test that uses one, directly or through another fixture, is marked
 # `synapse`: `make test-unit` (-m "not synapse") leaves it out.
 HOMESERVER_FIXTURES = frozenset({
-    "synapse", "federation", "bridge_server", "outage_hs", "limited_hs",
+    "synapse", "federation", "bridge_server", "outage_hs", "limited_hs", "censoring_hs",
 })
 
 

@@ -16,29 +16,17 @@ from typing import Any
 from bot.config import load_config
 from tests.cli_harness import lethe_cli, one_line_error, out_json, scheduled
 from tests.erasure_harness import admin_token_file, on_terminal, stored_event, with_erasure
-from tests.harness import BotHandle, Person, all_redacted, bot_room, eventually
-
-
-async def plain_room(people: Any, lethe: BotHandle, policy: str) -> tuple[Person, Person, str]:
-    """An unencrypted room, so the homeserver stores the message text itself: any
-    output showing content would show the marker."""
-    alice, bob = await people("alice"), await people("bob")
-    room = await alice.create_room([bob.user_id, lethe.user_id], encrypted=False,
-                                   power={lethe.user_id: 50})
-    await bob.join(room)
-    if lethe.task is None:
-        await lethe.start()
-    await alice.wait_notice(room, "Lethe is here")
-    await alice.send(room, f"!lethe {policy}")
-    await alice.wait_notice(room, f"changed the retention policy: {policy}")
-    return alice, bob, room
+from tests.harness import Person, all_redacted, bot_room, eventually
 
 
 async def test_erasure_audit_held_then_purged_and_never_content(
         people, lethe, synapse, tmp_path, caplog) -> None:
     caplog.set_level(logging.DEBUG)
     marker = f"canary-erasure-{secrets.token_hex(6)}"
-    alice, bob, room = await plain_room(people, lethe, "after-send 2s")
+    # Unencrypted: the homeserver stores the text itself, so any output showing content
+    # would show the marker.
+    alice, (bob,), room = await bot_room(people, lethe, "bob", policy="after-send 2s",
+                                         encrypted=False)
     sent = [await alice.send(room, f"{marker} one"), await bob.send(room, f"{marker} two")]
     await eventually(all_redacted(alice, room, *sent), 30, what="both expired by Lethe")
     outputs: list[str] = []

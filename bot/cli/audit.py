@@ -7,6 +7,9 @@ message at the latest, unless somebody other than the bot redacted that message
 (only Lethe's own expiry takes them along). Thread replies have their own due
 time. Events sent while the bot was not in the room are out of scope, as they
 are for the bot.
+
+With ``--erasure`` it asks instead whether the homeserver still stores what Lethe
+redacted there (bot/cli/erasure_audit.py).
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 the policy. The explicit sweep of older history the bot never does by itself.
 
 Redactions go through the same transport as the bot's, and each is verified by
-fetching the event again: a 200 from /redact alone proves nothing.
+fetching the event again: a 200 from /redact alone proves nothing. With ``--hard``
+the history is then deleted from the homeserver's database (bot/cli/hardpurge.py).
 """
 
 from __future__ import annotations
