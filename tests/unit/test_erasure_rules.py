@@ -5,6 +5,7 @@ and the bound, and what the doctor concludes from a sample."""
 from __future__ import annotations
 
 import pytest
+from click.testing import CliRunner
 
 from bot.cli.erasure import (
     Findings,
@@ -17,6 +18,7 @@ from bot.cli.erasure import (
     stored_state,
 )
 from bot.cli.erasure_doctor import FAIL, OK, WARN, measure
+from bot.cli.main import main
 from bot.config import ErasureConfig
 from bot.engine.model import Erasure
 from bot.matrix.api import HttpReply
@@ -96,3 +98,15 @@ def test_what_the_doctor_concludes() -> None:
     purged = dict.fromkeys(held_and_erased, Stored.PURGED)
     status, detail = measure(sample, purged, 7 * DAY, NOW)
     assert status == OK and "3 purged" in detail and "prunes" not in detail
+
+
+@pytest.mark.parametrize(("args", "says"), [
+    (["--bridge"], "go with --erasure"),
+    (["--max-held", "1h"], "go with --erasure"),
+    (["--erasure", "--grace", "5m"], "--grace does not go with --erasure"),
+    (["--erasure", "--max-held", "soon"], "--max-held"),
+])
+def test_erasure_options_are_checked_before_anything_else(args: list[str], says: str) -> None:
+    result = CliRunner().invoke(main, ["-c", "/nonexistent/lethe.yaml", "audit", "!r:x", *args])
+    assert result.exit_code == 2, result.output
+    assert says in result.output and "Traceback" not in result.output
