@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import click
@@ -52,7 +52,7 @@ SYNAPSE_KEEPS = (
 )
 
 
-@dataclass
+@dataclass(frozen=True)
 class Plan:
     room_id: str
     cutoff: int
@@ -89,7 +89,7 @@ def hard_purge(config: Config, room: str, age_ms: int, *, dry_run: bool, yes: bo
                 raise CheckFailed(f"{len(failed)} of {len(results)} redaction(s) failed (e.g. "
                                   f"{failed[0].event_id}: {failed[0].detail}); nothing was "
                                   "purged. Run it again")
-            plan.tracked = await _released(config, plan)
+            plan = replace(plan, tracked=await _released(config, plan))
             done = await _purge(hs, config, plan)
             after = {e.event_id for e in await History(admin, await admin.room_state(
                 plan.room_id)).walk(plan.older[0].origin_ts)}
