@@ -98,7 +98,7 @@ class Bridge:
                 config.default_policy,
                 echo_wait_ms=ECHO_WAIT_MS,
                 delete_media=self.media is not None,
-                media_ledger_ms=config.erasure.ledger_ms,
+                ledger_ms=config.erasure.ledger_ms,
             ),
             self._on_park,
             is_other_sender=lambda sender: not config.is_local(sender),

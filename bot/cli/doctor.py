@@ -1,5 +1,6 @@
 """`lethe doctor`: is this installation sound? Homeserver, login, device, key store,
-file modes, database, power in each room, and what redaction cannot do.
+file modes, database, power in each room, and what redaction cannot do (with a
+homeserver admin's token: what this homeserver really keeps, bot/cli/erasure_doctor.py).
 
 Every check runs, whatever failed before it (a down homeserver still leaves the
 local files to check); the exit code sums it up: 4 when the homeserver is
@@ -20,7 +21,6 @@ from bot.cli.census import pending_by_status
 from bot.cli.checks import FAIL, OK, WARN, Check
 from bot.cli.common import EXIT_CHECK_FAILED, EXIT_HOMESERVER, cli_config, config_option, run_async
 from bot.cli.context import Admin, RequestError, admin_session, readonly_store, saved_login
-from bot.cli.mediacheck import media_checks
 from bot.cli.output import emit_json, json_option, say
 from bot.cli.roomstate import RoomState
 from bot.config import PICKLE_KEY_ENV, Config
@@ -28,13 +28,6 @@ from bot.engine.store import SCHEMA_VERSION, StoreError
 from bot.matrix.api import HomeserverUnavailable
 from bot.matrix.credentials import Credentials, LoginFailed
 from bot.matrix.crosssigning import IdentityError, fingerprint, query_identities, stored_master
-
-RETENTION_ADVICE = (
-    "Synapse keeps the original of every redacted event in its database for "
-    "redaction_retention_period (7 days by default). The client API cannot tell what "
-    "this homeserver uses. To have redacted messages gone from the server sooner, set "
-    "in homeserver.yaml:  redaction_retention_period: 5m"
-)
 
 
 class Doctor:
@@ -64,8 +57,6 @@ class Doctor:
         self.files()
         self.pickle_key()
         await self.database()
-        self.add("retention", WARN, RETENTION_ADVICE)
-        self.checks += await media_checks(self.config, reachable=not self.unreachable)
 
     # --- the homeserver ------------------------------------------------------
 

@@ -12,15 +12,14 @@ from bot.engine.store import Store, StoreError
 from bot.matrix.api import HomeserverUnavailable, MatrixHttp
 
 
-async def media_checks(config: Config, *, reachable: bool) -> list[Check]:
-    """``reachable``: the homeserver answered the earlier checks (else the token is
-    not asked about)."""
+async def media_checks(config: Config, token: Check | None) -> list[Check]:
+    """``token``: what admin_token_check said (None: not asked, the homeserver did not
+    answer the earlier checks)."""
     erasure = config.erasure
     if erasure.admin_token is None:
         return [Check("media", WARN, f"Redaction does not remove uploaded media: "
                                      f"{MEDIA_KEPT}")]
-    token = await admin_token_check(config) if reachable else None
-    checks = [token] if token is not None else []
+    checks: list[Check] = []
     if not erasure.media:
         checks.append(Check("media", WARN, f"erasure.media is false: {MEDIA_KEPT}"))
         return checks

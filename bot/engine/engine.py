@@ -20,6 +20,7 @@ from bot.engine.givenup import META_KEY as GIVEN_UP_KEY
 from bot.engine.givenup import GivenUpRoom, dump_given_up, load_given_up
 from bot.engine.ids import server_name
 from bot.engine.ingest import IngestConfig, Ingestor
+from bot.engine.ledger import LedgerKeeper
 from bot.engine.media import MediaDeleter, MediaStats, MediaTransport
 from bot.engine.model import EventStatus, IngestResult, MediaCounts, RoomRow, RoomUpdate
 from bot.engine.policy import Policy
@@ -44,7 +45,9 @@ class EngineConfig:
     # Delete the files of the messages Lethe expires (media.py): their ids are stored
     # only while this is on, and only with a MediaTransport given to the engine.
     delete_media: bool = False
-    media_ledger_ms: int = 30 * 24 * 3600 * 1000  # deleted files' ids kept for audits
+    # How long the erasure ledger keeps each confirmed redaction, and the ids of deleted
+    # files (erasure.ledger): what `lethe audit --erasure` can ask about.
+    ledger_ms: int = 30 * 24 * 3600 * 1000
 
 
 @dataclass(frozen=True)
@@ -105,10 +108,12 @@ class Engine:
             assert media is not None
             self._media = MediaDeleter(
                 store, media, self._clock, server_name(config.bot_user_id),
-                config.media_ledger_ms, backlogged=lambda: self._scheduler.backlogged,
+                config.ledger_ms, backlogged=lambda: self._scheduler.backlogged,
                 wait_drained=self._scheduler.wait_drained,
             )
             self._scheduler.observe_redactions(lambda _event, _lag: self._wake_media())
+        self._ledger = LedgerKeeper(store, self._clock, config.ledger_ms)
+        self._scheduler.observe_redactions(self._ledger.redacted)
 
     @classmethod
     async def open(
@@ -132,6 +137,7 @@ class Engine:
 
     async def start(self) -> None:
         await self._ingestor.load()
+        await self._ledger.prune()
         await self._scheduler.start()
         if self._media is not None:
             await self._media.start()
@@ -140,6 +146,7 @@ class Engine:
         if self._media is not None:
             await self._media.stop()
         await self._scheduler.stop()
+        await self._ledger.stop()
 
     async def close(self) -> None:
         await self.stop()

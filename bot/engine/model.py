@@ -137,6 +137,16 @@ class PendingEvent:
 
 
 @dataclass(frozen=True)
+class Erasure:
+    """A redaction of Lethe's own, confirmed: the ledger an erasure audit asks the
+    homeserver about (ids and a time only)."""
+
+    room_id: str
+    event_id: str
+    redacted_at: int  # when Lethe confirmed it (ms)
+
+
+@dataclass(frozen=True)
 class RoomSchedule:
     pending: int  # not yet redacted and not given up on
     next_due: int | None  # the earliest due time: overdue (parked) events count too

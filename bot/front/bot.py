@@ -90,7 +90,7 @@ class LetheBot:
                 self.config.workers,
                 echo_wait_ms=ECHO_WAIT_MS,
                 delete_media=self.media is not None,
-                media_ledger_ms=self.config.erasure.ledger_ms,
+                ledger_ms=self.config.erasure.ledger_ms,
             ),
             self.actions.on_park,
             media=self.media,

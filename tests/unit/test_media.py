@@ -69,7 +69,7 @@ class MediaHarness(Harness):
     __test__ = False
 
     def __init__(self, path: Path, media: FakeMedia, **kwargs: Any) -> None:
-        kwargs.setdefault("config", EngineConfig(BOT, delete_media=True, media_ledger_ms=M))
+        kwargs.setdefault("config", EngineConfig(BOT, delete_media=True, ledger_ms=M))
         super().__init__(path, **kwargs)
         self.media = media
 

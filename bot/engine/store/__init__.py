@@ -9,7 +9,7 @@ of verified redactions are deleted; rooms keep counters only.
 - ``sqlite``: the SQLite backend (``Store``); ``transaction``: its ``Transaction``, the
   only way to write.
 - ``schema``: numbered migrations; ``sql``: SQL text built from the engine's enums.
-- ``events``, ``rooms``, ``receipts``, ``meta``, ``media``: the statements, by table.
+- ``events``, ``rooms``, ``receipts``, ``meta``, ``media``, ``erasures``: the statements, by table.
 """
 
 from __future__ import annotations

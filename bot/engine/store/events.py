@@ -11,7 +11,7 @@ import aiosqlite
 
 from bot.engine.model import DueEvent, EventStatus, PendingEvent, RedactionTarget, TrackedEvent
 from bot.engine.policy import Readers
-from bot.engine.store import media
+from bot.engine.store import erasures, media
 from bot.engine.store.sql import (
     DUE_COLUMNS,
     FAILED,
@@ -257,6 +257,7 @@ async def finish_redacted(conn: aiosqlite.Connection, room_id: str, event_id: st
             "UPDATE rooms SET redacted_count = redacted_count + 1 WHERE room_id = ?",
             (room_id,),
         )
+        await erasures.record(conn, room_id, event_id, now_ms)
     await media.message_gone(conn, event_id, now_ms)
     await _cascade(conn, room_id, event_id, now_ms)
     return cur.rowcount > 0

@@ -107,3 +107,18 @@ async def counts(conn: aiosqlite.Connection, room_id: str | None) -> MediaCounts
         found = {int(state): int(count) for state, count in await cur.fetchall()}
     return MediaCounts(*(found.get(int(state), 0) for state in (
         MediaState.HELD, MediaState.DUE, MediaState.DELETED, MediaState.REMOTE)))
+
+
+async def files_of(conn: aiosqlite.Connection, event_ids: Sequence[str]
+                   ) -> list[tuple[str, str, str, MediaState]]:
+    """(event_id, server, media_id, state) of the files these events pointed at."""
+    found: list[tuple[str, str, str, MediaState]] = []
+    ids = list(event_ids)
+    for start in range(0, len(ids), 500):  # under SQLite's limit on parameters
+        chunk = ids[start:start + 500]
+        async with conn.execute(
+            "SELECT event_id, server, media_id, state FROM media WHERE event_id IN "
+            f"({', '.join('?' * len(chunk))}) ORDER BY event_id, server, media_id", chunk,
+        ) as cur:
+            found += [(e, s, m, MediaState(state)) for e, s, m, state in await cur.fetchall()]
+    return found

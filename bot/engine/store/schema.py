@@ -139,5 +139,17 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         f"CREATE INDEX media_due ON media(retry_at) WHERE state = {MEDIA_DUE}",
         "CREATE INDEX media_room ON media(room_id, state)",
     ),
+    # 7: the erasure ledger: every redaction of Lethe's own, confirmed (finish_redacted),
+    # by event id and time only, so `lethe audit --erasure` can ask the homeserver
+    # whether it still stores the original. Pruned after erasure.ledger (engine/ledger.py).
+    (
+        """CREATE TABLE erasures (
+            room_id TEXT NOT NULL,
+            event_id TEXT NOT NULL,
+            redacted_at INTEGER NOT NULL,
+            PRIMARY KEY (room_id, event_id)
+        ) WITHOUT ROWID""",
+        "CREATE INDEX erasures_at ON erasures(redacted_at)",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)

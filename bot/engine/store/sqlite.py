@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -17,13 +17,15 @@ import aiosqlite
 
 from bot.engine.model import (
     DueMedia,
+    Erasure,
     EventStatus,
     MediaCounts,
+    MediaState,
     PendingEvent,
     RoomRow,
     RoomSchedule,
 )
-from bot.engine.store import events, media, meta, receipts, rooms
+from bot.engine.store import erasures, events, media, meta, receipts, rooms
 from bot.engine.store.errors import StoreError
 from bot.engine.store.schema import MIGRATIONS, SCHEMA_VERSION
 from bot.engine.store.transaction import Transaction
@@ -218,6 +220,11 @@ class Store:
         """Files of tracked messages by state, in ``room_id`` or everywhere."""
         return await media.counts(self._conn, room_id)
 
+    async def media_of(self, event_ids: Sequence[str]
+                       ) -> list[tuple[str, str, str, MediaState]]:
+        """(event_id, server, media_id, state) of the files these events pointed at."""
+        return await media.files_of(self._conn, event_ids)
+
     async def due_media(self, now_ms: int, limit: int) -> list[DueMedia]:
         """Up to ``limit`` files to delete now: due, and held by no tracked message."""
         return await media.due_files(self._conn, now_ms, limit)
@@ -225,6 +232,18 @@ class Store:
     async def next_media_due(self) -> int | None:
         """When the earliest due file that no tracked message holds is to be tried."""
         return await media.next_due(self._conn)
+
+    async def ledger(self, room_id: str, since_ms: int | None = None) -> list[Erasure]:
+        """The ledger's entries for the room (confirmed since ``since_ms``), oldest first."""
+        return await erasures.in_room(self._conn, room_id, since_ms)
+
+    async def ledger_sample(self, each: int) -> list[Erasure]:
+        """The ledger's ``each`` oldest and ``each`` newest entries, oldest first."""
+        return await erasures.sample(self._conn, each)
+
+    async def ledger_oldest(self) -> int | None:
+        """When the ledger's oldest entry was confirmed (None: the ledger is empty)."""
+        return await erasures.oldest(self._conn)
 
 
 def database_unavailable(exc: BaseException) -> bool:

@@ -16,7 +16,7 @@ from bot.engine.model import (
     TrackedEvent,
 )
 from bot.engine.policy import Policy, StatePolicy
-from bot.engine.store import events, media, meta, receipts, rooms
+from bot.engine.store import erasures, events, media, meta, receipts, rooms
 from bot.engine.store.errors import StoreError
 
 
@@ -170,8 +170,9 @@ class Transaction:
         await events.fail(self._conn, room_id, event_id)
 
     async def finish_redacted(self, room_id: str, event_id: str, now_ms: int) -> bool:
-        """Verified gone: drop the row, count it, make its files due, and let its edits,
-        reactions and poll responses follow at once. False if the row was already gone."""
+        """Verified gone: drop the row, count it, enter it in the erasure ledger, make its
+        files due, and let its edits, reactions and poll responses follow at once. False
+        if the row was already gone."""
         return await events.finish_redacted(self._conn, room_id, event_id, now_ms)
 
     async def redaction_target(self, room_id: str, event_id: str) -> RedactionTarget | None:
@@ -197,3 +198,9 @@ class Transaction:
     async def prune_media(self, before_ms: int) -> int:
         """Forget the ids of files settled before ``before_ms``; returns how many."""
         return await media.prune(self._conn, before_ms)
+
+    # --- the erasure ledger ------------------------------------------------------
+
+    async def prune_ledger(self, before_ms: int) -> int:
+        """Forget the ledger's entries confirmed before ``before_ms``; returns how many."""
+        return await erasures.prune(self._conn, before_ms)
