@@ -21,6 +21,8 @@ from bot.cli.census import pending_by_status
 from bot.cli.checks import FAIL, OK, WARN, Check
 from bot.cli.common import EXIT_CHECK_FAILED, EXIT_HOMESERVER, cli_config, config_option, run_async
 from bot.cli.context import Admin, RequestError, admin_session, readonly_store, saved_login
+from bot.cli.erasure_doctor import erasure_checks
+from bot.cli.mediacheck import admin_token_check, media_checks
 from bot.cli.output import emit_json, json_option, say
 from bot.cli.roomstate import RoomState
 from bot.config import PICKLE_KEY_ENV, Config
@@ -57,6 +59,14 @@ class Doctor:
         self.files()
         self.pickle_key()
         await self.database()
+        # One check of the admin token serves the erasure and the media checks.
+        token = None
+        if self.config.erasure.admin_token is not None and not self.unreachable:
+            token = await admin_token_check(self.config)
+            self.checks.append(token)
+        await erasure_checks(self.config, self.add,
+                             admin_ok=token is not None and token.status == OK)
+        self.checks += await media_checks(self.config, token)
 
     # --- the homeserver ------------------------------------------------------
 
