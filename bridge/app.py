@@ -80,7 +80,7 @@ class Bridge:
         self.http = http = MatrixHttp(config.homeserver_url, registration.as_token)
         self.engine = engine = await self.life.open_engine(
             config.db_path,
-            BridgeTransport(http, config.is_local),
+            BridgeTransport(http, config.is_local, own_user=config.user_id),
             EngineConfig(
                 config.user_id,
                 config.ignore_readers + config.defer_to,  # bots do not read
@@ -88,6 +88,7 @@ class Bridge:
                 config.workers,
                 config.default_policy,
                 echo_wait_ms=ECHO_WAIT_MS,
+                delayed_redactions=config.delayed_redactions,
             ),
             self._on_park,
             is_other_sender=lambda sender: not config.is_local(sender),

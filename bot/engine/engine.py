@@ -14,12 +14,14 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bot.engine.arming import Armer
 from bot.engine.clock import Clock, SystemClock
+from bot.engine.delayed import DelayedStatus, DelayedTransport, Takeover
 from bot.engine.echoes import EchoConfirmation
 from bot.engine.givenup import META_KEY as GIVEN_UP_KEY
 from bot.engine.givenup import GivenUpRoom, dump_given_up, load_given_up
 from bot.engine.ingest import IngestConfig, Ingestor
-from bot.engine.model import EventStatus, IngestResult, RoomRow, RoomUpdate
+from bot.engine.model import DueEvent, EventStatus, IngestResult, RoomRow, RoomUpdate
 from bot.engine.policy import Policy
 from bot.engine.redactor import RedactionStats, Redactor, Transport
 from bot.engine.scheduler import ParkListener, RedactionListener, Scheduler
@@ -39,6 +41,9 @@ class EngineConfig:
     default_policy: Policy = field(default_factory=Policy.off)  # rooms without policy state
     # Set by fronts whose event stream brings Lethe's own redactions back (see redactor).
     echo_wait_ms: int | None = None
+    # Schedule delayed redactions where the homeserver offers them (config
+    # ``redaction.delayed``: auto; bot/engine/delayed.py).
+    delayed_redactions: bool = True
 
 
 @dataclass(frozen=True)
@@ -53,6 +58,7 @@ class RoomStatus:
     next_due: int | None
     redacted: int
     failed: int
+    armed: int = 0  # delayed redactions the homeserver holds here (bot/engine/delayed.py)
 
 
 class Engine:
@@ -91,6 +97,23 @@ class Engine:
             workers=config.workers,
             on_park=on_park,
         )
+        # Delayed redactions, where the front can schedule them (its Transport also is a
+        # DelayedTransport): the Armer schedules and cancels them in the background;
+        # armed rows the scheduler claims go through the Takeover first.
+        api = transport if isinstance(transport, DelayedTransport) else None
+        self._armer: Armer | None = None
+        if api is not None:
+            scheduler = self._scheduler
+            self._armer = Armer(
+                store, api, transport, self._clock, self._redactor.stats,
+                enabled=config.delayed_redactions,
+                backlogged=lambda: scheduler.backlogged,
+                wait_drained=scheduler.wait_drained,
+                paused_until=lambda: self._redactor.paused_until_ms,
+                on_fired=self._fired,
+            )
+        self._redactor.delays = Takeover(store, api, self._clock, self._redactor.stats,
+                                         self._slot_freed)
 
     @classmethod
     async def open(
@@ -113,8 +136,12 @@ class Engine:
     async def start(self) -> None:
         await self._ingestor.load()
         await self._scheduler.start()
+        if self._armer is not None:
+            self._armer.start()
 
     async def stop(self) -> None:
+        if self._armer is not None:
+            await self._armer.stop()
         await self._scheduler.stop()
 
     async def close(self) -> None:
@@ -136,7 +163,12 @@ class Engine:
         result = await self._ingestor.apply(updates, now, meta, appservice_txn)
         for event in result.redacted:
             self._scheduler.record_done(event, now, echoed=True)
+        for fired in result.fired:
+            self._redactor.stats.delayed_fired += 1
+            self._fired(fired.due, fired.at)
+            self._slot_freed(fired.due.delay.by if fired.due.delay else None)
         self._scheduler.wake()
+        self.wake_delayed()
         return result
 
     async def set_power(
@@ -149,6 +181,7 @@ class Engine:
             await tx.ensure_room(room_id)
             await tx.set_room_power(room_id, can_redact_others, bot_level, redact_level)
         self._scheduler.wake()
+        self.wake_delayed()
         # A new room row starts as "can redact", so only a lack of power is news there.
         was = before.can_redact_others if before is not None else True
         return was != can_redact_others
@@ -167,6 +200,7 @@ class Engine:
             if given_up is not None:
                 await tx.set_meta(GIVEN_UP_KEY, dump_given_up(
                     load_given_up(await self._store.get_meta(GIVEN_UP_KEY)), given_up))
+        self.wake_delayed()  # its delayed redactions are queued for cancelling
         return given_up
 
     async def set_meta(self, key: str, value: str) -> None:
@@ -177,6 +211,18 @@ class Engine:
     def wake(self) -> None:
         """Something may have become due sooner than the scheduler thinks."""
         self._scheduler.wake()
+
+    def wake_delayed(self) -> None:
+        """There may be delayed redactions to schedule or cancel."""
+        if self._armer is not None:
+            self._armer.wake()
+
+    def _slot_freed(self, user: str | None) -> None:
+        if self._armer is not None:
+            self._armer.slot_freed(user)
+
+    def _fired(self, event: DueEvent, at: int) -> None:
+        self._scheduler.record_done(event, at, echoed=True, fired=True)
 
     def observe_redactions(self, listener: RedactionListener) -> None:
         """Tell ``listener`` of each verified redaction and its lag (for metrics)."""
@@ -227,8 +273,16 @@ class Engine:
         return RoomStatus(
             row.room_id, row.policy, row.policy_sender, row.can_redact_others, row.bot_level,
             row.redact_level, schedule.pending, schedule.next_due, row.redacted_count,
-            row.failed_count,
+            row.failed_count, await self._store.armed_count(room_id=room_id),
         )
+
+    async def delayed_status(self) -> DelayedStatus:
+        """Whether delayed redactions are in use, and if not, why; how many are armed."""
+        if self._armer is not None:
+            return await self._armer.status()
+        queued, _ = await self._store.cancels()
+        return DelayedStatus(False, "not available to this front",
+                             await self._store.armed_count(), queued, None)
 
     async def pending_by_status(self) -> dict[EventStatus | int, int]:
         """Tracked events per status (an int: one this version does not know)."""

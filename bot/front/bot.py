@@ -77,13 +77,14 @@ class LetheBot:
         self.http = MatrixHttp(self.config.homeserver.url, self.creds.access_token)
         self.engine = engine = await self.life.open_engine(
             self.config.db_path,
-            HttpTransport(self.http),
+            HttpTransport(self.http, own_user=self.config.bot.user_id),
             EngineConfig(
                 self.config.bot.user_id,
                 self.config.ignore_readers,
                 self.config.default_cap_ms,
                 self.config.workers,
                 echo_wait_ms=ECHO_WAIT_MS,
+                delayed_redactions=self.config.delayed_redactions,
             ),
             self.actions.on_park,
         )

@@ -228,7 +228,11 @@ class Harness:
             if task is not None and task.done():
                 task.result()  # re-raise whatever killed the loop
                 raise AssertionError("scheduler loop stopped")
-            return scheduler.in_flight == 0 and self.clock.idle()
+            armer = self.engine._armer if self.engine is not None else None
+            # Workers are done once they wrote their outcome down, not when their
+            # request ended; the delayed-redaction task, once its pass ended.
+            return (scheduler.in_flight == 0 and not scheduler._workers
+                    and (armer is None or not armer.working) and self.clock.idle())
 
         await eventually(idle, timeout, "scheduler idle")
 
