@@ -5,17 +5,28 @@ each once, and nothing is ever redacted twice."""
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from bot.devtools.localsynapse import LocalSynapse
+from bot.devtools.localsynapse import LocalSynapse, find_free_port
 from bot.devtools.people import Person
 from bot.engine.engine import Engine
 from bot.engine.model import DelayState
 from bot.matrix.api import MatrixHttp
-from tests.harness import BotHandle, all_redacted, eventually, stays, unique, write_bot_config
+from tests.cli_harness import lethe_cli
+from tests.harness import (
+    BotHandle,
+    all_redacted,
+    bot_room,
+    eventually,
+    stays,
+    unique,
+    write_bot_config,
+)
+from tests.test_metrics import scrape
 
 TIMER_S = 15
 
@@ -38,7 +49,8 @@ async def _room(hs: LocalSynapse, tmp_path: Path, handle: BotHandle, made: list[
         await handle.start()
     await alice.wait_notice(room, "Lethe is here")
     await alice.send(room, f"!lethe {policy}")
-    await alice.wait_notice(room, f"changed the retention policy: {policy}")
+    announced = policy.replace(" cap", ", cap")  # as Policy.describe says it
+    await alice.wait_notice(room, f"changed the retention policy: {announced}")
     return alice, bob, room
 
 
@@ -125,3 +137,180 @@ async def _one_each(person: Person, room: str, event_ids: list[str]) -> bool:
     for event_id in event_ids:
         assert len(await redactions_of(person, room, event_id)) == 1, event_id
     return True
+
+
+async def test_read_before_its_cap_it_goes_at_the_earlier_time_and_once(
+    delayed_hs, tmp_path,
+) -> None:
+    """after_read 12s, cap 28s: scheduled for the cap when sent; bob reads it at once,
+    so it is replaced by one for 12 s after the read, which the homeserver sends. The
+    cap's never fires a second redaction."""
+    made: list[Person] = []
+    handle = BotHandle(write_bot_config(delayed_hs, tmp_path / "bot"))
+    try:
+        alice, bob, room = await _room(delayed_hs, tmp_path, handle, made,
+                                       "after-read 12s cap 28s")
+        message = await alice.send(room, "canary-delayed read me")
+        await eventually(lambda: _armed(handle, message), 10, what="armed for the cap")
+        engine = _engine(handle)
+        (first,) = (await engine._store.delays_of([message])).values()
+        await bob.receipt(room, message)
+        read_at = time.time()
+
+        async def replaced() -> bool:
+            delay = (await engine._store.delays_of([message])).get(message)
+            return delay is not None and delay.state is DelayState.ARMED \
+                and delay.delay_id != first.delay_id
+
+        await eventually(replaced, 10, what="replaced for the earlier deadline")
+        await eventually(all_redacted(bob, room, message), 25, what="redacted after the read")
+        (redaction,) = await redactions_of(bob, room, message)
+        assert 11 <= redaction["origin_server_ts"] / 1000 - read_at < 14
+        assert redaction["sender"] == handle.user_id
+        assert engine.stats.delayed_cancelled >= 1
+        # Past the cap and Lethe's grace after it: still the one redaction.
+        sent_at = (await bob.event(room, message))["origin_server_ts"] / 1000
+        await eventually(lambda: time.time() > sent_at + 28 + 12, 40, what="past the cap")
+        assert len(await redactions_of(bob, room, message)) == 1
+        assert engine.stats.delayed_fired >= 1
+        assert message not in {e["content"]["redacts"] for e in
+                               await delayed_events(delayed_hs, _token(handle))}
+    finally:
+        await handle.stop()
+        for person in made:
+            await person.close()
+
+
+def _token(handle: BotHandle) -> str:
+    assert handle.bot is not None and handle.bot.creds is not None
+    return handle.bot.creds.access_token
+
+
+async def test_a_message_gone_another_way_has_its_delayed_redaction_cancelled(
+    delayed_hs, tmp_path,
+) -> None:
+    """Alice deletes her message herself; later the bot is removed from the room: each
+    time the delayed redactions are cancelled, and none fires afterwards."""
+    made: list[Person] = []
+    handle = BotHandle(write_bot_config(delayed_hs, tmp_path / "bot"))
+    try:
+        alice, bob, room = await _room(delayed_hs, tmp_path, handle, made, "after-send 20s")
+        deleted = await alice.send(room, "canary-delayed deleted by alice")
+        kept = await alice.send(room, "canary-delayed in a room the bot leaves")
+        await eventually(lambda: _armed(handle, deleted, kept), 10, what="both armed")
+        token = _token(handle)
+
+        async def targets() -> set[str]:
+            return {e["content"]["redacts"] for e in await delayed_events(delayed_hs, token)}
+
+        status, _ = await alice.api(
+            "PUT", f"/rooms/{quote(room)}/redact/{quote(deleted)}/mine", {})
+        assert status == 200
+
+        async def cancelled() -> bool:
+            return deleted not in await targets()
+
+        await eventually(cancelled, 15, what="the deleted message's delayed redaction cancelled")
+        assert kept in await targets()
+        status, _ = await alice.api("POST", f"/rooms/{quote(room)}/kick",
+                                    {"user_id": handle.user_id})
+        assert status == 200
+
+        async def none_left() -> bool:
+            return not await targets()
+
+        await eventually(none_left, 15, what="the room's delayed redactions cancelled")
+        sent_at = (await bob.event(room, kept))["origin_server_ts"] / 1000
+        await eventually(lambda: time.time() > sent_at + 22, 30, what="past the deadline")
+        assert [r["sender"] for r in await redactions_of(bob, room, deleted)] == [alice.user_id]
+        assert await redactions_of(bob, room, kept) == []
+    finally:
+        await handle.stop()
+        for person in made:
+            await person.close()
+
+
+async def test_more_messages_than_the_account_may_schedule(delayed_hs, tmp_path) -> None:
+    """3 delayed events per account: the rest are redacted by Lethe itself, each on
+    time, and none twice."""
+    made: list[Person] = []
+    handle = BotHandle(write_bot_config(delayed_hs, tmp_path / "bot"))
+    try:
+        alice, bob, room = await _room(delayed_hs, tmp_path, handle, made,
+                                       f"after-send {TIMER_S}s")
+        sent = [await alice.send(room, f"canary-delayed many {i}") for i in range(6)]
+        engine = _engine(handle)
+        await eventually(all_redacted(bob, room, *sent), TIMER_S + 30, what="all redacted")
+        for event_id in sent:
+            message = await bob.event(room, event_id)
+            (redaction,) = await redactions_of(bob, room, event_id)
+            late = redaction["origin_server_ts"] - message["origin_server_ts"] - TIMER_S * 1000
+            assert 0 <= late < 3000, f"{event_id} redacted {late} ms after its deadline"
+        stats = engine.stats
+        assert stats.delayed_fired >= 2, "the homeserver redacted the earliest"
+        assert stats.done > stats.delayed_fired, "Lethe redacted the others"
+        await stays(lambda: _one_each(bob, room, sent), 3)
+    finally:
+        await handle.stop()
+        for person in made:
+            await person.close()
+
+
+async def test_status_and_metrics_say_delayed_redactions_are_in_use(delayed_hs, tmp_path) -> None:
+    port = find_free_port()
+    made: list[Person] = []
+    handle = BotHandle(write_bot_config(delayed_hs, tmp_path / "bot",
+                                        metrics={"listen": f"127.0.0.1:{port}"}))
+    try:
+        alice, _, room = await _room(delayed_hs, tmp_path, handle, made, "after-send 25s")
+        message = await alice.send(room, "canary-delayed status")
+        await eventually(lambda: _armed(handle, message), 10, what="armed")
+        await alice.send(room, "!lethe status")
+        text = await alice.wait_notice(room, "While I am stopped")
+        assert "the homeserver itself redacts on time the 2 message(s) here" in text
+        got = await scrape(port)
+        assert got[("lethe_delayed_redactions_in_use", (("state", "in_use"),))] == 1
+        assert got[("lethe_delayed_redactions_in_use", (("state", "not_offered"),))] == 0
+        assert got[("lethe_delayed_redactions_armed", ())] >= 2
+        assert got[("lethe_delayed_redactions_scheduled_total", ())] >= 2
+    finally:
+        await handle.stop()
+        for person in made:
+            await person.close()
+
+
+async def test_without_the_features_status_and_doctor_say_what_is_missing(
+    synapse, people, lethe, tmp_path,
+) -> None:
+    """The session's Synapse offers neither: Lethe redacts by itself, as before, and
+    says why the homeserver does not."""
+    alice, _, room = await bot_room(people, lethe, "bob", policy="after-send 25s")
+    await alice.send(room, "!lethe status")
+    text = await alice.wait_notice(room, "While I am stopped")
+    assert "not offer delayed events (MSC4140) nor redactions sent through /send" in text
+    assert "max_event_delay_duration" in text
+    await lethe.stop()
+    result = await lethe_cli(lethe.config, "doctor", "--json")
+    checks = {c["name"]: c for c in json.loads(result.stdout)["checks"]}
+    check = checks["delayed redactions"]
+    assert check["status"] == "warn" and "not in use" in check["detail"]
+    assert "MSC4169" in check["detail"]
+
+
+async def test_turned_off_in_the_config(delayed_hs, tmp_path) -> None:
+    made: list[Person] = []
+    handle = BotHandle(write_bot_config(delayed_hs, tmp_path / "bot",
+                                        redaction={"delayed": "off"}))
+    try:
+        alice, bob, room = await _room(delayed_hs, tmp_path, handle, made, "after-send 12s")
+        message = await alice.send(room, "canary-delayed off")
+        await alice.send(room, "!lethe status")
+        text = await alice.wait_notice(room, "While I am stopped")
+        assert "turned off in the config (redaction.delayed: off)" in text
+        await eventually(all_redacted(bob, room, message), 30, what="redacted by Lethe")
+        assert not await delayed_events(delayed_hs, _token(handle))
+        assert _engine(handle).stats.delayed_armed == 0
+    finally:
+        await handle.stop()
+        for person in made:
+            await person.close()

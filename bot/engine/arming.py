@@ -23,13 +23,17 @@ from collections.abc import Awaitable, Callable
 
 from bot.engine.clock import Clock
 from bot.engine.delayed import (
+    DISABLED,
     GRACE_MS,
+    META_KEY,
     MIN_LEAD_MS,
+    NOT_CHECKED,
     ArmOutcome,
     DelayedStatus,
     DelayedTransport,
     Settled,
     Support,
+    Why,
     cancel_first,
 )
 from bot.engine.model import ArmCandidate, DelayRef, DelayState, DueEvent
@@ -39,7 +43,6 @@ from bot.engine.store import StoreBackend
 
 log = logging.getLogger(__name__)
 
-META_KEY = "delayed_redactions"  # what the last start found, for the read-only CLI
 BATCH = 50
 SCAN_LIMIT = 200  # candidates looked at per pass when accounts are full
 IDLE_RECHECK_MS = 3_600_000
@@ -49,8 +52,6 @@ FULL_RETRY_MS = 60_000  # a full account without a retry_after_ms is tried again
 SWAP_MARGIN_MS = 60_000
 _FOREVER = 2**62
 
-NOT_CHECKED = "not known yet: the homeserver has not answered"
-DISABLED = "turned off in the config (redaction.delayed: off)"
 
 Backlog = Callable[[], bool]
 OnFired = Callable[[DueEvent, int], None]
@@ -76,7 +77,6 @@ class Armer:
         self._failures = 0
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self.working = False  # a pass is under way (unit tests wait for it to end)
         self.reconciler = Reconciler(store, api, transport, clock, stats, on_fired, GRACE_MS)
 
     # --- what the engine calls ------------------------------------------------
@@ -103,6 +103,14 @@ class Armer:
         return self.enabled and self.support is not None and self.support.offered
 
     @property
+    def why(self) -> Why:
+        if not self.enabled:
+            return Why.OFF_IN_CONFIG
+        if self.support is None:
+            return Why.NOT_CHECKED
+        return Why.IN_USE if self.support.offered else Why.NOT_OFFERED
+
+    @property
     def reason(self) -> str:
         if not self.enabled:
             return DISABLED
@@ -116,15 +124,28 @@ class Armer:
         now = self._clock.now_ms()
         full = tuple(sorted(u for u, t in self._full_until.items() if t > now))
         return DelayedStatus(
-            self.in_use, "" if self.in_use else self.reason,
+            self.why, "" if self.in_use else self.reason,
             counts.get(DelayState.ARMED, 0) + counts.get(DelayState.ARMING, 0), queued,
             self.max_delay_ms, full)
 
     # --- the loop ---------------------------------------------------------------
 
     async def _run(self) -> None:
+        try:
+            await self._loop()
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # Lethe still redacts by itself; say why nothing is scheduled
+            log.exception("delayed redactions stopped")
+            raise
+
+    async def _loop(self) -> None:
         if self.enabled:
             await self._probe()
+        async with self._store.transaction() as tx:
+            await tx.set_meta(META_KEY, json.dumps({
+                "in_use": self.in_use, "reason": "" if self.in_use else self.reason,
+                "checked_at": self._clock.now_ms()}))
         while True:
             self._wake.clear()
             now = self._clock.now_ms()
@@ -135,7 +156,6 @@ class Armer:
             if self._backlogged():
                 await self._wait_drained()  # what is due first
                 continue
-            self.working = True
             try:
                 worked = await self._pass(now)
             except asyncio.CancelledError:
@@ -144,8 +164,6 @@ class Armer:
                 log.exception("scheduling delayed redactions failed")
                 self._hold_back(now, None)
                 worked = True
-            finally:
-                self.working = False
             if not worked:
                 await self._clock.sleep_until(await self._next_time(now), self._wake)
 
@@ -178,10 +196,6 @@ class Armer:
                      "its deadline even while Lethe is stopped")
         else:
             log.info("delayed redactions not in use: %s", self.reason)
-        async with self._store.transaction() as tx:
-            await tx.set_meta(META_KEY, json.dumps({
-                "in_use": self.in_use, "reason": "" if self.in_use else self.reason,
-                "checked_at": self._clock.now_ms()}))
 
     def _hold_back(self, now: int, retry_after_ms: int | None) -> None:
         self._failures += 1
@@ -200,6 +214,7 @@ class Armer:
         if queued and next_cancel is not None:
             times.append(next_cancel)
         if self.in_use:
+            self._full_until = {u: t for u, t in self._full_until.items() if t > now}
             times += [t for t in self._full_until.values() if t < _FOREVER]
             low = now + MIN_LEAD_MS
             first = await self._store.next_unarmed(low)

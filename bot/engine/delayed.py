@@ -53,6 +53,10 @@ STALE_MS = 1_000
 # How long the redactor waits for a scheduling request still under way.
 ARMING_WAIT_MS = 5_000
 
+META_KEY = "delayed_redactions"  # what the front found on its last start (for the CLI)
+NOT_CHECKED = "not known yet: the homeserver has not answered"
+DISABLED = "turned off in the config (redaction.delayed: off)"
+
 
 class ArmOutcome(Enum):
     ARMED = "armed"  # delay_id
@@ -162,16 +166,30 @@ async def cancel_first(api: DelayedTransport | None, ref: DelayRef,
     return Cancel(Settled.UNKNOWN, seen)
 
 
+class Why(Enum):
+    """Whether delayed redactions are in use, or why not (a label for metrics)."""
+
+    IN_USE = "in_use"
+    OFF_IN_CONFIG = "off_in_config"
+    NOT_OFFERED = "not_offered"  # by the homeserver
+    NOT_CHECKED = "not_checked"  # the homeserver has not answered yet
+    NOT_AVAILABLE = "not_available"  # to this front
+
+
 @dataclass(frozen=True)
 class DelayedStatus:
     """Whether the homeserver redacts on time while Lethe is down, and if not, why."""
 
-    in_use: bool
+    why: Why
     reason: str  # "" when in use
     armed: int  # events the homeserver holds a delayed redaction of (or is being asked)
     cancels: int  # delayed redactions queued for cancelling
     max_delay_ms: int | None  # the server's maximum delay, once learnt
     full: tuple[str, ...] = ()  # accounts at the server's (or Lethe's) limit now
+
+    @property
+    def in_use(self) -> bool:
+        return self.why is Why.IN_USE
 
 
 class Takeover:
@@ -185,6 +203,7 @@ class Takeover:
         self._clock = clock
         self._stats = stats
         self._slot_freed = slot_freed
+        self._unanswered: dict[str, int] = {}  # event -> cancels in a row with no answer
 
     async def before_redacting(self, event: DueEvent,
                                fetch: Callable[[], Awaitable[Reply]]) -> Decision | None:
@@ -205,11 +224,13 @@ class Takeover:
         ref = DelayRef(delay.delay_id, delay.by, event.room_id, event.event_id)
         done = await cancel_first(self._api, ref, fetch)
         if done.settled is Settled.UNKNOWN:
+            tries = self._unanswered[event.event_id] = self._unanswered.get(event.event_id, 0) + 1
             wait = (done.reply.retry_after_ms if done.reply.outcome is Outcome.RATE_LIMITED
-                    else None) or backoff_ms(event.attempts + 1)
+                    else None) or backoff_ms(tries)
             self._stats.retries += 1
             return Decision(Verdict.RETRY, retry_at=now + wait,
                             reason="could not cancel its delayed redaction first")
+        self._unanswered.pop(event.event_id, None)
         self._slot_freed(delay.by)
         if done.settled is Settled.FIRED:
             self._stats.delayed_fired += 1

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from bot.engine.arming import Armer
 from bot.engine.clock import Clock, SystemClock
-from bot.engine.delayed import DelayedStatus, DelayedTransport, Takeover
+from bot.engine.delayed import DelayedStatus, DelayedTransport, Takeover, Why
 from bot.engine.echoes import EchoConfirmation
 from bot.engine.givenup import META_KEY as GIVEN_UP_KEY
 from bot.engine.givenup import GivenUpRoom, dump_given_up, load_given_up
@@ -281,7 +281,7 @@ class Engine:
         if self._armer is not None:
             return await self._armer.status()
         queued, _ = await self._store.cancels()
-        return DelayedStatus(False, "not available to this front",
+        return DelayedStatus(Why.NOT_AVAILABLE, "not available to this front",
                              await self._store.armed_count(), queued, None)
 
     async def pending_by_status(self) -> dict[EventStatus | int, int]:

@@ -47,6 +47,7 @@ class Reconciler:
         self._on_fired = on_fired
         self._grace_ms = grace_ms
         self.done = False
+        self._queued: set[str] = set()  # delay ids queued for cancelling already
 
     async def fetch(self, room_id: str, event_id: str, sender: str) -> Reply:
         self._stats.fetches += 1
@@ -66,8 +67,9 @@ class Reconciler:
     async def run(self, own_user: str | None) -> bool:
         """Reconcile every account that needs it; False when a list could not be had."""
         arming = await self._store.arming()
-        jobs = [j for j in await self._store.due_cancels(_ALL, _MAX_JOBS)
-                if j.ref.delay_id is None]
+        queued = await self._store.due_cancels(_ALL, _MAX_JOBS)
+        self._queued = {j.ref.delay_id for j in queued if j.ref.delay_id is not None}
+        jobs = [j for j in queued if j.ref.delay_id is None]
         users = {r.delay.by for r in arming if r.delay is not None and r.delay.by}
         users |= {j.ref.user_id for j in jobs}
         if own_user is not None:
@@ -113,6 +115,8 @@ class Reconciler:
                             log.info("adopted the delayed redaction of %s in %s",
                                      item.target, item.room_id)
                             continue
+            if item.delay_id in self._queued:
+                continue
             if user == own_user or item.target in wanted or (
                     delay is not None and delay.by == user):
                 cancel.append(DelayRef(item.delay_id, user, item.room_id, item.target))

@@ -255,7 +255,8 @@ class ActionWorker:
             untracked = UntrackedSpan.from_json(
                 await bot.engine.get_meta(UNTRACKED_KEY + request.room_id))
             await self.notice(request.room_id, texts.status_text(
-                status, bot.power(request.room_id), bot.config.bot.user_id, untracked))
+                status, bot.power(request.room_id), bot.config.bot.user_id, untracked,
+                await bot.engine.delayed_status()))
         elif isinstance(command, SetPolicy):
             await self._set_policy(request, command.policy)
 

@@ -164,7 +164,8 @@ async def latest_armed(conn: aiosqlite.Connection, by: str) -> ArmCandidate | No
     """``by``'s delayed redaction that fires last."""
     async with conn.execute(
         f"SELECT {_CANDIDATE} FROM events AS e INDEXED BY events_delayed "
-        f"WHERE e.delay_by = ? AND e.delay_state = {DELAY_ARMED} AND e.status = {WAITING} "
+        f"WHERE e.delay_by = ? AND {DELAYED} AND e.delay_state = {DELAY_ARMED} "
+        f"AND e.status = {WAITING} "
         "ORDER BY e.delay_at DESC LIMIT 1", (by,),
     ) as cur:
         row = await cur.fetchone()
