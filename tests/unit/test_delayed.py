@@ -6,6 +6,7 @@ after a crash."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 from collections import deque
 from typing import Any
@@ -20,7 +21,7 @@ from bot.engine.redactor import REDACTION_REASON, Outcome, Reply
 from bot.engine.store.schema import MIGRATIONS
 from bot.engine.store.sql import DELAYED, STALE, UNARMED
 
-from .conftest import ALICE, BOB, BOT, ROOM, FakeTransport, Harness, TestClock
+from .conftest import ALICE, BOB, BOT, ROOM, FakeTransport, Harness, TestClock, eventually
 
 M = 60_000
 ECHO = 10_000
@@ -398,3 +399,34 @@ async def test_turned_off_in_the_config(make_harness: Any) -> None:
     assert _fake(h).arm_calls == [] and _fake(h).list_calls == []
     assert h.engine is not None
     assert "redaction.delayed: off" in (await h.engine.delayed_status()).reason
+
+
+async def test_nothing_is_scheduled_while_due_redactions_wait(make_harness: Any) -> None:
+    """Scheduling yields to what is due: while the scheduler has a backlog, the
+    homeserver's capacity goes to the redactions."""
+    config = EngineConfig(bot_user_id=BOT, echo_wait_ms=ECHO, workers=1)
+    h = await _harness(make_harness, offered=False, config=config)
+    fake = _fake(h)
+    gate = asyncio.Event()
+
+    async def slow(room_id: str, event_id: str, sender: str, txn_id: str) -> None:
+        await gate.wait()
+
+    await h.set_policy(Policy.after_send(M), room="!later:x")
+    await _send(h, *(f"$due{i}" for i in range(5)), timer_ms=1_000)  # Lethe's, not armed
+    fake.offered = True
+    assert h.engine is not None and h.engine._armer is not None
+    h.engine._armer.support = Support(True)
+    fake.on_redact = slow
+    h.clock.advance(1_000)
+    await eventually(lambda: h.engine is not None and h.engine.backlogged, 5, "a backlog")
+    await h.ingest(Message("$new", ALICE, h.now()), room="!later:x", settle=False)
+    for _ in range(20):
+        await asyncio.sleep(0.01)
+    assert fake.arm_calls == [], "scheduled while redactions were waiting"
+    gate.set()
+    await h.settle()
+    assert fake.arm_calls == [("$new", M)]
+    assert h.transport.redacted_ids() == [f"$due{i}" for i in range(5)]
+
+
