@@ -20,7 +20,7 @@ from bot.devtools.synapseconfig import delayed_redactions
 from bot.engine.model import DelayState
 from tests.harness import all_redacted, eventually, stays
 from tests.test_bridge import BridgeHandle, BridgeServer, encrypted_room, serve_bridge
-from tests.test_delayed import delayed_events, one_each, the_redaction
+from tests.test_delayed import Watch, delayed_events, one_each, redactions_of
 
 TIMER_S = 15
 
@@ -52,6 +52,10 @@ async def test_the_homeserver_redacts_as_each_sender_while_the_bridge_is_stopped
     bridge: BridgeHandle, people: Any, delayed_bridge_server: BridgeServer,
 ) -> None:
     alice, (bob,), room = await encrypted_room(people, "bob")
+    carol = await people("carol")  # watches, sending nothing
+    await alice.invite(room, carol.user_id)
+    await carol.join(room)
+    watch = Watch(carol)
     sent = {alice: await alice.send(room, "canary-delayed-bridge alice"),
             bob: await bob.send(room, "canary-delayed-bridge bob")}
     await bridge.tracked(*sent.values())
@@ -75,8 +79,9 @@ async def test_the_homeserver_redacts_as_each_sender_while_the_bridge_is_stopped
     await eventually(all_redacted(alice, room, *sent.values()), TIMER_S + 15,
                      what="redacted by the homeserver")
     for person, event_id in sent.items():
-        redaction, late = await the_redaction(alice, room, event_id, TIMER_S)
+        late = await watch.late_ms(room, event_id, TIMER_S)
         assert 0 <= late < 2000, f"redacted {late} ms after its deadline"
+        (redaction,) = await redactions_of(alice, room, event_id)
         assert redaction["sender"] == person.user_id
         assert redaction["origin_server_ts"] / 1000 > stopped_at
 

@@ -24,6 +24,7 @@ from collections.abc import Awaitable, Callable
 from bot.engine.clock import Clock
 from bot.engine.delayed import (
     DISABLED,
+    FIRE_BUDGET_PER_S,
     GRACE_MS,
     META_KEY,
     MIN_LEAD_MS,
@@ -73,6 +74,9 @@ class Armer:
         self.support: Support | None = None
         self.max_delay_ms: int | None = None
         self._full_until: dict[str, int] = {}
+        # Delayed redactions scheduled per second they fire in (FIRE_BUDGET_PER_S);
+        # not lowered when one is cancelled: an estimate on the safe side.
+        self._fire_seconds: dict[int, int] = {}
         self._held_until = 0  # after a 429 or no answer: nothing is sent before then
         self._failures = 0
         self._wake = asyncio.Event()
@@ -146,6 +150,7 @@ class Armer:
             await tx.set_meta(META_KEY, json.dumps({
                 "in_use": self.in_use, "reason": "" if self.in_use else self.reason,
                 "checked_at": self._clock.now_ms()}))
+        self._fire_seconds = await self._store.fire_seconds(self._clock.now_ms())
         while True:
             self._wake.clear()
             now = self._clock.now_ms()
@@ -214,6 +219,7 @@ class Armer:
         if queued and next_cancel is not None:
             times.append(next_cancel)
         if self.in_use:
+            self._fire_seconds = {s: n for s, n in self._fire_seconds.items() if s >= now // 1000}
             self._full_until = {u: t for u, t in self._full_until.items() if t > now}
             times += [t for t in self._full_until.values() if t < _FOREVER]
             low = now + MIN_LEAD_MS
@@ -333,6 +339,12 @@ class Armer:
     async def _arm(self, candidate: ArmCandidate, user: str) -> None:
         txn_id = f"lethe.delay.{secrets.token_hex(12)}"
         at = candidate.due_at
+        second = at // 1000
+        if self._fire_seconds.get(second, 0) >= FIRE_BUDGET_PER_S:
+            # More would fire in that second than the homeserver sends on time.
+            async with self._store.transaction() as tx:
+                await tx.leave_to_lethe(candidate.event_id)
+            return
         async with self._store.transaction() as tx:
             if not await tx.begin_arm(candidate.event_id, txn_id, user, at):
                 return
@@ -355,6 +367,7 @@ class Armer:
                     await tx.queue_cancel(DelayRef(reply.delay_id, user, candidate.room_id,
                                                    candidate.event_id))
             self.stats.delayed_armed += 1
+            self._fire_seconds[second] = self._fire_seconds.get(second, 0) + 1
             log.debug("the homeserver redacts %s in %s in %.1f s", candidate.event_id,
                       candidate.room_id, delay_ms / 1000)
             return

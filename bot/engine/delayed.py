@@ -52,6 +52,15 @@ MIN_LEAD_MS = 10_000
 STALE_MS = 1_000
 # How long the redactor waits for a scheduling request still under way.
 ARMING_WAIT_MS = 5_000
+# Synapse marks every delayed event that is due as being sent, then sends them one
+# after another (about 30 a second on a small machine): a cancel then finds nothing
+# while the redaction is still to come. Until this long after its time, a delayed
+# redaction that is neither cancellable nor seen is waited for, never sent again.
+FIRING_WINDOW_MS = 60_000
+FIRING_RECHECK_MS = 5_000
+# At most this many delayed redactions are scheduled to fire in any one second, so
+# that the homeserver sends them on time; the rest Lethe redacts itself.
+FIRE_BUDGET_PER_S = 20
 
 META_KEY = "delayed_redactions"  # what the front found on its last start (for the CLI)
 NOT_CHECKED = "not known yet: the homeserver has not answered"
@@ -192,6 +201,12 @@ class DelayedStatus:
         return self.why is Why.IN_USE
 
 
+def may_be_firing(at: int, now: int) -> bool:
+    """Whether a delayed redaction due at ``at`` that can no longer be cancelled may
+    still be on its way (see FIRING_WINDOW_MS)."""
+    return at - STALE_MS <= now < at + FIRING_WINDOW_MS
+
+
 class Takeover:
     """The redactor's part: before Lethe redacts an event itself, what becomes of the
     delayed redaction the homeserver holds (or may hold) for it."""
@@ -223,6 +238,9 @@ class Takeover:
                             reason="the homeserver's delayed redaction is due now")
         ref = DelayRef(delay.delay_id, delay.by, event.room_id, event.event_id)
         done = await cancel_first(self._api, ref, fetch)
+        if done.settled is Settled.MISSING and may_be_firing(delay.at, now):
+            return Decision(Verdict.RETRY, retry_at=now + FIRING_RECHECK_MS,
+                            reason="the homeserver may still be sending its delayed redaction")
         if done.settled is Settled.UNKNOWN:
             tries = self._unanswered[event.event_id] = self._unanswered.get(event.event_id, 0) + 1
             wait = (done.reply.retry_after_ms if done.reply.outcome is Outcome.RATE_LIMITED

@@ -88,14 +88,13 @@ class EchoConfirmation:
     async def seen(
         self, tx: EchoWrites, room_id: str, target: str, redaction_id: str | None,
         sender: str | None, now_ms: int, *, delay_id: str | None = None,
-        origin_ts: int | None = None,
     ) -> Echo | DueEvent | Fired | None:
         """The event stream shows a redaction of ``target`` (by ``sender``, with the
         redaction's own id ``redaction_id``, sent from the delayed event ``delay_id``
-        at ``origin_ts`` where the homeserver says so): apply it to the tracked row, if
-        any. A ``DueEvent`` is Lethe's own redaction, confirmed, a ``Fired`` the
-        homeserver's delayed redaction on Lethe's behalf: its row is gone, to be
-        counted by the caller."""
+        where the homeserver says so): apply it to the tracked row, if any. A
+        ``DueEvent`` is Lethe's own redaction, confirmed, a ``Fired`` the homeserver's
+        delayed redaction on Lethe's behalf: its row is gone, to be counted by the
+        caller."""
         row = await tx.redaction_target(room_id, target)
         if row is None:
             return None
@@ -104,8 +103,7 @@ class EchoConfirmation:
             if row.status is EventStatus.IN_FLIGHT:
                 return Echo.HELD  # the worker cancels first, finds it gone and fetches
             await tx.finish_redacted(room_id, target, now_ms, fired=True)
-            at = now_ms if origin_ts is None else min(origin_ts, now_ms)
-            return Fired(row.due, at)
+            return Fired(row.due, now_ms)
         if row.status is EventStatus.IN_FLIGHT:
             if redaction_id is not None:
                 self._hold(target, redaction_id)

@@ -225,7 +225,7 @@ class Ingestor:
                 rows = []
                 seen = await self._echoes.seen(
                     tx, room_id, item.target, item.event_id, item.sender, now_ms,
-                    delay_id=item.delay_id, origin_ts=item.origin_ts,
+                    delay_id=item.delay_id,
                 )
                 if isinstance(seen, DueEvent):
                     redacted.append(seen)

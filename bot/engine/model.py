@@ -218,9 +218,8 @@ class Redaction:
     event_id: str | None = None
     sender: str | None = None
     # The delayed event it was sent from, where the homeserver says so (it shows its
-    # sender ``unsigned["org.matrix.msc4140.delay_id"]``), and when it was sent.
+    # sender ``unsigned["org.matrix.msc4140.delay_id"]``).
     delay_id: str | None = None
-    origin_ts: int | None = None
 
 
 @dataclass(frozen=True)
@@ -262,7 +261,8 @@ class InvalidPolicy:
 
 @dataclass(frozen=True)
 class Fired:
-    """A delayed redaction the homeserver sent for ``due`` at ``at`` (its own clock)."""
+    """A delayed redaction the homeserver sent for ``due``, confirmed at ``at``. (Its
+    ``origin_server_ts`` says nothing: a delayed event carries its scheduled time.)"""
 
     due: DueEvent
     at: int

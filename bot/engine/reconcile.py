@@ -23,7 +23,7 @@ import logging
 from collections.abc import Callable
 
 from bot.engine.clock import Clock
-from bot.engine.delayed import DelayedTransport, Listed
+from bot.engine.delayed import DelayedTransport, Listed, may_be_firing
 from bot.engine.echoes import ECHO_SLACK_MS
 from bot.engine.model import ArmCandidate, CancelJob, DelayRef, DelayState, DueEvent
 from bot.engine.redactor import REDACTION_REASON, Outcome, RedactionStats, Reply, Transport
@@ -74,17 +74,17 @@ class Reconciler:
         users |= {j.ref.user_id for j in jobs}
         if own_user is not None:
             users.add(own_user)
+        settled = True
         for user in sorted(users):
             listed = await self._api.list_delayed(user)
             if listed is None:
                 log.warning("could not list the delayed events of %s; will try again", user)
                 return False
             mine = [r for r in arming if r.delay is not None and r.delay.by == user]
-            if not await self._settle(user, listed, mine,
-                                      [j for j in jobs if j.ref.user_id == user], own_user):
-                return False
-        self.done = True
-        return True
+            settled &= await self._settle(user, listed, mine,
+                                          [j for j in jobs if j.ref.user_id == user], own_user)
+        self.done = settled
+        return settled
 
     async def _settle(self, user: str, listed: list[Listed], arming: list[ArmCandidate],
                       jobs: list[CancelJob], own_user: str | None) -> bool:
@@ -126,6 +126,7 @@ class Reconciler:
             for job in jobs:
                 await tx.cancel_done(job.job_id)
         now = self._clock.now_ms()
+        settled = True
         for row in arming:
             if row.event_id in kept or row.delay is None:
                 continue
@@ -135,8 +136,10 @@ class Reconciler:
                 if seen.outcome is Outcome.REDACTED:
                     await self.finish_fired(row, now)
                     continue
-                if seen.outcome in (Outcome.RATE_LIMITED, Outcome.TRANSIENT):
-                    return False
+                if seen.outcome in (Outcome.RATE_LIMITED, Outcome.TRANSIENT) or \
+                        may_be_firing(row.delay.at, now):
+                    settled = False  # look again: the redaction may still come
+                    continue
             async with self._store.transaction() as tx:
                 await tx.disarm(row.event_id, never=False)
-        return True
+        return settled

@@ -114,7 +114,7 @@ def to_item(event: Mapping[str, Any], *, in_timeline: bool = True) -> TimelineIt
             return Marker(event_id)
         # Shown to its sender only: the delayed event (MSC4140) it was sent from.
         delay_id = _str(unsigned.get(DELAY_ID_KEY)) if isinstance(unsigned, Mapping) else None
-        return Redaction(target, event_id, sender, delay_id, ts)
+        return Redaction(target, event_id, sender, delay_id)
     if isinstance(unsigned, Mapping) and unsigned.get("redacted_because"):
         return Marker(event_id)  # already redacted: nothing left to do
     thread_id, parent_id = _relation(content)

@@ -13,7 +13,17 @@ from typing import Any
 
 import pytest
 
-from bot.engine.delayed import GRACE_MS, MIN_LEAD_MS, ArmOutcome, ArmReply, Listed, Support
+from bot.engine.delayed import (
+    FIRE_BUDGET_PER_S,
+    FIRING_RECHECK_MS,
+    FIRING_WINDOW_MS,
+    GRACE_MS,
+    MIN_LEAD_MS,
+    ArmOutcome,
+    ArmReply,
+    Listed,
+    Support,
+)
 from bot.engine.engine import EngineConfig
 from bot.engine.model import DelayState, MemberChange, Message, Receipt, Redaction
 from bot.engine.policy import Policy
@@ -106,7 +116,7 @@ class FakeDelayed(FakeTransport):
                 if redact:
                     self.redacted.add(held["target"])
                     echoes.append(Redaction(held["target"], f"$r-{delay_id}", held["user"],
-                                            delay_id, held["at"]))
+                                            delay_id))
         return echoes
 
     def armed_for(self, target: str) -> list[str]:
@@ -181,20 +191,23 @@ async def test_its_echo_is_counted_once_and_takes_the_children_along(h: Harness)
     result = await h.ingest(*fake.fire())
     assert [f.due.event_id for f in result.fired] == ["$m1"]
     assert await h.event("$m1") is None
-    # From the redaction's own time, not its echo's; the reaction went at once.
-    assert lags == [0, 0]
+    # Confirmed 300 ms after its deadline; the reaction went at once (with no lag).
+    assert lags == [300, 0]
     assert (await h.room_row())["redacted_count"] == 2, "the reaction went at once"
     # The reaction's own delayed redaction was cancelled before Lethe redacted it.
     assert h.transport.redacted_ids() == ["$re"] and fake.held == {}
     stats = h.engine.stats
     assert (stats.delayed_fired, stats.delayed_cancelled, stats.done) == (1, 1, 2)
-    await h.ingest(Redaction("$m1", "$r-again", BOT, "syd_1", due))  # seen again
+    await h.ingest(Redaction("$m1", "$r-again", BOT, "syd_1"))  # seen again
     assert stats.done == 2 and (await h.room_row())["redacted_count"] == 2
 
 
 async def test_lethe_takes_over_when_no_echo_comes(h: Harness) -> None:
-    """Fired but never seen (echo lost): a cancel finds nothing, the event is redacted:
-    done without a second redaction. Never sent (the homeserver failed): redacted."""
+    """No echo by its time plus the grace: Lethe cancels first. Nothing to cancel and
+    the event redacted (the echo was lost): done, nothing sent. Nothing to cancel and
+    the event still there: the homeserver may be sending it yet (it marks all that
+    are due at once, then sends them one by one), so Lethe waits for it through the
+    firing window, and only then redacts."""
     due = await _send(h, "$fired", "$failed")
     fake = _fake(h)
     fake.redacted.add("$fired")  # the homeserver redacted it; its echo is lost
@@ -203,10 +216,40 @@ async def test_lethe_takes_over_when_no_echo_comes(h: Harness) -> None:
     assert fake.cancel_calls == [] and h.transport.redacted_ids() == []
     await h.advance(1)
     assert len(fake.cancel_calls) == 2
+    assert await h.event("$fired") is None
+    assert h.engine is not None and h.engine.stats.delayed_fired == 1
+    await h.advance(due + FIRING_WINDOW_MS - 1 - h.now())
+    assert h.transport.redacted_ids() == [], "sent while it may still come"
+    await h.advance(FIRING_RECHECK_MS)
     assert h.transport.redacted_ids() == ["$failed"]
     assert await h.event_ids() == set()
-    assert h.engine is not None and h.engine.stats.delayed_fired == 1
     assert (await h.room_row())["redacted_count"] == 2
+
+
+async def test_a_late_firing_is_waited_for_not_redacted_again(h: Harness) -> None:
+    due = await _send(h, "$m1")
+    fake = _fake(h)
+    held = dict(fake.held)
+    fake.held.clear()  # being sent: no longer cancellable, not yet in the room
+    await h.advance(due + GRACE_MS + 10_000 - h.now())
+    assert len(fake.cancel_calls) >= 1 and h.transport.redacted_ids() == []
+    fake.held.update(held)
+    result = await h.ingest(*fake.fire())
+    assert [f.due.event_id for f in result.fired] == ["$m1"]
+    await h.advance(FIRING_WINDOW_MS)
+    assert h.transport.redacted_ids() == [] and await h.event_ids() == set()
+
+
+async def test_no_more_than_the_fire_budget_in_one_second(h: Harness) -> None:
+    await _send(h, *(f"$m{i}" for i in range(FIRE_BUDGET_PER_S + 3)))
+    fake = _fake(h)
+    assert len(fake.held) == FIRE_BUDGET_PER_S
+    states = [await _state(h, f"$m{i}") for i in range(FIRE_BUDGET_PER_S + 3)]
+    assert states.count(DelayState.NEVER) == 3
+    await h.advance(M)
+    await h.ingest(*fake.fire())
+    await h.advance(ECHO)  # Lethe's own are fetched when their echo does not come
+    assert len(h.transport.redacted_ids()) == 3 and await h.event_ids() == set()
 
 
 async def test_no_redaction_while_the_cancel_is_unanswered(h: Harness) -> None:

@@ -115,6 +115,12 @@ async def disarm(conn: aiosqlite.Connection, event_id: str, *, never: bool,
     return cur.rowcount > 0
 
 
+async def leave_to_lethe(conn: aiosqlite.Connection, event_id: str) -> None:
+    await conn.execute(
+        f"UPDATE events SET delay_state = {DELAY_NEVER} WHERE event_id = ? "
+        f"AND delay_state = {DELAY_NONE}", (event_id,))
+
+
 async def arming(conn: aiosqlite.Connection) -> list[ArmCandidate]:
     """Events whose scheduling request may or may not have reached the homeserver."""
     async with conn.execute(
@@ -170,6 +176,15 @@ async def latest_armed(conn: aiosqlite.Connection, by: str) -> ArmCandidate | No
     ) as cur:
         row = await cur.fetchone()
     return None if row is None else _candidate(row)
+
+
+async def fire_seconds(conn: aiosqlite.Connection, low: int) -> dict[int, int]:
+    """How many delayed redactions fire in each second (ms // 1000) from ``low`` on."""
+    async with conn.execute(
+        f"SELECT delay_at / 1000, count(*) FROM events WHERE {DELAYED} AND delay_at >= ? "
+        "GROUP BY 1", (low,),
+    ) as cur:
+        return {int(second): int(count) for second, count in await cur.fetchall()}
 
 
 # --- the queue of delayed redactions to cancel ---------------------------------------

@@ -244,6 +244,10 @@ class Store:
     async def latest_armed(self, by: str) -> ArmCandidate | None:
         return await delayed.latest_armed(self._conn, by)
 
+    async def fire_seconds(self, low: int) -> dict[int, int]:
+        """Delayed redactions per second (ms // 1000) they fire in, from ``low`` on."""
+        return await delayed.fire_seconds(self._conn, low)
+
     async def due_cancels(self, now_ms: int, limit: int) -> list[CancelJob]:
         return await delayed.due_cancels(self._conn, now_ms, limit)
 

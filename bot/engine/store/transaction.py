@@ -202,6 +202,10 @@ class Transaction:
         """The event's delayed redaction is no more; ``never``: Lethe redacts it itself."""
         return await delayed.disarm(self._conn, event_id, never=never, delay_id=delay_id)
 
+    async def leave_to_lethe(self, event_id: str) -> None:
+        """An event with no delayed redaction is to get none: Lethe redacts it."""
+        await delayed.leave_to_lethe(self._conn, event_id)
+
     async def queue_cancel(self, ref: DelayRef) -> None:
         await delayed.queue_cancel(self._conn, ref)
 
