@@ -473,3 +473,21 @@ async def test_nothing_is_scheduled_while_due_redactions_wait(make_harness: Any)
     assert h.transport.redacted_ids() == [f"$due{i}" for i in range(5)]
 
 
+
+
+async def test_a_rebuilt_database_adopts_what_the_homeserver_still_holds(
+    make_harness: Any,
+) -> None:
+    """lethe.db lost and rebuilt from history: its events have no delayed redaction on
+    record, but the homeserver still holds the old ones: adopted, not scheduled again."""
+    h = await _harness(make_harness, offered=False)
+    due = await _send(h, "$m1")
+    await h.close()
+    fake = _fake(h)
+    fake.offered = True
+    held = fake.hold(ROOM, "$m1", BOT, due)
+    h2 = await make_harness(clock=h.clock, transport=fake,
+                            config=EngineConfig(bot_user_id=BOT, echo_wait_ms=ECHO))
+    row = await h2.event("$m1")
+    assert row is not None and (row["delay_state"], row["delay_id"]) == (DelayState.ARMED, held)
+    assert fake.arm_calls == [] and fake.cancel_calls == []
