@@ -28,14 +28,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import tempfile
 import time
 from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
-
-from nio import RedactionEvent
 
 from bench.common import (
     BotRoom,
@@ -53,20 +52,67 @@ from bot.devtools.localsynapse import LocalSynapse
 from bot.devtools.people import Person, eventually
 from bot.devtools.synapseconfig import delayed_redactions
 from bot.engine.policy import Policy
-from bot.matrix.api import MatrixHttp
+from bot.matrix.api import CLIENT_V3, MatrixHttp
 
 RATE = 10.0  # messages a second for (a) and (b): within the homeserver's fire budget
 
 
 class Seen:
-    """When a member's client saw each redaction arrive in its sync (wall clock)."""
+    """When another member's client saw each redaction arrive (wall clock): its own
+    /sync, long-polling, only redactions, with a timeline limit no burst reaches
+    (nio's default sync would skip what a limited timeline leaves out)."""
 
-    def __init__(self, person: Person) -> None:
+    FILTER = json.dumps({"room": {"timeline": {"limit": 1000, "types": ["m.room.redaction"]},
+                                  "state": {"types": []}, "ephemeral": {"types": []}},
+                         "presence": {"types": []}, "account_data": {"types": []}})
+
+    def __init__(self, hs: LocalSynapse, person: Person) -> None:
         self.at: dict[str, float] = {}
-        person.client.add_event_callback(self._on, RedactionEvent)  # type: ignore[arg-type]
+        self._http = MatrixHttp(hs.base_url, person.token)
+        self._task: asyncio.Task[None] | None = None
 
-    async def _on(self, room: Any, event: RedactionEvent) -> None:
-        self.at.setdefault(event.redacts, time.time())
+    async def start(self) -> Seen:
+        reply = await self._sync(None, 0)
+        self._task = asyncio.create_task(self._run(str(reply.body["next_batch"])))
+        return self
+
+    async def _sync(self, since: str | None, timeout_ms: int) -> Any:
+        params = {"timeout": str(timeout_ms), "filter": self.FILTER}
+        if since is not None:
+            params["since"] = since
+        reply = await self._http.request("GET", f"{CLIENT_V3}/sync", params=params)
+        assert reply.ok, reply
+        return reply
+
+    async def _run(self, since: str) -> None:
+        while True:
+            reply = await self._sync(since, 5000)
+            now = time.time()
+            for room in reply.body.get("rooms", {}).get("join", {}).values():
+                for event in room.get("timeline", {}).get("events", []):
+                    target = event.get("redacts") or event.get("content", {}).get("redacts")
+                    if isinstance(target, str):
+                        self.at.setdefault(target, now)
+            since = str(reply.body["next_batch"])
+
+    async def wait(self, ids: list[str], timeout: float) -> None:
+        await eventually(lambda: all(e in self.at for e in ids), timeout, interval=0.2,
+                         what="all seen redacted")
+
+    async def lags(self, person: Person, room_id: str, ids: list[str],
+                   timer_ms: int) -> list[float]:
+        """Seen minus deadline, in seconds, for each of ``ids``."""
+        lags = []
+        for event_id in ids:
+            event = await person.event(room_id, event_id)
+            lags.append(self.at[event_id] - (event["origin_server_ts"] + timer_ms) / 1000)
+        return lags
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        await self._http.close()
 
 
 def kind(method: str, path: str, params: Mapping[str, str] | None) -> str:
@@ -101,6 +147,14 @@ async def start(hs: LocalSynapse, tmp: Path, name: str, delayed: bool) -> BotRoo
         status = await room.engine.delayed_status()
         assert status.in_use, status.reason
     return room
+
+
+async def watched(hs: LocalSynapse, tmp: Path, name: str, delayed: bool,
+                  timer_ms: int) -> tuple[BotRoom, Seen]:
+    """A bot in a room under after_send ``timer_ms``, and bob's view of it."""
+    room = await start(hs, tmp, name, delayed)
+    await set_policy(room, Policy.after_send(timer_ms))
+    return room, await Seen(hs, room.people[1]).start()
 
 
 async def settled(room: BotRoom, timeout: float) -> None:
@@ -140,11 +194,9 @@ async def requests_per_message(hs: LocalSynapse, tmp: Path, n: int, timer_ms: in
 async def stopped_lag(hs: LocalSynapse, tmp: Path, n: int, timer_ms: int,
                       delayed: bool) -> dict[str, Any]:
     """(b): the bot stops once all are scheduled (on), or keeps running (off)."""
-    room = await start(hs, tmp, f"b-{'on' if delayed else 'off'}", delayed)
+    room, seen = await watched(hs, tmp, f"b-{'on' if delayed else 'off'}", delayed, timer_ms)
+    alice, bob = room.people
     try:
-        await set_policy(room, Policy.after_send(timer_ms))
-        alice, bob = room.people
-        seen = Seen(bob)
         ids = await send_encrypted(alice, room.room_id, n, rate=RATE)
         engine = room.engine
         if delayed:
@@ -155,12 +207,8 @@ async def stopped_lag(hs: LocalSynapse, tmp: Path, n: int, timer_ms: int,
             await eventually(scheduled, 30, interval=0.1, what="all scheduled")
             before = (await engine.room(room.room_id)).redacted_count  # type: ignore[union-attr]
             await room.bot.stop()
-        await eventually(lambda: all(e in seen.at for e in ids), timer_ms / 1000 + 120,
-                         interval=0.2, what="all seen redacted")
-        lags = []
-        for event_id in ids:
-            event = await bob.event(room.room_id, event_id)
-            lags.append(seen.at[event_id] - (event["origin_server_ts"] + timer_ms) / 1000)
+        await seen.wait(ids, timer_ms / 1000 + 120)
+        lags = await seen.lags(bob, room.room_id, ids, timer_ms)
         result: dict[str, Any] = {"delayed": delayed, "messages": n, **spread(lags),
                                   "min_s": min(lags)}
         if delayed:
@@ -176,27 +224,22 @@ async def stopped_lag(hs: LocalSynapse, tmp: Path, n: int, timer_ms: int,
                            "restart_to_settled_s": time.monotonic() - restarted})
         return result
     finally:
+        await seen.close()
         await room.close()
 
 
 async def burst(hs: LocalSynapse, tmp: Path, n: int, timer_ms: int,
                 delayed: bool) -> dict[str, Any]:
     """(c): ``n`` messages as fast as they go, all due at about the same time."""
-    room = await start(hs, tmp, f"c-{'on' if delayed else 'off'}", delayed)
+    room, seen = await watched(hs, tmp, f"c-{'on' if delayed else 'off'}", delayed, timer_ms)
+    alice, bob = room.people
     try:
-        await set_policy(room, Policy.after_send(timer_ms))
-        alice, bob = room.people
-        seen = Seen(bob)
         sent_at = time.time()
         ids = await send_encrypted(alice, room.room_id, n)
         send_s = time.time() - sent_at
-        await eventually(lambda: all(e in seen.at for e in ids), timer_ms / 1000 + 300,
-                         interval=0.2, what="all seen redacted")
-        deadlines = []
-        for event_id in ids:
-            event = await bob.event(room.room_id, event_id)
-            deadlines.append((event["origin_server_ts"] + timer_ms) / 1000)
-        lags = [seen.at[e] - d for e, d in zip(ids, deadlines, strict=True)]
+        await seen.wait(ids, timer_ms / 1000 + 300)
+        lags = await seen.lags(bob, room.room_id, ids, timer_ms)
+        deadlines = [seen.at[e] - lag for e, lag in zip(ids, lags, strict=True)]
         span = max(seen.at[e] for e in ids) - min(deadlines)
         await settled(room, 120)
         stats = room.engine.stats
@@ -204,25 +247,11 @@ async def burst(hs: LocalSynapse, tmp: Path, n: int, timer_ms: int,
                 "per_s": n / span, "fired": stats.delayed_fired,
                 "redacted_by_lethe": stats.done - stats.delayed_fired}
     finally:
+        await seen.close()
         await room.close()
 
 
-async def main(messages: int, burst_size: int, timer_s: int) -> dict[str, Any]:
-    quiet_logging()
-    timer_ms = timer_s * 1000
-    with local_synapse(delayed_redactions("1d", per_user=10_000)) as hs, \
-            tempfile.TemporaryDirectory(prefix="lethe-bench-") as tmpdir:
-        tmp = Path(tmpdir)
-        print(f"(a) requests per message, {messages} messages at {RATE:.0f}/s", flush=True)
-        a = [await requests_per_message(hs, tmp, messages, timer_ms, read, delayed)
-             for read in (False, True) for delayed in (False, True)]
-        print(f"(b) lag with the bot stopped, {messages} messages, after_send {timer_s}s",
-              flush=True)
-        b = [await stopped_lag(hs, tmp, messages, timer_ms, delayed)
-             for delayed in (False, True)]
-        print(f"(c) a burst of {burst_size} due together", flush=True)
-        c = [await burst(hs, tmp, burst_size, timer_ms, delayed) for delayed in (False, True)]
-    print()
+def report_requests(a: list[dict[str, Any]]) -> None:
     rows = []
     for read in (False, True):
         off, on = (r for r in a if r["read"] is read)
@@ -233,9 +262,11 @@ async def main(messages: int, burst_size: int, timer_s: int) -> dict[str, Any]:
                      f"{on['fired']}/{on['done']}"])
     print(table("(a) the bot's own requests per message (sync aside), delayed redactions "
                 "off vs on", ["policy", "off", "on", "extra", "on: by kind", "on: fired/done"],
-                rows))
+                rows), flush=True)
+
+
+def report_stopped(b: list[dict[str, Any]], messages: int, timer_s: int) -> None:
     off, on = b
-    print()
     print(table(f"(b) lag (s): another client sees the redaction - its deadline; "
                 f"{messages} messages, after_send {timer_s}s",
                 ["", "p50", "p99", "max", "min"],
@@ -243,21 +274,51 @@ async def main(messages: int, burst_size: int, timer_s: int) -> dict[str, Any]:
                   off["max_s"], off["min_s"]],
                  ["bot stopped, the homeserver's delayed redactions", on["p50_s"],
                   on["p99_s"], on["max_s"], on["min_s"]]]))
-    print(f"after the restart: counted {on['counted']} of {messages}, "
+    print(f"after the restart: counted {on['counted']} (the {messages} messages, the warm-up "
+          f"and the policy notice), "
           f"{on['redacted_by_lethe']} redacted by Lethe, settled in "
-          f"{on['restart_to_settled_s']:.1f} s")
+          f"{on['restart_to_settled_s']:.1f} s; p99 ratio stopped/running "
+          f"{on['p99_s'] / max(off['p99_s'], 1e-3):.2f}", flush=True)
+
+
+def report_burst(c: list[dict[str, Any]], burst_size: int) -> None:
     off, on = c
-    print()
     print(table(f"(c) a burst of {burst_size} due together, bot running: lag (s) and the "
-                "rate they are seen redacted", ["", "p50", "p99", "max", "per s",
+                "rate they are seen redacted", ["", "sent in s", "p50", "p99", "max", "per s",
                                                 "fired/by Lethe"],
-                [["delayed off", off["p50_s"], off["p99_s"], off["max_s"], off["per_s"],
-                  f"0/{off['redacted_by_lethe']}"],
-                 ["delayed on", on["p50_s"], on["p99_s"], on["max_s"], on["per_s"],
-                  f"{on['fired']}/{on['redacted_by_lethe']}"]]))
-    print(f"ratios on/off: (b) p99 {b[1]['p99_s'] / max(b[0]['p99_s'], 1e-3):.2f}; "
-          f"(c) p99 {c[1]['p99_s'] / max(c[0]['p99_s'], 1e-3):.2f}, "
-          f"rate {c[1]['per_s'] / c[0]['per_s']:.2f}")
+                [["delayed off", off["send_s"], off["p50_s"], off["p99_s"], off["max_s"],
+                  off["per_s"], f"0/{off['redacted_by_lethe']}"],
+                 ["delayed on", on["send_s"], on["p50_s"], on["p99_s"], on["max_s"],
+                  on["per_s"], f"{on['fired']}/{on['redacted_by_lethe']}"]]))
+    print(f"ratios on/off: p99 {on['p99_s'] / max(off['p99_s'], 1e-3):.2f}, "
+          f"rate {on['per_s'] / off['per_s']:.2f}", flush=True)
+
+
+async def main(messages: int, burst_size: int, timer_s: int,
+               parts: str = "abc") -> dict[str, Any]:
+    quiet_logging()
+    timer_ms = timer_s * 1000
+    with local_synapse(delayed_redactions("1d", per_user=10_000)) as hs, \
+            tempfile.TemporaryDirectory(prefix="lethe-bench-") as tmpdir:
+        tmp = Path(tmpdir)
+        a: list[dict[str, Any]] = []
+        b: list[dict[str, Any]] = []
+        c: list[dict[str, Any]] = []
+        if "a" in parts:
+            print(f"(a) requests per message, {messages} messages at {RATE:.0f}/s", flush=True)
+            a = [await requests_per_message(hs, tmp, messages, timer_ms, read, delayed)
+                 for read in (False, True) for delayed in (False, True)]
+            report_requests(a)
+        if "b" in parts:
+            print(f"\n(b) lag with the bot stopped, {messages} messages", flush=True)
+            b = [await stopped_lag(hs, tmp, messages, timer_ms, delayed)
+                 for delayed in (False, True)]
+            report_stopped(b, messages, timer_s)
+        if "c" in parts:
+            print(f"\n(c) a burst of {burst_size} due together", flush=True)
+            c = [await burst(hs, tmp, burst_size, timer_ms, delayed)
+                 for delayed in (False, True)]
+            report_burst(c, burst_size)
     return {"timer_ms": timer_ms, "rate_per_s": RATE, "requests": a, "stopped": b,
             "burst": c}
 
@@ -267,6 +328,7 @@ if __name__ == "__main__":
     parser.add_argument("--messages", type=int, default=50)
     parser.add_argument("--burst", type=int, default=200)
     parser.add_argument("--timer", type=int, default=15)
+    parser.add_argument("--parts", default="abc", help="which of a, b, c to run")
     args = parser.parse_args()
-    result = asyncio.run(main(args.messages, args.burst, args.timer))
+    result = asyncio.run(main(args.messages, args.burst, args.timer, args.parts))
     print(f"\nwrote {save('delayed', result)}")

@@ -37,7 +37,7 @@ from bot.engine.delayed import (
     Why,
     cancel_first,
 )
-from bot.engine.model import ArmCandidate, DelayRef, DelayState, DueEvent
+from bot.engine.model import ArmCandidate, DelayRef, DueEvent
 from bot.engine.reconcile import Reconciler
 from bot.engine.redactor import Outcome, RedactionStats, Transport, backoff_ms
 from bot.engine.store import StoreBackend
@@ -123,14 +123,11 @@ class Armer:
         return self.support.reason
 
     async def status(self) -> DelayedStatus:
-        counts = await self._store.delay_counts()
         queued, _ = await self._store.cancels()
         now = self._clock.now_ms()
         full = tuple(sorted(u for u, t in self._full_until.items() if t > now))
-        return DelayedStatus(
-            self.why, "" if self.in_use else self.reason,
-            counts.get(DelayState.ARMED, 0) + counts.get(DelayState.ARMING, 0), queued,
-            self.max_delay_ms, full)
+        return DelayedStatus(self.why, "" if self.in_use else self.reason,
+                             await self._store.armed_count(), queued, self.max_delay_ms, full)
 
     # --- the loop ---------------------------------------------------------------
 

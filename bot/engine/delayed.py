@@ -242,6 +242,8 @@ class Takeover:
             return Decision(Verdict.RETRY, retry_at=now + FIRING_RECHECK_MS,
                             reason="the homeserver may still be sending its delayed redaction")
         if done.settled is Settled.UNKNOWN:
+            if len(self._unanswered) > 10_000:  # rows that went another way meanwhile
+                self._unanswered.clear()
             tries = self._unanswered[event.event_id] = self._unanswered.get(event.event_id, 0) + 1
             wait = (done.reply.retry_after_ms if done.reply.outcome is Outcome.RATE_LIMITED
                     else None) or backoff_ms(tries)

@@ -224,17 +224,3 @@ async def cancels(conn: aiosqlite.Connection) -> tuple[int, int | None]:
     if row is None:
         return 0, None
     return int(row[0]), None if row[1] is None else int(row[1])
-
-
-async def delay_counts(conn: aiosqlite.Connection) -> dict[DelayState, int]:
-    async with conn.execute(
-        f"SELECT delay_state, count(*) FROM events WHERE delay_state != {DELAY_NONE} "
-        "GROUP BY delay_state"
-    ) as cur:
-        found: dict[DelayState, int] = {}
-        for state, count in await cur.fetchall():
-            try:
-                found[DelayState(int(state))] = int(count)
-            except ValueError:
-                continue
-    return found

@@ -19,7 +19,6 @@ from bot.engine.model import (
     ArmCandidate,
     CancelJob,
     Delay,
-    DelayState,
     EventStatus,
     PendingEvent,
     RoomRow,
@@ -254,9 +253,6 @@ class Store:
     async def cancels(self) -> tuple[int, int | None]:
         """Queued cancellations, and when the next may be tried."""
         return await delayed.cancels(self._conn)
-
-    async def delay_counts(self) -> dict[DelayState, int]:
-        return await delayed.delay_counts(self._conn)
 
 
 def database_unavailable(exc: BaseException) -> bool:
