@@ -106,10 +106,10 @@ def save(name: str, data: dict[str, Any]) -> Path:
 
 
 @contextlib.contextmanager
-def local_synapse() -> Iterator[LocalSynapse]:
+def local_synapse(extra_config: dict[str, Any] | None = None) -> Iterator[LocalSynapse]:
     """A throwaway Synapse on loopback with rate limits raised (LocalSynapse's default)."""
     with tempfile.TemporaryDirectory(prefix="lethe-bench-hs-") as tmp:
-        hs = LocalSynapse(Path(tmp) / "synapse")
+        hs = LocalSynapse(Path(tmp) / "synapse", extra_config=extra_config)
         hs.start()
         try:
             yield hs
@@ -263,13 +263,15 @@ class BotRoom:
             await person.close()
 
 
-async def bot_room(hs: LocalSynapse, workdir: Path, names: Sequence[str]) -> BotRoom:
+async def bot_room(hs: LocalSynapse, workdir: Path, names: Sequence[str],
+                   **config: Any) -> BotRoom:
+    """``config``: overrides of the bot's config sections (write_bot_config)."""
     people = []
     for name in names:
         person = Person(hs, f"{name}{secrets.token_hex(3)}", workdir / "people" / name)
         await person.start()
         people.append(person)
-    handle = BotHandle(write_bot_config(hs, workdir / "bot"))
+    handle = BotHandle(write_bot_config(hs, workdir / "bot", **config))
     await handle.start()
     room = BotRoom(handle, people, "")
     room.room_id = await room.add_room()

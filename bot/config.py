@@ -89,6 +89,7 @@ class Config:
     log_level: str = "INFO"
     metrics: MetricsConfig | None = None  # None: no metrics endpoint
     erasure: ErasureConfig = field(default_factory=ErasureConfig)
+    delayed_redactions: bool = True  # redaction.delayed: auto (True) or off
 
     @property
     def db_path(self) -> Path:
@@ -201,6 +202,13 @@ class ConfigReader:
                             f"must be a whole number from 1 to 256, not {workers!r}")
         return workers
 
+    def delayed_redactions(self) -> bool:
+        """``redaction.delayed``: auto (where the homeserver offers it) or off."""
+        value: object = self.section("redaction").get("delayed", "auto")
+        if value not in ("auto", "off", False):  # YAML reads a bare off as false
+            raise self.fail("redaction.delayed", f"must be auto or off, not {value!r}")
+        return value == "auto"
+
     def log_level(self) -> str:
         section = self.section("logging")
         level = (self.string(section, "logging.level", default="INFO") or "INFO").upper()
@@ -290,7 +298,7 @@ KNOWN_KEYS: dict[str, Any] = {
     "commands": {"prefix": None},
     "policy": {"default_cap": None},
     "readers": {"ignore": None},
-    "redaction": {"workers": None},
+    "redaction": {"workers": None, "delayed": None},
     "logging": {"level": None},
     "metrics": {"listen": None},
     "erasure": {"admin_token_file": None, "media": None, "max_held": None, "ledger": None},
@@ -364,4 +372,5 @@ def load_config(path: Path | str, env: dict[str, str] | None = None) -> Config:
         log_level=r.log_level(),
         metrics=r.metrics(),
         erasure=r.erasure(env),
+        delayed_redactions=r.delayed_redactions(),
     )

@@ -17,6 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Histogram,
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from bot.config import ConfigError, MetricsConfig
+from bot.engine.delayed import DelayedStatus, Why
 from bot.engine.engine import Engine
 from bot.engine.model import STATUS_NAMES, DueEvent, MediaCounts, counts_by_name
 
@@ -59,6 +60,7 @@ class LetheMetrics:
         self._pending: dict[str, int] = {}
         self._rooms: dict[tuple[str, str], int] = {}
         self._media = MediaCounts()
+        self._delayed: DelayedStatus | None = None
         self.registry.register(self)
 
     def observe_redaction(self, event: DueEvent, lag_ms: int) -> None:
@@ -76,6 +78,7 @@ class LetheMetrics:
         self._rooms = rooms
         if engine.deletes_media:
             self._media = await engine.media_counts()
+        self._delayed = await engine.delayed_status()
 
     async def render(self) -> bytes:
         await self.refresh()
@@ -111,6 +114,14 @@ class LetheMetrics:
             ("lethe_redaction_failures", "Redactions given up on (never confirmed).",
              "failures"),
             ("lethe_redactions_parked", "Redactions put off for lack of power.", "parked"),
+            ("lethe_delayed_redactions_scheduled",
+             "Delayed redactions scheduled with the homeserver.", "delayed_armed"),
+            ("lethe_delayed_redactions_fired",
+             "Redactions the homeserver sent on time from a delayed redaction, confirmed.",
+             "delayed_fired"),
+            ("lethe_delayed_redactions_cancelled",
+             "Delayed redactions cancelled (the message went another way, its deadline "
+             "moved, or Lethe took over).", "delayed_cancelled"),
         ):
             yield CounterMetricFamily(
                 name, doc, value=getattr(stats, value) if stats is not None else 0
@@ -124,6 +135,7 @@ class LetheMetrics:
             rooms.add_metric([policy, can_redact_others], count)
         yield rooms
         yield from self._collect_media(engine)
+        yield from self._delayed_gauges()
         for name, doc, alive in (
             ("lethe_sync_alive", "1 while the sync loop completes syncs.", front.sync_alive),
             ("lethe_scheduler_alive", "1 while the redaction scheduler runs.",
@@ -151,6 +163,22 @@ class LetheMetrics:
             "lethe_media_refused",
             "1 while the homeserver refuses the admin token (not an admin's, revoked).",
             value=int(stats is not None and stats.refused))
+
+    def _delayed_gauges(self) -> Iterator[Metric]:
+        """Whether delayed redactions are in use (1 on the label saying so or why not),
+        and how many messages the homeserver holds one for."""
+        delayed = self._delayed
+        in_use = GaugeMetricFamily(
+            "lethe_delayed_redactions_in_use",
+            "1 on the state that holds: in_use, or why not (off_in_config, not_offered, "
+            "not_checked, not_available).", labels=["state"])
+        for why in Why:
+            in_use.add_metric([why.value], int(delayed is not None and delayed.why is why))
+        yield in_use
+        yield GaugeMetricFamily(
+            "lethe_delayed_redactions_armed",
+            "Messages the homeserver holds a delayed redaction of now.",
+            value=delayed.armed if delayed is not None else 0)
 
 
 class MetricsServer:

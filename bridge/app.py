@@ -89,7 +89,7 @@ class Bridge:
         self.media = AdminMediaTransport.from_config(config.homeserver_url, config.erasure)
         self.engine = engine = await self.life.open_engine(
             config.db_path,
-            BridgeTransport(http, config.is_local),
+            BridgeTransport(http, config.is_local, own_user=config.user_id),
             EngineConfig(
                 config.user_id,
                 config.ignore_readers + config.defer_to,  # bots do not read
@@ -99,6 +99,7 @@ class Bridge:
                 echo_wait_ms=ECHO_WAIT_MS,
                 delete_media=self.media is not None,
                 ledger_ms=config.erasure.ledger_ms,
+                delayed_redactions=config.delayed_redactions,
             ),
             self._on_park,
             is_other_sender=lambda sender: not config.is_local(sender),

@@ -172,6 +172,55 @@ def rooms(ctx: click.Context, as_json: bool) -> None:
     run_async(go)
 
 
+@bridge.command()
+@config_option
+@json_option
+@click.pass_context
+def status(ctx: click.Context, as_json: bool) -> None:
+    """What the bridge has scheduled, from its database (read-only, safe while it runs):
+    redactions pending by state, and whether the homeserver redacts on time by itself
+    while the bridge is stopped (delayed redactions) and for how many messages."""
+    from bot.cli.census import delayed_summary, pending_by_status
+    from bot.cli.output import emit_json
+
+    config = _config(ctx)
+
+    async def go() -> None:
+        store = await Store.open(config.db_path, readonly=True)
+        try:
+            pending = await pending_by_status(store)
+            delayed = await delayed_summary(store)
+        finally:
+            await store.close()
+        if as_json:
+            emit_json({"pending": pending, "delayed": {
+                "in_use": delayed.in_use, "reason": delayed.reason,
+                "armed": delayed.armed, "cancels": delayed.cancels,
+                "enabled": config.delayed_redactions}})
+            return
+        click.echo("Pending: " + ", ".join(f"{n} {name}" for name, n in pending.items()))
+        click.echo(f"Delayed redactions: {_delayed_text(delayed, config)}")
+
+    run_async(go)
+
+
+def _delayed_text(delayed: Any, config: BridgeConfig) -> str:
+    if delayed.in_use:
+        text = (f"in use: the homeserver holds a delayed redaction of {delayed.armed} "
+                "message(s) and redacts each on time by itself, even while the bridge is "
+                "stopped")
+    elif not config.delayed_redactions:
+        text = "not in use: turned off in the config (redaction.delayed: off)"
+    elif delayed.in_use is None:
+        text = ("not known: the bridge has not recorded what the homeserver offers "
+                "(it does on each start)")
+    else:
+        text = f"not in use: {delayed.reason}"
+    if delayed.cancels:
+        text += f"; {delayed.cancels} cancellation(s) still to send"
+    return text
+
+
 def _enforced(row: RoomRow) -> str:
     if row.can_redact_others:
         return "yes"

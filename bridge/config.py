@@ -1,6 +1,7 @@
 """The bridge's configuration: its own ``bridge`` section of the Lethe YAML config, plus
 the settings it shares with the bot (``homeserver.url``, ``data_dir``,
-``policy.default_cap``, ``readers.ignore``, ``redaction.workers``, ``logging.level``,
+``policy.default_cap``, ``readers.ignore``, ``redaction.workers`` and ``.delayed``,
+``logging.level``,
 ``erasure``),
 read with the bot's reader so both name keys and problems the same way.
 """
@@ -64,6 +65,7 @@ class BridgeConfig:
     log_level: str
     metrics: MetricsConfig | None = None  # None: no metrics endpoint
     erasure: ErasureConfig = field(default_factory=ErasureConfig)
+    delayed_redactions: bool = True  # redaction.delayed: auto (True) or off
 
     @property
     def server_name(self) -> str:
@@ -130,6 +132,7 @@ def load_bridge_config(path: Path | str, env: dict[str, str] | None = None) -> B
         log_level=r.log_level(),
         metrics=r.metrics(_subsection(r, bridge, "bridge.metrics"), "bridge.metrics.listen"),
         erasure=r.erasure(env),
+        delayed_redactions=r.delayed_redactions(),
     )
 
 

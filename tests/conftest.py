@@ -16,7 +16,7 @@ from tests.harness import BotHandle, Person, unique, write_bot_config
 # `synapse`: `make test-unit` (-m "not synapse") leaves it out.
 HOMESERVER_FIXTURES = frozenset({
     "synapse", "federation", "bridge_server", "outage_hs", "limited_hs", "retention_hs",
-    "censoring_hs",
+    "censoring_hs", "delayed_hs", "delayed_bridge_server",
 })
 
 
@@ -31,6 +31,22 @@ def synapse(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSynapse]:
     if not synapse_available():
         pytest.fail("matrix-synapse is not installed: pip install -e '.[test]'")
     hs = LocalSynapse(tmp_path_factory.mktemp("synapse"))
+    hs.start()
+    yield hs
+    hs.stop()
+
+
+@pytest.fixture(scope="session")
+def delayed_hs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSynapse]:
+    """A Synapse offering delayed redactions (delayed events, MSC4140, and redactions
+    through /send, MSC4169), as tests/test_delayed.py needs it: delays of at most 30 s,
+    at most 3 delayed events held per account."""
+    if not synapse_available():
+        pytest.fail("matrix-synapse is not installed: pip install -e '.[test]'")
+    from bot.devtools.synapseconfig import delayed_redactions
+
+    hs = LocalSynapse(tmp_path_factory.mktemp("delayed-synapse"),
+                      extra_config=delayed_redactions("30s", per_user=3))
     hs.start()
     yield hs
     hs.stop()

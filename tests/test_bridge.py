@@ -84,19 +84,25 @@ class BridgeServer:
         return load_bridge_config(path)
 
 
-@pytest.fixture(scope="module")
-def bridge_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BridgeServer]:
+def serve_bridge(base: Path, extra_config: dict[str, Any] | None = None) -> BridgeServer:
+    """A Synapse in ``base`` (with ``extra_config`` in its homeserver.yaml) that has
+    loaded a bridge registration, started; the caller stops ``.hs``."""
     if not synapse_available():
         pytest.fail("matrix-synapse is not installed: pip install -e '.[test]'")
-    base = tmp_path_factory.mktemp("bridge")
-    hs = LocalSynapse(base / "synapse")
+    hs = LocalSynapse(base / "synapse", extra_config=extra_config)
     server = BridgeServer(hs, find_free_port(), base / "registration.yaml", base)
     config = server.config(base / "registration-writer")
     write_registration(server.registration, build_registration(config, server.url))
     hs.add_app_service_config(server.registration)
     hs.start()
+    return server
+
+
+@pytest.fixture(scope="module")
+def bridge_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BridgeServer]:
+    server = serve_bridge(tmp_path_factory.mktemp("bridge"))
     yield server
-    hs.stop()
+    server.hs.stop()
 
 
 @pytest.fixture(scope="module")

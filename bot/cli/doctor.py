@@ -21,6 +21,8 @@ from bot.cli.census import pending_by_status
 from bot.cli.checks import FAIL, OK, WARN, Check
 from bot.cli.common import EXIT_CHECK_FAILED, EXIT_HOMESERVER, cli_config, config_option, run_async
 from bot.cli.context import Admin, RequestError, admin_session, readonly_store, saved_login
+from bot.cli.delayedcheck import NAME as DELAYED
+from bot.cli.delayedcheck import delayed_check
 from bot.cli.erasure_doctor import erasure_checks
 from bot.cli.mediacheck import admin_token_check, media_checks
 from bot.cli.output import emit_json, json_option, say
@@ -59,6 +61,7 @@ class Doctor:
         self.files()
         self.pickle_key()
         await self.database()
+        await self.delayed()
         # One check of the admin token serves the erasure and the media checks.
         token = None
         if self.config.erasure.admin_token is not None and not self.unreachable:
@@ -183,6 +186,18 @@ class Doctor:
                   f"below {power.redact}; give it power level {power.redact}")
         self.add("room", FAIL if state.policy.active else WARN,
                  detail if state.policy.active else f"{detail} (policy off)")
+
+    async def delayed(self) -> None:
+        """Whether the homeserver redacts on time by itself while Lethe is stopped."""
+        versions = None
+        if not self.unreachable:
+            url = self.config.homeserver.url
+            try:
+                async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=15)) as s:
+                    versions = await _get_json(s, f"{url}/_matrix/client/versions")
+            except (TimeoutError, aiohttp.ClientError, OSError):
+                versions = None
+        self.add(DELAYED, *await delayed_check(self.config, versions))
 
     # --- local files -----------------------------------------------------------
 

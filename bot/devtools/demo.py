@@ -19,6 +19,7 @@ import yaml
 from bot.config import load_config
 from bot.devtools.localsynapse import LocalSynapse
 from bot.devtools.people import Person, eventually
+from bot.devtools.synapseconfig import delayed_redactions
 from bot.engine.policy import parse_duration
 from bot.front.bot import LetheBot
 
@@ -39,7 +40,9 @@ async def run_demo(timer: str = "5s", keep: bool = False,
     def say(text: str) -> None:
         echo(f"[{_stamp()}] {text}")
 
-    hs = LocalSynapse(workdir / "synapse")
+    # Delayed events and redactions through /send on: the homeserver itself redacts each
+    # message at its deadline, even while the bot is stopped (bot/engine/delayed.py).
+    hs = LocalSynapse(workdir / "synapse", extra_config=delayed_redactions())
     say(f"starting a throwaway Synapse on {hs.base_url} (SQLite in {workdir})")
     await asyncio.to_thread(hs.start)
     people: list[Person] = []
@@ -102,6 +105,12 @@ async def run_demo(timer: str = "5s", keep: bool = False,
         say("bob read it (public read receipt)")
         await _await_redaction(bob, room, event_id, 30)
         say(f"redacted {time.monotonic() - read_at:.1f} s after bob read it")
+        # HOOK (issue 14, deletion while Lethe is stopped): a step showing it goes here.
+        # Messages due at least bot.engine.delayed.MIN_LEAD_MS ahead are scheduled with
+        # the homeserver as they arrive (`await bot.engine.delayed_status()` counts them,
+        # `.in_use` says it works); stop the bot (stop.set(); await runner), let bob see
+        # the message redacted at its deadline, then start a new LetheBot(config) and
+        # show that it counts the redaction once.
         say("done: the server now holds only empty, redacted events for these messages "
             "(Synapse keeps the originals for redaction_retention_period, 7 days by default)")
     finally:

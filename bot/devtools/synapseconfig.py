@@ -52,6 +52,19 @@ def rate_limits(rate_limited: bool) -> dict[str, Any]:
     return limits
 
 
+def delayed_redactions(max_delay: str = "7d", per_user: int = 100) -> dict[str, Any]:
+    """The homeserver.yaml keys with which Synapse offers delayed redactions: delayed
+    events (MSC4140; at most ``max_delay`` ahead, ``per_user`` held per account) and
+    redactions sent through /send (MSC4169). For ``LocalSynapse(extra_config=...)``."""
+    return {
+        "max_event_delay_duration": max_delay,
+        "experimental_features": {
+            "msc4169_enabled": True,
+            "msc4140_max_delayed_events_per_user": per_user,
+        },
+    }
+
+
 def log_config(log_path: Path) -> dict[str, Any]:
     """Synapse's logging config: everything into ``log_path``."""
     # A plain FileHandler (no buffering, no rotation) so the tail we show on a failed

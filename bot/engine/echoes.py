@@ -14,6 +14,10 @@ it when due. Only Lethe's own expiry takes the target's edits, reactions and pol
 responses along: a redaction by somebody else (a sender deleting their own poll,
 say) never makes other people's events due.
 
+A delayed redaction the homeserver held for the row (bot/engine/delayed.py) that
+comes back (``fired_by``) is confirmed the same way, whoever holds the row but a
+worker: it is Lethe's, sent by the homeserver on its behalf.
+
 Which redactions wait for their echo at all is decided here too (``wait_for``): the
 first in each room and every ``SPOT_CHECK_EVERY``-th are fetched anyway, and one
 fetch that finds content after a 200 stops trusting echoes for the rest of the run.
@@ -26,11 +30,14 @@ from enum import Enum
 from typing import Protocol
 
 from bot.engine.ids import server_name
-from bot.engine.model import DueEvent, EventStatus, RedactionTarget
+from bot.engine.model import Delay, DelayState, DueEvent, EventStatus, Fired, RedactionTarget
 
 # Besides the first in each room, every this-many-th echo-confirmed redaction is
 # fetched as well, to notice a homeserver whose 200s and echoes do not redact.
 SPOT_CHECK_EVERY = 20
+# An echo without a delay id is a delayed redaction's only if it comes no earlier
+# than this before its time.
+ECHO_SLACK_MS = 1_000
 # Echoes that arrive before the worker recorded its redaction as sent: a worker
 # finds its echo within a moment, so this bound is only against leaks.
 _ECHO_MEMORY = 10_000
@@ -49,8 +56,22 @@ class EchoWrites(Protocol):
     """What applying an echo needs of the store's transaction (``TransactionOps``)."""
 
     async def redaction_target(self, room_id: str, event_id: str) -> RedactionTarget | None: ...
-    async def finish_redacted(self, room_id: str, event_id: str, now_ms: int) -> bool: ...
+    async def finish_redacted(self, room_id: str, event_id: str, now_ms: int, *,
+                              fired: bool = False) -> bool: ...
     async def forget(self, room_id: str, event_id: str) -> None: ...
+
+
+def fired_by(delay: Delay, sender: str | None, echo_delay_id: str | None, now_ms: int) -> bool:
+    """Whether a redaction seen in the event stream is the delayed redaction ``delay``:
+    sent by the account it was scheduled as, and either showing its delay id (the
+    homeserver shows it to that account) or coming no earlier than its time (somebody
+    redacting their own message before then is not it; a delay is relative, so the
+    clocks' offset cancels out)."""
+    if delay.state not in (DelayState.ARMING, DelayState.ARMED) or sender != delay.by:
+        return False
+    if echo_delay_id is not None:
+        return delay.delay_id is None or echo_delay_id == delay.delay_id
+    return delay.at is not None and now_ms >= delay.at - ECHO_SLACK_MS
 
 
 class EchoConfirmation:
@@ -66,15 +87,23 @@ class EchoConfirmation:
 
     async def seen(
         self, tx: EchoWrites, room_id: str, target: str, redaction_id: str | None,
-        sender: str | None, now_ms: int,
-    ) -> Echo | DueEvent | None:
+        sender: str | None, now_ms: int, *, delay_id: str | None = None,
+    ) -> Echo | DueEvent | Fired | None:
         """The event stream shows a redaction of ``target`` (by ``sender``, with the
-        redaction's own id ``redaction_id``): apply it to the tracked row, if any. A
-        ``DueEvent`` is Lethe's own redaction, confirmed: its row is gone, to be
-        counted by the caller."""
+        redaction's own id ``redaction_id``, sent from the delayed event ``delay_id``
+        where the homeserver says so): apply it to the tracked row, if any. A
+        ``DueEvent`` is Lethe's own redaction, confirmed, a ``Fired`` the homeserver's
+        delayed redaction on Lethe's behalf: its row is gone, to be counted by the
+        caller."""
         row = await tx.redaction_target(room_id, target)
         if row is None:
             return None
+        delay = row.due.delay
+        if delay is not None and fired_by(delay, sender, delay_id, now_ms):
+            if row.status is EventStatus.IN_FLIGHT:
+                return Echo.HELD  # the worker cancels first, finds it gone and fetches
+            await tx.finish_redacted(room_id, target, now_ms, fired=True)
+            return Fired(row.due, now_ms)
         if row.status is EventStatus.IN_FLIGHT:
             if redaction_id is not None:
                 self._hold(target, redaction_id)

@@ -14,7 +14,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bot.engine.arming import Armer
 from bot.engine.clock import Clock, SystemClock
+from bot.engine.delayed import DelayedStatus, DelayedTransport, Takeover, Why
 from bot.engine.echoes import EchoConfirmation
 from bot.engine.givenup import META_KEY as GIVEN_UP_KEY
 from bot.engine.givenup import GivenUpRoom, dump_given_up, load_given_up
@@ -22,7 +24,7 @@ from bot.engine.ids import server_name
 from bot.engine.ingest import IngestConfig, Ingestor
 from bot.engine.ledger import LedgerKeeper
 from bot.engine.media import MediaDeleter, MediaStats, MediaTransport
-from bot.engine.model import EventStatus, IngestResult, MediaCounts, RoomRow, RoomUpdate
+from bot.engine.model import DueEvent, EventStatus, IngestResult, MediaCounts, RoomRow, RoomUpdate
 from bot.engine.policy import Policy
 from bot.engine.redactor import RedactionStats, Redactor, Transport
 from bot.engine.scheduler import ParkListener, RedactionListener, Scheduler
@@ -48,6 +50,9 @@ class EngineConfig:
     # How long the erasure ledger keeps each confirmed redaction, and the ids of deleted
     # files (erasure.ledger): what `lethe audit --erasure` can ask about.
     ledger_ms: int = 30 * 24 * 3600 * 1000
+    # Schedule delayed redactions where the homeserver offers them (config
+    # ``redaction.delayed``: auto; bot/engine/delayed.py).
+    delayed_redactions: bool = True
 
 
 @dataclass(frozen=True)
@@ -63,6 +68,7 @@ class RoomStatus:
     redacted: int
     failed: int
     media: MediaCounts | None = None  # None: media deletion is off
+    armed: int = 0  # delayed redactions the homeserver holds here (bot/engine/delayed.py)
 
 
 class Engine:
@@ -114,6 +120,23 @@ class Engine:
             self._scheduler.observe_redactions(lambda _event, _lag: self._wake_media())
         self._ledger = LedgerKeeper(store, self._clock, config.ledger_ms)
         self._scheduler.observe_redactions(self._ledger.redacted)
+        # Delayed redactions, where the front can schedule them (its Transport also is a
+        # DelayedTransport): the Armer schedules and cancels them in the background;
+        # armed rows the scheduler claims go through the Takeover first.
+        api = transport if isinstance(transport, DelayedTransport) else None
+        self._armer: Armer | None = None
+        if api is not None:
+            scheduler = self._scheduler
+            self._armer = Armer(
+                store, api, transport, self._clock, self._redactor.stats,
+                enabled=config.delayed_redactions,
+                backlogged=lambda: scheduler.backlogged,
+                wait_drained=scheduler.wait_drained,
+                paused_until=lambda: self._redactor.paused_until_ms,
+                on_fired=self._fired,
+            )
+        self._redactor.delays = Takeover(store, api, self._clock, self._redactor.stats,
+                                         self._slot_freed)
 
     @classmethod
     async def open(
@@ -141,8 +164,12 @@ class Engine:
         await self._scheduler.start()
         if self._media is not None:
             await self._media.start()
+        if self._armer is not None:
+            self._armer.start()
 
     async def stop(self) -> None:
+        if self._armer is not None:
+            await self._armer.stop()
         if self._media is not None:
             await self._media.stop()
         await self._scheduler.stop()
@@ -167,8 +194,13 @@ class Engine:
         result = await self._ingestor.apply(updates, now, meta, appservice_txn)
         for event in result.redacted:
             self._scheduler.record_done(event, now, echoed=True)
+        for fired in result.fired:
+            self._redactor.stats.delayed_fired += 1
+            self._fired(fired.due, fired.at)
+            self._slot_freed(fired.due.delay.by if fired.due.delay else None)
         self._scheduler.wake()
         self._wake_media()  # somebody else's redaction makes files due too
+        self.wake_delayed()
         return result
 
     async def set_power(
@@ -181,6 +213,7 @@ class Engine:
             await tx.ensure_room(room_id)
             await tx.set_room_power(room_id, can_redact_others, bot_level, redact_level)
         self._scheduler.wake()
+        self.wake_delayed()
         # A new room row starts as "can redact", so only a lack of power is news there.
         was = before.can_redact_others if before is not None else True
         return was != can_redact_others
@@ -201,6 +234,7 @@ class Engine:
                     load_given_up(await self._store.get_meta(GIVEN_UP_KEY)), given_up))
         # A file its messages there held may now be free to go with another's.
         self._wake_media()
+        self.wake_delayed()  # its delayed redactions are queued for cancelling
         return given_up
 
     async def set_meta(self, key: str, value: str) -> None:
@@ -215,6 +249,17 @@ class Engine:
     def _wake_media(self) -> None:
         if self._media is not None:
             self._media.wake()
+    def wake_delayed(self) -> None:
+        """There may be delayed redactions to schedule or cancel."""
+        if self._armer is not None:
+            self._armer.wake()
+
+    def _slot_freed(self, user: str | None) -> None:
+        if self._armer is not None:
+            self._armer.slot_freed(user)
+
+    def _fired(self, event: DueEvent, at: int) -> None:
+        self._scheduler.record_done(event, at, echoed=True, fired=True)
 
     def observe_redactions(self, listener: RedactionListener) -> None:
         """Tell ``listener`` of each verified redaction and its lag (for metrics)."""
@@ -279,8 +324,16 @@ class Engine:
         return RoomStatus(
             row.room_id, row.policy, row.policy_sender, row.can_redact_others, row.bot_level,
             row.redact_level, schedule.pending, schedule.next_due, row.redacted_count,
-            row.failed_count, media,
+            row.failed_count, media, await self._store.armed_count(room_id=room_id),
         )
+
+    async def delayed_status(self) -> DelayedStatus:
+        """Whether delayed redactions are in use, and if not, why; how many are armed."""
+        if self._armer is not None:
+            return await self._armer.status()
+        queued, _ = await self._store.cancels()
+        return DelayedStatus(Why.NOT_AVAILABLE, "not available to this front",
+                             await self._store.armed_count(), queued, None)
 
     async def pending_by_status(self) -> dict[EventStatus | int, int]:
         """Tracked events per status (an int: one this version does not know)."""

@@ -15,6 +15,7 @@ from bot.engine.echoes import Echo, EchoConfirmation
 from bot.engine.ids import server_name
 from bot.engine.model import (
     DueEvent,
+    Fired,
     IngestResult,
     InvalidPolicy,
     MemberChange,
@@ -129,13 +130,14 @@ class Ingestor:
         changes: list[PolicyChange] = []
         invalid: list[InvalidPolicy] = []
         redacted: list[DueEvent] = []
+        fired: list[Fired] = []
         tracked = 0
         self._newest_sent = None
         async with self._store.transaction() as tx:
             for update in updates:
                 room = await self._load_room(tx, update.room_id)
                 tracked += await self._apply_timeline(
-                    tx, update, room, now_ms, invalid, redacted
+                    tx, update, room, now_ms, invalid, redacted, fired
                 )
                 if room.read_dirty:
                     # Before the receipts: what a leave completes is read now, not earlier.
@@ -162,7 +164,8 @@ class Ingestor:
             if appservice_txn is not None:
                 await tx.record_appservice_txn(appservice_txn, now_ms)
         self._previous_ms = seen  # committed
-        return IngestResult(tuple(changes), tuple(invalid), tracked, redacted=tuple(redacted))
+        return IngestResult(tuple(changes), tuple(invalid), tracked, redacted=tuple(redacted),
+                            fired=tuple(fired))
 
     async def _load_room(self, tx: TransactionOps, room_id: str) -> _RoomState:
         row = await self._store.get_room(room_id)
@@ -194,6 +197,7 @@ class Ingestor:
         now_ms: int,
         invalid: list[InvalidPolicy],
         redacted: list[DueEvent],
+        fired: list[Fired],
     ) -> int:
         room_id = update.room_id
         parents = {i.parent_id for i in update.timeline if isinstance(i, Message) and i.parent_id}
@@ -221,11 +225,14 @@ class Ingestor:
                 await tx.insert_events(rows)
                 rows = []
                 seen = await self._echoes.seen(
-                    tx, room_id, item.target, item.event_id, item.sender, now_ms
+                    tx, room_id, item.target, item.event_id, item.sender, now_ms,
+                    delay_id=item.delay_id,
                 )
                 if isinstance(seen, DueEvent):
                     redacted.append(seen)
-                if isinstance(seen, DueEvent) or seen is Echo.FORGOTTEN:
+                elif isinstance(seen, Fired):
+                    fired.append(seen)
+                if isinstance(seen, DueEvent | Fired) or seen is Echo.FORGOTTEN:
                     # Its row is gone: a later relation to it in this batch has nothing
                     # to follow, and must not wait on it forever.
                     tracked_parents.discard(item.target)

@@ -26,6 +26,16 @@ class EventStatus(IntEnum):
     SENT = 4
 
 
+class DelayState(IntEnum):
+    """Whether the homeserver holds a delayed redaction of a tracked event (MSC4140
+    delayed events, redactions through /send by MSC4169; see bot/engine/delayed.py)."""
+
+    NONE = 0  # none: Lethe may schedule one once its deadline is known and within reach
+    ARMING = 1  # the request's transaction id is stored; its delay id is not (yet)
+    ARMED = 2  # the homeserver holds one (delay_id), firing at delay_at
+    NEVER = 3  # Lethe redacts this event itself (took it over, or the server refused)
+
+
 # Each status's name in listings and metrics, in the order they show them.
 STATUS_NAMES: dict[EventStatus | int, str] = {
     status: status.name.lower()
@@ -113,6 +123,17 @@ class TrackedEvent:
 
 
 @dataclass(frozen=True)
+class Delay:
+    """A delayed redaction of a tracked event: scheduled (ARMING, ARMED) with the
+    homeserver as ``by``, to fire at ``at`` (Lethe's clock)."""
+
+    state: DelayState
+    delay_id: str | None
+    by: str | None
+    at: int | None
+
+
+@dataclass(frozen=True)
 class DueEvent:
     event_id: str
     room_id: str
@@ -122,6 +143,36 @@ class DueEvent:
     deadline: int
     txn_id: str | None
     attempts: int
+    delay: Delay | None = None  # a delayed redaction the homeserver holds (or may hold)
+
+
+@dataclass(frozen=True)
+class ArmCandidate:
+    """A waiting event, for scheduling (or replacing) its delayed redaction."""
+
+    event_id: str
+    room_id: str
+    sender: str
+    due_at: int
+    delay: Delay | None  # the one scheduled already, if any
+
+
+@dataclass(frozen=True)
+class DelayRef:
+    """A delayed redaction of ``target`` that ``user_id`` scheduled, to cancel
+    (``delay_id`` None: its id never came back; found by its target)."""
+
+    delay_id: str | None
+    user_id: str
+    room_id: str
+    target: str
+
+
+@dataclass(frozen=True)
+class CancelJob:
+    job_id: int
+    ref: DelayRef
+    tries: int
 
 
 @dataclass(frozen=True)
@@ -215,6 +266,9 @@ class Redaction:
     target: str
     event_id: str | None = None
     sender: str | None = None
+    # The delayed event it was sent from, where the homeserver says so (it shows its
+    # sender ``unsigned["org.matrix.msc4140.delay_id"]``).
+    delay_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -255,12 +309,23 @@ class InvalidPolicy:
 
 
 @dataclass(frozen=True)
+class Fired:
+    """A delayed redaction the homeserver sent for ``due``, confirmed at ``at``. (Its
+    ``origin_server_ts`` says nothing: a delayed event carries its scheduled time.)"""
+
+    due: DueEvent
+    at: int
+
+
+@dataclass(frozen=True)
 class IngestResult:
     policy_changes: tuple[PolicyChange, ...] = ()
     invalid_policies: tuple[InvalidPolicy, ...] = ()
     tracked: int = 0
     # Lethe's own redactions the event stream brought back: confirmed, now counted.
     redacted: tuple[DueEvent, ...] = ()
+    # Delayed redactions the homeserver sent on Lethe's behalf, seen: confirmed, counted.
+    fired: tuple[Fired, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -63,6 +63,14 @@ class Reply:
     event_id: str | None = None  # for OK: the redaction event the homeserver created
 
 
+class DelayHandler(Protocol):
+    """Before redacting an event the homeserver may hold a delayed redaction of
+    (bot/engine/delayed.py, Takeover): a decision that ends the attempt, or None."""
+
+    async def before_redacting(self, event: DueEvent,
+                               fetch: Callable[[], Awaitable[Reply]]) -> Decision | None: ...
+
+
 class Transport(Protocol):
     async def redact(self, room_id: str, event_id: str, sender: str, txn_id: str) -> Reply: ...
 
@@ -85,6 +93,7 @@ class Decision:
     retry_at: int | None = None
     reason: str = ""
     redaction_id: str | None = None  # for SENT: the echo to wait for
+    fired: bool = False  # for DONE: by the homeserver's delayed redaction
 
 
 @dataclass
@@ -98,6 +107,11 @@ class RedactionStats:
     retries: int = 0
     failures: int = 0
     parked: int = 0
+    # Delayed redactions (bot/engine/delayed.py): scheduled with the homeserver, seen
+    # fired (the homeserver redacted on Lethe's behalf), and cancelled.
+    delayed_armed: int = 0
+    delayed_fired: int = 0
+    delayed_cancelled: int = 0
 
 
 async def fetch_until_redacted(
@@ -131,6 +145,7 @@ class Redactor:
         *,
         echo_wait_ms: int | None = None,
         echoes: EchoConfirmation | None = None,
+        delays: DelayHandler | None = None,
     ) -> None:
         self._store = store
         self._transport = transport
@@ -147,6 +162,7 @@ class Redactor:
         self._accepted_in_a_row = 0
         self.echoes = echoes or EchoConfirmation(trusted=echo_wait_ms is not None)
         self._echo_wait_ms = echo_wait_ms
+        self.delays = delays
 
     @property
     def trusts_echoes(self) -> bool:
@@ -162,6 +178,10 @@ class Redactor:
         return 1 if self._throttled else limit
 
     async def process(self, event: DueEvent, can_redact_others: bool) -> Decision:
+        if event.delay is not None and self.delays is not None:
+            decided = await self.delays.before_redacting(event, lambda: self._check(event))
+            if decided is not None:
+                return decided
         if event.attempts > 0:
             # Sent before (perhaps just before a crash, or its echo is overdue): look
             # before sending again, and before parking what may be gone already.

@@ -180,8 +180,10 @@ class Scheduler:
             self._wake.set()
         await self._apply(event, decision)
 
-    def record_done(self, event: DueEvent, now: int, *, echoed: bool) -> None:
-        """Count a confirmed redaction (its row is already gone) and tell the listeners."""
+    def record_done(self, event: DueEvent, now: int, *, echoed: bool,
+                    fired: bool = False) -> None:
+        """Count a confirmed redaction (its row is already gone) and tell the listeners.
+        ``fired``: the homeserver's delayed redaction did it, at ``now``."""
         stats = self._redactor.stats
         stats.done += 1
         stats.echoed += echoed
@@ -191,7 +193,8 @@ class Scheduler:
         log.info(
             "redacted %s in %s, %.2f s after its due time%s",
             event.event_id, event.room_id, (now - event.deadline) / 1000,
-            " (echo seen)" if echoed else "",
+            " by the homeserver's delayed redaction" if fired
+            else " (echo seen)" if echoed else "",
         )
 
     async def _apply(self, event: DueEvent, decision: Decision) -> None:
@@ -205,8 +208,8 @@ class Scheduler:
         now = self._clock.now_ms()
         stats = self._redactor.stats
         if decision.verdict is Verdict.DONE:
-            if await self._finish(event, now):
-                self.record_done(event, now, echoed=False)
+            if await self._finish(event, now, fired=decision.fired):
+                self.record_done(event, now, echoed=False, fired=decision.fired)
         elif decision.verdict is Verdict.SENT:
             assert decision.retry_at is not None and decision.redaction_id is not None
             async with self._store.transaction() as tx:
@@ -243,6 +246,6 @@ class Scheduler:
         async with self._store.transaction() as tx:
             return await tx.claim_due(now, limit)
 
-    async def _finish(self, event: DueEvent, now: int) -> bool:
+    async def _finish(self, event: DueEvent, now: int, *, fired: bool = False) -> bool:
         async with self._store.transaction() as tx:
-            return await tx.finish_redacted(event.room_id, event.event_id, now)
+            return await tx.finish_redacted(event.room_id, event.event_id, now, fired=fired)

@@ -278,7 +278,8 @@ class ActionWorker:
             mirror = (f"unknown: could not read m.room.retention ({found})"
                       if isinstance(found, str) else
                       mirror_status(status.policy, found, power, me))
-        await self.notice(room_id, texts.status_text(status, power, me, untracked, mirror))
+        await self.notice(room_id, texts.status_text(status, power, me, untracked, mirror,
+                                                     await bot.engine.delayed_status()))
 
     async def mirror(self, room_id: str, policy: Policy, *, changed: bool) -> Mirror | None:
         """Keep the room's m.room.retention in step with ``policy`` (bot/matrix/

@@ -82,7 +82,7 @@ class LetheBot:
                                                      self.config.erasure)
         self.engine = engine = await self.life.open_engine(
             self.config.db_path,
-            HttpTransport(self.http),
+            HttpTransport(self.http, own_user=self.config.bot.user_id),
             EngineConfig(
                 self.config.bot.user_id,
                 self.config.ignore_readers,
@@ -91,6 +91,7 @@ class LetheBot:
                 echo_wait_ms=ECHO_WAIT_MS,
                 delete_media=self.media is not None,
                 ledger_ms=self.config.erasure.ledger_ms,
+                delayed_redactions=self.config.delayed_redactions,
             ),
             self.actions.on_park,
             media=self.media,

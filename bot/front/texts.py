@@ -5,6 +5,7 @@ messages."""
 
 from __future__ import annotations
 
+from bot.engine.delayed import DelayedStatus
 from bot.engine.engine import RoomStatus
 from bot.engine.media import describe_media
 from bot.engine.model import InvalidPolicy
@@ -106,7 +107,8 @@ POLICY_WRITE_FAILED = "Could not write the policy to the room state; please try 
 
 
 def status_text(status: RoomStatus | None, power: PowerState, bot_user_id: str,
-                untracked: UntrackedSpan | None = None, mirror: str | None = None) -> str:
+                untracked: UntrackedSpan | None = None, mirror: str | None = None,
+                delayed: DelayedStatus | None = None) -> str:
     """`!lethe status`: the policy, whether it can be enforced, and what is pending."""
     if status is None:
         return "I have not seen this room's state yet; try again in a moment."
@@ -131,4 +133,15 @@ def status_text(status: RoomStatus | None, power: PowerState, bot_user_id: str,
         lines.append(f"Not tracked: {untracked.describe()}")
     if mirror is not None:
         lines.append(f"Mirror in m.room.retention: {mirror}")
+    if delayed is not None:
+        lines.append(while_stopped(delayed, status.armed))
     return "\n".join(lines)
+
+
+def while_stopped(delayed: DelayedStatus, armed: int) -> str:
+    """Whether the homeserver redacts here on time even while Lethe is stopped."""
+    if delayed.in_use:
+        return (f"While I am stopped: the homeserver itself redacts on time the {armed} "
+                "message(s) here it holds a delayed redaction of")
+    return (f"While I am stopped: nothing is redacted until I am back; delayed redactions "
+            f"are not in use: {delayed.reason}")

@@ -25,6 +25,9 @@ log = logging.getLogger(__name__)
 CLIENT_V1 = "/_matrix/client/v1"
 CLIENT_V3 = "/_matrix/client/v3"
 ADMIN_V1 = "/_synapse/admin/v1"  # Synapse's admin API: only with an admin's token
+# Delayed events (MSC4140), still under their unstable prefix.
+DELAYED_EVENTS = "/_matrix/client/unstable/org.matrix.msc4140/delayed_events"
+DELAY_PARAM = "org.matrix.msc4140.delay"
 
 
 class HomeserverUnavailable(HomeserverError, ConnectionError):
@@ -150,6 +153,28 @@ class MatrixHttp:
             "PUT", f"{CLIENT_V3}/rooms/{q(room_id)}/redact/{q(event_id)}/{q(txn_id)}",
             json={"reason": reason}, params=params or None,
         )
+
+    async def send_delayed(self, room_id: str, event_type: str, txn_id: str,
+                           content: Mapping[str, Any], delay_ms: int,
+                           **params: str) -> HttpReply:
+        """Have the homeserver send the event ``delay_ms`` from now (MSC4140); answers
+        its ``delay_id``."""
+        return await self.request(
+            "PUT", f"{CLIENT_V3}/rooms/{q(room_id)}/send/{q(event_type)}/{q(txn_id)}",
+            json=content, params={DELAY_PARAM: str(delay_ms), **params},
+        )
+
+    async def delayed_events(self, **params: str) -> HttpReply:
+        """The account's delayed events still to be sent (``delayed_events``)."""
+        return await self.request("GET", DELAYED_EVENTS, params=params or None)
+
+    async def cancel_delayed(self, delay_id: str, **params: str) -> HttpReply:
+        reply = await self.request("POST", f"{DELAYED_EVENTS}/{q(delay_id)}/cancel", json={},
+                                   params=params or None)
+        if reply.errcode == "M_UNRECOGNIZED":  # the MSC's first form of it
+            reply = await self.request("POST", f"{DELAYED_EVENTS}/{q(delay_id)}",
+                                       json={"action": "cancel"}, params=params or None)
+        return reply
 
     async def join(self, room_id: str) -> HttpReply:
         return await self.request("POST", f"{CLIENT_V3}/rooms/{q(room_id)}/join", json={})

@@ -28,6 +28,8 @@ from bot.engine.policy import POLICY_STATE_TYPES
 # other uses of m.reference). They go with their target when Lethe expires it. A
 # thread reply (m.thread) is not among them: it is a message of its own.
 _PARENT_RELATIONS = ("m.replace", "m.annotation", "m.reference")
+# Where a homeserver shows the sender of an event sent from a delayed event its id.
+DELAY_ID_KEY = "org.matrix.msc4140.delay_id"
 # The largest integer canonical JSON allows: no real event carries a larger timestamp,
 # and one that did would overflow the due time stored in SQLite.
 MAX_TS = 2**53 - 1
@@ -164,10 +166,14 @@ def to_item(event: Mapping[str, Any], *, in_timeline: bool = True) -> TimelineIt
         return Marker(event_id) if in_timeline else None
     if not in_timeline:
         return None
+    unsigned = event.get("unsigned")
     if event_type == "m.room.redaction":
         target = _str(event.get("redacts")) or _str(content.get("redacts"))
-        return Redaction(target, event_id, sender) if target else Marker(event_id)
-    unsigned = event.get("unsigned")
+        if not target:
+            return Marker(event_id)
+        # Shown to its sender only: the delayed event (MSC4140) it was sent from.
+        delay_id = _str(unsigned.get(DELAY_ID_KEY)) if isinstance(unsigned, Mapping) else None
+        return Redaction(target, event_id, sender, delay_id)
     if isinstance(unsigned, Mapping) and unsigned.get("redacted_because"):
         return Marker(event_id)  # already redacted: nothing left to do
     thread_id, parent_id = _relation(content)

@@ -1,16 +1,22 @@
 """The engine's Transport over the client-server API (bot/matrix/api.py): a redaction
 and its verification, with each reply classified for the redactor; and its
-MediaTransport over Synapse's admin API, for deleting the files of expired messages."""
+MediaTransport over Synapse's admin API, for deleting the files of expired messages;
+DelayedTransport: delayed redactions scheduled with the homeserver, cancelled and
+listed (bot/engine/delayed.py, bot/matrix/delayed.py)."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
+from bot.engine.delayed import ArmOutcome, ArmReply, Listed, Support
 from bot.engine.media import MediaOutcome, MediaReply
 from bot.engine.redactor import REDACTION_REASON, Outcome, Reply
 from bot.erasureconfig import ErasureConfig
+from bot.matrix import delayed
 from bot.matrix.api import HomeserverUnavailable, HttpReply, MatrixHttp
 from bot.matrix.events import is_redacted
+
+MAX_LIST_PAGES = 100
 
 
 def reply_outcome(reply: HttpReply) -> Reply:
@@ -28,12 +34,14 @@ def reply_outcome(reply: HttpReply) -> Reply:
 
 class HttpTransport:
     """``as_user`` maps an event's sender to the ``user_id`` to act as (appservice
-    masquerading), or None to act as the token's own user."""
+    masquerading), or None to act as the token's own user, ``own_user``."""
 
     def __init__(self, http: MatrixHttp,
-                 as_user: Callable[[str], str | None] | None = None) -> None:
+                 as_user: Callable[[str], str | None] | None = None,
+                 own_user: str = "") -> None:
         self._http = http
         self._as_user = as_user
+        self._own_user = own_user
 
     def _params(self, sender: str) -> dict[str, str]:
         user = self._as_user(sender) if self._as_user is not None else None
@@ -58,6 +66,66 @@ class HttpTransport:
         if reply.ok:
             return Reply(Outcome.REDACTED if is_redacted(reply.body) else Outcome.PRESENT)
         return reply_outcome(reply)
+
+    # --- delayed redactions (bot/engine/delayed.py) --------------------------------
+
+    @property
+    def own_user(self) -> str:
+        return self._own_user
+
+    def delayed_user(self, sender: str) -> str:
+        user = self._as_user(sender) if self._as_user is not None else None
+        return user or self._own_user
+
+    def slots(self, user: str) -> int | None:
+        return None
+
+    def _as(self, user: str) -> dict[str, str]:
+        """Acting as ``user``: masquerading (appservice), or the token's own account."""
+        return {"user_id": user} if self._as_user is not None else {}
+
+    async def delayed_support(self) -> Support | None:
+        try:
+            reply = await self._http.versions()
+        except HomeserverUnavailable:
+            return None
+        return delayed.support_from_versions(reply.body) if reply.ok else None
+
+    async def arm(self, room_id: str, event_id: str, sender: str, txn_id: str,
+                  delay_ms: int) -> ArmReply:
+        content = {"redacts": event_id, "reason": REDACTION_REASON}
+        try:
+            reply = await self._http.send_delayed(room_id, "m.room.redaction", txn_id, content,
+                                                  delay_ms, **self._params(sender))
+        except HomeserverUnavailable as exc:
+            return ArmReply(ArmOutcome.TRANSIENT, detail=str(exc))
+        return delayed.arm_reply(reply)
+
+    async def cancel_delayed(self, delay_id: str, user: str) -> Reply:
+        try:
+            reply = await self._http.cancel_delayed(delay_id, **self._as(user))
+        except HomeserverUnavailable as exc:
+            return Reply(Outcome.TRANSIENT, detail=str(exc))
+        return Reply(Outcome.OK) if reply.ok else reply_outcome(reply)
+
+    async def list_delayed(self, user: str) -> list[Listed] | None:
+        found: list[Listed] = []
+        params = self._as(user)
+        for _ in range(MAX_LIST_PAGES):
+            try:
+                reply = await self._http.delayed_events(**params)
+            except HomeserverUnavailable:
+                return None
+            if reply.status == 404 and reply.errcode == "M_UNRECOGNIZED":
+                return []  # no delayed events here at all: none to find
+            if not reply.ok:
+                return None
+            found += delayed.listed(reply.body)
+            batch = reply.body.get("next_batch")
+            if not isinstance(batch, str) or not batch:
+                return found
+            params = {**self._as(user), "from": batch}
+        return None
 
 
 class AdminMediaTransport:

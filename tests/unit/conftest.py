@@ -67,13 +67,13 @@ class TestClock(FakeClock):
 
     def __init__(self, start_ms: int = T0) -> None:
         super().__init__(start_ms)
-        self._sleepers: dict[int, tuple[int, asyncio.Event]] = {}
+        self._sleepers: dict[int, tuple[int, asyncio.Event, asyncio.Task[Any] | None]] = {}
         self._next = 0
 
     async def sleep_until(self, deadline_ms: int, wake: asyncio.Event) -> None:
         self._next += 1
         key = self._next
-        self._sleepers[key] = (deadline_ms, wake)
+        self._sleepers[key] = (deadline_ms, wake, asyncio.current_task())
         try:
             await super().sleep_until(deadline_ms, wake)
         finally:
@@ -83,8 +83,12 @@ class TestClock(FakeClock):
         """Somebody sleeps on the clock and nobody is about to wake up."""
         now = self.now_ms()
         return bool(self._sleepers) and all(
-            deadline > now and not wake.is_set() for deadline, wake in self._sleepers.values()
+            deadline > now and not wake.is_set() for deadline, wake, _ in self._sleepers.values()
         )
+
+    def sleeping(self, task: asyncio.Task[Any] | None) -> bool:
+        """``task`` sleeps on the clock (rather than working between two sleeps)."""
+        return any(sleeper is task for _, _, sleeper in self._sleepers.values())
 
 
 class FakeTransport:
@@ -228,9 +232,13 @@ class Harness:
             if task is not None and task.done():
                 task.result()  # re-raise whatever killed the loop
                 raise AssertionError("scheduler loop stopped")
-            # No worker task left either: one whose request ended may still be writing
-            # its outcome down.
-            return scheduler.in_flight == 0 and not scheduler._workers and self.clock.idle()
+            armer = self.engine._armer if self.engine is not None else None
+            # Workers are done once they wrote their outcome down, not when their
+            # request ended; the loops, once they sleep on the clock again (with two
+            # of them, one can be working while the other sleeps).
+            loops = [t for t in (task, armer and armer._task) if t is not None and not t.done()]
+            return (scheduler.in_flight == 0 and not scheduler._workers
+                    and self.clock.idle() and all(self.clock.sleeping(t) for t in loops))
 
         await eventually(idle, timeout, "scheduler idle")
 

@@ -9,10 +9,19 @@ from typing import Any
 
 import aiosqlite
 
-from bot.engine.model import DueEvent, EventStatus, PendingEvent, RedactionTarget, TrackedEvent
+from bot.engine.model import (
+    Delay,
+    DelayState,
+    DueEvent,
+    EventStatus,
+    PendingEvent,
+    RedactionTarget,
+    TrackedEvent,
+)
 from bot.engine.policy import Readers
 from bot.engine.store import erasures, media
 from bot.engine.store.sql import (
+    DELAYED,
     DUE_COLUMNS,
     FAILED,
     IN_FLIGHT,
@@ -26,6 +35,29 @@ from bot.engine.store.sql import (
 
 # How long claim_due's list of rooms with due events is reused under a backlog.
 _DUE_ROOMS_TTL_MS = 1000
+
+
+def due_event(row: Sequence[Any]) -> DueEvent:
+    """A DueEvent from the columns ``DUE_COLUMNS`` names, in that order."""
+    state = int(row[6])
+    delay = None
+    if state != DelayState.NONE:
+        try:
+            delay = Delay(DelayState(state), row[7], row[8], row[9])
+        except ValueError:  # written by a newer version: leave it to that version
+            delay = Delay(DelayState.NEVER, row[7], row[8], row[9])
+    return DueEvent(row[0], row[1], row[2], row[3], row[4], row[5], delay)
+
+
+async def queue_cancels(conn: aiosqlite.Connection, where: str, params: dict[str, Any]) -> None:
+    """Before rows matching ``where`` go: the delayed redactions scheduled for them are
+    to be cancelled (store/delayed.py works the queue)."""
+    await conn.execute(
+        "INSERT INTO delay_cancels (delay_id, user_id, room_id, target) "
+        f"SELECT delay_id, delay_by, room_id, event_id FROM events WHERE ({where}) "
+        f"AND {DELAYED}",
+        params,
+    )
 
 
 async def insert_events(conn: aiosqlite.Connection, rows: Sequence[TrackedEvent]) -> None:
@@ -142,13 +174,13 @@ async def claim_due(
         "ORDER BY check_at LIMIT ?",
         (now_ms, limit),
     ) as cur:
-        rows = [DueEvent(*row) for row in await cur.fetchall()]
+        rows = [due_event(row) for row in await cur.fetchall()]
     async with conn.execute(
         f"SELECT {DUE_COLUMNS} FROM events WHERE {SCHEDULED} AND due_at <= ? "
         "ORDER BY due_at LIMIT ?",
         (now_ms, limit - len(rows) + 1),
     ) as cur:
-        due = [DueEvent(*row) for row in await cur.fetchall()]
+        due = [due_event(row) for row in await cur.fetchall()]
     if len(rows) + len(due) <= limit:
         rows += due
     else:
@@ -190,7 +222,7 @@ async def _claim_fairly(
                 "ORDER BY due_at LIMIT ?",
                 (room_id, now_ms, share + len(taken)),
             ) as cur:
-                found = [DueEvent(*row) for row in await cur.fetchall()]
+                found = [due_event(row) for row in await cur.fetchall()]
             fresh = [e for e in found if e.event_id not in taken][:share]
             if not fresh:
                 due.rooms.remove(room_id)
@@ -248,19 +280,27 @@ async def fail(conn: aiosqlite.Connection, room_id: str, event_id: str) -> None:
 
 
 async def finish_redacted(conn: aiosqlite.Connection, room_id: str, event_id: str,
-                          now_ms: int) -> bool:
-    cur = await conn.execute(
-        "DELETE FROM events WHERE event_id = ? AND room_id = ?", (event_id, room_id)
-    )
-    if cur.rowcount:
+                          now_ms: int, *, fired: bool = False) -> bool:
+    async with conn.execute(
+        "DELETE FROM events WHERE event_id = ? AND room_id = ? "
+        "RETURNING delay_state, delay_id, delay_by", (event_id, room_id)
+    ) as cur:
+        gone = await cur.fetchone()
+    if gone is not None:
         await conn.execute(
             "UPDATE rooms SET redacted_count = redacted_count + 1 WHERE room_id = ?",
             (room_id,),
         )
+        if not fired and gone[0] in (DelayState.ARMING, DelayState.ARMED):
+            # Lethe redacted it by its own request: a delayed redaction still held for it
+            # (none should be: the redactor cancels first) must not redact it again.
+            await conn.execute(
+                "INSERT INTO delay_cancels (delay_id, user_id, room_id, target) "
+                "VALUES (?, ?, ?, ?)", (gone[1], gone[2], room_id, event_id))
         await erasures.record(conn, room_id, event_id, now_ms)
     await media.message_gone(conn, event_id, now_ms)
     await _cascade(conn, room_id, event_id, now_ms)
-    return cur.rowcount > 0
+    return gone is not None
 
 
 async def _cascade(conn: aiosqlite.Connection, room_id: str, parent_id: str, now_ms: int) -> None:
@@ -313,11 +353,13 @@ async def redaction_target(
         row = await cur.fetchone()
     if row is None:
         return None
-    due = DueEvent(*row[:6])
-    return RedactionTarget(_status(row[6]), row[7], due)
+    due = due_event(row[:10])
+    return RedactionTarget(_status(row[10]), row[11], due)
 
 
 async def forget(conn: aiosqlite.Connection, room_id: str, event_id: str) -> None:
+    await queue_cancels(conn, "event_id = :event AND room_id = :room",
+                        {"event": event_id, "room": room_id})
     await conn.execute(
         "DELETE FROM events WHERE event_id = ? AND room_id = ?", (event_id, room_id)
     )

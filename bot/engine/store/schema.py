@@ -4,7 +4,17 @@ that has shipped; add the next one."""
 
 from __future__ import annotations
 
-from bot.engine.store.sql import AFTER_READ, MEDIA_DUE, MEDIA_HELD, PARKED, SENT, WAITING
+from bot.engine.store.sql import (
+    AFTER_READ,
+    DELAY_ARMED,
+    DELAY_ARMING,
+    DELAY_NONE,
+    MEDIA_DUE,
+    MEDIA_HELD,
+    PARKED,
+    SENT,
+    WAITING,
+)
 
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
     # 1: the core schema.
@@ -150,6 +160,37 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             PRIMARY KEY (room_id, event_id)
         ) WITHOUT ROWID""",
         "CREATE INDEX erasures_at ON erasures(redacted_at)",
+    ),
+    # 8: delayed redactions (MSC4140 delayed events, MSC4169 redactions through /send): the
+    # homeserver redacts an event at its deadline itself, Lethe running or not
+    # (bot/engine/delayed.py). delay_state is sql.DELAY_*; delay_txn the transaction id
+    # of the request scheduling it, stored before it is sent; delay_id what the
+    # homeserver answered; delay_by the account it was scheduled as; delay_at when it
+    # fires. delay_cancels: the delayed redactions still to cancel, kept until the
+    # homeserver confirmed (delay_id NULL: a request whose answer was lost, found by its
+    # target in the account's list). The indexes' conditions are sql.UNARMED, DELAYED
+    # and STALE, written out here so that this migration never changes.
+    (
+        f"ALTER TABLE events ADD COLUMN delay_state INTEGER NOT NULL DEFAULT {DELAY_NONE}",
+        "ALTER TABLE events ADD COLUMN delay_txn TEXT",
+        "ALTER TABLE events ADD COLUMN delay_id TEXT",
+        "ALTER TABLE events ADD COLUMN delay_by TEXT",
+        "ALTER TABLE events ADD COLUMN delay_at INTEGER",
+        "CREATE INDEX events_unarmed ON events(due_at) "
+        f"WHERE status = {WAITING} AND due_at IS NOT NULL AND delay_state = {DELAY_NONE}",
+        "CREATE INDEX events_delayed ON events(delay_by, delay_at) "
+        f"WHERE delay_state IN ({DELAY_ARMING}, {DELAY_ARMED})",
+        "CREATE INDEX events_stale ON events(due_at) "
+        f"WHERE delay_state = {DELAY_ARMED} AND due_at < delay_at - 1000",
+        """CREATE TABLE delay_cancels (
+            id INTEGER PRIMARY KEY,
+            delay_id TEXT,
+            user_id TEXT NOT NULL,
+            room_id TEXT NOT NULL,
+            target TEXT NOT NULL,
+            not_before INTEGER NOT NULL DEFAULT 0,
+            tries INTEGER NOT NULL DEFAULT 0
+        )""",
     ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -8,7 +8,7 @@ names the same constant, which a bound parameter does not.
 
 from __future__ import annotations
 
-from bot.engine.model import EventStatus, MediaState
+from bot.engine.model import DelayState, EventStatus, MediaState
 from bot.engine.policy import Mode
 
 WAITING = str(int(EventStatus.WAITING))
@@ -21,6 +21,10 @@ MEDIA_HELD = str(int(MediaState.HELD))
 MEDIA_DUE = str(int(MediaState.DUE))
 MEDIA_DELETED = str(int(MediaState.DELETED))
 MEDIA_REMOTE = str(int(MediaState.REMOTE))
+DELAY_NONE = str(int(DelayState.NONE))
+DELAY_ARMING = str(int(DelayState.ARMING))
+DELAY_ARMED = str(int(DelayState.ARMED))
+DELAY_NEVER = str(int(DelayState.NEVER))
 
 MODE_CODE = {Mode.OFF: 0, Mode.AFTER_SEND: 1, Mode.AFTER_READ: 2}
 AFTER_SEND = str(MODE_CODE[Mode.AFTER_SEND])
@@ -42,8 +46,20 @@ DEADLINE = f"""coalesce(CASE mode
     WHEN {AFTER_READ} THEN min(sent_at + cap_ms, coalesce(read_at + timer_ms, sent_at + cap_ms))
     END, due_at)"""
 
-# The columns of a DueEvent, in its field order.
-DUE_COLUMNS = f"event_id, room_id, sender, min(due_at, {DEADLINE}), txn_id, attempts"
+# The columns of a DueEvent, in its field order, then its delayed redaction's
+# (store/events.due_event builds it).
+DUE_COLUMNS = (f"event_id, room_id, sender, min(due_at, {DEADLINE}), txn_id, attempts, "
+               "delay_state, delay_id, delay_by, delay_at")
+
+# Delayed redactions (bot/engine/delayed.py). Each is the condition of a partial index
+# of the delayed-redactions migration, which a query must repeat as is for SQLite to
+# use it. UNARMED: an event that may get one, by due time (events_unarmed). DELAYED:
+# one is (or may be) scheduled with the homeserver (events_delayed, by account).
+# STALE: its deadline moved more than a second before the scheduled one (a receipt, or
+# its parent went), so that one is to be replaced (events_stale).
+UNARMED = f"status = {WAITING} AND due_at IS NOT NULL AND delay_state = {DELAY_NONE}"
+DELAYED = f"delay_state IN ({DELAY_ARMING}, {DELAY_ARMED})"
+STALE = f"delay_state = {DELAY_ARMED} AND due_at < delay_at - 1000"
 
 # An event the scheduler claims once due_at passes (the partial indexes events_due and
 # events_room_due have this condition).

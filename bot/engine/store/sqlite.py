@@ -16,6 +16,9 @@ from pathlib import Path
 import aiosqlite
 
 from bot.engine.model import (
+    ArmCandidate,
+    CancelJob,
+    Delay,
     DueMedia,
     Erasure,
     EventStatus,
@@ -25,7 +28,7 @@ from bot.engine.model import (
     RoomRow,
     RoomSchedule,
 )
-from bot.engine.store import erasures, events, media, meta, receipts, rooms
+from bot.engine.store import delayed, erasures, events, media, meta, receipts, rooms
 from bot.engine.store.errors import StoreError
 from bot.engine.store.schema import MIGRATIONS, SCHEMA_VERSION
 from bot.engine.store.transaction import Transaction
@@ -244,6 +247,45 @@ class Store:
     async def ledger_oldest(self) -> int | None:
         """When the ledger's oldest entry was confirmed (None: the ledger is empty)."""
         return await erasures.oldest(self._conn)
+
+    # --- delayed redactions (bot/engine/delayed.py) ------------------------------
+
+    async def arm_candidates(self, low: int, high: int | None, limit: int) -> list[ArmCandidate]:
+        """Events with no delayed redaction due from ``low`` to ``high``, earliest first
+        (in rooms where Lethe may redact everybody's messages)."""
+        return await delayed.arm_candidates(self._conn, low, high, limit)
+
+    async def stale_delays(self, low: int, limit: int) -> list[ArmCandidate]:
+        """Waiting events due from ``low`` whose delayed redaction fires too late now."""
+        return await delayed.stale(self._conn, low, limit)
+
+    async def next_unarmed(self, low: int) -> int | None:
+        return await delayed.next_unarmed(self._conn, low)
+
+    async def arming(self) -> list[ArmCandidate]:
+        """Events whose scheduling request's answer was not stored."""
+        return await delayed.arming(self._conn)
+
+    async def delays_of(self, event_ids: Iterable[str]) -> dict[str, Delay]:
+        return await delayed.delays_of(self._conn, event_ids)
+
+    async def armed_count(self, by: str | None = None, room_id: str | None = None) -> int:
+        """Delayed redactions scheduled (or being scheduled), by account or room."""
+        return await delayed.armed_count(self._conn, by, room_id)
+
+    async def latest_armed(self, by: str) -> ArmCandidate | None:
+        return await delayed.latest_armed(self._conn, by)
+
+    async def fire_seconds(self, low: int) -> dict[int, int]:
+        """Delayed redactions per second (ms // 1000) they fire in, from ``low`` on."""
+        return await delayed.fire_seconds(self._conn, low)
+
+    async def due_cancels(self, now_ms: int, limit: int) -> list[CancelJob]:
+        return await delayed.due_cancels(self._conn, now_ms, limit)
+
+    async def cancels(self) -> tuple[int, int | None]:
+        """Queued cancellations, and when the next may be tried."""
+        return await delayed.cancels(self._conn)
 
 
 def database_unavailable(exc: BaseException) -> bool:

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 import aiosqlite
 
 from bot.engine.model import (
+    DelayRef,
     DueEvent,
     MediaState,
     ReceiptMove,
@@ -16,7 +17,7 @@ from bot.engine.model import (
     TrackedEvent,
 )
 from bot.engine.policy import Policy, StatePolicy
-from bot.engine.store import erasures, events, media, meta, receipts, rooms
+from bot.engine.store import delayed, erasures, events, media, meta, receipts, rooms
 from bot.engine.store.errors import StoreError
 
 
@@ -69,7 +70,8 @@ class Transaction:
 
     async def delete_room(self, room_id: str) -> None:
         """The bot left; nothing there can be redacted by it any more. The files of its
-        messages stay too (those of messages already redacted are still deleted)."""
+        messages stay too (those of messages already redacted are still deleted). Delayed
+        redactions scheduled there are queued for cancelling."""
         await rooms.delete_room(self._conn, room_id)
 
     async def add_member(self, room_id: str, user_id: str, join_seq: int) -> None:
@@ -169,11 +171,14 @@ class Transaction:
     async def fail(self, room_id: str, event_id: str) -> None:
         await events.fail(self._conn, room_id, event_id)
 
-    async def finish_redacted(self, room_id: str, event_id: str, now_ms: int) -> bool:
+    async def finish_redacted(self, room_id: str, event_id: str, now_ms: int, *,
+                              fired: bool = False) -> bool:
         """Verified gone: drop the row, count it, enter it in the erasure ledger, make its
         files due, and let its edits, reactions and poll responses follow at once. False
-        if the row was already gone."""
-        return await events.finish_redacted(self._conn, room_id, event_id, now_ms)
+        if the row was already gone. ``fired``: by the delayed redaction the homeserver
+        held for it; otherwise one still held is queued for cancelling."""
+        return await events.finish_redacted(self._conn, room_id, event_id, now_ms,
+                                            fired=fired)
 
     async def redaction_target(self, room_id: str, event_id: str) -> RedactionTarget | None:
         """The tracked row a redaction seen in the event stream targets, if any."""
@@ -182,7 +187,8 @@ class Transaction:
     async def forget(self, room_id: str, event_id: str) -> None:
         """Somebody else redacted it: drop the row (its files are due), and the rows
         tracked only to follow it (with their files: those messages stay); its own
-        edits, reactions and poll responses keep their own deadline."""
+        edits, reactions and poll responses keep their own deadline. Its delayed
+        redaction, if any, is queued for cancelling."""
         await events.forget(self._conn, room_id, event_id)
 
     # --- media ---------------------------------------------------------------
@@ -204,3 +210,37 @@ class Transaction:
     async def prune_ledger(self, before_ms: int) -> int:
         """Forget the ledger's entries confirmed before ``before_ms``; returns how many."""
         return await erasures.prune(self._conn, before_ms)
+
+    # --- delayed redactions (bot/engine/delayed.py) ------------------------------
+
+    async def begin_arm(self, event_id: str, txn_id: str, by: str, at: int) -> bool:
+        """Before the request: the transaction id of the delayed redaction ``by`` is to
+        schedule, firing at ``at``. False if the event is no longer waiting for one."""
+        return await delayed.begin_arm(self._conn, event_id, txn_id, by, at)
+
+    async def armed(self, event_id: str, txn_id: str, delay_id: str, grace_ms: int) -> bool:
+        """The homeserver holds it: Lethe's own redaction waits until ``grace_ms`` after
+        it fires. False if the event went meanwhile (then cancel ``delay_id``)."""
+        return await delayed.armed(self._conn, event_id, txn_id, delay_id, grace_ms)
+
+    async def adopt(self, event_id: str, delay_id: str, by: str, at: int,
+                    grace_ms: int) -> bool:
+        """A delayed redaction found in ``by``'s list is the event's (see store.delayed)."""
+        return await delayed.adopt(self._conn, event_id, delay_id, by, at, grace_ms)
+
+    async def disarm(self, event_id: str, *, never: bool, delay_id: str | None = None) -> bool:
+        """The event's delayed redaction is no more; ``never``: Lethe redacts it itself."""
+        return await delayed.disarm(self._conn, event_id, never=never, delay_id=delay_id)
+
+    async def leave_to_lethe(self, event_id: str) -> None:
+        """An event with no delayed redaction is to get none: Lethe redacts it."""
+        await delayed.leave_to_lethe(self._conn, event_id)
+
+    async def queue_cancel(self, ref: DelayRef) -> None:
+        await delayed.queue_cancel(self._conn, ref)
+
+    async def cancel_done(self, job_id: int) -> None:
+        await delayed.cancel_done(self._conn, job_id)
+
+    async def cancel_later(self, job_id: int, not_before: int) -> None:
+        await delayed.cancel_later(self._conn, job_id, not_before)
