@@ -136,9 +136,8 @@ class Ingestor:
         async with self._store.transaction() as tx:
             for update in updates:
                 room = await self._load_room(tx, update.room_id)
-                tracked += await self._apply_timeline(
-                    tx, update, room, now_ms, invalid, redacted, fired
-                )
+                tracked += await self._apply_timeline(tx, update, room, now_ms, invalid,
+                                                      redacted, fired)
                 if room.read_dirty:
                     # Before the receipts: what a leave completes is read now, not earlier.
                     await tx.mark_read(update.room_id, room.read_at, self._seq)
@@ -224,10 +223,8 @@ class Ingestor:
                 # Flush first: the target may be in this very batch.
                 await tx.insert_events(rows)
                 rows = []
-                seen = await self._echoes.seen(
-                    tx, room_id, item.target, item.event_id, item.sender, now_ms,
-                    delay_id=item.delay_id,
-                )
+                seen = await self._echoes.seen(tx, room_id, item.target, item.event_id,
+                                               item.sender, now_ms, delay_id=item.delay_id)
                 if isinstance(seen, DueEvent):
                     redacted.append(seen)
                 elif isinstance(seen, Fired):
