@@ -1,18 +1,23 @@
 """`lethe demo`: a throwaway Synapse on loopback, a bot, two people, an encrypted room,
-and messages disappearing on schedule, shown with timestamps. Everything is
-stopped and removed at the end (unless --keep)."""
+and messages disappearing on schedule, shown with timestamps: after sending, after
+reading, on time by the homeserver itself while the bot is stopped, and what the
+homeserver still stores afterwards (`lethe audit --erasure`). Everything is stopped
+and removed at the end (unless --keep)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import secrets
 import shutil
+import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -22,6 +27,12 @@ from bot.devtools.people import Person, eventually
 from bot.devtools.synapseconfig import delayed_redactions
 from bot.engine.policy import parse_duration
 from bot.front.bot import LetheBot
+from bot.matrix.delayed import listed
+from bot.matrix.files import write_secret
+
+# Long enough for the bot to hand the homeserver a delayed redaction and stop before
+# the message is due (bot/engine/delayed.py MIN_LEAD_MS: nothing due sooner is armed).
+STOPPED_TIMER = "15s"
 
 
 class DemoError(RuntimeError):
@@ -52,6 +63,11 @@ async def run_demo(timer: str = "5s", keep: bool = False,
     try:
         password = secrets.token_urlsafe(16)
         hs.register("lethe", password)
+        # A homeserver admin's token lets Lethe delete media and ask what the server
+        # still stores (never the bot's own login; a file of mode 0600).
+        admin_token = workdir / "admin-token"
+        write_secret(admin_token, hs.register("admin", admin=True).access_token,
+                     secure_parent=False)
         config_path = workdir / "lethe.yaml"
         config_path.write_text(yaml.safe_dump({
             "homeserver": {"url": hs.base_url},
@@ -59,6 +75,7 @@ async def run_demo(timer: str = "5s", keep: bool = False,
             "data_dir": str(workdir / "lethe-data"),
             "e2ee": {"pickle_key": secrets.token_hex(32)},
             "policy": {"default_cap": "1m"},
+            "erasure": {"admin_token_file": str(admin_token)},
         }))
         config = load_config(config_path)
         alice = Person(hs, "alice", workdir / "alice")
@@ -105,14 +122,42 @@ async def run_demo(timer: str = "5s", keep: bool = False,
         say("bob read it (public read receipt)")
         await _await_redaction(bob, room, event_id, 30)
         say(f"redacted {time.monotonic() - read_at:.1f} s after bob read it")
-        # HOOK (issue 14, deletion while Lethe is stopped): a step showing it goes here.
-        # Messages due at least bot.engine.delayed.MIN_LEAD_MS ahead are scheduled with
-        # the homeserver as they arrive (`await bot.engine.delayed_status()` counts them,
-        # `.in_use` says it works); stop the bot (stop.set(); await runner), let bob see
-        # the message redacted at its deadline, then start a new LetheBot(config) and
-        # show that it counts the redaction once.
-        say("done: the server now holds only empty, redacted events for these messages "
-            "(Synapse keeps the originals for redaction_retention_period, 7 days by default)")
+
+        # Deletion that does not depend on the bot running.
+        await alice.send(room, f"!lethe after-send {STOPPED_TIMER}")
+        await alice.wait_notice(room, f"after-send {STOPPED_TIMER}")
+        say(f"alice set the policy: after-send {STOPPED_TIMER}")
+        event_id = await alice.send(room, "due while the bot is stopped")
+        sent_at = time.monotonic()
+        say(f"alice sent a message ({event_id})")
+        first = bot
+        assert first.engine is not None
+        if not (await first.engine.delayed_status()).in_use:
+            raise DemoError("the homeserver does not take delayed redactions")
+        await _until(lambda: _armed(first, event_id), 20, "the delayed redaction")
+        before = await _redacted_count(first, room)
+        say("the bot handed the homeserver a delayed redaction for its deadline "
+            "(MSC4140 delayed events, MSC4169 redaction through /send)")
+        stop.set()
+        await runner
+        say("the bot is stopped")
+        await _await_redaction(bob, room, event_id, parse_duration(STOPPED_TIMER) / 1000 + 30)
+        say(f"redacted by the homeserver itself {time.monotonic() - sent_at:.1f} s after it "
+            "was sent, as bob sees it, while the bot was stopped")
+        stop = asyncio.Event()
+        bot = again = LetheBot(config)
+        runner = asyncio.create_task(again.run_until(stop))
+        await _until(lambda: _counted(again, room, before + 1), 60, "the restarted bot's count")
+        say("the bot, started again, counted that redaction once, as its own")
+
+        # What the homeserver still stores, asked with the admin token.
+        audit = await _audit(config_path, room)
+        say(f"`lethe audit ROOM --erasure` asked the homeserver about the {audit['checked']} "
+            f"redactions Lethe made here: {audit['held']} originals still stored in "
+            f"Synapse's database, {audit['erased']} erased, {audit['purged']} purged")
+        say("Synapse keeps originals for redaction_retention_period (7 days by default): "
+            "set it lower, or purge with `lethe purge ROOM --older-than DUR --hard`, and "
+            "the audit shows them erased")
     finally:
         stop.set()
         if runner is not None:
@@ -126,6 +171,44 @@ async def run_demo(timer: str = "5s", keep: bool = False,
         else:
             shutil.rmtree(workdir, ignore_errors=True)
             say("stopped Synapse and removed the temporary directory")
+
+
+async def _armed(bot: LetheBot, event_id: str) -> bool:
+    """Whether the homeserver holds a delayed redaction of ``event_id`` (its own list)."""
+    if bot.http is None:
+        return False
+    reply = await bot.http.delayed_events()
+    return reply.ok and any(item.target == event_id for item in listed(reply.body))
+
+
+async def _redacted_count(bot: LetheBot, room: str) -> int:
+    status = await bot.engine.status(room) if bot.engine is not None else None
+    return status.redacted if status is not None else 0
+
+
+async def _counted(bot: LetheBot, room: str, count: int) -> bool:
+    return bot.sync_count > 0 and await _redacted_count(bot, room) >= count
+
+
+async def _until(check: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
+    try:
+        await eventually(check, timeout, interval=0.2, what=what)
+    except AssertionError as exc:
+        raise DemoError(str(exc)) from None
+
+
+async def _audit(config_path: Path, room: str) -> dict[str, Any]:
+    """`lethe audit ROOM --erasure --json`, as an operator runs it."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "bot.cli", "-c", str(config_path), "audit", room, "--erasure",
+        "--json", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await proc.communicate()
+    try:
+        report: dict[str, Any] = json.loads(out)
+    except ValueError:
+        raise DemoError(f"lethe audit --erasure failed: {err.decode(errors='replace')}") \
+            from None
+    return report
 
 
 async def _await_redaction(person: Person, room: str, event_id: str, timeout: float) -> None:
