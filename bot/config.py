@@ -18,16 +18,13 @@ import yaml
 
 from bot.engine.ids import server_name
 from bot.engine.policy import PolicyError, parse_duration
+from bot.erasureconfig import ErasureConfig, read_erasure
 from bot.errors import SetupError
 
 DEFAULT_PREFIX = "!lethe"
 DEFAULT_CAP = "7d"
 PASSWORD_ENV = "LETHE_PASSWORD"
 PICKLE_KEY_ENV = "LETHE_PICKLE_KEY"
-# A homeserver admin's access token: media deletion, erasure audits, hard purges.
-ADMIN_TOKEN_ENV = "LETHE_ADMIN_TOKEN"
-DEFAULT_MAX_HELD = "7d"  # Synapse's default redaction_retention_period
-DEFAULT_LEDGER = "30d"
 # Values that must never protect a real key store.
 WEAK_PICKLE_KEYS = frozenset({"", "DEFAULT_KEY", "changeme", "change-me", "pickle_key", "secret"})
 
@@ -35,8 +32,7 @@ _USER_ID = re.compile(r"^@[^:\s]+:[^\s]+$")
 _FIXED_PHRASE = re.compile(r"^[a-z ,<>]+$")
 # Keys whose values never appear in an error message.
 SECRET_KEYS = frozenset({"bot.password", "e2ee.pickle_key"})
-# Group or other permission bits: a secret file with any of them is refused.
-_NOT_PRIVATE = 0o077
+
 
 
 class ConfigError(SetupError, ValueError):
@@ -76,22 +72,6 @@ class MetricsConfig:
     @property
     def listen(self) -> str:
         return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
-
-
-@dataclass(frozen=True)
-class ErasureConfig:
-    """Erasure beyond redaction, with a homeserver admin's token (from the environment
-    or a 0600 file, never from the config itself). Without the token, only redaction."""
-
-    admin_token: str | None = field(default=None, repr=False)
-    token_source: str = ""  # where the token came from, for messages: never the token
-    media: bool = True  # delete the local media of every message Lethe expires
-    max_held_ms: int = 7 * 24 * 3600 * 1000  # audit --erasure: longest an original may stay
-    ledger_ms: int = 30 * 24 * 3600 * 1000  # how long redacted event ids are kept for audits
-
-    @property
-    def deletes_media(self) -> bool:
-        return self.media and self.admin_token is not None
 
 
 @dataclass(frozen=True)
@@ -207,7 +187,7 @@ class ConfigReader:
         raw = self.data.get("data_dir", "data")
         if not isinstance(raw, str) or not raw:
             raise self.fail("data_dir", "must be a directory path")
-        return self._path(raw)
+        return self.path_of(raw)
 
     def default_cap_ms(self) -> int:
         return self.duration(self.section("policy"), "policy.default_cap", DEFAULT_CAP)
@@ -263,39 +243,12 @@ class ConfigReader:
         return MetricsConfig(host, int(port_text), key)
 
     def erasure(self, env: dict[str, str]) -> ErasureConfig:
-        section = self.section("erasure")
-        token, source = env.get(ADMIN_TOKEN_ENV), ADMIN_TOKEN_ENV
-        token_file = self.string(section, "erasure.admin_token_file")
-        if not token and token_file is not None:
-            path = self._path(token_file)
-            token, source = self._secret_file(path, "erasure.admin_token_file"), str(path)
-        media = section.get("media", True)
-        if not isinstance(media, bool):
-            raise self.fail("erasure.media", f"must be true or false, not {media!r}")
-        return ErasureConfig(
-            admin_token=token or None,
-            token_source=source if token else "",
-            media=media,
-            max_held_ms=self.duration(section, "erasure.max_held", DEFAULT_MAX_HELD),
-            ledger_ms=self.duration(section, "erasure.ledger", DEFAULT_LEDGER),
-        )
+        return read_erasure(self, env)
 
-    def _path(self, raw: str) -> Path:
+    def path_of(self, raw: str) -> Path:
         """A path from the config: relative ones are relative to the config file."""
         path = Path(raw).expanduser()
         return path if path.is_absolute() else (self.path.parent / path).resolve()
-
-    def _secret_file(self, path: Path, key: str) -> str:
-        """A secret kept in its own file, readable by its owner only."""
-        try:
-            if path.stat().st_mode & _NOT_PRIVATE:
-                raise self.fail(key, f"{path} is readable by others; chmod 600 it")
-            text = path.read_text(encoding="utf-8").strip()
-        except OSError as exc:
-            raise self.fail(key, f"cannot read {path}: {exc.strerror}") from None
-        if not text:
-            raise self.fail(key, f"{path} is empty")
-        return text
 
 
 def yaml_problem(exc: yaml.YAMLError) -> str:

@@ -19,6 +19,7 @@ from typing import Any
 
 from bot.config import MetricsConfig
 from bot.engine.engine import Engine, EngineConfig
+from bot.engine.media import MediaTransport
 from bot.engine.redactor import Transport
 from bot.metrics import Front, LetheMetrics, MetricsServer
 from bot.runlock import RunLock, hold
@@ -42,12 +43,14 @@ class FrontLife:
         config: EngineConfig,
         on_park: Callable[[str, str], Awaitable[None]],
         is_other_sender: Callable[[str], bool] | None = None,
+        media: MediaTransport | None = None,
     ) -> Engine:
         """The engine on the front's database, started. ``is_other_sender`` says whose
         events need the permission to redact others' messages (default: all but the
-        bot's own)."""
+        bot's own); ``media`` deletes the files of expired messages (with
+        ``config.delete_media``)."""
         engine = await Engine.open(db_path, transport, config, on_park=on_park,
-                                   is_other_sender=is_other_sender)
+                                   is_other_sender=is_other_sender, media=media)
         self._engine = engine  # before start: ``stop`` closes it even if start fails
         await engine.start()
         return engine

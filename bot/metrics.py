@@ -19,7 +19,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from bot.config import ConfigError, MetricsConfig
 from bot.engine.delayed import DelayedStatus, Why
 from bot.engine.engine import Engine
-from bot.engine.model import STATUS_NAMES, DueEvent, counts_by_name
+from bot.engine.model import STATUS_NAMES, DueEvent, MediaCounts, counts_by_name
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,7 @@ class LetheMetrics:
         # Database readings, refreshed (asynchronously) just before each scrape.
         self._pending: dict[str, int] = {}
         self._rooms: dict[tuple[str, str], int] = {}
+        self._media = MediaCounts()
         self._delayed: DelayedStatus | None = None
         self.registry.register(self)
 
@@ -75,6 +76,8 @@ class LetheMetrics:
             key = (row.policy.mode.value, "yes" if row.can_redact_others else "no")
             rooms[key] = rooms.get(key, 0) + 1
         self._rooms = rooms
+        if engine.deletes_media:
+            self._media = await engine.media_counts()
         self._delayed = await engine.delayed_status()
 
     async def render(self) -> bytes:
@@ -131,6 +134,7 @@ class LetheMetrics:
         for (policy, can_redact_others), count in sorted(self._rooms.items()):
             rooms.add_metric([policy, can_redact_others], count)
         yield rooms
+        yield from self._collect_media(engine)
         yield from self._delayed_gauges()
         for name, doc, alive in (
             ("lethe_sync_alive", "1 while the sync loop completes syncs.", front.sync_alive),
@@ -139,6 +143,26 @@ class LetheMetrics:
         ):
             yield GaugeMetricFamily(name, doc, value=int(alive))
 
+
+    def _collect_media(self, engine: Engine | None) -> Iterator[Metric]:
+        deletes = engine is not None and engine.deletes_media
+        yield GaugeMetricFamily(
+            "lethe_media_deletion",
+            "1 when the files of expired messages are deleted (with a homeserver admin's "
+            "token); 0 when they outlive their messages.", value=int(deletes))
+        media = GaugeMetricFamily(
+            "lethe_media_files",
+            "Files of tracked messages: held (their message is there), due (waiting to be "
+            "deleted), deleted, remote (on another server: not deletable from here).",
+            labels=["state"])
+        for state in ("held", "due", "deleted", "remote"):
+            media.add_metric([state], getattr(self._media, state))
+        yield media
+        stats = engine.media_stats if engine is not None else None
+        yield GaugeMetricFamily(
+            "lethe_media_refused",
+            "1 while the homeserver refuses the admin token (not an admin's, revoked).",
+            value=int(stats is not None and stats.refused))
 
     def _delayed_gauges(self) -> Iterator[Metric]:
         """Whether delayed redactions are in use (1 on the label saying so or why not),

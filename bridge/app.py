@@ -9,7 +9,8 @@ user with the permission to redact others' messages (bridge/transport.py,
 bridge/followup.py).
 
 Tasks it owns (all cancelled on stop, bot/lifecycle.py): the HTTP listener, the
-start-up ping retry, and the engine's scheduler with its redaction workers.
+start-up ping retry, and the engine's scheduler with its redaction workers (and its
+media deletion, with an admin token).
 """
 
 from __future__ import annotations
@@ -24,12 +25,14 @@ from bot.engine.engine import Engine, EngineConfig
 from bot.engine.redactor import ECHO_WAIT_MS
 from bot.lifecycle import FrontLife
 from bot.matrix.api import HomeserverUnavailable, MatrixHttp
+from bot.matrix.transport import AdminMediaTransport
 from bridge.config import BridgeConfig, is_loopback
 from bridge.firstsight import StateFetcher
 from bridge.followup import FollowUp
 from bridge.intake import PushedTransaction, TryLater, shown
+from bridge.mirror import MIRRORS_META, BridgeMirror
 from bridge.registration import Registration, check_matches, load_registration
-from bridge.rooms import OWNERS_META, RoomReader, RoomReading, RoomView, load_owners
+from bridge.rooms import OWNERS_META, RoomReader, RoomReading, RoomView, load_room_map
 from bridge.server import AppserviceServer
 from bridge.transaction import BridgeStats, RoomBatch, by_room, ingest
 from bridge.transport import BridgeTransport
@@ -55,6 +58,8 @@ class Bridge:
         self.registration: Registration | None = None
         self.engine: Engine | None = None
         self.http: MatrixHttp | None = None
+        # Synapse's admin API with the admin token, when media of expired messages go.
+        self.media: AdminMediaTransport | None = None
         self.stats = BridgeStats()
         self.rooms: dict[str, RoomView] = {}
         self.pinged = asyncio.Event()  # the homeserver answered a ping (tests wait on it)
@@ -64,6 +69,7 @@ class Bridge:
         self._lock = asyncio.Lock()  # one transaction at a time, in the order they come
         self._state: StateFetcher | None = None
         self._follow: FollowUp | None = None
+        self._mirror: BridgeMirror | None = None
 
     # --- lifecycle -----------------------------------------------------------
 
@@ -78,6 +84,9 @@ class Bridge:
             log.warning("listening on %s, not a loopback address: only the homeserver should "
                         "reach the appservice API", config.host)
         self.http = http = MatrixHttp(config.homeserver_url, registration.as_token)
+        # Pushed events are in clear, so their files are seen; in encrypted rooms the
+        # bridge holds no keys and sees none (the bot does).
+        self.media = AdminMediaTransport.from_config(config.homeserver_url, config.erasure)
         self.engine = engine = await self.life.open_engine(
             config.db_path,
             BridgeTransport(http, config.is_local, own_user=config.user_id),
@@ -88,14 +97,19 @@ class Bridge:
                 config.workers,
                 config.default_policy,
                 echo_wait_ms=ECHO_WAIT_MS,
+                delete_media=self.media is not None,
+                ledger_ms=config.erasure.ledger_ms,
                 delayed_redactions=config.delayed_redactions,
             ),
             self._on_park,
             is_other_sender=lambda sender: not config.is_local(sender),
+            media=self.media,
         )
-        owners = load_owners(await engine.get_meta(OWNERS_META))
+        owners = load_room_map(await engine.get_meta(OWNERS_META))
         self._state = StateFetcher(http, config, self.stats)
         self._follow = FollowUp(config, engine, http, self._reader, self.stats, owners)
+        self._mirror = BridgeMirror(config, engine, http, self._reader,
+                                    load_room_map(await engine.get_meta(MIRRORS_META)))
         await self.life.start_metrics(config.metrics, self)
         self._server = AppserviceServer(registration.hs_token, self.on_transaction)
         try:
@@ -118,6 +132,9 @@ class Bridge:
         if self.http is not None:
             await self.http.close()
             self.http = None
+        if self.media is not None:
+            await self.media.close()
+            self.media = None
         self.life.release()
 
     async def run_until(self, stop: asyncio.Event) -> None:
@@ -219,13 +236,18 @@ class Bridge:
                     continue  # every room the bridge meets; only enforcement is news
                 log.info("policy in %s: %s%s", change.room_id, change.policy.describe(),
                          f" (set by {change.sender})" if change.sender else "")
-            assert self._follow is not None
+            assert self._follow is not None and self._mirror is not None
             for room_id, reading in readings.items():
                 try:
                     await self._follow.follow_up(self.rooms[room_id], reading)
                 except Exception:
                     # Stored already: a failure here must not make the homeserver resend.
                     log.exception("follow-up work for %s failed", room_id)
+            for change in result.policy_changes:
+                try:
+                    await self._mirror.policy_changed(self.rooms[change.room_id], change)
+                except Exception:
+                    log.exception("mirroring the policy of %s failed", change.room_id)
 
     async def _read_room(self, room_id: str, batch: RoomBatch) -> RoomReading:
         view = self.rooms.get(room_id)

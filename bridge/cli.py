@@ -1,4 +1,5 @@
-"""`lethe bridge ...`: write the appservice registration, run the bridge.
+"""`lethe bridge ...`: write the appservice registration, run the bridge, list its
+rooms, print Synapse's retention section matching its default policy.
 
 Loaded lazily by the `lethe` group, so the bot never imports the bridge.
 """
@@ -55,6 +56,26 @@ def registration(ctx: click.Context, url: str, out: Path | None, force: bool) ->
                f"  app_service_config_files:\n    - {path.resolve()}")
 
 
+@bridge.command("retention-config")
+@config_option
+@click.option("--interval", metavar="DUR",
+              help="How often Synapse's purge job runs (default: a tenth of max_lifetime, "
+                   "from 1m to 1d).")
+@click.pass_context
+def retention_config(ctx: click.Context, interval: str | None) -> None:
+    """Print the homeserver.yaml `retention:` section that makes Synapse purge from its
+    database, server-wide, what bridge.default_policy redacts."""
+    from bot.cli.context import duration_arg
+    from bridge.synapseretention import NothingToMirror, retention_section
+
+    config = _config(ctx)
+    interval_ms = None if interval is None else duration_arg("--interval", interval)
+    try:
+        click.echo(retention_section(config.default_policy, interval_ms), nl=False)
+    except NothingToMirror as exc:
+        raise SetupError(str(exc)) from None
+
+
 @bridge.command()
 @config_option
 @click.pass_context
@@ -86,19 +107,24 @@ def run(ctx: click.Context) -> None:
 @click.pass_context
 def rooms(ctx: click.Context, as_json: bool) -> None:
     """The rooms the bridge enforces, from its database (read-only, safe while it runs):
-    policy, whether it can enforce it, pending count and next due time."""
+    policy, whether it can enforce it, pending count and next due time, and the files of
+    expired messages."""
     from bot.cli.census import room_schedules
-    from bot.cli.output import emit_json, policy_json, relative, short_policy, table
-    from bridge.rooms import OWNERS_META, load_owners
+    from bot.cli.output import emit_json, media_json, policy_json, relative, short_policy, table
+    from bot.engine.media import describe_media
+    from bridge.rooms import OWNERS_META, load_room_map
 
     config = _config(ctx)
+    deletes = config.erasure.deletes_media
 
     async def go() -> None:
         store = await Store.open(config.db_path, readonly=True)
         try:
             rows = await store.list_rooms()
             schedules = await room_schedules(store)
-            owners = load_owners(await store.get_meta(OWNERS_META))
+            owners = load_room_map(await store.get_meta(OWNERS_META))
+            media = {row.room_id: await store.media_counts(row.room_id) for row in rows}
+            total = await store.media_counts()
         finally:
             await store.close()
         found: list[dict[str, Any]] = []
@@ -118,6 +144,7 @@ def rooms(ctx: click.Context, as_json: bool) -> None:
                 "next_due": schedule.next_due if schedule else None,
                 "redacted": row.redacted_count,
                 "failed": row.failed_count,
+                "media": media_json(media[row.room_id], deletes),
             })
         if as_json:
             emit_json(found)
@@ -138,6 +165,9 @@ def rooms(ctx: click.Context, as_json: bool) -> None:
                 for row, room in zip(rows, found, strict=True)
             ],
         )
+        click.echo(f"\nFiles, all rooms: {describe_media(total if deletes else None)}"
+                   + (" (the bridge cannot read encrypted messages, so it never sees their "
+                      "files: in encrypted rooms, the bot deletes them)" if deletes else ""))
 
     run_async(go)
 

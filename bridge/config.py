@@ -16,9 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bot.config import ConfigReader, ErasureConfig, MetricsConfig, read_config_file
+from bot.config import ConfigReader, MetricsConfig, read_config_file
 from bot.engine.ids import localpart, server_name
 from bot.engine.policy import Mode, Policy, PolicyError, Readers, after_read_policy
+from bot.erasureconfig import ErasureConfig
 
 DEFAULT_ID = "lethe"
 DEFAULT_PORT = 29331

@@ -40,8 +40,9 @@ _UNKNOWN = object()
 OWNERS_META = "bridge_owners"  # meta key: room -> the Lethe bot that enforces it
 
 
-def load_owners(raw: str | None) -> dict[str, str]:
-    """The stored room -> bot map; a damaged value counts as none."""
+def load_room_map(raw: str | None) -> dict[str, str]:
+    """A stored room -> text map (the bot that owns each room, the m.room.retention the
+    bridge wrote in each); a damaged value counts as none."""
     try:
         data = json.loads(raw) if raw else {}
     except ValueError:

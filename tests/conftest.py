@@ -15,8 +15,8 @@ from tests.harness import BotHandle, Person, unique, write_bot_config
 # here). A test that uses one, directly or through another fixture, is marked
 # `synapse`: `make test-unit` (-m "not synapse") leaves it out.
 HOMESERVER_FIXTURES = frozenset({
-    "synapse", "federation", "bridge_server", "outage_hs", "limited_hs", "delayed_hs",
-    "delayed_bridge_server",
+    "synapse", "federation", "bridge_server", "outage_hs", "limited_hs", "retention_hs",
+    "censoring_hs", "delayed_hs", "delayed_bridge_server",
 })
 
 

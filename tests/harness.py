@@ -164,15 +164,16 @@ def write_bot_config(hs: LocalSynapse, directory: Path, **overrides: Any) -> Con
 
 async def bot_room(
     people: Any, lethe: BotHandle, *others: str, bot_power: int | None = 50,
-    policy: str | None = None,
+    policy: str | None = None, encrypted: bool = True,
 ) -> tuple[Person, list[Person], str]:
-    """alice creates an encrypted room with ``others`` and the bot (given ``bot_power``),
-    everyone joins, the bot runs and greets; with ``policy`` (e.g. "after-send 3s")
-    alice sets it and waits for the bot's announcement."""
+    """alice creates an encrypted room (unless not ``encrypted``) with ``others`` and the
+    bot (given ``bot_power``), everyone joins, the bot runs and greets; with ``policy``
+    (e.g. "after-send 3s") alice sets it and waits for the bot's announcement."""
     alice = await people("alice")
     members = [await people(name) for name in others]
     power = {lethe.user_id: bot_power} if bot_power is not None else None
-    room = await alice.create_room([*(m.user_id for m in members), lethe.user_id], power=power)
+    room = await alice.create_room([*(m.user_id for m in members), lethe.user_id], power=power,
+                                   encrypted=encrypted)
     for member in members:
         await member.join(room)
     if lethe.task is None:

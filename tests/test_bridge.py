@@ -330,6 +330,52 @@ async def test_beeper_disappearing_timer_set_by_a_user(bridges, people) -> None:
     assert row is not None and row.policy_sender == alice.user_id
 
 
+async def test_the_mirror_is_written_as_the_local_member_who_set_the_policy(
+    bridges, people, caplog
+) -> None:
+    """m.room.retention follows a policy whose state opts in, written through the
+    masquerade path as the member who set it; without the power for it, the log says
+    so and the policy still applies; a withdrawn mirror empties only the bridge's own."""
+    caplog.set_level(logging.INFO)
+    handle = await bridges()
+    alice, (bob,), room = await encrypted_room(people, "bob")
+    retention = "m.room.retention"
+
+    async def says(content: dict[str, Any]) -> bool:
+        return await alice.get_state(room, retention) == content
+
+    assert await alice.put_state(room, LETHE, {"mode": "after_send", "timer_ms": 3_600_000,
+                                               "mirror_retention": True}) == 200
+    await eventually(lambda: says({"max_lifetime": 3_600_000}), 20,
+                     what="the bridge mirroring the policy")
+    status, event = await alice.api(
+        "GET", f"/rooms/{quote(room)}/state/{retention}/", params={"format": "event"})
+    assert status == 200 and event["sender"] == alice.user_id, event
+    assert await alice.put_state(room, LETHE, {"mode": "after_read", "timer_ms": 60_000,
+                                               "cap_ms": 7_200_000,
+                                               "mirror_retention": True}) == 200
+    await eventually(lambda: says({"max_lifetime": 7_200_000}), 20,
+                     what="the after_read cap mirrored")
+    assert await alice.put_state(room, LETHE, {"mode": "after_send", "timer_ms": 60_000}) == 200
+    await eventually(lambda: says({}), 20, what="the bridge's own mirror withdrawn")
+
+    # Bob may set the policy, not m.room.retention: the policy applies all the same.
+    levels = await alice.get_state(room, "m.room.power_levels")
+    assert levels is not None
+    levels["users"][bob.user_id] = 50
+    levels.setdefault("events", {})[retention] = 100
+    assert await alice.put_state(room, "m.room.power_levels", levels) == 200
+    assert await bob.put_state(room, LETHE, {"mode": "after_send", "timer_ms": 2000,
+                                             "mirror_retention": True}) == 200
+    message = await bob.send(room, "canary-bridge mirror without power")
+    await handle.tracked(message)
+    await eventually(all_redacted(alice, room, message), 20,
+                     what="the policy enforced although its mirror could not be written")
+    assert await says({})
+    assert f"{bob.user_id} may not send m.room.retention here (it needs power level 100" \
+        in caplog.text
+
+
 async def test_excluded_rooms_are_left_alone(bridges, people) -> None:
     handle = await bridges(default_policy={"mode": "after_send", "timer": "2s"},
                            rooms={"exclude": ["#keep-*"]})

@@ -35,7 +35,7 @@ async def test_doctor_passes_a_sound_installation(people, lethe) -> None:
     lines = result.stdout.splitlines()
     homeserver = next(x for x in lines if x.startswith("ok    homeserver"))
     assert "Synapse 1." in homeserver and lethe.config.homeserver.url in homeserver
-    assert "redaction_retention_period: 5m" in result.stdout
+    assert "redaction_retention_period: 1h" in result.stdout
 
     report = out_json(await lethe_cli(lethe.config, "doctor", "--json"))
     assert report["ok"] is True
@@ -49,9 +49,12 @@ async def test_doctor_passes_a_sound_installation(people, lethe) -> None:
     rooms = [c for c in report["checks"] if c["name"] == "room"]
     assert len(rooms) == 1 and rooms[0]["status"] == "ok" and room in rooms[0]["detail"]
     assert checks["retention"]["status"] == "warn"
-    assert "redaction_retention_period: 5m" in checks["retention"]["detail"]
+    assert "redaction_retention_period: 1h" in checks["retention"]["detail"]
     assert "7 days" in checks["retention"]["detail"]
     assert checks["media"]["status"] == "warn" and "media" in checks["media"]["detail"]
+    # No admin token: what Lethe cannot see, and how to let it.
+    assert checks["erasure"]["status"] == "warn"
+    assert "LETHE_ADMIN_TOKEN" in checks["erasure"]["detail"]
 
 
 async def test_doctor_names_each_problem(people, lethe) -> None:

@@ -7,6 +7,9 @@ message at the latest, unless somebody other than the bot redacted that message
 (only Lethe's own expiry takes them along). Thread replies have their own due
 time. Events sent while the bot was not in the room are out of scope, as they
 are for the bot.
+
+With ``--erasure`` it asks instead whether the homeserver still stores what Lethe
+redacted there (bot/cli/erasure_audit.py).
 """
 
 from __future__ import annotations
@@ -18,9 +21,11 @@ import click
 
 from bot.cli.common import EXIT_CHECK_FAILED, cli_config, config_option, run_async
 from bot.cli.context import admin_session, duration_arg
+from bot.cli.erasure_audit import erasure_audit
 from bot.cli.history import History, PastEvent
 from bot.cli.output import emit_json, json_option, progress, relative, say, table, when
 from bot.engine.policy import Mode, format_duration
+from bot.errors import UsageError
 
 AFTER_READ_NOTE = (
     "after-read is checked against its cap, the latest any message may live: read "
@@ -76,18 +81,38 @@ def judge(events_newest_first: list[PastEvent], now_ms: int, grace_ms: int,
 @click.command()
 @click.argument("room")
 @click.option("--since", metavar="DUR",
-              help="Only events sent in the last DUR (default: the whole visible history).")
+              help="Only events sent (with --erasure: redacted) in the last DUR (default: "
+                   "the whole visible history, or the whole ledger).")
 @click.option("--grace", metavar="DUR", default="1m", show_default=True,
               help="How late a redaction may be before it counts (the bot may be at it); "
-                   "0 for none.")
+                   "0 for none. Not with --erasure.")
+@click.option("--erasure", is_flag=True,
+              help="Instead: ask the homeserver (with an admin's token) whether it still "
+                   "stores the originals of the events Lethe redacted in ROOM.")
+@click.option("--max-held", "max_held", metavar="DUR",
+              help="With --erasure: how long after its redaction an original may still be "
+                   "stored (default: erasure.max_held; 0 for not at all).")
+@click.option("--bridge", is_flag=True,
+              help="With --erasure: the bridge's ledger (its database) instead of the bot's.")
 @config_option
 @json_option
 @click.pass_context
-def audit(ctx: click.Context, room: str, since: str | None, grace: str, as_json: bool) -> None:
+def audit(ctx: click.Context, room: str, since: str | None, grace: str, erasure: bool,
+          max_held: str | None, bridge: bool, as_json: bool) -> None:
     """List every event of ROOM that is past its due time but not redacted, from the
-    homeserver's view. Exit 1 if there is any, 0 if the room is clean."""
-    config = cli_config(ctx)
+    homeserver's view. Exit 1 if there is any, 0 if the room is clean. With --erasure,
+    whether the homeserver still stores what Lethe redacted (exit 1: longer than
+    --max-held)."""
     since_ms = duration_arg("--since", since) if since is not None else None
+    if erasure:
+        if ctx.get_parameter_source("grace") is not click.core.ParameterSource.DEFAULT:
+            raise UsageError("--grace does not go with --erasure (see --max-held)")
+        held_ms = duration_arg("--max-held", max_held, zero_ok=True) \
+            if max_held is not None else None
+        ctx.exit(erasure_audit(ctx, room, since_ms, held_ms, bridge, as_json))
+    if max_held is not None or bridge:
+        raise UsageError("--max-held and --bridge go with --erasure")
+    config = cli_config(ctx)
     grace_ms = duration_arg("--grace", grace, zero_ok=True)
 
     async def go() -> int:

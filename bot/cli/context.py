@@ -6,7 +6,7 @@ The E2EE key store is never opened here: only the running bot may use it.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -82,16 +82,7 @@ class Admin:
 
     async def resolve_room(self, room: str) -> str:
         """A room id or alias of a room the bot is in, as a room id; exit 2 otherwise."""
-        if room.startswith("#"):
-            reply = self.checked(await self.http.resolve_alias(room))
-            room_id = reply.body.get("room_id")
-            if reply.status == 404 or not isinstance(room_id, str):
-                raise UsageError(f"unknown room {room}: no such alias")
-        elif room.startswith("!"):
-            room_id = room
-        else:
-            raise UsageError(f"{room!r} is not a room: give a room id (!abc:server) or an "
-                             "alias (#name:server)")
+        room_id = await room_id_of(self.http, room, self.checked)
         if room_id not in await self.joined_rooms():
             shown = room if room == room_id else f"{room} ({room_id})"
             raise UsageError(f"unknown room {shown}: the bot is not in it")
@@ -107,6 +98,22 @@ class Admin:
     async def event(self, room_id: str, event_id: str) -> dict[str, Any] | None:
         reply = self.checked(await self.http.event(room_id, event_id))
         return reply.body if reply.ok else None
+
+
+async def room_id_of(http: MatrixHttp, room: str,
+                     checked: Callable[[HttpReply], HttpReply]) -> str:
+    """A room id, or an alias resolved to one (``checked`` judges the reply first);
+    exit 2 when it is neither, or no such alias."""
+    if room.startswith("!"):
+        return room
+    if not room.startswith("#"):
+        raise UsageError(f"{room!r} is not a room: give a room id (!abc:server) or an "
+                         "alias (#name:server)")
+    reply = checked(await http.resolve_alias(room))
+    room_id = reply.body.get("room_id")
+    if reply.status == 404 or not isinstance(room_id, str):
+        raise UsageError(f"unknown room {room}: no such alias")
+    return room_id
 
 
 def saved_login(config: Config) -> Credentials:

@@ -1,5 +1,6 @@
 """`lethe doctor`: is this installation sound? Homeserver, login, device, key store,
-file modes, database, power in each room, and what redaction cannot do.
+file modes, database, power in each room, and what redaction cannot do (with a
+homeserver admin's token: what this homeserver really keeps, bot/cli/erasure_doctor.py).
 
 Every check runs, whatever failed before it (a down homeserver still leaves the
 local files to check); the exit code sums it up: 4 when the homeserver is
@@ -10,7 +11,6 @@ from __future__ import annotations
 
 import os
 import stat
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +18,13 @@ import aiohttp
 import click
 
 from bot.cli.census import pending_by_status
+from bot.cli.checks import FAIL, OK, WARN, Check
 from bot.cli.common import EXIT_CHECK_FAILED, EXIT_HOMESERVER, cli_config, config_option, run_async
 from bot.cli.context import Admin, RequestError, admin_session, readonly_store, saved_login
 from bot.cli.delayedcheck import NAME as DELAYED
 from bot.cli.delayedcheck import delayed_check
+from bot.cli.erasure_doctor import erasure_checks
+from bot.cli.mediacheck import admin_token_check, media_checks
 from bot.cli.output import emit_json, json_option, say
 from bot.cli.roomstate import RoomState
 from bot.config import PICKLE_KEY_ENV, Config
@@ -29,26 +32,6 @@ from bot.engine.store import SCHEMA_VERSION, StoreError
 from bot.matrix.api import HomeserverUnavailable
 from bot.matrix.credentials import Credentials, LoginFailed
 from bot.matrix.crosssigning import IdentityError, fingerprint, query_identities, stored_master
-
-OK, WARN, FAIL = "ok", "warn", "FAIL"
-
-RETENTION_ADVICE = (
-    "Synapse keeps the original of every redacted event in its database for "
-    "redaction_retention_period (7 days by default). The client API cannot tell what "
-    "this homeserver uses. To have redacted messages gone from the server sooner, set "
-    "in homeserver.yaml:  redaction_retention_period: 5m"
-)
-MEDIA_ADVICE = (
-    "Redaction does not remove uploaded media (mxc:// files): they stay on the server "
-    "until deleted with the admin media API."
-)
-
-
-@dataclass(frozen=True)
-class Check:
-    name: str
-    status: str  # ok | warn | FAIL
-    detail: str
 
 
 class Doctor:
@@ -79,8 +62,14 @@ class Doctor:
         self.pickle_key()
         await self.database()
         await self.delayed()
-        self.add("retention", WARN, RETENTION_ADVICE)
-        self.add("media", WARN, MEDIA_ADVICE)
+        # One check of the admin token serves the erasure and the media checks.
+        token = None
+        if self.config.erasure.admin_token is not None and not self.unreachable:
+            token = await admin_token_check(self.config)
+            self.checks.append(token)
+        await erasure_checks(self.config, self.add,
+                             admin_ok=token is not None and token.status == OK)
+        self.checks += await media_checks(self.config, token)
 
     # --- the homeserver ------------------------------------------------------
 

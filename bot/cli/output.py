@@ -14,13 +14,14 @@ import re
 import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
 import click
 
 from bot.cli.roomstate import RoomState
-from bot.engine.model import RoomRow
+from bot.engine.model import MediaCounts, RoomRow
 from bot.engine.policy import Policy, format_duration
 from bot.engine.power import describe_level
 
@@ -126,6 +127,12 @@ def policy_lines(state: RoomState, row: RoomRow | None) -> list[tuple[str, str]]
                                        "the room state yet, or it kept the policy in force "
                                        "before an ignored event)"))
     return lines
+
+
+def media_json(counts: MediaCounts | None, deletes: bool) -> dict[str, Any] | None:
+    """A room's files, as the JSON outputs show them: ``deletion`` says whether the
+    files of expired messages are deleted (an admin token); None: no database."""
+    return None if counts is None else {"deletion": deletes, **asdict(counts)}
 
 
 def fields(lines: Sequence[tuple[str, str]]) -> None:

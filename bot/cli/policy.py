@@ -2,7 +2,9 @@
 
 Setting writes the same two state events the in-room command writes, as the bot's
 account, so it works while the bot is stopped; the bot applies and announces it
-when it next syncs.
+when it next syncs. Where the room has the mirror on (``--retention``), it also
+writes ``m.room.retention`` (bot/matrix/retention.py); a mirror it cannot write is a
+warning, never a failure of the policy change.
 """
 
 from __future__ import annotations
@@ -34,6 +36,13 @@ from bot.engine.policy import (
 from bot.engine.power import describe_level
 from bot.errors import CheckFailed, HomeserverError, UsageError
 from bot.matrix.policy_state import PolicyWriteFailed, missing_policy_power, write_policy
+from bot.matrix.retention import Outcome, describe_content, keep_mirror, mirror_status
+
+MIRROR_OPTION = click.option(
+    "--retention/--no-retention", "mirror", default=None,
+    help="Also mirror the policy into m.room.retention (MSC1763), by which Synapse purges "
+         "where its retention feature is on; --no-retention withdraws it. Default: as the "
+         "room has it.")
 
 
 @click.group()
@@ -57,6 +66,7 @@ def show(ctx: click.Context, room: str, as_json: bool) -> None:
             room_id = await admin.resolve_room(room)
             state = await admin.room_state(room_id)
             row = await store.get_room(room_id) if store else None
+        mirror = mirror_status(state.policy, state.retention, state.power, admin.bot)
         if as_json:
             emit_json({
                 "room_id": room_id,
@@ -65,6 +75,13 @@ def show(ctx: click.Context, room: str, as_json: bool) -> None:
                 **enforcement(state, admin.bot),
                 "policy_events": policy_events_json(state),
                 "lethe_policy": policy_json(row.policy) if row else None,
+                "retention": {
+                    "mirror": state.policy.mirror_retention,
+                    "content": None if state.retention.content is None
+                    else dict(state.retention.content),
+                    "sender": state.retention.sender,
+                    "text": mirror,
+                },
             })
             return
         fields([
@@ -73,16 +90,23 @@ def show(ctx: click.Context, room: str, as_json: bool) -> None:
             ("Set by", state.policy_sender or "nobody (no policy in the room state)"),
             ("Enforced", enforcement_text(state, admin.bot, long=True)),
             *policy_lines(state, row),
+            ("Mirror", mirror),
         ])
 
     run_async(go)
 
 
 def build_policy(after_send: str | None, after_read: str | None, cap: str | None,
-                 readers: str | None, default_cap_ms: int) -> Policy:
-    """The policy the options describe; exit 2 for anything contradictory or malformed."""
+                 readers: str | None, default_cap_ms: int,
+                 mirror: bool | None = None) -> Policy | None:
+    """The policy the options describe (None: the room's rule stays, only ``mirror``
+    changes); exit 2 for anything contradictory or malformed."""
+    if after_send is None and after_read is None and mirror is not None \
+            and cap is None and readers is None:
+        return None
     if (after_send is None) == (after_read is None):
-        raise UsageError("give exactly one of --after-send DUR or --after-read DUR")
+        raise UsageError("give exactly one of --after-send DUR or --after-read DUR (or "
+                         "only --retention/--no-retention to change the mirror alone)")
     if after_send is not None:
         if cap is not None or readers is not None:
             raise UsageError("--cap and --readers go with --after-read only")
@@ -97,11 +121,15 @@ def build_policy(after_send: str | None, after_read: str | None, cap: str | None
         raise UsageError(str(exc)) from None
 
 
-async def apply_policy(admin: Admin, room: str, new: Policy) -> None:
-    """Write ``new`` as the room's policy, after checking the bot may; prints what
-    happened. Nothing is written when anything is wrong."""
+async def apply_policy(admin: Admin, room: str, rule: Policy | None,
+                       mirror: bool | None = None) -> None:
+    """Write ``rule`` (None: the room's) as the room's policy, with the mirror opt-in
+    ``mirror`` (None: the room's), after checking the bot may; prints what happened.
+    Nothing is written when anything is wrong."""
     room_id = await admin.resolve_room(room)
     state = await admin.room_state(room_id)
+    new = (state.policy if rule is None else rule).mirrored(
+        state.policy.mirror_retention if mirror is None else mirror)
     missing = missing_policy_power(state.power, admin.bot)
     if missing is not None:
         raise CheckFailed(
@@ -117,6 +145,17 @@ async def apply_policy(admin: Admin, room: str, new: Policy) -> None:
                "when it next syncs.")
     if new.active and not state.power.can_redact_others(admin.bot):
         warn(f"the bot cannot enforce it yet: {enforcement_text(state, admin.bot, long=True)}")
+    done = await keep_mirror(admin.http, room_id, new, admin.bot, state.power, changed=True)
+    problem = done.problem()
+    if problem is not None:
+        warn(f"{room}: {problem}.")
+    elif done.outcome in (Outcome.WRITTEN, Outcome.IN_STEP):
+        say(f"{room}: m.room.retention says {describe_content(done.found.content)}"
+            + ("" if new.max_lifetime_ms is None else
+               "; where the homeserver enables retention, it purges older messages, those "
+               "sent before this policy too."))
+    elif done.outcome is Outcome.WITHDRAWN:
+        say(f"{room}: m.room.retention emptied (the mirror is withdrawn).")
 
 
 @policy.command("set")
@@ -128,28 +167,30 @@ async def apply_policy(admin: Admin, room: str, new: Policy) -> None:
               help="With --after-read: the longest any message lives (default policy.default_cap).")
 @click.option("--readers", type=click.Choice(["all", "any"]),
               help="With --after-read: whose reading counts (default all).")
+@MIRROR_OPTION
 @config_option
 @click.pass_context
 def set_policy(ctx: click.Context, room: str, after_send: str | None, after_read: str | None,
-               cap: str | None, readers: str | None) -> None:
+               cap: str | None, readers: str | None, mirror: bool | None) -> None:
     """Set the policy of ROOM. Durations: 30s, 5m, 1h30m, 2d, 1w."""
     config = cli_config(ctx)
-    new = build_policy(after_send, after_read, cap, readers, config.default_cap_ms)
-    _write(config, room, new)
+    new = build_policy(after_send, after_read, cap, readers, config.default_cap_ms, mirror)
+    _write(config, room, new, mirror)
 
 
 @policy.command()
 @click.argument("room")
+@MIRROR_OPTION
 @config_option
 @click.pass_context
-def clear(ctx: click.Context, room: str) -> None:
+def clear(ctx: click.Context, room: str, mirror: bool | None) -> None:
     """Turn the policy of ROOM off: messages are kept."""
-    _write(cli_config(ctx), room, Policy.off())
+    _write(cli_config(ctx), room, Policy.off(), mirror)
 
 
-def _write(config: Config, room: str, new: Policy) -> None:
+def _write(config: Config, room: str, new: Policy | None, mirror: bool | None) -> None:
     async def go() -> None:
         async with admin_session(config) as admin:
-            await apply_policy(admin, room, new)
+            await apply_policy(admin, room, new, mirror)
 
     run_async(go)

@@ -2,7 +2,8 @@
 the policy. The explicit sweep of older history the bot never does by itself.
 
 Redactions go through the same transport as the bot's, and each is verified by
-fetching the event again: a 200 from /redact alone proves nothing.
+fetching the event again: a 200 from /redact alone proves nothing. With ``--hard``
+the history is then deleted from the homeserver's database (bot/cli/hardpurge.py).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 import click
 
 from bot.cli.common import EXIT_CHECK_FAILED, cli_config, config_option, run_async
-from bot.cli.context import admin_session, duration_arg
+from bot.cli.context import Admin, admin_session, duration_arg
 from bot.cli.history import History, PastEvent
 from bot.cli.output import (
     emit_json,
@@ -26,6 +27,7 @@ from bot.cli.output import (
     warn,
     when,
 )
+from bot.cli.roomstate import RoomState
 from bot.engine.redactor import Outcome, backoff_ms, fetch_until_redacted
 from bot.errors import CheckFailed
 from bot.matrix.transport import HttpTransport
@@ -68,21 +70,51 @@ async def redact_now(transport: HttpTransport, room_id: str, event: PastEvent) -
     return Result(event.event_id, "failed", f"gave up after {MAX_TRIES} tries")
 
 
+async def sweep(admin: Admin, room_id: str, doomed: list[PastEvent], *,
+                quiet: bool) -> list[Result]:
+    """Redact each event in turn, verified, with a progress bar on a terminal."""
+    transport = HttpTransport(admin.http)
+    results = []
+    with progress(len(doomed), "redacting", quiet=quiet) as bar:
+        for event in doomed:
+            results.append(await redact_now(transport, room_id, event))
+            bar.update(1)
+    return results
+
+
+def cannot_redact(admin: Admin, state: RoomState, doomed: list[PastEvent],
+                  scope: str) -> str | None:
+    """Why the bot cannot redact some of ``doomed`` (others' events, without power)."""
+    others = sum(e.sender != admin.bot for e in doomed)
+    if others and not state.power.can_redact_others(admin.bot):
+        return (f"the bot cannot redact the {others} event(s) of other senders {scope}: "
+                f"{enforcement_text(state, admin.bot, long=True)}")
+    return None
+
+
 @click.command()
 @click.argument("room")
 @click.option("--older-than", "older_than", metavar="DUR", required=True,
               help="Redact every event sent more than DUR ago (30s, 5m, 1h30m, 2d, 1w).")
-@click.option("--dry-run", is_flag=True, help="Only count and list; redact nothing.")
+@click.option("--hard", is_flag=True,
+              help="Then also delete that history from the homeserver's database (admin "
+                   "purge API; needs a homeserver admin's token).")
+@click.option("--dry-run", is_flag=True, help="Only count and list; change nothing.")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
 @config_option
 @json_option
 @click.pass_context
-def purge(ctx: click.Context, room: str, older_than: str, dry_run: bool, yes: bool,
-          as_json: bool) -> None:
+def purge(ctx: click.Context, room: str, older_than: str, hard: bool, dry_run: bool,
+          yes: bool, as_json: bool) -> None:
     """Redact now every message of ROOM older than --older-than, whatever the policy
-    (a retroactive sweep). Asks first unless --yes; exit 1 if any redaction failed."""
+    (a retroactive sweep). Asks first unless --yes; exit 1 if any redaction failed.
+    With --hard, then delete that history from the homeserver's database."""
     config = cli_config(ctx)
     age_ms = duration_arg("--older-than", older_than)
+    if hard:
+        from bot.cli.hardpurge import hard_purge  # it builds on this module
+
+        ctx.exit(hard_purge(config, room, age_ms, dry_run=dry_run, yes=yes, as_json=as_json))
 
     async def go() -> int:
         cutoff = int(time.time() * 1000) - age_ms
@@ -92,10 +124,8 @@ def purge(ctx: click.Context, room: str, older_than: str, dry_run: bool, yes: bo
             history = await History(admin, state).walk()
             doomed = [e for e in reversed(history) if e.origin_ts < cutoff and not e.redacted]
             scope = f"in {room} sent before {when(cutoff)}"
-            others = sum(e.sender != admin.bot for e in doomed)
-            if others and not state.power.can_redact_others(admin.bot):
-                problem = (f"the bot cannot redact the {others} event(s) of other senders "
-                           f"{scope}: {enforcement_text(state, admin.bot, long=True)}")
+            problem = cannot_redact(admin, state, doomed, scope)
+            if problem:
                 if not dry_run:
                     raise CheckFailed(f"{problem}. Nothing was redacted.")
                 warn(problem)
@@ -106,12 +136,7 @@ def purge(ctx: click.Context, room: str, older_than: str, dry_run: bool, yes: bo
                 f"Redact {len(doomed)} event(s) {scope}? This cannot be undone.", err=True
             ):
                 raise CheckFailed("not confirmed; nothing was redacted")
-            transport = HttpTransport(admin.http)
-            results = []
-            with progress(len(doomed), "redacting", quiet=as_json) as bar:
-                for event in doomed:
-                    results.append(await redact_now(transport, room_id, event))
-                    bar.update(1)
+            results = await sweep(admin, room_id, doomed, quiet=as_json)
         _report(as_json, dry_run, doomed, results, scope)
         return EXIT_CHECK_FAILED if any(r.outcome == "failed" for r in results) else 0
 

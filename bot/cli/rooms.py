@@ -17,6 +17,7 @@ from bot.cli.output import (
     enforcement_text,
     fields,
     json_option,
+    media_json,
     policy_events_json,
     policy_json,
     policy_lines,
@@ -28,13 +29,15 @@ from bot.cli.output import (
 from bot.cli.roomstate import RoomState
 from bot.engine.givenup import META_KEY as GIVEN_UP_KEY
 from bot.engine.givenup import GivenUpRoom, load_given_up
+from bot.engine.media import describe_media
+from bot.engine.model import MediaCounts
 from bot.engine.store import Store
 from bot.front.joins import META_KEY as JOINS_META
 from bot.front.joins import PendingInvite, load_pending
 
 
 def summary(state: RoomState, schedule: RoomSchedule | None, store: Store | None,
-            bot: str) -> dict[str, Any]:
+            bot: str, media: dict[str, Any] | None = None) -> dict[str, Any]:
     """One room, as `rooms list --json` shows it."""
     known = store is not None
     return {
@@ -49,6 +52,7 @@ def summary(state: RoomState, schedule: RoomSchedule | None, store: Store | None
         # None: Lethe's database could not be read.
         "pending": (schedule.pending if schedule else 0) if known else None,
         "next_due": schedule.next_due if schedule else None,
+        "media": media,  # its files (see media_json)
     }
 
 
@@ -87,9 +91,13 @@ def list_rooms(ctx: click.Context, as_json: bool) -> None:
             invites = load_pending(await store.get_meta(JOINS_META)) if store else {}
             left = load_given_up(await store.get_meta(GIVEN_UP_KEY)) if store else []
             found = []
+            deletes = config.erasure.deletes_media
             for room_id in await admin.joined_rooms():
                 state = await admin.room_state(room_id)
-                found.append((state, summary(state, schedules.get(room_id), store, admin.bot)))
+                media = media_json(await _media(store, room_id), deletes)
+                found.append((state, summary(state, schedules.get(room_id), store, admin.bot,
+                                             media)))
+            total = await _media(store, None)
         joined = {state.room_id for state, _ in found}
         waiting = [i for i in invites.values() if i.room_id not in joined]
         gone = [g for g in left if g.room_id not in joined]
@@ -130,8 +138,16 @@ def list_rooms(ctx: click.Context, as_json: bool) -> None:
                 for state, row in found
             ],
         )
+        if total is not None:
+            say("")
+            say(f"Files, all rooms: {describe_media(total if deletes else None)}")
 
     run_async(go)
+
+
+async def _media(store: Store | None, room_id: str | None) -> MediaCounts | None:
+    """The files Lethe knows of in ``room_id`` (None: everywhere); None: no database."""
+    return await store.media_counts(room_id) if store is not None else None
 
 
 @rooms.command()
@@ -150,8 +166,10 @@ def show(ctx: click.Context, room: str, as_json: bool) -> None:
             state = await admin.room_state(room_id)
             schedule = (await room_schedules(store)).get(room_id) if store else None
             row = await store.get_room(room_id) if store else None
+            media = await _media(store, room_id)
+        deletes = config.erasure.deletes_media
         data = {
-            **summary(state, schedule, store, admin.bot),
+            **summary(state, schedule, store, admin.bot, media_json(media, deletes)),
             "alt_aliases": list(state.alt_aliases),
             "joined_members": list(state.members),
             "policy_events": policy_events_json(state),
@@ -180,6 +198,8 @@ def show(ctx: click.Context, room: str, as_json: bool) -> None:
                                      f"{relative(data['next_due'], now)}"))
             lines.append(("Redacted", f"{data['redacted'] or 0}, given up on "
                                       f"{data['failed'] or 0}"))
+        if media is not None:
+            lines.append(("Files", describe_media(media if deletes else None)))
         fields(lines)
 
     run_async(go)

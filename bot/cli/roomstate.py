@@ -1,11 +1,12 @@
 """A room as its current state describes it, from the homeserver (GET /state):
-name, aliases, encryption, members, power, and the retention policy in force
-(each policy event read by bot/matrix/roomstate.py). Pure: no I/O."""
+name, aliases, encryption, members, power, the retention policy in force (each
+policy event read by bot/matrix/roomstate.py) and its ``m.room.retention``. Pure: no
+I/O."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from bot.engine.policy import (
@@ -18,6 +19,7 @@ from bot.engine.policy import (
     resolve_policy,
 )
 from bot.engine.power import PowerState
+from bot.matrix.retention import RETENTION_EVENT_TYPE, RetentionEvent
 from bot.matrix.roomstate import PowerSource, state_policy
 
 
@@ -46,6 +48,7 @@ class RoomState:
     policy_sender: str | None
     policy_events: tuple[PolicyEventView, ...]
     created_ts: int | None
+    retention: RetentionEvent = field(default_factory=RetentionEvent)  # m.room.retention
 
     @property
     def title(self) -> str:
@@ -105,4 +108,5 @@ class RoomState:
             policy_sender=winner.sender if winner else None,
             policy_events=tuple(views),
             created_ts=created if isinstance(created, int) else None,
+            retention=RetentionEvent.of(state.get((RETENTION_EVENT_TYPE, ""))),
         )

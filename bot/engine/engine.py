@@ -20,8 +20,11 @@ from bot.engine.delayed import DelayedStatus, DelayedTransport, Takeover, Why
 from bot.engine.echoes import EchoConfirmation
 from bot.engine.givenup import META_KEY as GIVEN_UP_KEY
 from bot.engine.givenup import GivenUpRoom, dump_given_up, load_given_up
+from bot.engine.ids import server_name
 from bot.engine.ingest import IngestConfig, Ingestor
-from bot.engine.model import DueEvent, EventStatus, IngestResult, RoomRow, RoomUpdate
+from bot.engine.ledger import LedgerKeeper
+from bot.engine.media import MediaDeleter, MediaStats, MediaTransport
+from bot.engine.model import DueEvent, EventStatus, IngestResult, MediaCounts, RoomRow, RoomUpdate
 from bot.engine.policy import Policy
 from bot.engine.redactor import RedactionStats, Redactor, Transport
 from bot.engine.scheduler import ParkListener, RedactionListener, Scheduler
@@ -41,6 +44,12 @@ class EngineConfig:
     default_policy: Policy = field(default_factory=Policy.off)  # rooms without policy state
     # Set by fronts whose event stream brings Lethe's own redactions back (see redactor).
     echo_wait_ms: int | None = None
+    # Delete the files of the messages Lethe expires (media.py): their ids are stored
+    # only while this is on, and only with a MediaTransport given to the engine.
+    delete_media: bool = False
+    # How long the erasure ledger keeps each confirmed redaction, and the ids of deleted
+    # files (erasure.ledger): what `lethe audit --erasure` can ask about.
+    ledger_ms: int = 30 * 24 * 3600 * 1000
     # Schedule delayed redactions where the homeserver offers them (config
     # ``redaction.delayed``: auto; bot/engine/delayed.py).
     delayed_redactions: bool = True
@@ -58,6 +67,7 @@ class RoomStatus:
     next_due: int | None
     redacted: int
     failed: int
+    media: MediaCounts | None = None  # None: media deletion is off
     armed: int = 0  # delayed redactions the homeserver holds here (bot/engine/delayed.py)
 
 
@@ -71,6 +81,7 @@ class Engine:
         clock: Clock | None = None,
         on_park: ParkListener | None = None,
         is_other_sender: Callable[[str], bool] | None = None,
+        media: MediaTransport | None = None,
     ) -> None:
         self._store = store
         self.config = config
@@ -80,11 +91,12 @@ class Engine:
             store, transport, self._clock, config.bot_user_id, is_other_sender,
             echo_wait_ms=config.echo_wait_ms, echoes=self._echoes,
         )
+        deletes_media = config.delete_media and media is not None
         self._ingestor = Ingestor(
             store,
             IngestConfig(
                 config.bot_user_id, config.ignore_readers, config.default_cap_ms,
-                config.default_policy,
+                config.default_policy, track_media=deletes_media,
             ),
             self._echoes,
         )
@@ -97,6 +109,17 @@ class Engine:
             workers=config.workers,
             on_park=on_park,
         )
+        self._media: MediaDeleter | None = None
+        if deletes_media:
+            assert media is not None
+            self._media = MediaDeleter(
+                store, media, self._clock, server_name(config.bot_user_id),
+                config.ledger_ms, backlogged=lambda: self._scheduler.backlogged,
+                wait_drained=self._scheduler.wait_drained,
+            )
+            self._scheduler.observe_redactions(lambda _event, _lag: self._wake_media())
+        self._ledger = LedgerKeeper(store, self._clock, config.ledger_ms)
+        self._scheduler.observe_redactions(self._ledger.redacted)
         # Delayed redactions, where the front can schedule them (its Transport also is a
         # DelayedTransport): the Armer schedules and cancels them in the background;
         # armed rows the scheduler claims go through the Takeover first.
@@ -125,24 +148,32 @@ class Engine:
         clock: Clock | None = None,
         on_park: ParkListener | None = None,
         is_other_sender: Callable[[str], bool] | None = None,
+        media: MediaTransport | None = None,
     ) -> Engine:
-        """The way a front makes its engine: opens (and migrates) the database."""
+        """The way a front makes its engine: opens (and migrates) the database. With
+        ``media`` and ``config.delete_media``, the files of expired messages are deleted."""
         store = await Store.open(db_path)
         return cls(store, transport, config, clock=clock, on_park=on_park,
-                   is_other_sender=is_other_sender)
+                   is_other_sender=is_other_sender, media=media)
 
     # --- lifecycle -------------------------------------------------------------
 
     async def start(self) -> None:
         await self._ingestor.load()
+        await self._ledger.prune()
         await self._scheduler.start()
+        if self._media is not None:
+            await self._media.start()
         if self._armer is not None:
             self._armer.start()
 
     async def stop(self) -> None:
         if self._armer is not None:
             await self._armer.stop()
+        if self._media is not None:
+            await self._media.stop()
         await self._scheduler.stop()
+        await self._ledger.stop()
 
     async def close(self) -> None:
         await self.stop()
@@ -168,6 +199,7 @@ class Engine:
             self._fired(fired.due, fired.at)
             self._slot_freed(fired.due.delay.by if fired.due.delay else None)
         self._scheduler.wake()
+        self._wake_media()  # somebody else's redaction makes files due too
         self.wake_delayed()
         return result
 
@@ -200,6 +232,8 @@ class Engine:
             if given_up is not None:
                 await tx.set_meta(GIVEN_UP_KEY, dump_given_up(
                     load_given_up(await self._store.get_meta(GIVEN_UP_KEY)), given_up))
+        # A file its messages there held may now be free to go with another's.
+        self._wake_media()
         self.wake_delayed()  # its delayed redactions are queued for cancelling
         return given_up
 
@@ -212,6 +246,9 @@ class Engine:
         """Something may have become due sooner than the scheduler thinks."""
         self._scheduler.wake()
 
+    def _wake_media(self) -> None:
+        if self._media is not None:
+            self._media.wake()
     def wake_delayed(self) -> None:
         """There may be delayed redactions to schedule or cancel."""
         if self._armer is not None:
@@ -242,6 +279,19 @@ class Engine:
         return self._scheduler.alive
 
     @property
+    def deletes_media(self) -> bool:
+        """Whether the files of expired messages are deleted (a token, and not off)."""
+        return self._media is not None
+
+    @property
+    def media_stats(self) -> MediaStats | None:
+        return self._media.stats if self._media is not None else None
+
+    async def media_counts(self, room_id: str | None = None) -> MediaCounts:
+        """Files of tracked messages by state, in ``room_id`` or everywhere."""
+        return await self._store.media_counts(room_id)
+
+    @property
     def backlogged(self) -> bool:
         """More is due than the redaction workers take at once (see Scheduler)."""
         return self._scheduler.backlogged
@@ -270,10 +320,11 @@ class Engine:
         if row is None:
             return None
         schedule = await self._store.room_schedule(room_id)
+        media = await self.media_counts(room_id) if self.deletes_media else None
         return RoomStatus(
             row.room_id, row.policy, row.policy_sender, row.can_redact_others, row.bot_level,
             row.redact_level, schedule.pending, schedule.next_due, row.redacted_count,
-            row.failed_count, await self._store.armed_count(room_id=room_id),
+            row.failed_count, media, await self._store.armed_count(room_id=room_id),
         )
 
     async def delayed_status(self) -> DelayedStatus:

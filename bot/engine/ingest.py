@@ -69,6 +69,7 @@ class IngestConfig:
     default_cap_ms: int = 7 * 24 * 3600 * 1000
     # For rooms whose state holds no policy event (the bridge's server-wide default).
     default_policy: Policy = field(default_factory=Policy.off)
+    track_media: bool = False  # keep the ids of tracked messages' files (media deletion)
 
 
 @dataclass
@@ -135,9 +136,8 @@ class Ingestor:
         async with self._store.transaction() as tx:
             for update in updates:
                 room = await self._load_room(tx, update.room_id)
-                tracked += await self._apply_timeline(
-                    tx, update, room, now_ms, invalid, redacted, fired
-                )
+                tracked += await self._apply_timeline(tx, update, room, now_ms, invalid,
+                                                      redacted, fired)
                 if room.read_dirty:
                     # Before the receipts: what a leave completes is read now, not earlier.
                     await tx.mark_read(update.room_id, room.read_at, self._seq)
@@ -223,10 +223,8 @@ class Ingestor:
                 # Flush first: the target may be in this very batch.
                 await tx.insert_events(rows)
                 rows = []
-                seen = await self._echoes.seen(
-                    tx, room_id, item.target, item.event_id, item.sender, now_ms,
-                    delay_id=item.delay_id,
-                )
+                seen = await self._echoes.seen(tx, room_id, item.target, item.event_id,
+                                               item.sender, now_ms, delay_id=item.delay_id)
                 if isinstance(seen, DueEvent):
                     redacted.append(seen)
                 elif isinstance(seen, Fired):
@@ -250,6 +248,7 @@ class Ingestor:
         now_ms: int,
     ) -> TrackedEvent | None:
         policy = room.policy
+        media = msg.media if self._config.track_media else ()
         child = msg.parent_id is not None and msg.parent_id in tracked_parents
         sent = sent_time(msg.origin_ts, now_ms, self._previous_ms)
         self._newest_sent = sent if self._newest_sent is None else max(self._newest_sent, sent)
@@ -259,7 +258,7 @@ class Ingestor:
             # Tracked only so it can follow its parent; no deadline of its own.
             return TrackedEvent(
                 msg.event_id, room_id, msg.sender, seq, msg.origin_ts, msg.thread_id,
-                msg.parent_id, policy, None, None, sent,
+                msg.parent_id, policy, None, None, sent, media=media,
             )
         read_at: int | None = None
         readers_left: int | None = None
@@ -273,6 +272,7 @@ class Ingestor:
         return TrackedEvent(
             msg.event_id, room_id, msg.sender, seq, msg.origin_ts, msg.thread_id,
             msg.parent_id if child else None, policy, read_at, due, sent, readers_left,
+            media,
         )
 
     async def _prune_positions(self, tx: TransactionOps, room_id: str, stored: int) -> None:

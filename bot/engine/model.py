@@ -2,7 +2,8 @@
 the engine, what it hands back, and the rows the store reads and writes.
 
 Fronts translate Matrix events into these values, in timeline order. None of
-them carries message content: only ids, senders, times and relations.
+them carries message content: only ids (of events, people and files), senders,
+times and relations.
 """
 
 from __future__ import annotations
@@ -41,6 +42,42 @@ STATUS_NAMES: dict[EventStatus | int, str] = {
     for status in (EventStatus.WAITING, EventStatus.IN_FLIGHT, EventStatus.SENT,
                    EventStatus.PARKED, EventStatus.FAILED)
 }
+
+
+class MediaState(IntEnum):
+    """Where a file a tracked message points at is on its way out (stored as this integer)."""
+
+    HELD = 0  # its message is still there: never deleted before its deadline
+    DUE = 1  # its message is gone (expired by Lethe, or redacted by somebody else)
+    DELETED = 2  # deleted (or already gone); the id is kept for audits until the ledger ends
+    REMOTE = 3  # on another server: cannot be deleted from here (counted, kept as DELETED is)
+
+
+@dataclass(frozen=True)
+class MediaRef:
+    """An ``mxc://server/media_id`` a message points at (a file or a thumbnail)."""
+
+    server: str
+    media_id: str
+
+
+@dataclass(frozen=True)
+class DueMedia:
+    """A file whose every tracked message is gone: to delete."""
+
+    server: str
+    media_id: str
+    attempts: int
+
+
+@dataclass(frozen=True)
+class MediaCounts:
+    """Files of tracked messages, by state (see MediaState)."""
+
+    held: int = 0
+    due: int = 0
+    deleted: int = 0
+    remote: int = 0
 
 
 def counts_by_name(counts: dict[EventStatus | int, int]) -> dict[str, int]:
@@ -82,6 +119,7 @@ class TrackedEvent:
     due_at: int | None
     sent_at: int | None = None  # origin_ts as Lethe bounds it; None: origin_ts
     readers_left: int | None = None  # unread after_read: required readers yet to read
+    media: tuple[MediaRef, ...] = ()  # its files, kept only while media deletion is on
 
 
 @dataclass(frozen=True)
@@ -150,6 +188,16 @@ class PendingEvent:
 
 
 @dataclass(frozen=True)
+class Erasure:
+    """A redaction of Lethe's own, confirmed: the ledger an erasure audit asks the
+    homeserver about (ids and a time only)."""
+
+    room_id: str
+    event_id: str
+    redacted_at: int  # when Lethe confirmed it (ms)
+
+
+@dataclass(frozen=True)
 class RoomSchedule:
     pending: int  # not yet redacted and not given up on
     next_due: int | None  # the earliest due time: overdue (parked) events count too
@@ -176,6 +224,7 @@ class Message:
     origin_ts: int
     thread_id: str | None = None  # thread root, for events in a thread
     parent_id: str | None = None  # the event an edit, reaction or poll response belongs to
+    media: tuple[MediaRef, ...] = ()  # the files it points at (ids only, never content)
 
 
 @dataclass(frozen=True)

@@ -7,18 +7,24 @@ A policy lives in room state, in two events:
   Beeper clients (``{"type": "after_read"|"after_send", "timer": ms}``, ``{}`` = off).
 
 Lethe writes both and honours either; when they disagree, the newer one wins.
+
+A room may also opt in to a mirror of the rule in ``m.room.retention`` (MSC1763),
+which Synapse purges by: the opt-in is a key of Lethe's own event
+(``mirror_retention``), so it is room state like the rest, and Lethe versions
+before it read the event as they always did.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any, cast
 
 POLICY_EVENT_TYPE = "chat.lethe.policy"
 BEEPER_EVENT_TYPE = "com.beeper.disappearing_timer"
 POLICY_STATE_TYPES = (POLICY_EVENT_TYPE, BEEPER_EVENT_TYPE)
+MIRROR_KEY = "mirror_retention"  # in Lethe's event: mirror the rule into m.room.retention
 
 SECOND_MS = 1000
 MIN_DURATION_MS = SECOND_MS
@@ -116,14 +122,20 @@ def format_duration(ms: int) -> str:
 
 @dataclass(frozen=True)
 class Policy:
-    """One room's retention rule. ``timer_ms``/``cap_ms`` are None where the mode has none."""
+    """One room's retention rule. ``timer_ms``/``cap_ms`` are None where the mode has none.
+    ``mirror_retention``: the room asks Lethe to mirror the rule into ``m.room.retention``
+    (bot/matrix/retention.py); it changes nothing in how Lethe redacts."""
 
     mode: Mode = Mode.OFF
     timer_ms: int | None = None
     cap_ms: int | None = None
     readers: Readers = Readers.ALL
+    mirror_retention: bool = False
 
     def __post_init__(self) -> None:
+        if not isinstance(self.mirror_retention, bool):
+            raise PolicyError(f"{MIRROR_KEY} must be true or false, "
+                              f"not {shown(self.mirror_retention)}")
         if self.mode is Mode.OFF:
             if self.timer_ms is not None or self.cap_ms is not None:
                 raise PolicyError("an off policy has no timer or cap")
@@ -153,6 +165,18 @@ class Policy:
     def active(self) -> bool:
         return self.mode is not Mode.OFF
 
+    @property
+    def max_lifetime_ms(self) -> int | None:
+        """The longest any message lives under this policy, whatever happens: the
+        after_send timer, or the after_read cap; None when off. What the mirror into
+        ``m.room.retention`` says (after_read's reading rule has no equivalent there)."""
+        return self.cap_ms if self.mode is Mode.AFTER_READ else self.timer_ms
+
+    def mirrored(self, on: bool | None) -> Policy:
+        """This rule with the mirror opt-in ``on`` (None: as it is)."""
+        return self if on is None or on == self.mirror_retention else \
+            replace(self, mirror_retention=on)
+
     def deadline(self, sent_at: int, read_at: int | None = None) -> int:
         """When a message sent at ``sent_at`` (and read by all its required readers at
         ``read_at``, if they have) is due under this policy. The store's SQL repeats
@@ -166,6 +190,15 @@ class Policy:
 
     def describe(self) -> str:
         """A short human sentence, used in notices, status and the CLI."""
+        rule = self._describe_rule()
+        if not self.mirror_retention:
+            return rule
+        lifetime = self.max_lifetime_ms
+        return rule + ("; mirrored into m.room.retention (max_lifetime "
+                       f"{format_duration(lifetime)})" if lifetime is not None else
+                       "; mirrored into m.room.retention (no max_lifetime)")
+
+    def _describe_rule(self) -> str:
         if self.mode is Mode.OFF:
             return "off (messages are kept)"
         assert self.timer_ms is not None
@@ -190,6 +223,8 @@ class Policy:
         if self.mode is Mode.AFTER_READ:
             content["cap_ms"] = self.cap_ms
             content["readers"] = self.readers.value
+        if self.mirror_retention:  # only when on: content without it stays as it was
+            content[MIRROR_KEY] = True
         return content
 
     def to_beeper(self) -> dict[str, Any]:
@@ -218,6 +253,13 @@ def policy_from_state(content: object) -> Policy:
         raise PolicyError("policy content must be an object")
     if not content:
         return Policy.off()
+    mirror = content.get(MIRROR_KEY, False)
+    if not isinstance(mirror, bool):
+        raise PolicyError(f"{MIRROR_KEY} must be true or false, not {shown(mirror)}")
+    return _rule_from_state(content).mirrored(mirror)
+
+
+def _rule_from_state(content: dict[str, Any]) -> Policy:
     try:
         mode = Mode(cast(str, content.get("mode")))  # ValueError for anything else
     except ValueError:
@@ -307,9 +349,13 @@ class StatePolicy:
 
 def resolve_policy(lethe: StatePolicy | None, beeper: StatePolicy | None) -> StatePolicy | None:
     """Combine the two state events: the newer wins, but a Beeper event that merely
-    mirrors Lethe's (same mode and timer) keeps Lethe's cap and readers."""
+    mirrors Lethe's (same mode and timer) keeps Lethe's cap and readers. The mirror
+    opt-in is a setting of the room that only Lethe's event can carry: it stays
+    whichever event says the rule."""
     if lethe is None or beeper is None:
         return lethe or beeper
-    if lethe.policy.same_rule_as_beeper(beeper.policy):
+    if lethe.policy.same_rule_as_beeper(beeper.policy) or beeper.origin_ts <= lethe.origin_ts:
         return lethe
-    return beeper if beeper.origin_ts > lethe.origin_ts else lethe
+    if not lethe.policy.mirror_retention:
+        return beeper
+    return replace(beeper, policy=beeper.policy.mirrored(True))

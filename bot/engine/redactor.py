@@ -204,19 +204,28 @@ class Redactor:
                     Verdict.SENT, retry_at=self._clock.now_ms() + self._echo_wait_ms,
                     redaction_id=reply.event_id,
                 )
-            return await self._verify(event)
+            return await self._verify(event, reply.event_id)
         return self._on_error(event, reply)
 
     async def _check(self, event: DueEvent) -> Reply:
         self.stats.fetches += 1
         return await self._transport.check(event.room_id, event.event_id, event.sender)
 
-    async def _verify(self, event: DueEvent) -> Decision:
+    async def _verify(self, event: DueEvent, redaction_id: str | None) -> Decision:
         reply = await fetch_until_redacted(lambda: self._check(event))
         if reply.outcome is Outcome.REDACTED:
             return Decision(Verdict.DONE)
         if reply.outcome is Outcome.NOT_FOUND:
-            # The homeserver took the redaction of an event it cannot show: unconfirmed.
+            # The homeserver took the redaction of an event it does not show. In a room
+            # whose policy is mirrored into m.room.retention, that is what Synapse does
+            # with an expired event (it hides it from every client, Lethe too, from its
+            # max_lifetime on): the echo of the redaction it accepted decides there, where
+            # echoes count. Elsewhere, or without an echo: unconfirmed.
+            if (self._echo_wait_ms is not None and self.echoes.trusted
+                    and redaction_id is not None and event.attempts + 1 < MAX_UNCONFIRMED
+                    and await self._mirrored(event.room_id)):
+                return Decision(Verdict.SENT, retry_at=self._clock.now_ms() + self._echo_wait_ms,
+                                redaction_id=redaction_id)
             return Decision(Verdict.FAIL, reason="unconfirmed: the homeserver does not know it")
         if reply.outcome is Outcome.PRESENT:
             if self.echoes.distrust():
@@ -227,6 +236,10 @@ class Redactor:
                 return Decision(Verdict.FAIL, reason="unconfirmed: content still present")
             return self._retry(event, backoff_ms(event.attempts + 1), "content still present")
         return self._on_error(event, reply)
+
+    async def _mirrored(self, room_id: str) -> bool:
+        room = await self._store.get_room(room_id)
+        return room is not None and room.policy.mirror_retention
 
     def _on_error(self, event: DueEvent, reply: Reply) -> Decision:
         now = self._clock.now_ms()

@@ -27,7 +27,7 @@ from bot.engine.givenup import GivenUpRoom
 from bot.engine.policy import Mode, Policy
 from bot.engine.power import PowerState
 from bot.front import texts
-from bot.front.commands import CommandError, Help, SetPolicy, Status, parse_command
+from bot.front.commands import CommandError, Help, SetMirror, Status, parse_command
 from bot.front.joins import META_KEY as JOINS_META
 from bot.front.reader import CommandRequest, Invite, inviter_allowed
 from bot.front.throttle import ReplyThrottle
@@ -39,6 +39,7 @@ from bot.matrix.policy_state import (
     missing_policy_power,
     write_policy,
 )
+from bot.matrix.retention import Mirror, keep_mirror, mirror_status, read_retention
 
 if TYPE_CHECKING:
     from bot.front.bot import LetheBot
@@ -64,16 +65,20 @@ class LeaveIfAlone:
 
 
 @dataclass(frozen=True)
-class OwnAccountPolicyChange:
-    """The policy was changed by state events sent from the bot's own account: by this
-    process for a command (already announced), or by `lethe policy set|clear`."""
+class PolicyChanged:
+    """The room's policy changed by ``sender``'s state events ``event_ids``, or was
+    first seen (``initial``; ``greet``: say hello). From the bot's own account it is
+    this process's command (announced when made) or `lethe policy set|clear`."""
 
     room_id: str
     policy: Policy
-    event_ids: tuple[str, ...]
+    sender: str
+    initial: bool = False
+    greet: bool = False
+    event_ids: tuple[str, ...] = ()
 
 
-Action = Invite | Notice | CheckPower | LeaveIfAlone | OwnAccountPolicyChange | CommandRequest
+Action = Invite | Notice | CheckPower | LeaveIfAlone | PolicyChanged | CommandRequest
 
 
 class ActionWorker:
@@ -110,8 +115,8 @@ class ActionWorker:
             await self._check_power(action.room_id, action.announce)
         elif isinstance(action, LeaveIfAlone):
             await self._leave_if_alone(action.room_id)
-        elif isinstance(action, OwnAccountPolicyChange):
-            await self._own_account_policy_change(action)
+        elif isinstance(action, PolicyChanged):
+            await self._policy_changed(action)
         else:
             await self._command(action)
 
@@ -251,14 +256,43 @@ class ActionWorker:
         if isinstance(command, Help):
             await self.notice(request.room_id, texts.usage(prefix))
         elif isinstance(command, Status):
-            status = await bot.engine.status(request.room_id)
-            untracked = UntrackedSpan.from_json(
-                await bot.engine.get_meta(UNTRACKED_KEY + request.room_id))
-            await self.notice(request.room_id, texts.status_text(
-                status, bot.power(request.room_id), bot.config.bot.user_id, untracked,
-                await bot.engine.delayed_status()))
-        elif isinstance(command, SetPolicy):
-            await self._set_policy(request, command.policy)
+            await self._status(request.room_id)
+        else:
+            row = await bot.engine.room(request.room_id)
+            current = row.policy if row is not None else Policy.off()
+            if isinstance(command, SetMirror):
+                await self._set_policy(request, current.mirrored(command.on))
+            else:
+                await self._set_policy(request, command.policy.mirrored(
+                    current.mirror_retention if command.mirror is None else command.mirror))
+
+    async def _status(self, room_id: str) -> None:
+        bot = self._bot
+        assert bot.engine is not None and bot.http is not None
+        status = await bot.engine.status(room_id)
+        untracked = UntrackedSpan.from_json(await bot.engine.get_meta(UNTRACKED_KEY + room_id))
+        power, me = bot.power(room_id), bot.config.bot.user_id
+        mirror = None
+        if status is not None:
+            found = await read_retention(bot.http, room_id)
+            mirror = (f"unknown: could not read m.room.retention ({found})"
+                      if isinstance(found, str) else
+                      mirror_status(status.policy, found, power, me))
+        await self.notice(room_id, texts.status_text(status, power, me, untracked, mirror,
+                                                     await bot.engine.delayed_status()))
+
+    async def mirror(self, room_id: str, policy: Policy, *, changed: bool) -> Mirror | None:
+        """Keep the room's m.room.retention in step with ``policy`` (bot/matrix/
+        retention.py says when it writes); None when there is nothing to look at."""
+        bot = self._bot
+        assert bot.http is not None
+        if not policy.mirror_retention and not changed:
+            return None
+        result = await keep_mirror(bot.http, room_id, policy, bot.config.bot.user_id,
+                                   bot.power(room_id), changed=changed)
+        log.log(logging.INFO if result.ok else logging.WARNING, "m.room.retention in %s: %s",
+                room_id, result.problem() or result.outcome.value)
+        return result
 
     async def _set_policy(self, request: CommandRequest, policy: Policy) -> None:
         bot = self._bot
@@ -289,17 +323,35 @@ class ActionWorker:
         text = texts.policy_changed(sender, policy)
         if policy.mode is not Mode.OFF and not power.can_redact_others(me):
             text += " " + texts.cannot_redact_others(power, me)
-        await self.notice(room_id, text)
+        mirror = await self.mirror(room_id, policy, changed=True)
+        await self.notice(room_id, texts.with_mirror(text, policy, mirror) or text)
 
-    async def _own_account_policy_change(self, change: OwnAccountPolicyChange) -> None:
-        """Announce a change made with the bot's account but not by this process (the
-        admin CLI). Runs on the action worker after any command that wrote state, so
-        the ids of this process's own writes are known by then."""
-        if any(event_id in self._bot.own_writes for event_id in change.event_ids):
-            return  # a command of this process: announced when it was made
-        log.info("policy in %s set to %s from the bot's account (lethe policy)",
-                 change.room_id, change.policy.mode.value)
-        await self.notice(change.room_id, texts.operator_changed_policy(change.policy))
+    async def _policy_changed(self, change: PolicyChanged) -> None:
+        """Announce a change made by state (a member's client, or `lethe policy` with the
+        bot's account), or greet a room met, and keep the mirror in step. Runs on the
+        action worker after any command that wrote state, so the ids of this process's
+        own writes are known by then."""
+        own = not change.initial and change.sender == self._bot.config.bot.user_id
+        if own and any(event_id in self._bot.own_writes for event_id in change.event_ids):
+            return  # a command of this process: announced and mirrored when it was made
+        # What is in force now: a later change may be stored already, and a stale one
+        # must not win the mirror.
+        assert self._bot.engine is not None
+        row = await self._bot.engine.room(change.room_id)
+        mirror = await self.mirror(change.room_id, row.policy if row else change.policy,
+                                   changed=not change.initial)
+        if change.initial:
+            text = (texts.hello(self._bot.config.command_prefix, change.policy)
+                    if change.greet else None)
+        elif own:
+            log.info("policy in %s set to %s from the bot's account (lethe policy)",
+                     change.room_id, change.policy.mode.value)
+            text = texts.operator_changed_policy(change.policy)
+        else:
+            text = texts.policy_changed(change.sender, change.policy)
+        text = texts.with_mirror(text, change.policy, mirror, announce=not change.initial)
+        if text is not None:
+            await self.notice(change.room_id, text)
 
 
 def log_given_up(given_up: GivenUpRoom | None) -> None:

@@ -4,10 +4,11 @@ by bot/front/catchup.py) and the action worker (bot/front/actions.py), and every
 text it sends comes from bot/front/texts.py.
 
 Tasks it owns (all cancelled on stop, bot/lifecycle.py): the sync loop, the action
-worker with its join retries, the engine's scheduler with its redaction workers, and
-the metrics server when configured. The sync loop persists each sync (events,
-receipts, members, policies and the sync token in one transaction) and hands
-follow-up work to the action worker through a queue.
+worker with its join retries, the engine's scheduler with its redaction workers (and
+its media deletion, with an admin token), and the metrics server when configured.
+The sync loop persists each sync (events, receipts, members, policies and the sync
+token in one transaction) and hands follow-up work to the action worker through a
+queue.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from bot.engine.engine import Engine, EngineConfig
 from bot.engine.power import PowerState
 from bot.engine.redactor import ECHO_WAIT_MS
 from bot.front.actions import ActionWorker
-from bot.front.catchup import BACKFILL_PAGE_SIZE, BACKFILL_PAGES, CatchUp
+from bot.front.catchup import BACKFILL_PAGE_SIZE, BACKFILL_PAGES, CatchUp, nio_decrypter
 from bot.front.client import ensure_own_identity, login
 from bot.front.joins import META_KEY as JOINS_META
 from bot.front.joins import JoinRetries, load_pending
@@ -35,7 +36,7 @@ from bot.matrix.credentials import Credentials
 from bot.matrix.crosssigning import IdentityError, OwnIdentity
 from bot.matrix.files import secure_dir
 from bot.matrix.policy_state import OWN_WRITES_KEY, OwnWrites
-from bot.matrix.transport import HttpTransport
+from bot.matrix.transport import AdminMediaTransport, HttpTransport
 from bot.matrix.trust import DeviceTrust
 from bot.runlock import BOT_LOCK
 
@@ -49,6 +50,8 @@ class LetheBot:
         self.creds: Credentials | None = None
         self.engine: Engine | None = None
         self.http: MatrixHttp | None = None
+        # Synapse's admin API with the admin token, when media of expired messages go.
+        self.media: AdminMediaTransport | None = None
         self.reader = SyncReader(config.bot.user_id, config.command_prefix)
         self.life = FrontLife()
         self.actions = ActionWorker(self)
@@ -75,6 +78,8 @@ class LetheBot:
         had_login = self.config.credentials_path.exists()
         self.client, self.creds = await login(self.config)
         self.http = MatrixHttp(self.config.homeserver.url, self.creds.access_token)
+        self.media = AdminMediaTransport.from_config(self.config.homeserver.url,
+                                                     self.config.erasure)
         self.engine = engine = await self.life.open_engine(
             self.config.db_path,
             HttpTransport(self.http, own_user=self.config.bot.user_id),
@@ -84,9 +89,12 @@ class LetheBot:
                 self.config.default_cap_ms,
                 self.config.workers,
                 echo_wait_ms=ECHO_WAIT_MS,
+                delete_media=self.media is not None,
+                ledger_ms=self.config.erasure.ledger_ms,
                 delayed_redactions=self.config.delayed_redactions,
             ),
             self.actions.on_park,
+            media=self.media,
         )
         self.own_writes = OwnWrites(await engine.get_meta(OWN_WRITES_KEY))
         self.rebuild = had_login and await engine.sync_token() is None
@@ -104,7 +112,9 @@ class LetheBot:
         # What the last run was retrying: the first sync (full state) lists every
         # invite still open, and each is tried again from there.
         self.joins = JoinRetries(load_pending(await engine.get_meta(JOINS_META)))
-        catch_up = CatchUp(self.http, engine, self.config.bot.user_id)
+        # Gaps are decrypted only for the files their messages point at.
+        catch_up = CatchUp(self.http, engine, self.config.bot.user_id,
+                           nio_decrypter(self.client) if self.media is not None else None)
         self.sync_loop = SyncLoop(self, self.actions, catch_up)
         self.life.own(self.sync_loop.run(), name="lethe-sync")
         self.life.own(self.actions.run(), name="lethe-actions")
@@ -126,6 +136,8 @@ class LetheBot:
         await self.life.stop()
         if self.http is not None:
             await self.http.close()
+        if self.media is not None:
+            await self.media.close()
         if self.client is not None:
             await self.client.close()
         self.life.release()

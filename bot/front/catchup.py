@@ -1,7 +1,10 @@
 """Catching up on gaps: after a limited sync timeline, page back through ``/messages``
 to the last event Lethe saw, so nothing sent while it was away escapes its timer.
 When rebuilding a lost database, page back in every joined room to the bot's own
-join instead.
+join instead. ``/messages`` gives encrypted events as ciphertext: each is decrypted
+(when the bot holds its room key) so the files it points at are known, as they are
+for events the sync brings; one it cannot decrypt is still tracked and redacted,
+but its files are not known and stay.
 
 A page that fails for a reason that may pass raises GapUnread: the sync is then
 not stored and is tried again. A gap longer than BACKFILL_PAGES pages, or one the
@@ -16,11 +19,12 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from nio import SyncResponse
+from nio import AsyncClient, Event, MegolmEvent, SyncResponse
 
 from bot.engine.engine import Engine
 from bot.front.untracked import UntrackedSpan
 from bot.matrix.api import HomeserverUnavailable, MatrixHttp, page_back, reached_start
+from bot.matrix.events import ENCRYPTED, as_encrypted
 
 log = logging.getLogger(__name__)
 
@@ -47,11 +51,37 @@ class Backfill:
     rebuilt: frozenset[str]
 
 
+Decrypt = Callable[[Mapping[str, Any]], Mapping[str, Any] | None]
+
+
+def nio_decrypter(client: AsyncClient) -> Decrypt:
+    """The decrypted content of a raw encrypted event, with the bot's room keys; None
+    when it cannot be decrypted."""
+
+    def decrypt(event: Mapping[str, Any]) -> Mapping[str, Any] | None:
+        if client.olm is None:
+            return None
+        try:
+            parsed = Event.parse_encrypted_event(dict(event))
+            if not isinstance(parsed, MegolmEvent):
+                return None
+            plain = client.decrypt_event(parsed)
+        except Exception:  # anybody's ciphertext: whatever fails, it stays undecrypted
+            return None
+        source = getattr(plain, "source", None)
+        content = source.get("content") if isinstance(source, Mapping) else None
+        return content if isinstance(content, Mapping) else None
+
+    return decrypt
+
+
 class CatchUp:
-    def __init__(self, http: MatrixHttp, engine: Engine, bot_user_id: str) -> None:
+    def __init__(self, http: MatrixHttp, engine: Engine, bot_user_id: str,
+                 decrypt: Decrypt | None = None) -> None:
         self._http = http
         self._engine = engine
         self._bot = bot_user_id
+        self._decrypt = decrypt
 
     async def backfill(self, resp: SyncResponse, known: set[str], rebuilding: bool) -> Backfill:
         bot = self._bot
@@ -94,9 +124,15 @@ class CatchUp:
                 log.warning("gap in %s: %s; read back %d events", room_id, span.describe(),
                             len(events))
             events.reverse()
-            gaps[room_id] = events
+            gaps[room_id] = [self._plain(event) for event in events]
             log.info("gap in %s: caught up on %d events", room_id, len(events))
         return Backfill(gaps, untracked, frozenset(rebuilt))
+
+    def _plain(self, event: Mapping[str, Any]) -> Mapping[str, Any]:
+        if self._decrypt is None or event.get("type") != ENCRYPTED or "state_key" in event:
+            return event
+        content = self._decrypt(event)
+        return event if content is None else as_encrypted(event, content)
 
     async def _page_back(
         self, room_id: str, token: str | None, stop: Callable[[Mapping[str, Any]], bool]

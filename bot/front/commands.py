@@ -1,9 +1,11 @@
 """In-room commands: ``!lethe help|status|off|after-send DUR|after-read DUR [cap DUR]
-[readers all|any]``. Parsing is pure; the bot executes what it returns."""
+[readers all|any]``, each policy command with an optional ``retention on|off``, and
+``!lethe retention on|off`` alone (the mirror into ``m.room.retention``, keeping the
+rule). Parsing is pure; the bot executes what it returns."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from bot.engine.policy import (
     Policy,
@@ -32,10 +34,22 @@ class Status:
 
 @dataclass(frozen=True)
 class SetPolicy:
+    """Set the rule ``policy`` says; ``mirror`` None keeps the room's mirror opt-in."""
+
     policy: Policy
+    mirror: bool | None = None
 
 
-Command = Help | Status | SetPolicy
+@dataclass(frozen=True)
+class SetMirror:
+    """Turn the mirror into ``m.room.retention`` on or off, keeping the rule."""
+
+    on: bool
+
+
+Command = Help | Status | SetPolicy | SetMirror
+
+_ON_OFF = {"on": True, "off": False}
 
 
 def is_command(body: str, prefix: str) -> bool:
@@ -55,41 +69,68 @@ def parse_command(body: str, prefix: str, default_cap_ms: int) -> Command:
     try:
         if verb == "status" and not rest:
             return Status()
-        if verb == "off" and not rest:
-            return SetPolicy(Policy.off())
+        if verb == "retention":
+            if len(rest) != 1 or rest[0] not in _ON_OFF:
+                raise CommandError(f"usage: {prefix} retention on|off")
+            return SetMirror(_ON_OFF[rest[0]])
+        if verb == "off":
+            return SetPolicy(Policy.off(), _options(rest, {"retention"}).retention)
         if verb == "after-send":
-            if len(rest) != 1:
-                raise CommandError(f"usage: {prefix} after-send DUR (e.g. {prefix} after-send 1d)")
-            return SetPolicy(Policy.after_send(parse_duration(rest[0])))
+            if not rest:
+                raise CommandError(f"usage: {prefix} after-send DUR [retention on|off] "
+                                   f"(e.g. {prefix} after-send 1d)")
+            return SetPolicy(Policy.after_send(parse_duration(rest[0])),
+                             _options(rest[1:], {"retention"}).retention)
         if verb == "after-read":
-            return SetPolicy(_after_read(rest, prefix, default_cap_ms))
+            return _after_read(rest, prefix, default_cap_ms)
     except PolicyError as exc:
         raise CommandError(str(exc)) from None
     raise CommandError(f"unknown command {shown(' '.join(words[1:]), 60)}; try {prefix} help")
 
 
-def _after_read(rest: list[str], prefix: str, default_cap_ms: int) -> Policy:
+def _after_read(rest: list[str], prefix: str, default_cap_ms: int) -> SetPolicy:
     if not rest:
         raise CommandError(
-            f"usage: {prefix} after-read DUR [cap DUR] [readers all|any] "
+            f"usage: {prefix} after-read DUR [cap DUR] [readers all|any] [retention on|off] "
             f"(e.g. {prefix} after-read 1h cap 3d)"
         )
     timer = parse_duration(rest[0])
+    options = _options(rest[1:], {"cap", "readers", "retention"})
+    return SetPolicy(after_read_policy(timer, options.cap, options.readers, default_cap_ms),
+                     options.retention)
+
+
+_SYNTAX = {"cap": "cap DUR", "readers": "readers all|any", "retention": "retention on|off"}
+
+
+@dataclass(frozen=True)
+class _Options:
     cap: int | None = None
-    readers = Readers.ALL
-    options = rest[1:]
+    readers: Readers = Readers.ALL
+    retention: bool | None = None
+
+
+def _options(words: list[str], allowed: set[str]) -> _Options:
+    """``key value`` pairs after a command's own words, each key at most once: ``cap``
+    (a duration), ``readers`` (all|any), ``retention`` (on|off), as ``allowed``."""
+    expected = " or ".join(_SYNTAX[k] for k in _SYNTAX if k in allowed)
     seen: set[str] = set()
-    while options:
-        if len(options) < 2:
-            raise CommandError(f"{shown(options[0])} needs a value: cap DUR or readers all|any")
-        key, value, options = options[0], options[1], options[2:]
+    options = _Options()
+    while words:
+        if len(words) < 2:
+            raise CommandError(f"{shown(words[0])} needs a value: {expected}")
+        key, value, words = words[0], words[1], words[2:]
+        if key not in allowed:
+            raise CommandError(f"unknown option {shown(key)}; expected {expected}")
         if key in seen:
             raise CommandError(f"{key} given twice")
         seen.add(key)
         if key == "cap":
-            cap = parse_duration(value)
+            options = replace(options, cap=parse_duration(value))
         elif key == "readers":
-            readers = parse_readers(value)
+            options = replace(options, readers=parse_readers(value))
+        elif value in _ON_OFF:
+            options = replace(options, retention=_ON_OFF[value])
         else:
-            raise CommandError(f"unknown option {shown(key)}; expected cap or readers")
-    return after_read_policy(timer, cap, readers, default_cap_ms)
+            raise CommandError(f"retention must be on or off, not {shown(value)}")
+    return options

@@ -19,7 +19,7 @@ from nio import InviteMemberEvent, ReceiptEvent, RoomMessageText, SyncResponse
 from bot.engine.model import MemberChange, Message, PolicyEvent, Receipt, RoomUpdate, TimelineItem
 from bot.engine.power import PowerState
 from bot.front.commands import is_command
-from bot.matrix.events import receipts_from_ephemeral, to_item, to_items
+from bot.matrix.events import as_encrypted, receipts_from_ephemeral, to_item, to_items
 from bot.matrix.roomstate import PowerSource, checked
 
 log = logging.getLogger(__name__)
@@ -61,8 +61,15 @@ def inviter_allowed(inviter: str | None, allow: Sequence[str]) -> bool:
 
 
 def _source(event: Any) -> Mapping[str, Any] | None:
+    """The event's JSON. nio replaces a MegolmEvent it could decrypt by the decrypted
+    event, whose ``source`` is the plaintext (type and content) with the envelope's
+    event id, sender and time: read as the message it is (as_encrypted)."""
     source = getattr(event, "source", None)
-    return source if isinstance(source, Mapping) else None
+    if not isinstance(source, Mapping):
+        return None
+    if getattr(event, "decrypted", False) is True:
+        return as_encrypted(source, source.get("content"))
+    return source
 
 
 class SyncReader:

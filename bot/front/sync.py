@@ -23,7 +23,7 @@ from bot.front.actions import (
     CheckPower,
     LeaveIfAlone,
     Notice,
-    OwnAccountPolicyChange,
+    PolicyChanged,
     log_given_up,
 )
 from bot.front.catchup import CatchUp, GapUnread
@@ -184,16 +184,13 @@ class SyncLoop:
         for room_id in sorted(reading.power_changed):
             put(CheckPower(room_id, announce=not first))
         for change in result.policy_changes:
-            if change.initial:
-                if change.room_id not in rebuilt:  # rebuilt: the room met the bot long ago
-                    put(Notice(change.room_id, texts.hello(config.command_prefix,
-                                                           change.policy)))
-            elif change.sender != config.bot.user_id:
-                put(Notice(change.room_id, texts.policy_changed(change.sender, change.policy)))
-            else:
-                put(OwnAccountPolicyChange(
-                    change.room_id, change.policy, _own_policy_event_ids(reading, change.room_id,
-                                                                         change.sender)))
+            own = not change.initial and change.sender == config.bot.user_id
+            put(PolicyChanged(
+                change.room_id, change.policy, change.sender, change.initial,
+                # rebuilt: the room met the bot long ago
+                greet=change.initial and change.room_id not in rebuilt,
+                event_ids=_own_policy_event_ids(reading, change.room_id, change.sender)
+                if own else ()))
         for bad in result.invalid_policies:
             put(Notice(bad.room_id, texts.invalid_policy(bad)))
         for command in reading.commands:

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 from bot.engine.delayed import DelayedStatus
 from bot.engine.engine import RoomStatus
+from bot.engine.media import describe_media
 from bot.engine.model import InvalidPolicy
-from bot.engine.policy import Policy
+from bot.engine.policy import Policy, format_duration
 from bot.engine.power import PowerState, describe_level
 from bot.front.untracked import UntrackedSpan, when
+from bot.matrix.retention import Mirror, Outcome
 
 
 def usage(prefix: str) -> str:
@@ -21,6 +23,10 @@ def usage(prefix: str) -> str:
         f"{prefix} after-send DUR: redact each message DUR after it was sent\n"
         f"{prefix} after-read DUR [cap DUR] [readers all|any]: redact DUR after every "
         f"member (or any member) has read it, and at the latest cap after sending\n"
+        f"{prefix} retention on|off: also publish the policy as m.room.retention, by which "
+        "the homeserver (where its retention feature is on) purges expired messages from "
+        "its database; it reaches back to older messages too. Also an option of the "
+        f"commands above, e.g. {prefix} after-send 1d retention on\n"
         "Durations: 30s, 5m, 1h30m, 2d, 1w. Only members who may send both policy state "
         "events (room settings) may change the policy."
     )
@@ -74,11 +80,34 @@ def bot_may_not_change_policy(needed: int) -> str:
         "Nothing was changed."
 
 
+def with_mirror(text: str | None, policy: Policy, mirror: Mirror | None, *,
+                announce: bool = True) -> str | None:
+    """``text`` with what the mirror into m.room.retention did, where that is news:
+    a problem always; with ``announce`` (a change, not first sight) what it now says."""
+    notes = [] if text is None else [text if text.endswith(".") else text + "."]
+    problem = mirror.problem() if mirror is not None else None
+    if problem is not None:
+        notes.append(f"Mirror: {problem}.")
+    elif mirror is not None and announce and mirror.outcome is Outcome.WITHDRAWN:
+        notes.append("The mirror in m.room.retention is withdrawn (emptied).")
+    elif announce and policy.mirror_retention and policy.max_lifetime_ms is not None:
+        notes.append(reaches_back(policy.max_lifetime_ms))
+    if len(notes) == 1 and text is not None:
+        return text  # nothing to add: the text as it was
+    return " ".join(notes) or None
+
+
+def reaches_back(lifetime_ms: int) -> str:
+    return ("Where the homeserver enables its retention feature, it hides and then purges "
+            f"from its database every message here older than "
+            f"{format_duration(lifetime_ms)}, those sent before this policy too.")
+
+
 POLICY_WRITE_FAILED = "Could not write the policy to the room state; please try again."
 
 
 def status_text(status: RoomStatus | None, power: PowerState, bot_user_id: str,
-                untracked: UntrackedSpan | None = None,
+                untracked: UntrackedSpan | None = None, mirror: str | None = None,
                 delayed: DelayedStatus | None = None) -> str:
     """`!lethe status`: the policy, whether it can be enforced, and what is pending."""
     if status is None:
@@ -99,8 +128,11 @@ def status_text(status: RoomStatus | None, power: PowerState, bot_user_id: str,
     lines.append(pending)
     lines.append(f"Redacted so far: {status.redacted}" +
                  (f"; unconfirmed failures: {status.failed}" if status.failed else ""))
+    lines.append(f"Files: {describe_media(status.media)}")
     if untracked is not None:
         lines.append(f"Not tracked: {untracked.describe()}")
+    if mirror is not None:
+        lines.append(f"Mirror in m.room.retention: {mirror}")
     if delayed is not None:
         lines.append(while_stopped(delayed, status.armed))
     return "\n".join(lines)

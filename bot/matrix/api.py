@@ -232,12 +232,16 @@ class MatrixHttp:
         return await self.request("DELETE",
                                   f"{ADMIN_V1}/media/{q(server_name)}/{q(media_id)}")
 
-    async def admin_purge_history(self, room_id: str, up_to_ts: int) -> HttpReply:
-        """Start purging the room's events before ``up_to_ts`` from the database, local
-        ones included; answers a ``purge_id`` to follow (admin_purge_status)."""
+    async def admin_purge_history(self, room_id: str, up_to_ts: int | None = None, *,
+                                  up_to_event_id: str | None = None) -> HttpReply:
+        """Start purging the room's events before ``up_to_ts`` (or before the event
+        ``up_to_event_id``) from the database, local ones included; answers a
+        ``purge_id`` to follow (admin_purge_status)."""
+        point: dict[str, Any] = ({"purge_up_to_event_id": up_to_event_id}
+                                 if up_to_event_id is not None else {"purge_up_to_ts": up_to_ts})
         return await self.request(
             "POST", f"{ADMIN_V1}/purge_history/{q(room_id)}",
-            json={"purge_up_to_ts": up_to_ts, "delete_local_events": True},
+            json={**point, "delete_local_events": True},
         )
 
     async def admin_purge_status(self, purge_id: str) -> HttpReply:

@@ -1,16 +1,19 @@
 """Translate raw Matrix event JSON into engine values. No nio, no I/O: the bot and the
 bridge both use it. Malformed events become None (ignored), never an exception.
 Message content is looked at only for relations (``m.relates_to``, which stays in
-clear text even in encrypted rooms) and is never copied.
+clear text even in encrypted rooms) and for the ids of the files it points at (in
+encrypted rooms, once decrypted), and is never copied.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 from bot.engine.model import (
     Marker,
+    MediaRef,
     MemberChange,
     Message,
     PolicyEvent,
@@ -30,6 +33,14 @@ DELAY_ID_KEY = "org.matrix.msc4140.delay_id"
 # The largest integer canonical JSON allows: no real event carries a larger timestamp,
 # and one that did would overflow the due time stored in SQLite.
 MAX_TS = 2**53 - 1
+# The files of one message: a file and its thumbnail, in the content and in an edit's
+# m.new_content. Only these fixed places are read, so this also bounds what a hostile
+# event can make Lethe store.
+MAX_MEDIA_PER_EVENT = 8
+# A server name (hostname, IPv4 or [IPv6], optional port) and a media id as the spec
+# allows them; anything else is not a file Lethe would ask the homeserver to delete.
+_SERVER_NAME = re.compile(r"(?:\[[0-9A-Fa-f:.]{2,45}\]|[A-Za-z0-9.-]{1,255})(?::[0-9]{1,5})?")
+_MEDIA_ID = re.compile(r"[A-Za-z0-9_-]{1,255}")
 
 
 def _str(value: object) -> str | None:
@@ -61,6 +72,38 @@ def _relation(content: Mapping[str, Any]) -> tuple[str | None, str | None]:
     return None, None
 
 
+def parse_mxc(value: object) -> MediaRef | None:
+    """``mxc://server/media_id``, both parts checked; None for anything else."""
+    if not isinstance(value, str) or not value.startswith("mxc://"):
+        return None
+    server, slash, media_id = value[len("mxc://"):].partition("/")
+    if not slash or not _SERVER_NAME.fullmatch(server) or not _MEDIA_ID.fullmatch(media_id):
+        return None
+    return MediaRef(server, media_id)
+
+
+def media_refs(content: Mapping[str, Any]) -> tuple[MediaRef, ...]:
+    """The files a message's content points at: ``url`` (a plain upload, a sticker),
+    ``file.url`` (an encrypted attachment), ``info.thumbnail_url`` and
+    ``info.thumbnail_file.url``, and the same in an edit's ``m.new_content``."""
+    found: list[MediaRef] = []
+    for block in (content, content.get("m.new_content")):
+        if not isinstance(block, Mapping):
+            continue
+        info = block.get("info")
+        info = info if isinstance(info, Mapping) else {}
+        for value in (block.get("url"), _url_of(block.get("file")),
+                      info.get("thumbnail_url"), _url_of(info.get("thumbnail_file"))):
+            ref = parse_mxc(value)
+            if ref is not None and ref not in found:
+                found.append(ref)
+    return tuple(found[:MAX_MEDIA_PER_EVENT])
+
+
+def _url_of(file: object) -> object:
+    return file.get("url") if isinstance(file, Mapping) else None
+
+
 def redacted_by(event: Mapping[str, Any]) -> str | None:
     """The sender of the redaction that pruned ``event`` ("" if not named), or None if
     it is not redacted. Homeservers put the redaction in ``unsigned.redacted_because``
@@ -81,6 +124,22 @@ def is_redacted(event: Mapping[str, Any]) -> bool:
     if isinstance(unsigned, Mapping) and unsigned.get("redacted_because"):
         return True
     return not event.get("content")
+
+
+ENCRYPTED = "m.room.encrypted"
+
+
+def as_encrypted(event: Mapping[str, Any], content: object) -> dict[str, Any]:
+    """An encrypted event with its decrypted ``content``, as Lethe reads it: always a
+    message, never redacted (it could be decrypted). State events and redactions are
+    never encrypted; a type, state key, ``redacts`` or ``unsigned`` that only the
+    ciphertext claims would let any sender forge one (a redaction that cancels
+    somebody's expiry, a membership or power change, a message marked as redacted
+    that is then never tracked)."""
+    plain = {k: v for k, v in event.items() if k not in ("state_key", "redacts", "unsigned")}
+    plain["type"] = ENCRYPTED
+    plain["content"] = content if isinstance(content, Mapping) else {}
+    return plain
 
 
 def to_item(event: Mapping[str, Any], *, in_timeline: bool = True) -> TimelineItem | None:
@@ -118,7 +177,7 @@ def to_item(event: Mapping[str, Any], *, in_timeline: bool = True) -> TimelineIt
     if isinstance(unsigned, Mapping) and unsigned.get("redacted_because"):
         return Marker(event_id)  # already redacted: nothing left to do
     thread_id, parent_id = _relation(content)
-    return Message(event_id, sender, ts, thread_id, parent_id)
+    return Message(event_id, sender, ts, thread_id, parent_id, media_refs(content))
 
 
 def to_items(

@@ -1,5 +1,6 @@
 """The engine's Transport over the client-server API (bot/matrix/api.py): a redaction
 and its verification, with each reply classified for the redactor; and its
+MediaTransport over Synapse's admin API, for deleting the files of expired messages;
 DelayedTransport: delayed redactions scheduled with the homeserver, cancelled and
 listed (bot/engine/delayed.py, bot/matrix/delayed.py)."""
 
@@ -8,7 +9,9 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 
 from bot.engine.delayed import ArmOutcome, ArmReply, Listed, Support
+from bot.engine.media import MediaOutcome, MediaReply
 from bot.engine.redactor import REDACTION_REASON, Outcome, Reply
+from bot.erasureconfig import ErasureConfig
 from bot.matrix import delayed
 from bot.matrix.api import HomeserverUnavailable, HttpReply, MatrixHttp
 from bot.matrix.events import is_redacted
@@ -123,3 +126,44 @@ class HttpTransport:
                 return found
             params = {**self._as(user), "from": batch}
         return None
+
+
+class AdminMediaTransport:
+    """Deletes local media with Synapse's admin API. ``http`` carries a homeserver
+    admin's token, apart from the front's own (never logged: see MatrixHttp)."""
+
+    def __init__(self, http: MatrixHttp) -> None:
+        self.http = http
+
+    @classmethod
+    def from_config(cls, homeserver_url: str, erasure: ErasureConfig) -> AdminMediaTransport | None:
+        """One when the config deletes media (an admin token, and ``erasure.media``)."""
+        if not erasure.deletes_media or erasure.admin_token is None:
+            return None
+        return cls(MatrixHttp(homeserver_url, erasure.admin_token))
+
+    async def close(self) -> None:
+        await self.http.close()
+
+    async def delete_media(self, server: str, media_id: str) -> MediaReply:
+        try:
+            reply = await self.http.admin_delete_media(server, media_id)
+        except HomeserverUnavailable as exc:
+            return MediaReply(MediaOutcome.TRANSIENT, detail=str(exc))
+        return media_outcome(reply)
+
+
+def media_outcome(reply: HttpReply) -> MediaReply:
+    """Classify the admin API's answer to a media deletion."""
+    if reply.ok or (reply.status == 404 and reply.errcode == "M_NOT_FOUND"):
+        return MediaReply(MediaOutcome.DELETED)  # 404 M_NOT_FOUND: gone already
+    detail = f"HTTP {reply.status} {reply.errcode}".strip()
+    if reply.status == 429 or reply.errcode == "M_LIMIT_EXCEEDED":
+        return MediaReply(MediaOutcome.RATE_LIMITED, reply.retry_after_ms, detail)
+    # A 404 without M_NOT_FOUND is no answer about the file: the admin API is not
+    # there (a reverse proxy that does not pass /_synapse/admin, or not Synapse).
+    if reply.status in (401, 403, 404):
+        return MediaReply(MediaOutcome.REFUSED, detail=detail)
+    if reply.status >= 500:
+        return MediaReply(MediaOutcome.TRANSIENT, detail=detail)
+    return MediaReply(MediaOutcome.REJECTED, detail=detail)

@@ -9,7 +9,7 @@ from bot.engine.echoes import SPOT_CHECK_EVERY
 from bot.engine.engine import EngineConfig
 from bot.engine.model import EventStatus, IngestResult, Message, Redaction
 from bot.engine.policy import Policy
-from bot.engine.redactor import Outcome, Redactor, Reply
+from bot.engine.redactor import MAX_UNCONFIRMED, Outcome, Redactor, Reply
 
 from .conftest import ALICE, BOB, BOT, ROOM, FakeTransport, Harness, TestClock
 
@@ -17,6 +17,7 @@ M = 60_000
 W = 10_000  # echo wait: short of M, so "due" and "echo wait over" never coincide
 GAP = 1_000  # between messages, so each falls due (and is redacted) on its own
 ROOM2 = "!other:x"
+ROOM3 = "!third:x"
 ECHO = EngineConfig(bot_user_id=BOT, echo_wait_ms=W)
 
 
@@ -429,3 +430,42 @@ async def test_lag_of_a_child_confirmed_later(h: Harness, by_echo: bool) -> None
         assert h.transport.checked_ids()[-1] == "$react"
     assert await h.event_ids() == set()
     assert lags["$react"] == h.now() - made_due
+
+
+async def test_an_event_the_homeserver_hides_after_a_200_waits_for_the_echo(
+    h: Harness,
+) -> None:
+    """Synapse hides an event past its room's m.room.retention max_lifetime from every
+    client, Lethe too, from the moment Lethe redacts it when the policy is mirrored: a
+    spot check's fetch (the first redaction in each room) then answers 404. The echo
+    decides; without it, unconfirmed. In a room without the mirror a 404 stays a failure
+    at once."""
+    assert h.engine is not None
+    gone = Reply(Outcome.NOT_FOUND, detail="M_NOT_FOUND")
+    mirrored = Policy.after_send(M).mirrored(True)
+    for event_id in ("$plain", "$hidden", "$no-echo"):
+        h.transport.script_check(event_id, *[gone] * 20)
+    (due,) = await _track(h, "$plain")
+    await h.advance(due - h.now())
+    assert (await h.event("$plain"))["status"] == EventStatus.FAILED
+
+    await h.set_policy(mirrored, room=ROOM2)
+    await h.ingest(Message("$hidden", ALICE, h.now()), room=ROOM2)
+    await h.advance(M)
+    await _assert_sent(h, "$hidden", h.now())
+    result = await h.ingest(h.transport.echo("$hidden"), room=ROOM2)
+    assert [e.event_id for e in result.redacted] == ["$hidden"]
+    room = await h.room_row(ROOM2)
+    assert (room["redacted_count"], room["failed_count"]) == (1, 0)
+
+    # No echo at all: fetched and resent (the same transaction) until the bound, then
+    # given up as before.
+    await h.set_policy(mirrored, room=ROOM3)
+    await h.ingest(Message("$no-echo", ALICE, h.now()), room=ROOM3)
+    await h.advance(M)
+    for _ in range(MAX_UNCONFIRMED):
+        await h.advance(W)
+    assert (await h.event("$no-echo"))["status"] == EventStatus.FAILED
+    calls = [call for call in h.transport.redact_calls if call[1] == "$no-echo"]
+    assert len(calls) == MAX_UNCONFIRMED and len({call[3] for call in calls}) == 1
+    assert (await h.room_row(ROOM3))["failed_count"] == 1

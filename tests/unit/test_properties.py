@@ -5,6 +5,9 @@ policy-state parsers have theirs in test_policy.py."""
 
 from __future__ import annotations
 
+import re
+
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -27,7 +30,7 @@ from bot.engine.policy import (
     policy_from_beeper,
     policy_from_state,
 )
-from bot.front.commands import CommandError, Help, SetPolicy, Status, parse_command
+from bot.front.commands import CommandError, Help, SetMirror, SetPolicy, Status, parse_command
 from bot.matrix.events import MAX_TS, receipts_from_content, to_item, to_items
 
 from .conftest import ROOM, Harness
@@ -43,6 +46,7 @@ MAX_ERROR_CHARS = 300
 
 words = st.sampled_from([
     "help", "status", "off", "after-send", "after-read", "cap", "readers", "all", "any",
+    "retention", "on",
     "1s", "30s", "5m", "1h30m", "2d", "1w", "0s", "-1s", "1.5h", "999999999999999999w", "x" * 500,
 ]) | st.text(max_size=20)
 
@@ -54,7 +58,7 @@ def _command_ok(body: str) -> None:
         assert str(exc), "an error without a message"
         assert len(str(exc)) <= MAX_ERROR_CHARS, str(exc)[:100]
         return
-    assert isinstance(command, Help | Status | SetPolicy)
+    assert isinstance(command, Help | Status | SetPolicy | SetMirror)
 
 
 @settings(max_examples=500)
@@ -99,16 +103,19 @@ def _shout(draw: st.DrawFn, word: str) -> str:
 
 
 @st.composite
-def command_for(draw: st.DrawFn, policy: Policy) -> str:
-    """Some valid command text that sets exactly ``policy``."""
+def command_for(draw: st.DrawFn, policy: Policy, mirror: bool | None = None) -> str:
+    """Some valid command text that sets exactly ``policy`` (and the mirror opt-in
+    ``mirror``, None: not named)."""
+    retention = [] if mirror is None else [["retention", "on" if mirror else "off"]]
     if policy.mode is Mode.OFF:
-        parts = ["off"]
+        parts = ["off", *(word for option in retention for word in option)]
     elif policy.mode is Mode.AFTER_SEND:
         assert policy.timer_ms is not None
         parts = ["after-send", format_duration(policy.timer_ms)]
+        parts += [word for option in retention for word in option]
     else:
         assert policy.timer_ms is not None and policy.cap_ms is not None
-        options = [["cap", format_duration(policy.cap_ms)]]
+        options = [["cap", format_duration(policy.cap_ms)], *retention]
         if policy.readers is not Readers.ALL or draw(st.booleans()):
             options.append(["readers", policy.readers.value])
         options = draw(st.permutations(options))
@@ -126,8 +133,30 @@ def command_for(draw: st.DrawFn, policy: Policy) -> str:
 @given(st.data())
 def test_valid_commands_round_trip(data: st.DataObject) -> None:
     policy = data.draw(policies())
-    body = data.draw(command_for(policy))
-    assert parse_command(body, PREFIX, DEFAULT_CAP) == SetPolicy(policy)
+    mirror = data.draw(st.sampled_from([None, True, False]))
+    body = data.draw(command_for(policy, mirror))
+    assert parse_command(body, PREFIX, DEFAULT_CAP) == SetPolicy(policy, mirror)
+
+
+@pytest.mark.parametrize(("body", "error"), [
+    ("retention", "usage: !lethe retention on|off"),
+    ("retention maybe", "usage: !lethe retention on|off"),
+    ("retention on off", "usage: !lethe retention on|off"),
+    ("after-send 1h retention", "needs a value: retention on|off"),
+    ("after-send 1h retention yes", "retention must be on or off"),
+    ("after-send 1h cap 1d", "unknown option 'cap'; expected retention on|off"),
+    ("off readers all", "unknown option 'readers'; expected retention on|off"),
+    ("after-read 1h retention on retention off", "retention given twice"),
+    ("after-read 1h bogus 1", "expected cap DUR or readers all|any or retention on|off"),
+])
+def test_retention_option_errors(body: str, error: str) -> None:
+    with pytest.raises(CommandError, match=re.escape(error)):
+        parse_command(f"{PREFIX} {body}", PREFIX, DEFAULT_CAP)
+
+
+def test_retention_alone_keeps_the_rule() -> None:
+    assert parse_command(f"{PREFIX} Retention ON", PREFIX, DEFAULT_CAP) == SetMirror(True)
+    assert parse_command(f"{PREFIX} retention off", PREFIX, DEFAULT_CAP) == SetMirror(False)
 
 
 @given(seconds)

@@ -19,11 +19,13 @@ from bot.engine.model import (
     TrackedEvent,
 )
 from bot.engine.policy import Readers
+from bot.engine.store import erasures, media
 from bot.engine.store.sql import (
     DELAYED,
     DUE_COLUMNS,
     FAILED,
     IN_FLIGHT,
+    MEDIA_HELD,
     MODE_CODE,
     PARKED,
     SCHEDULED,
@@ -85,6 +87,7 @@ async def insert_events(conn: aiosqlite.Connection, rows: Sequence[TrackedEvent]
             for r in rows
         ],
     )
+    await media.insert_media(conn, rows)
 
 
 async def known_event_ids(
@@ -295,6 +298,8 @@ async def finish_redacted(conn: aiosqlite.Connection, room_id: str, event_id: st
             await conn.execute(
                 "INSERT INTO delay_cancels (delay_id, user_id, room_id, target) "
                 "VALUES (?, ?, ?, ?)", (gone[1], gone[2], room_id, event_id))
+        await erasures.record(conn, room_id, event_id, now_ms)
+    await media.message_gone(conn, event_id, now_ms)
     await _cascade(conn, room_id, event_id, now_ms)
     return gone is not None
 
@@ -319,7 +324,7 @@ async def _drop_followers(conn: aiosqlite.Connection, room_id: str, parent_id: s
     follow it (sent while the policy was off, so no deadline of their own), and
     theirs in turn, are forgotten rather than left waiting forever; the others keep
     their own deadline."""
-    await conn.execute(
+    followers = (
         "WITH RECURSIVE followers(event_id) AS ("
         " SELECT event_id FROM events"
         " WHERE parent_id = :parent AND room_id = :room AND due_at IS NULL"
@@ -327,10 +332,15 @@ async def _drop_followers(conn: aiosqlite.Connection, room_id: str, parent_id: s
         " UNION SELECT e.event_id FROM events AS e JOIN followers AS f"
         " ON e.parent_id = f.event_id"
         f" WHERE e.room_id = :room AND e.due_at IS NULL AND e.status = {WAITING}) "
-        "DELETE FROM events WHERE room_id = :room "
-        "AND event_id IN (SELECT event_id FROM followers)",
-        {"parent": parent_id, "room": room_id},
     )
+    params = {"parent": parent_id, "room": room_id}
+    # Their messages stay, so their files stay too.
+    await conn.execute(
+        followers + f"DELETE FROM media WHERE state = {MEDIA_HELD} "
+        "AND event_id IN (SELECT event_id FROM followers)", params)
+    await conn.execute(
+        followers + "DELETE FROM events WHERE room_id = :room "
+        "AND event_id IN (SELECT event_id FROM followers)", params)
 
 
 async def redaction_target(
@@ -354,4 +364,7 @@ async def forget(conn: aiosqlite.Connection, room_id: str, event_id: str) -> Non
     await conn.execute(
         "DELETE FROM events WHERE event_id = ? AND room_id = ?", (event_id, room_id)
     )
+    # Redacted all the same: its files have no message left to belong to. Due at
+    # once (there is no clock here; 0 sorts them first).
+    await media.message_gone(conn, event_id, 0)
     await _drop_followers(conn, room_id, event_id)

@@ -10,6 +10,7 @@ import aiosqlite
 
 from bot.engine.model import RoomRow, RoomSchedule
 from bot.engine.policy import Policy, PolicyError, StatePolicy, policy_from_state
+from bot.engine.store import media
 from bot.engine.store.events import queue_cancels
 from bot.engine.store.sql import FAILED, PARKED, SHOWN_DUE, WAITING
 
@@ -77,6 +78,7 @@ async def set_last_event(conn: aiosqlite.Connection, room_id: str, event_id: str
 
 
 async def delete_room(conn: aiosqlite.Connection, room_id: str) -> None:
+    await media.drop_held_of_room(conn, room_id)
     await queue_cancels(conn, "room_id = :room", {"room": room_id})
     for table in ("events", "positions", "members", "receipts", "rooms"):
         await conn.execute(f"DELETE FROM {table} WHERE room_id = ?", (room_id,))

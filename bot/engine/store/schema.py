@@ -9,6 +9,8 @@ from bot.engine.store.sql import (
     DELAY_ARMED,
     DELAY_ARMING,
     DELAY_NONE,
+    MEDIA_DUE,
+    MEDIA_HELD,
     PARKED,
     SENT,
     WAITING,
@@ -126,7 +128,40 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "CREATE INDEX events_room_due ON events(room_id, due_at) "
         f"WHERE status = {WAITING} AND due_at IS NOT NULL",
     ),
-    # Delayed redactions (MSC4140 delayed events, MSC4169 redactions through /send): the
+    # 6: the files (mxc ids, never content) of tracked messages, kept only while media
+    # deletion is on (store/media.py). A file is deleted once every tracked message
+    # pointing at it is gone; state is a MediaState, changed_at when it became due or
+    # was settled (deleted rows are kept for audits until erasure.ledger), retry_at
+    # when a due file is tried (next).
+    (
+        f"""CREATE TABLE media (
+            event_id TEXT NOT NULL,
+            server TEXT NOT NULL,
+            media_id TEXT NOT NULL,
+            room_id TEXT NOT NULL,
+            state INTEGER NOT NULL DEFAULT {MEDIA_HELD},
+            changed_at INTEGER,
+            retry_at INTEGER,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            PRIMARY KEY (event_id, server, media_id)
+        ) WITHOUT ROWID""",
+        "CREATE INDEX media_file ON media(server, media_id)",
+        f"CREATE INDEX media_due ON media(retry_at) WHERE state = {MEDIA_DUE}",
+        "CREATE INDEX media_room ON media(room_id, state)",
+    ),
+    # 7: the erasure ledger: every redaction of Lethe's own, confirmed (finish_redacted),
+    # by event id and time only, so `lethe audit --erasure` can ask the homeserver
+    # whether it still stores the original. Pruned after erasure.ledger (engine/ledger.py).
+    (
+        """CREATE TABLE erasures (
+            room_id TEXT NOT NULL,
+            event_id TEXT NOT NULL,
+            redacted_at INTEGER NOT NULL,
+            PRIMARY KEY (room_id, event_id)
+        ) WITHOUT ROWID""",
+        "CREATE INDEX erasures_at ON erasures(redacted_at)",
+    ),
+    # 8: delayed redactions (MSC4140 delayed events, MSC4169 redactions through /send): the
     # homeserver redacts an event at its deadline itself, Lethe running or not
     # (bot/engine/delayed.py). delay_state is sql.DELAY_*; delay_txn the transaction id
     # of the request scheduling it, stored before it is sent; delay_id what the

@@ -8,7 +8,7 @@ names the same constant, which a bound parameter does not.
 
 from __future__ import annotations
 
-from bot.engine.model import DelayState, EventStatus
+from bot.engine.model import DelayState, EventStatus, MediaState
 from bot.engine.policy import Mode
 
 WAITING = str(int(EventStatus.WAITING))
@@ -17,6 +17,10 @@ PARKED = str(int(EventStatus.PARKED))
 FAILED = str(int(EventStatus.FAILED))
 SENT = str(int(EventStatus.SENT))
 
+MEDIA_HELD = str(int(MediaState.HELD))
+MEDIA_DUE = str(int(MediaState.DUE))
+MEDIA_DELETED = str(int(MediaState.DELETED))
+MEDIA_REMOTE = str(int(MediaState.REMOTE))
 DELAY_NONE = str(int(DelayState.NONE))
 DELAY_ARMING = str(int(DelayState.ARMING))
 DELAY_ARMED = str(int(DelayState.ARMED))

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sqlite3
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -19,12 +19,16 @@ from bot.engine.model import (
     ArmCandidate,
     CancelJob,
     Delay,
+    DueMedia,
+    Erasure,
     EventStatus,
+    MediaCounts,
+    MediaState,
     PendingEvent,
     RoomRow,
     RoomSchedule,
 )
-from bot.engine.store import delayed, events, meta, receipts, rooms
+from bot.engine.store import delayed, erasures, events, media, meta, receipts, rooms
 from bot.engine.store.errors import StoreError
 from bot.engine.store.schema import MIGRATIONS, SCHEMA_VERSION
 from bot.engine.store.transaction import Transaction
@@ -214,6 +218,35 @@ class Store:
     async def count_by_status(self) -> dict[EventStatus | int, int]:
         """Tracked events per status (an int: a status this version does not know)."""
         return await events.count_by_status(self._conn)
+
+    async def media_counts(self, room_id: str | None = None) -> MediaCounts:
+        """Files of tracked messages by state, in ``room_id`` or everywhere."""
+        return await media.counts(self._conn, room_id)
+
+    async def media_of(self, event_ids: Sequence[str]
+                       ) -> list[tuple[str, str, str, MediaState]]:
+        """(event_id, server, media_id, state) of the files these events pointed at."""
+        return await media.files_of(self._conn, event_ids)
+
+    async def due_media(self, now_ms: int, limit: int) -> list[DueMedia]:
+        """Up to ``limit`` files to delete now: due, and held by no tracked message."""
+        return await media.due_files(self._conn, now_ms, limit)
+
+    async def next_media_due(self) -> int | None:
+        """When the earliest due file that no tracked message holds is to be tried."""
+        return await media.next_due(self._conn)
+
+    async def ledger(self, room_id: str, since_ms: int | None = None) -> list[Erasure]:
+        """The ledger's entries for the room (confirmed since ``since_ms``), oldest first."""
+        return await erasures.in_room(self._conn, room_id, since_ms)
+
+    async def ledger_sample(self, each: int) -> list[Erasure]:
+        """The ledger's ``each`` oldest and ``each`` newest entries, oldest first."""
+        return await erasures.sample(self._conn, each)
+
+    async def ledger_oldest(self) -> int | None:
+        """When the ledger's oldest entry was confirmed (None: the ledger is empty)."""
+        return await erasures.oldest(self._conn)
 
     # --- delayed redactions (bot/engine/delayed.py) ------------------------------
 

@@ -8,9 +8,16 @@ from collections.abc import Sequence
 
 import aiosqlite
 
-from bot.engine.model import DelayRef, DueEvent, ReceiptMove, RedactionTarget, TrackedEvent
+from bot.engine.model import (
+    DelayRef,
+    DueEvent,
+    MediaState,
+    ReceiptMove,
+    RedactionTarget,
+    TrackedEvent,
+)
 from bot.engine.policy import Policy, StatePolicy
-from bot.engine.store import delayed, events, meta, receipts, rooms
+from bot.engine.store import delayed, erasures, events, media, meta, receipts, rooms
 from bot.engine.store.errors import StoreError
 
 
@@ -62,7 +69,8 @@ class Transaction:
         await rooms.set_last_event(self._conn, room_id, event_id)
 
     async def delete_room(self, room_id: str) -> None:
-        """The bot left; nothing there can be redacted by it any more. Delayed
+        """The bot left; nothing there can be redacted by it any more. The files of its
+        messages stay too (those of messages already redacted are still deleted). Delayed
         redactions scheduled there are queued for cancelling."""
         await rooms.delete_room(self._conn, room_id)
 
@@ -129,7 +137,8 @@ class Transaction:
     # --- events --------------------------------------------------------------
 
     async def insert_events(self, rows: Sequence[TrackedEvent]) -> None:
-        """An event seen twice (backfill overlap) keeps its first row."""
+        """An event seen twice (backfill overlap) keeps its first row. Their files
+        (``TrackedEvent.media``) are held until the message is gone."""
         await events.insert_events(self._conn, rows)
 
     async def reset_in_flight(self) -> None:
@@ -164,10 +173,10 @@ class Transaction:
 
     async def finish_redacted(self, room_id: str, event_id: str, now_ms: int, *,
                               fired: bool = False) -> bool:
-        """Verified gone: drop the row, count it, and let its edits, reactions and poll
-        responses follow at once. False if the row was already gone. ``fired``: by the
-        delayed redaction the homeserver held for it; otherwise one still held is
-        queued for cancelling."""
+        """Verified gone: drop the row, count it, enter it in the erasure ledger, make its
+        files due, and let its edits, reactions and poll responses follow at once. False
+        if the row was already gone. ``fired``: by the delayed redaction the homeserver
+        held for it; otherwise one still held is queued for cancelling."""
         return await events.finish_redacted(self._conn, room_id, event_id, now_ms,
                                             fired=fired)
 
@@ -176,10 +185,31 @@ class Transaction:
         return await events.redaction_target(self._conn, room_id, event_id)
 
     async def forget(self, room_id: str, event_id: str) -> None:
-        """Somebody else redacted it: drop the row, and the rows tracked only to follow
-        it (its own edits, reactions and poll responses keep their own deadline). Its
-        delayed redaction, if any, is queued for cancelling."""
+        """Somebody else redacted it: drop the row (its files are due), and the rows
+        tracked only to follow it (with their files: those messages stay); its own
+        edits, reactions and poll responses keep their own deadline. Its delayed
+        redaction, if any, is queued for cancelling."""
         await events.forget(self._conn, room_id, event_id)
+
+    # --- media ---------------------------------------------------------------
+
+    async def settle_media(self, server: str, media_id: str, state: MediaState,
+                           now_ms: int) -> None:
+        """The file is DELETED (or already gone), or REMOTE (not this server's)."""
+        await media.settle(self._conn, server, media_id, state, now_ms)
+
+    async def retry_media(self, server: str, media_id: str, retry_at: int) -> None:
+        await media.retry(self._conn, server, media_id, retry_at)
+
+    async def prune_media(self, before_ms: int) -> int:
+        """Forget the ids of files settled before ``before_ms``; returns how many."""
+        return await media.prune(self._conn, before_ms)
+
+    # --- the erasure ledger ------------------------------------------------------
+
+    async def prune_ledger(self, before_ms: int) -> int:
+        """Forget the ledger's entries confirmed before ``before_ms``; returns how many."""
+        return await erasures.prune(self._conn, before_ms)
 
     # --- delayed redactions (bot/engine/delayed.py) ------------------------------
 
