@@ -169,6 +169,10 @@ async def test_scheduled_when_the_message_arrives(h: Harness) -> None:
     assert h.engine is not None
     status = await h.engine.delayed_status()
     assert (status.in_use, status.armed, status.reason) == (True, 2, "")
+    # Listings show the deadline, not when Lethe itself would take over.
+    room = await h.engine.status(ROOM)
+    assert room is not None and (room.next_due, room.armed) == (due, 2)
+    assert {p.due_at for p in await h.store.pending(ROOM)} == {due}
 
 
 async def test_a_message_due_soon_is_not_worth_scheduling(h: Harness) -> None:
@@ -491,3 +495,25 @@ async def test_a_rebuilt_database_adopts_what_the_homeserver_still_holds(
     row = await h2.event("$m1")
     assert row is not None and (row["delay_state"], row["delay_id"]) == (DelayState.ARMED, held)
     assert fake.arm_calls == [] and fake.cancel_calls == []
+
+
+async def test_a_database_from_before_migrates_and_its_events_get_scheduled(
+    make_harness: Any, db_path: Any,
+) -> None:
+    """The delayed-redaction migration (the last one) on a database from before it:
+    waiting events get no delayed redaction recorded, and are scheduled on start."""
+    from .test_store import _old_database
+
+    conn = _old_database(db_path, len(MIGRATIONS) - 1)
+    clock = TestClock()
+    conn.execute(
+        "INSERT INTO events (event_id, room_id, sender, seq, origin_ts, mode, timer_ms, "
+        "due_at, sent_at) VALUES ('$old', '!r:x', ?, 1, ?, 1, ?, ?, ?)",
+        (ALICE, clock.now_ms(), M, clock.now_ms() + M, clock.now_ms()))
+    conn.commit()
+    conn.close()
+    fake = FakeDelayed(clock)
+    h = await make_harness(clock=clock, transport=fake,
+                           config=EngineConfig(bot_user_id=BOT, echo_wait_ms=ECHO))
+    assert fake.arm_calls == [("$old", M)]
+    assert await _state(h, "$old") is DelayState.ARMED

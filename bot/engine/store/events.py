@@ -30,6 +30,7 @@ from bot.engine.store.sql import (
     PARKED,
     SCHEDULED,
     SENT,
+    SHOWN_DUE,
     WAITING,
 )
 
@@ -120,7 +121,7 @@ async def pending_count(conn: aiosqlite.Connection, room_id: str | None) -> int:
 async def pending(
     conn: aiosqlite.Connection, room_id: str | None, limit: int
 ) -> list[PendingEvent]:
-    sql = "SELECT event_id, room_id, sender, origin_ts, due_at, status FROM events"
+    sql = f"SELECT event_id, room_id, sender, origin_ts, {SHOWN_DUE}, status FROM events"
     args: list[Any] = []
     if room_id is not None:
         sql += " WHERE room_id = ?"

@@ -51,6 +51,12 @@ DEADLINE = f"""coalesce(CASE mode
 DUE_COLUMNS = (f"event_id, room_id, sender, min(due_at, {DEADLINE}), txn_id, attempts, "
                "delay_state, delay_id, delay_by, delay_at")
 
+# When an event is due as listings show it (pending, next due): for one the homeserver
+# holds a delayed redaction of, its time (due_at, when Lethe itself would take over,
+# is a grace later).
+SHOWN_DUE = (f"CASE WHEN delay_state = {DELAY_ARMED} THEN min(due_at, delay_at) "
+             "ELSE due_at END")
+
 # Delayed redactions (bot/engine/delayed.py). Each is the condition of a partial index
 # of the delayed-redactions migration, which a query must repeat as is for SQLite to
 # use it. UNARMED: an event that may get one, by due time (events_unarmed). DELAYED:
