@@ -142,6 +142,14 @@ class LocalSynapse:
         if resolved not in self._app_service_files:
             self._app_service_files.append(resolved)
 
+    def remove_app_service_config(self, path: Path) -> None:
+        """Unregister an appservice registration file; applies on the next (re)start.
+        An appservice left registered while nothing answers at its URL holds the
+        homeserver's pushes to the others back (its retries), so tests remove theirs."""
+        resolved = Path(path).resolve()
+        if resolved in self._app_service_files:
+            self._app_service_files.remove(resolved)
+
     def build_config(self) -> dict[str, Any]:
         """The homeserver.yaml contents as a dict (extra_config merged last, shallowly)."""
         config: dict[str, Any] = {
