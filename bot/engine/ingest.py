@@ -28,16 +28,8 @@ from bot.engine.model import (
     RoomUpdate,
     TrackedEvent,
 )
-from bot.engine.policy import (
-    BEEPER_EVENT_TYPE,
-    POLICY_EVENT_TYPE,
-    Mode,
-    Policy,
-    PolicyError,
-    StatePolicy,
-    policy_from_event,
-    resolve_policy,
-)
+from bot.engine.policy import Mode, Policy
+from bot.engine.roompolicy import RoomState, apply_policy_event
 from bot.engine.sendtimes import SEEN_KEY, read_time, seen_time, sent_time
 from bot.engine.store import StoreBackend, TransactionOps
 
@@ -70,25 +62,6 @@ class IngestConfig:
     # For rooms whose state holds no policy event (the bridge's server-wide default).
     default_policy: Policy = field(default_factory=Policy.off)
     track_media: bool = False  # keep the ids of tracked messages' files (media deletion)
-
-
-@dataclass
-class _RoomState:
-    """Per-room working state for one batch."""
-
-    policy: Policy
-    lethe: StatePolicy | None
-    beeper: StatePolicy | None
-    sender: str | None
-    members: set[str]
-    is_new: bool
-    policy_dirty: bool = False  # the stored state events changed
-    changed: bool = False  # the effective policy changed
-    changed_by: str | None = None
-    read_dirty: bool = False
-    read_at: int = 0
-    tracked_ids: set[str] = field(default_factory=set)
-    positions: int = 0  # timeline positions stored in this batch
 
 
 class Ingestor:
@@ -166,17 +139,17 @@ class Ingestor:
         return IngestResult(tuple(changes), tuple(invalid), tracked, redacted=tuple(redacted),
                             fired=tuple(fired))
 
-    async def _load_room(self, tx: TransactionOps, room_id: str) -> _RoomState:
+    async def _load_room(self, tx: TransactionOps, room_id: str) -> RoomState:
         row = await self._store.get_room(room_id)
         if row is None:
             await tx.ensure_room(room_id)
         members = await self._store.members(room_id)
         default = self._config.default_policy
         if row is None:
-            return _RoomState(
+            return RoomState(
                 default, None, None, None, members, is_new=True, policy_dirty=default.active
             )
-        room = _RoomState(
+        room = RoomState(
             row.policy, row.lethe_state, row.beeper_state, row.policy_sender, members, False
         )
         if row.lethe_state is None and row.beeper_state is None and row.policy != default:
@@ -192,7 +165,7 @@ class Ingestor:
         self,
         tx: TransactionOps,
         update: RoomUpdate,
-        room: _RoomState,
+        room: RoomState,
         now_ms: int,
         invalid: list[InvalidPolicy],
         redacted: list[DueEvent],
@@ -218,7 +191,8 @@ class Ingestor:
             elif isinstance(item, MemberChange):
                 await self._member(tx, room_id, room, item, now_ms)
             elif isinstance(item, PolicyEvent):
-                self._policy(room_id, room, item, invalid)
+                apply_policy_event(room_id, room, item, invalid,
+                                   self._config.default_cap_ms)
             elif isinstance(item, Redaction):
                 # Flush first: the target may be in this very batch.
                 await tx.insert_events(rows)
@@ -241,7 +215,7 @@ class Ingestor:
     def _track(
         self,
         room_id: str,
-        room: _RoomState,
+        room: RoomState,
         msg: Message,
         seq: int,
         tracked_parents: set[str],
@@ -286,7 +260,7 @@ class Ingestor:
             self._uncapped[room_id] = since + stored
 
     async def _member(
-        self, tx: TransactionOps, room_id: str, room: _RoomState, change: MemberChange,
+        self, tx: TransactionOps, room_id: str, room: RoomState, change: MemberChange,
         now_ms: int,
     ) -> None:
         if not self.counts_as_reader(change.user_id):
@@ -303,62 +277,8 @@ class Ingestor:
             room.read_dirty = True
             room.read_at = max(room.read_at, now_ms)
 
-    def _policy(
-        self, room_id: str, room: _RoomState, event: PolicyEvent, invalid: list[InvalidPolicy]
-    ) -> None:
-        if event.redacted_by is not None or event.refused is not None:
-            self._ignored(room_id, room, event, invalid)
-            return
-        try:
-            policy = policy_from_event(
-                event.event_type, event.content, self._config.default_cap_ms)
-        except PolicyError as exc:
-            log.warning("ignoring invalid %s in %s from %s: %s",
-                        event.event_type, room_id, event.sender, exc)
-            if event.in_timeline:
-                invalid.append(InvalidPolicy(room_id, event.sender, event.event_type, str(exc)))
-            return
-        state = StatePolicy(policy, event.event_type, event.sender, event.origin_ts)
-        if event.event_type == POLICY_EVENT_TYPE:
-            room.lethe = state
-        elif event.event_type == BEEPER_EVENT_TYPE:
-            room.beeper = state
-        winner = resolve_policy(room.lethe, room.beeper)
-        new_policy = winner.policy if winner else Policy.off()
-        if new_policy != room.policy:
-            room.changed = True
-            room.changed_by = event.sender
-        room.policy_dirty = True
-        room.policy, room.sender = new_policy, winner.sender if winner else None
-
-    def _ignored(
-        self, room_id: str, room: _RoomState, event: PolicyEvent, invalid: list[InvalidPolicy]
-    ) -> None:
-        """A policy event that changes nothing, and the previous policy stays: one whose
-        content a redaction pruned away (that is not an "off"), or one from a sender who
-        may not change the policy (the front says why)."""
-        known = room.lethe if event.event_type == POLICY_EVENT_TYPE else room.beeper
-        if known is not None and (known.sender, known.origin_ts) == (event.sender,
-                                                                     event.origin_ts):
-            # The event Lethe applies already, seen again (the state after a restart):
-            # since redacted, or its sender lost power since. Nothing to say again.
-            log.info("keeping the policy of %s: its %s event is %s", room_id, event.event_type,
-                     "redacted" if event.redacted_by is not None else "from a sender "
-                     "without the power to set it now")
-            return
-        if event.redacted_by is not None:
-            by = f" by {event.redacted_by}" if event.redacted_by else ""
-            reason = (f"it was redacted{by}, and a redaction does not change the policy "
-                      "(to turn it off, set it to off)")
-        else:
-            reason = event.refused or "refused"
-        log.warning("ignoring %s in %s from %s: %s", event.event_type, room_id, event.sender,
-                    reason)
-        if event.in_timeline:
-            invalid.append(InvalidPolicy(room_id, event.sender, event.event_type, reason))
-
     async def _apply_receipts(
-        self, tx: TransactionOps, update: RoomUpdate, room: _RoomState, now_ms: int
+        self, tx: TransactionOps, update: RoomUpdate, room: RoomState, now_ms: int
     ) -> None:
         """Each receipt counts for what it newly covers (cover), in the order of
         their read times: a message is read when its last required reader read it,
