@@ -16,6 +16,8 @@ from urllib.parse import urlparse
 
 import yaml
 
+from bot.boundsconfig import read_bounds
+from bot.engine.bounds import BoundsConfig
 from bot.engine.ids import server_name
 from bot.engine.policy import PolicyError, parse_duration
 from bot.erasureconfig import ErasureConfig, read_erasure
@@ -90,6 +92,7 @@ class Config:
     metrics: MetricsConfig | None = None  # None: no metrics endpoint
     erasure: ErasureConfig = field(default_factory=ErasureConfig)
     delayed_redactions: bool = True  # redaction.delayed: auto (True) or off
+    bounds: BoundsConfig = field(default_factory=BoundsConfig)  # policy.bounds, .rooms
 
     @property
     def db_path(self) -> Path:
@@ -296,7 +299,9 @@ KNOWN_KEYS: dict[str, Any] = {
     "e2ee": {"pickle_key": None, "trust": None},
     "invites": {"allow": None},
     "commands": {"prefix": None},
-    "policy": {"default_cap": None},
+    "policy": {"default_cap": None, "rooms": None,  # rooms: bot/boundsconfig.py checks
+               "bounds": dict.fromkeys(("min_timer", "max_timer", "min_cap", "max_cap",
+                                        "allow_off"))},
     "readers": {"ignore": None},
     "redaction": {"workers": None, "delayed": None},
     "logging": {"level": None},
@@ -358,6 +363,7 @@ def load_config(path: Path | str, env: dict[str, str] | None = None) -> Config:
     if any(c.isspace() for c in prefix):
         raise r.fail("commands.prefix", "must not contain spaces")
 
+    default_cap_ms = r.default_cap_ms()
     return Config(
         path=path,
         homeserver=HomeserverConfig(url),
@@ -366,11 +372,12 @@ def load_config(path: Path | str, env: dict[str, str] | None = None) -> Config:
         e2ee=E2EEConfig(pickle_key, trust),
         invites_allow=invites_allow,
         command_prefix=prefix,
-        default_cap_ms=r.default_cap_ms(),
+        default_cap_ms=default_cap_ms,
         ignore_readers=r.ignore_readers(),
         workers=r.workers(),
         log_level=r.log_level(),
         metrics=r.metrics(),
         erasure=r.erasure(env),
         delayed_redactions=r.delayed_redactions(),
+        bounds=read_bounds(r, default_cap_ms),
     )

@@ -100,6 +100,7 @@ class Bridge:
                 delete_media=self.media is not None,
                 ledger_ms=config.erasure.ledger_ms,
                 delayed_redactions=config.delayed_redactions,
+                bounds=config.bounds,
             ),
             self._on_park,
             is_other_sender=lambda sender: not config.is_local(sender),
@@ -234,8 +235,9 @@ class Bridge:
             for change in result.policy_changes:
                 if change.initial and not change.policy.active:
                     continue  # every room the bridge meets; only enforcement is news
-                log.info("policy in %s: %s%s", change.room_id, change.policy.describe(),
-                         f" (set by {change.sender})" if change.sender else "")
+                log.info("policy in %s: %s%s%s", change.room_id, change.policy.describe(),
+                         f" (set by {change.sender})" if change.sender else "",
+                         f"; enforced at the bound: {change.bound}" if change.bound else "")
             assert self._follow is not None and self._mirror is not None
             for room_id, reading in readings.items():
                 try:

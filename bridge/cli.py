@@ -110,7 +110,16 @@ def rooms(ctx: click.Context, as_json: bool) -> None:
     policy, whether it can enforce it, pending count and next due time, and the files of
     expired messages."""
     from bot.cli.census import room_schedules
-    from bot.cli.output import emit_json, media_json, policy_json, relative, short_policy, table
+    from bot.cli.output import (
+        emit_json,
+        enforced_cell,
+        enforced_json,
+        media_json,
+        policy_json,
+        relative,
+        table,
+    )
+    from bot.engine.bounds import row_enforcement
     from bot.engine.media import describe_media
     from bridge.rooms import OWNERS_META, load_room_map
 
@@ -128,11 +137,15 @@ def rooms(ctx: click.Context, as_json: bool) -> None:
         finally:
             await store.close()
         found: list[dict[str, Any]] = []
+        enforced = {row.room_id: row_enforcement(row, config.bounds, config.default_policy)
+                    for row in rows}
         for row in rows:
             schedule = schedules.get(row.room_id)
             found.append({
                 "room_id": row.room_id,
-                "policy": policy_json(row.policy),
+                "policy": policy_json(row.policy),  # as enforced (the bounds: "bounds")
+                "bounds": enforced_json(enforced[row.room_id],
+                                        config.bounds.for_room(row.room_id)),
                 "policy_sender": row.policy_sender,
                 "can_enforce": row.can_redact_others,
                 # None: the bridge; else the Lethe bot (bridge.defer_to) that has power
@@ -157,7 +170,7 @@ def rooms(ctx: click.Context, as_json: bool) -> None:
             ("ID", "POLICY", "ENFORCED", "BY", "PENDING", "NEXT DUE", "REDACTED", "FAILED"),
             [
                 (
-                    room["room_id"], short_policy(row.policy), _enforced(row),
+                    room["room_id"], enforced_cell(enforced[row.room_id]), _enforced(row),
                     room["enforced_by"] or "bridge",
                     room["pending"], relative(room["next_due"], now), room["redacted"],
                     room["failed"],

@@ -2,7 +2,7 @@
 the settings it shares with the bot (``homeserver.url``, ``data_dir``,
 ``policy.default_cap``, ``readers.ignore``, ``redaction.workers`` and ``.delayed``,
 ``logging.level``,
-``erasure``),
+``erasure``, ``policy.bounds`` and ``policy.rooms``: the bounds bind both fronts),
 read with the bot's reader so both name keys and problems the same way.
 """
 
@@ -16,7 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bot.boundsconfig import check_default_policy, read_bounds
 from bot.config import ConfigReader, MetricsConfig, read_config_file
+from bot.engine.bounds import BoundsConfig
 from bot.engine.ids import localpart, server_name
 from bot.engine.policy import Mode, Policy, PolicyError, Readers, after_read_policy
 from bot.erasureconfig import ErasureConfig
@@ -66,6 +68,7 @@ class BridgeConfig:
     metrics: MetricsConfig | None = None  # None: no metrics endpoint
     erasure: ErasureConfig = field(default_factory=ErasureConfig)
     delayed_redactions: bool = True  # redaction.delayed: auto (True) or off
+    bounds: BoundsConfig = field(default_factory=BoundsConfig)  # policy.bounds, .rooms
 
     @property
     def server_name(self) -> str:
@@ -114,6 +117,9 @@ def load_bridge_config(path: Path | str, env: dict[str, str] | None = None) -> B
         r.globs(rooms, "bridge.rooms.exclude", (), room_globs),
     )
 
+    bounds = read_bounds(r, default_cap_ms)
+    default_policy = _default_policy(r, bridge, default_cap_ms)
+    check_default_policy(r, bounds, default_policy, "bridge.default_policy")
     return BridgeConfig(
         path=path,
         homeserver_url=homeserver_url,
@@ -123,7 +129,7 @@ def load_bridge_config(path: Path | str, env: dict[str, str] | None = None) -> B
         host=host,
         port=port,
         db_path=db_path,
-        default_policy=_default_policy(r, bridge, default_cap_ms),
+        default_policy=default_policy,
         rooms=room_filter,
         defer_to=r.globs(bridge, "bridge.defer_to", ()),
         default_cap_ms=default_cap_ms,
@@ -133,6 +139,7 @@ def load_bridge_config(path: Path | str, env: dict[str, str] | None = None) -> B
         metrics=r.metrics(_subsection(r, bridge, "bridge.metrics"), "bridge.metrics.listen"),
         erasure=r.erasure(env),
         delayed_redactions=r.delayed_redactions(),
+        bounds=bounds,
     )
 
 

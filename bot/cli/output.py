@@ -21,6 +21,8 @@ from typing import Any, Protocol
 import click
 
 from bot.cli.roomstate import RoomState
+from bot.config import Config
+from bot.engine.bounds import Bounds, Enforcement, brief
 from bot.engine.model import MediaCounts, RoomRow
 from bot.engine.policy import Policy, format_duration
 from bot.engine.power import describe_level
@@ -74,13 +76,19 @@ def policy_json(policy: Policy) -> dict[str, Any]:
 
 def short_policy(policy: Policy) -> str:
     """The policy in command syntax, for table cells: ``after-read 1h cap 1d``."""
-    state = policy.to_state()
-    if not policy.active:
-        return "off"
-    text = f"{policy.mode.value.replace('_', '-')} {format_duration(state['timer_ms'])}"
-    if "cap_ms" in state:
-        text += f" cap {format_duration(state['cap_ms'])} readers {state['readers']}"
-    return text
+    return brief(policy)
+
+
+def bounds_json(state: RoomState, config: Config) -> dict[str, Any]:
+    """The room's policy under the operator's bounds (bot/engine/bounds.py): what its
+    state sets, what Lethe enforces, and the bound in between (``text``: for people)."""
+    bounds = config.bounds.for_room(state.room_id)
+    return enforced_json(Enforcement.of(state.policy, bounds), bounds)
+
+
+def enforced_json(found: Enforcement, bounds: Bounds) -> dict[str, Any]:
+    return {"set": policy_json(found.declared), "enforced": policy_json(found.enforced),
+            "bound": found.problem, "bounds": bounds.describe(), "text": found.describe()}
 
 
 def _level(level: float) -> int | str:
@@ -115,14 +123,31 @@ def policy_events_json(state: RoomState) -> list[dict[str, Any]]:
     ]
 
 
-def policy_lines(state: RoomState, row: RoomRow | None) -> list[tuple[str, str]]:
-    """The two policy state events, and Lethe's own view where it differs."""
+def policy_cell(state: RoomState, config: Config) -> str:
+    """The policy for a table cell; under a bound, what is set and what is enforced."""
+    return enforced_cell(Enforcement.of(state.policy, config.bounds.for_room(state.room_id)))
+
+
+def enforced_cell(found: Enforcement) -> str:
+    if found.problem is None:
+        return brief(found.enforced)
+    return f"set {brief(found.declared)}, enforced {brief(found.enforced)} " \
+        f"(bound: {found.problem})"
+
+
+def policy_lines(state: RoomState, row: RoomRow | None,
+                 config: Config) -> list[tuple[str, str]]:
+    """The two policy state events, and Lethe's own view where it differs from what the
+    room state and the operator's bounds say together."""
     lines = [
         ("State event", f"{v.event_type} by {v.sender} at {when(v.origin_ts)}"
          + (f"; IGNORED: {v.problem}" if v.problem else ""))
         for v in state.policy_events
     ]
-    if row is not None and row.policy != state.policy:
+    bounds = config.bounds.for_room(state.room_id)
+    if not bounds.unbounded:
+        lines.append(("Bounds", bounds.describe()))
+    if row is not None and row.policy != bounds.clamp(state.policy):
         lines.append(("Lethe applies", f"{row.policy.describe()} (it has not caught up with "
                                        "the room state yet, or it kept the policy in force "
                                        "before an ignored event)"))

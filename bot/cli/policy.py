@@ -14,6 +14,7 @@ import click
 from bot.cli.common import cli_config, config_option, run_async
 from bot.cli.context import Admin, admin_session, duration_arg, readonly_store
 from bot.cli.output import (
+    bounds_json,
     emit_json,
     enforcement,
     enforcement_text,
@@ -67,10 +68,12 @@ def show(ctx: click.Context, room: str, as_json: bool) -> None:
             state = await admin.room_state(room_id)
             row = await store.get_room(room_id) if store else None
         mirror = mirror_status(state.policy, state.retention, state.power, admin.bot)
+        bounds = bounds_json(state, config)
         if as_json:
             emit_json({
                 "room_id": room_id,
                 "policy": policy_json(state.policy),
+                "bounds": bounds,
                 "policy_sender": state.policy_sender,
                 **enforcement(state, admin.bot),
                 "policy_events": policy_events_json(state),
@@ -86,10 +89,10 @@ def show(ctx: click.Context, room: str, as_json: bool) -> None:
             return
         fields([
             ("Room", state.title),
-            ("Policy", state.policy.describe()),
+            ("Policy", bounds["text"]),
             ("Set by", state.policy_sender or "nobody (no policy in the room state)"),
             ("Enforced", enforcement_text(state, admin.bot, long=True)),
-            *policy_lines(state, row),
+            *policy_lines(state, row, config),
             ("Mirror", mirror),
         ])
 
@@ -130,6 +133,10 @@ async def apply_policy(admin: Admin, room: str, rule: Policy | None,
     state = await admin.room_state(room_id)
     new = (state.policy if rule is None else rule).mirrored(
         state.policy.mirror_retention if mirror is None else mirror)
+    outside = admin.config.bounds.for_room(room_id).check(new)  # bot/engine/bounds.py
+    if outside is not None:
+        raise CheckFailed(f"{room}: not allowed on this server: {outside}. Nothing was "
+                          "changed.")
     missing = missing_policy_power(state.power, admin.bot)
     if missing is not None:
         raise CheckFailed(

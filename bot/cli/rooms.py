@@ -12,21 +12,23 @@ from bot.cli.census import RoomSchedule, room_schedules
 from bot.cli.common import cli_config, config_option, run_async
 from bot.cli.context import admin_session, readonly_store
 from bot.cli.output import (
+    bounds_json,
     emit_json,
     enforcement,
     enforcement_text,
     fields,
     json_option,
     media_json,
+    policy_cell,
     policy_events_json,
     policy_json,
     policy_lines,
     relative,
     say,
-    short_policy,
     table,
 )
 from bot.cli.roomstate import RoomState
+from bot.config import Config
 from bot.engine.givenup import META_KEY as GIVEN_UP_KEY
 from bot.engine.givenup import GivenUpRoom, load_given_up
 from bot.engine.media import describe_media
@@ -37,7 +39,7 @@ from bot.front.joins import PendingInvite, load_pending
 
 
 def summary(state: RoomState, schedule: RoomSchedule | None, store: Store | None,
-            bot: str, media: dict[str, Any] | None = None) -> dict[str, Any]:
+            config: Config, media: dict[str, Any] | None = None) -> dict[str, Any]:
     """One room, as `rooms list --json` shows it."""
     known = store is not None
     return {
@@ -47,8 +49,9 @@ def summary(state: RoomState, schedule: RoomSchedule | None, store: Store | None
         "encrypted": state.encrypted,
         "members": len(state.members),
         "policy": policy_json(state.policy),
+        "bounds": bounds_json(state, config),  # what is enforced, where a bound changes it
         "policy_sender": state.policy_sender,
-        **enforcement(state, bot),
+        **enforcement(state, config.bot.user_id),
         # None: Lethe's database could not be read.
         "pending": (schedule.pending if schedule else 0) if known else None,
         "next_due": schedule.next_due if schedule else None,
@@ -95,7 +98,7 @@ def list_rooms(ctx: click.Context, as_json: bool) -> None:
             for room_id in await admin.joined_rooms():
                 state = await admin.room_state(room_id)
                 media = media_json(await _media(store, room_id), deletes)
-                found.append((state, summary(state, schedules.get(room_id), store, admin.bot,
+                found.append((state, summary(state, schedules.get(room_id), store, config,
                                              media)))
             total = await _media(store, None)
         joined = {state.room_id for state, _ in found}
@@ -130,7 +133,7 @@ def list_rooms(ctx: click.Context, as_json: bool) -> None:
                 (
                     state.name or state.canonical_alias or "-", state.room_id,
                     "yes" if state.encrypted else "no",
-                    len(state.members), short_policy(state.policy),
+                    len(state.members), policy_cell(state, config),
                     enforcement_text(state, admin.bot),
                     "?" if row["pending"] is None else row["pending"],
                     relative(row["next_due"], now),
@@ -169,7 +172,7 @@ def show(ctx: click.Context, room: str, as_json: bool) -> None:
             media = await _media(store, room_id)
         deletes = config.erasure.deletes_media
         data = {
-            **summary(state, schedule, store, admin.bot, media_json(media, deletes)),
+            **summary(state, schedule, store, config, media_json(media, deletes)),
             "alt_aliases": list(state.alt_aliases),
             "joined_members": list(state.members),
             "policy_events": policy_events_json(state),
@@ -188,10 +191,10 @@ def show(ctx: click.Context, room: str, as_json: bool) -> None:
             ("Aliases", ", ".join(aliases) or "-"),
             ("Encrypted", "yes" if state.encrypted else "no"),
             ("Members", f"{len(state.members)}: {', '.join(state.members)}"),
-            ("Policy", state.policy.describe()
+            ("Policy", data["bounds"]["text"]
              + (f", set by {state.policy_sender}" if state.policy_sender else "")),
             ("Enforced", enforcement_text(state, admin.bot, long=True)),
-            *policy_lines(state, row),
+            *policy_lines(state, row, config),
         ]
         if data["pending"] is not None:
             lines.append(("Pending", f"{data['pending']}, next due "

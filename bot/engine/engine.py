@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bot.engine.arming import Armer
+from bot.engine.bounds import BoundsConfig, Enforcement, row_enforcement
 from bot.engine.clock import Clock, SystemClock
 from bot.engine.delayed import DelayedStatus, DelayedTransport, Takeover, Why
 from bot.engine.echoes import EchoConfirmation
@@ -26,6 +27,7 @@ from bot.engine.ledger import LedgerKeeper
 from bot.engine.media import MediaDeleter, MediaStats, MediaTransport
 from bot.engine.model import DueEvent, EventStatus, IngestResult, MediaCounts, RoomRow, RoomUpdate
 from bot.engine.policy import Policy
+from bot.engine.reclamp import reclamp_rooms
 from bot.engine.redactor import RedactionStats, Redactor, Transport
 from bot.engine.scheduler import ParkListener, RedactionListener, Scheduler
 from bot.engine.store import Store, StoreBackend
@@ -53,6 +55,7 @@ class EngineConfig:
     # Schedule delayed redactions where the homeserver offers them (config
     # ``redaction.delayed``: auto; bot/engine/delayed.py).
     delayed_redactions: bool = True
+    bounds: BoundsConfig = field(default_factory=BoundsConfig)  # the operator's (bounds.py)
 
 
 @dataclass(frozen=True)
@@ -69,6 +72,7 @@ class RoomStatus:
     failed: int
     media: MediaCounts | None = None  # None: media deletion is off
     armed: int = 0  # delayed redactions the homeserver holds here (bot/engine/delayed.py)
+    enforcement: Enforcement | None = None  # the state's policy, and the bound if outside
 
 
 class Engine:
@@ -96,7 +100,7 @@ class Engine:
             store,
             IngestConfig(
                 config.bot_user_id, config.ignore_readers, config.default_cap_ms,
-                config.default_policy, track_media=deletes_media,
+                config.default_policy, track_media=deletes_media, bounds=config.bounds,
             ),
             self._echoes,
         )
@@ -160,6 +164,7 @@ class Engine:
 
     async def start(self) -> None:
         await self._ingestor.load()
+        await reclamp_rooms(self._store, self.config.bounds, self.config.default_policy)
         await self._ledger.prune()
         await self._scheduler.start()
         if self._media is not None:
@@ -325,6 +330,7 @@ class Engine:
             row.room_id, row.policy, row.policy_sender, row.can_redact_others, row.bot_level,
             row.redact_level, schedule.pending, schedule.next_due, row.redacted_count,
             row.failed_count, media, await self._store.armed_count(room_id=room_id),
+            row_enforcement(row, self.config.bounds, self.config.default_policy),
         )
 
     async def delayed_status(self) -> DelayedStatus:

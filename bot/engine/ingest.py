@@ -11,6 +11,7 @@ import logging
 from dataclasses import dataclass, field
 
 from bot.engine import reads
+from bot.engine.bounds import BoundsConfig
 from bot.engine.echoes import Echo, EchoConfirmation
 from bot.engine.ids import server_name
 from bot.engine.model import (
@@ -62,6 +63,7 @@ class IngestConfig:
     # For rooms whose state holds no policy event (the bridge's server-wide default).
     default_policy: Policy = field(default_factory=Policy.off)
     track_media: bool = False  # keep the ids of tracked messages' files (media deletion)
+    bounds: BoundsConfig = field(default_factory=BoundsConfig)  # the operator's
 
 
 class Ingestor:
@@ -123,7 +125,8 @@ class Ingestor:
                 if room.changed or room.is_new:
                     changes.append(
                         PolicyChange(
-                            update.room_id, room.policy, room.changed_by or "", room.is_new
+                            update.room_id, room.policy, room.changed_by or "", room.is_new,
+                            room.bound,
                         )
                     )
                 if update.last_event_id:
@@ -144,14 +147,13 @@ class Ingestor:
         if row is None:
             await tx.ensure_room(room_id)
         members = await self._store.members(room_id)
-        default = self._config.default_policy
+        bounds = self._config.bounds.for_room(room_id)
+        default = bounds.clamp(self._config.default_policy)
         if row is None:
-            return RoomState(
-                default, None, None, None, members, is_new=True, policy_dirty=default.active
-            )
-        room = RoomState(
-            row.policy, row.lethe_state, row.beeper_state, row.policy_sender, members, False
-        )
+            return RoomState(default, None, None, None, members, is_new=True,
+                             policy_dirty=default.active, bounds=bounds)
+        room = RoomState(row.policy, row.lethe_state, row.beeper_state, row.policy_sender,
+                         members, False, bounds=bounds)
         if row.lethe_state is None and row.beeper_state is None and row.policy != default:
             # No policy in the room's state: the default applies, as configured now.
             room.policy, room.sender, room.policy_dirty = default, None, True

@@ -298,6 +298,7 @@ class PolicyChange:
     policy: Policy
     sender: str
     initial: bool  # first policy seen for a room Lethe just started watching
+    bound: str | None = None  # the state's policy is outside this bound: enforced at it
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 
+from bot.engine.bounds import Bounds
 from bot.engine.model import InvalidPolicy, PolicyEvent
 from bot.engine.policy import (
     BEEPER_EVENT_TYPE,
@@ -38,6 +39,8 @@ class RoomState:
     read_at: int = 0
     tracked_ids: set[str] = field(default_factory=set)
     positions: int = 0  # timeline positions stored in this batch
+    bounds: Bounds = field(default_factory=Bounds)  # the operator's, for this room
+    bound: str | None = None  # the bound the state's policy is outside of (enforced at it)
 
 
 def apply_policy_event(room_id: str, room: RoomState, event: PolicyEvent,
@@ -62,8 +65,14 @@ def apply_policy_event(room_id: str, room: RoomState, event: PolicyEvent,
     elif event.event_type == BEEPER_EVENT_TYPE:
         room.beeper = state
     winner = resolve_policy(room.lethe, room.beeper)
-    new_policy = winner.policy if winner else Policy.off()
-    if new_policy != room.policy:
+    declared = winner.policy if winner else Policy.off()
+    # Outside the operator's bounds: enforced at the nearest bound, and said (a change
+    # in the timeline is announced even when what is enforced stays the same).
+    new_policy, room.bound = room.bounds.clamp(declared), room.bounds.check(declared)
+    if room.bound is not None:
+        log.warning("the policy %s sets in %s is outside the bounds (%s); enforcing %s",
+                    event.sender, room_id, room.bound, new_policy.describe())
+    if new_policy != room.policy or (room.bound is not None and event.in_timeline):
         room.changed = True
         room.changed_by = event.sender
     room.policy_dirty = True

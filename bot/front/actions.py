@@ -310,6 +310,11 @@ class ActionWorker:
         if missing is not None:
             await self.notice(room_id, texts.bot_may_not_change_policy(missing.needed))
             return
+        outside = bot.config.bounds.for_room(room_id).check(policy)  # bot/engine/bounds.py
+        if outside is not None:
+            log.info("refused a policy change in %s by %s: %s", room_id, sender, outside)
+            await self.notice(room_id, texts.outside_bounds(sender, outside))
+            return
         try:
             # Remembered before the sync that brings them back can be handled.
             written = await write_policy(bot.http, room_id, policy)

@@ -92,6 +92,7 @@ class LetheBot:
                 delete_media=self.media is not None,
                 ledger_ms=self.config.erasure.ledger_ms,
                 delayed_redactions=self.config.delayed_redactions,
+                bounds=self.config.bounds,
             ),
             self.actions.on_park,
             media=self.media,

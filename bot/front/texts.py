@@ -8,7 +8,7 @@ from __future__ import annotations
 from bot.engine.delayed import DelayedStatus
 from bot.engine.engine import RoomStatus
 from bot.engine.media import describe_media
-from bot.engine.model import InvalidPolicy
+from bot.engine.model import InvalidPolicy, PolicyChange
 from bot.engine.policy import Policy, format_duration
 from bot.engine.power import PowerState, describe_level
 from bot.front.untracked import UntrackedSpan, when
@@ -103,6 +103,18 @@ def reaches_back(lifetime_ms: int) -> str:
             f"{format_duration(lifetime_ms)}, those sent before this policy too.")
 
 
+def outside_bounds(sender: str, problem: str) -> str:
+    """A command asking for a policy outside the operator's bounds (bot/engine/bounds.py)."""
+    return f"{sender}: not allowed on this server: {problem}. Nothing was changed."
+
+
+def enforced_at_bound(change: PolicyChange) -> str:
+    """Room state set a policy outside the operator's bounds: what is enforced instead."""
+    who = f"{change.sender}'s" if change.sender else "The room's"
+    return (f"{who} policy is outside the bounds this server's operator set ({change.bound}). "
+            f"Enforced instead: {change.policy.describe()}.")
+
+
 POLICY_WRITE_FAILED = "Could not write the policy to the room state; please try again."
 
 
@@ -112,7 +124,9 @@ def status_text(status: RoomStatus | None, power: PowerState, bot_user_id: str,
     """`!lethe status`: the policy, whether it can be enforced, and what is pending."""
     if status is None:
         return "I have not seen this room's state yet; try again in a moment."
-    lines = [f"Policy: {status.policy.describe()}"]
+    enforcement = status.enforcement
+    shown = enforcement.describe() if enforcement else status.policy.describe()
+    lines = [f"Policy: {shown}"]
     if status.policy_sender:
         lines[0] += f", set by {status.policy_sender}"
     level = power.level(bot_user_id)
