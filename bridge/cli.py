@@ -195,6 +195,7 @@ def status(ctx: click.Context, as_json: bool) -> None:
     while the bridge is stopped (delayed redactions) and for how many messages."""
     from bot.cli.census import delayed_summary, pending_by_status
     from bot.cli.output import emit_json
+    from bot.engine.bounds import row_enforcement
 
     config = _config(ctx)
 
@@ -203,16 +204,27 @@ def status(ctx: click.Context, as_json: bool) -> None:
         try:
             pending = await pending_by_status(store)
             delayed = await delayed_summary(store)
+            rows = await store.list_rooms()
         finally:
             await store.close()
+        # Rooms whose state sets a policy outside the operator's bounds (enforced at them).
+        at_bound = sorted(row.room_id for row in rows if row_enforcement(
+            row, config.bounds, config.default_policy).problem is not None)
         if as_json:
             emit_json({"pending": pending, "delayed": {
                 "in_use": delayed.in_use, "reason": delayed.reason,
                 "armed": delayed.armed, "cancels": delayed.cancels,
-                "enabled": config.delayed_redactions}})
+                "enabled": config.delayed_redactions},
+                "bounds": {"bounds": config.bounds.default.describe(),
+                           "room_rules": len(config.bounds.rooms),
+                           "rooms_at_bound": at_bound}})
             return
         click.echo("Pending: " + ", ".join(f"{n} {name}" for name, n in pending.items()))
         click.echo(f"Delayed redactions: {_delayed_text(delayed, config)}")
+        click.echo(f"Bounds: {config.bounds.default.describe()}"
+                   + (f" ({len(config.bounds.rooms)} room rule(s))" if config.bounds.rooms
+                      else "")
+                   + f"; {len(at_bound)} room(s) enforced at a bound (lethe bridge rooms)")
 
     run_async(go)
 
