@@ -122,3 +122,33 @@ async def test_a_room_where_only_off_is_allowed(synapse, people, tmp_path: Path)
         assert "set: after-send 2s, enforced: off (bound: only off" in status, status
     finally:
         await lethe.stop()
+
+
+async def test_bounds_changed_between_restarts_apply_to_new_messages_only(
+    synapse, people, tmp_path: Path
+) -> None:
+    lethe = _bounded(synapse, tmp_path / "bot")  # no bounds yet
+    try:
+        alice, (bob,), room = await bot_room(people, lethe, "bob", policy="after-send 1h")
+        before = await alice.send(room, "canary-before-bounds kept for its hour")
+        await lethe.synced_after()
+        await lethe.stop()
+
+        data = yaml.safe_load(lethe.config.path.read_text())
+        data["policy"]["bounds"] = {"max_timer": "3s"}
+        lethe.config.path.write_text(yaml.safe_dump(data))
+        lethe = BotHandle(load_config(lethe.config.path))
+        await lethe.start()
+        after = await alice.send(room, "canary-after-bounds gone at the new bound")
+        await eventually(lambda: bob.is_redacted(room, after), 20,
+                         what="a new message redacted at the bound set while stopped")
+
+        async def intact() -> bool:
+            return not await bob.is_redacted(room, before)
+
+        assert await intact(), "a message tracked before the bounds lost its deadline"
+        await alice.send(room, "!lethe status")
+        status = await alice.wait_notice(room, "Policy: set:")
+        assert "set: after-send 1h, enforced: after-send 3s" in status, status
+    finally:
+        await lethe.stop()
