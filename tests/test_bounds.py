@@ -120,6 +120,11 @@ async def test_a_room_where_only_off_is_allowed(synapse, people, tmp_path: Path)
         await alice.send(room, "!lethe status")
         status = await alice.wait_notice(room, "Policy: set:")
         assert "set: after-send 2s, enforced: off (bound: only off" in status, status
+        shown = out_json(await lethe_cli(lethe.config, "policy", "show", room, "--json"))
+        assert shown["bounds"]["set"]["mode"] == "after_send"
+        assert shown["bounds"]["enforced"]["mode"] == "off"
+        assert shown["bounds"]["bounds"] == "only off"
+        assert shown["lethe_policy"]["mode"] == "off"  # what the bot stored: enforced
     finally:
         await lethe.stop()
 

@@ -191,7 +191,7 @@ class SyncLoop:
                 greet=change.initial and change.room_id not in rebuilt,
                 event_ids=_own_policy_event_ids(reading, change.room_id, change.sender)
                 if own else ()))
-            if change.bound is not None:
+            if change.bound is not None and not (change.initial and change.room_id in rebuilt):
                 put(Notice(change.room_id, texts.enforced_at_bound(change)))
         for bad in result.invalid_policies:
             put(Notice(bad.room_id, texts.invalid_policy(bad)))
