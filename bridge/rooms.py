@@ -174,6 +174,12 @@ class RoomReader:
                                view.policies.get(BEEPER_EVENT_TYPE))
         if not view.owners or state is None or not state.policy.active:
             return None
+        return self.able_bot(view)
+
+    def able_bot(self, view: RoomView) -> str | None:
+        """A Lethe bot in the room that may redact others' messages, whatever the policy:
+        one that enforces what messages ask for themselves (their own timer, `!lethe
+        expire`) even where the policy is off."""
         power = view.power_source.power
         able = sorted(bot for bot in view.owners if power.can_redact_others(bot))
         return able[0] if able else None
@@ -257,7 +263,9 @@ class RoomReader:
             last_event_id = event_id if isinstance(event_id, str) else last_event_id
             if isinstance(item, Message) and owner is _UNKNOWN:
                 owner = self.deferred_to(view)
-            if isinstance(item, Message) and owner:
+            if isinstance(item, Message) and (owner or (item.timer is not None
+                                              and self.able_bot(view))):
+                # (With a timer of its own it is the bot's too, whatever the policy.)
                 # A Lethe bot that can enforce the room is in it: the message is the
                 # bot's. Still a position receipts may point at.
                 item = Marker(item.event_id)
