@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from tests.cli_harness import lethe_cli, out_json, scheduled
 from tests.harness import all_redacted, bot_room, eventually, not_redacted, stays
 
 TIMER = "com.beeper.disappearing_timer"
@@ -98,3 +99,25 @@ async def test_moderator_expires_anothers_message_never_lengthens(people, lethe)
     await alice.send(room, "!lethe expire 1s", relates_to={"m.in_reply_to": {"event_id": message2}})
     await eventually(lambda: bob.is_redacted(room, message2), 20, what="moderator's expire")
     assert time.monotonic() - sent < 5.5
+
+
+async def test_pending_shows_which_deadlines_are_their_own(people, lethe) -> None:
+    alice, _, room = await bot_room(people, lethe, "bob", policy="after-send 1h")
+    plain = await alice.send(room, "canary-pending plain")
+    timed_id = await alice.send_event(room, "m.room.message",
+                                      timed("canary-pending timed", "after_send", 600_000))
+    target = await alice.send(room, "canary-pending expired by reply")
+    await scheduled(lethe, plain, timed_id, target)
+    command = await alice.send(room, "!lethe expire 30m",
+                               relates_to={"m.in_reply_to": {"event_id": target}})
+    await alice.wait_notice(room, "and your command will disappear")
+
+    rows = {r["event_id"]: r for r in out_json(
+        await lethe_cli(lethe.config, "pending", room, "--json"))}
+    assert rows[plain]["own"] is None
+    assert rows[timed_id]["own"] == "timer"
+    assert rows[timed_id]["due"] == rows[timed_id]["sent"] + 600_000
+    assert rows[target]["own"] == "expire" and rows[command]["own"] == "expire"
+    assert rows[target]["due"] == rows[command]["sent"] + 1_800_000
+    text = await lethe_cli(lethe.config, "pending", room)
+    assert text.exit_code == 0 and "OWN" in text.stdout and "expire" in text.stdout
