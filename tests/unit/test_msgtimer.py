@@ -1,6 +1,6 @@
 """A message's own timer (bot/engine/msgtimer.py): parsing it from content, combining
-it with the room's rule (only ever shorter), through ingest; and `!lethe expire`'s
-engine part (Engine.expire_event)."""
+it with the room's rule (only ever shorter), through ingest; and `!lethe expire`: its
+grammar, the reply it must be, and its engine part (Engine.expire_event)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,9 @@ from bot.engine.msgtimer import (
     parse_timer,
 )
 from bot.engine.policy import MAX_DURATION_MS, Mode, Policy, Readers
+from bot.front.commands import CommandError, Expire, is_command, parse_command
 from bot.matrix.events import to_item
+from bot.matrix.expiry import reply_target
 
 from .conftest import ALICE, BOB, ROOM, Harness
 
@@ -218,3 +220,46 @@ async def test_expire_tracks_an_untracked_event_when_vouched_for(h: Harness) -> 
     assert sorted(h.transport.redacted_ids()) == ["$old", "$react"]
 
 
+
+
+# --- the command's grammar and the reply it must be ------------------------------------
+
+
+@pytest.mark.parametrize(("body", "expected"), [
+    ("!lethe expire 5s", Expire(5 * S)),
+    ("!LETHE Expire 1h30m", Expire(90 * M)),
+    # A reply from a client that still quotes the message it answers.
+    ("> <@alice:x> the secret\n> second line\n\n!lethe expire 5m", Expire(5 * M)),
+])
+def test_expire_command_parses(body: str, expected: Expire) -> None:
+    assert is_command(body, "!lethe")
+    assert parse_command(body, "!lethe", DEFAULT_CAP) == expected
+
+
+@pytest.mark.parametrize(("body", "error"), [
+    ("!lethe expire", "usage: !lethe expire DUR, sent as a reply"),
+    ("!lethe expire 5s 10s", "usage: !lethe expire DUR"),
+    ("!lethe expire soon", "unknown duration"),
+    ("!lethe expire 0s", "too short"),
+    ("!lethe expire 200000w", "too long"),
+])
+def test_bad_expire_commands_say_why(body: str, error: str) -> None:
+    with pytest.raises(CommandError, match=error):
+        parse_command(body, "!lethe", DEFAULT_CAP)
+
+
+def test_a_quote_alone_is_no_command() -> None:
+    assert not is_command("> !lethe expire 5s", "!lethe")
+    assert not is_command("> <@a:x> hi\n\nthanks", "!lethe")
+
+
+@pytest.mark.parametrize(("content", "expected"), [
+    ({"m.relates_to": {"m.in_reply_to": {"event_id": "$t"}}}, "$t"),
+    ({"m.relates_to": {"m.in_reply_to": {"event_id": "t"}}}, None),
+    ({"m.relates_to": {"m.in_reply_to": {"event_id": 5}}}, None),
+    ({"m.relates_to": {"m.in_reply_to": "$t"}}, None),
+    ({"m.relates_to": "$t"}, None),
+    ({}, None),
+])
+def test_reply_target(content: dict[str, Any], expected: str | None) -> None:
+    assert reply_target(content) == expected
