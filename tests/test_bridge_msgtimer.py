@@ -7,8 +7,9 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from tests.harness import all_redacted, eventually, not_redacted, stays
+from tests.harness import BotHandle, all_redacted, eventually, not_redacted, stays
 from tests.test_bridge import (  # noqa: F401
+    _single_redactions,
     bridge_server,
     bridges,
     redactions,
@@ -69,3 +70,29 @@ async def test_bridge_applies_expire_replies_silently(
     assert await stays(not_redacted(bob, room, refused), 1)
     assert handle.bridge is not None and handle.bridge.engine is not None
     assert await handle.bridge.engine.tracked([refused]) == set()
+
+
+async def test_with_a_lethe_bot_in_the_room_the_bot_does_it_once(
+        bridges, people, lethe: BotHandle) -> None:  # noqa: F811  (imported fixtures)
+    """A room whose policy is off, with an able Lethe bot: a message's own timer and an
+    expire reply are the bot's alone; nothing is redacted twice."""
+    handle = await bridges(defer_to=[lethe.user_id])
+    alice, (bob,), room = await clear_room(people, "bob")
+    await alice.set_power(room, lethe.user_id, 50)
+    await alice.invite(room, lethe.user_id)
+    await lethe.start()
+    await alice.wait_notice(room, "Lethe is here")
+    timed_id = await alice.send_event(room, "m.room.message", {
+        "msgtype": "m.text", "body": "canary-bridge-bot timed",
+        TIMER: {"type": "after_send", "timer": 2000}})
+    mine = await bob.send(room, "canary-bridge-bot bob's")
+    command = await bob.send(room, "!lethe expire 2s",
+                             relates_to={"m.in_reply_to": {"event_id": mine}})
+    await alice.wait_notice(room, "and your command will disappear")
+    await eventually(all_redacted(alice, room, timed_id, mine, command), 30,
+                     what="all three redacted")
+    assert await stays(lambda: _single_redactions(alice, room), 4)
+    by_target = {target(r): r["sender"] for r in await redactions(alice, room)}
+    assert {by_target[e] for e in (timed_id, mine, command)} == {lethe.user_id}
+    assert handle.bridge is not None and handle.bridge.engine is not None
+    assert await handle.bridge.engine.tracked([timed_id, mine, command]) == set()
