@@ -96,3 +96,31 @@ async def test_with_a_lethe_bot_in_the_room_the_bot_does_it_once(
     assert {by_target[e] for e in (timed_id, mine, command)} == {lethe.user_id}
     assert handle.bridge is not None and handle.bridge.engine is not None
     assert await handle.bridge.engine.tracked([timed_id, mine, command]) == set()
+
+
+async def test_a_longer_timer_never_escapes_the_bridge_s_default(
+        bridges, people, lethe: BotHandle) -> None:  # noqa: F811  (imported fixtures)
+    """The bridge's default applies (no policy in the room's state) and a Lethe bot is
+    in the room: a message asking for an hour still goes at the default's 4 s, once."""
+    handle = await bridges(defer_to=[lethe.user_id],
+                           default_policy={"mode": "after_send", "timer": "4s"})
+    alice, (bob,), room = await clear_room(people, "bob")
+    await alice.set_power(room, lethe.user_id, 50)
+    await alice.invite(room, lethe.user_id)
+    await lethe.start()
+    await alice.wait_notice(room, "Lethe is here")
+    sent = time.monotonic()
+    long = await bob.send_event(room, "m.room.message", {
+        "msgtype": "m.text", "body": "canary-bridge-default long",
+        TIMER: {"type": "after_send", "timer": 3_600_000}})
+    await handle.tracked(long)
+    await eventually(all_redacted(alice, room, long), 20, what="redacted at the default's time")
+    assert time.monotonic() - sent >= 3.5
+    assert await stays(lambda: _single_redactions(alice, room), 3)
+    assert lethe.bot is not None and lethe.bot.engine is not None
+    await eventually(lambda: _untracked(lethe.bot.engine, long), 20,
+                     what="the bot forgetting the message the bridge redacted")
+
+
+async def _untracked(engine: Any, event_id: str) -> bool:
+    return await engine.tracked([event_id]) == set()
