@@ -27,6 +27,7 @@ from bot.lifecycle import FrontLife
 from bot.matrix.api import HomeserverUnavailable, MatrixHttp
 from bot.matrix.transport import AdminMediaTransport
 from bridge.config import BridgeConfig, is_loopback
+from bridge.expire import expire_commands
 from bridge.firstsight import StateFetcher
 from bridge.followup import FollowUp
 from bridge.intake import PushedTransaction, TryLater, shown
@@ -239,12 +240,19 @@ class Bridge:
                          f" (set by {change.sender})" if change.sender else "",
                          f"; enforced at the bound: {change.bound}" if change.bound else "")
             assert self._follow is not None and self._mirror is not None
+            assert self.http is not None
             for room_id, reading in readings.items():
                 try:
                     await self._follow.follow_up(self.rooms[room_id], reading)
                 except Exception:
                     # Stored already: a failure here must not make the homeserver resend.
                     log.exception("follow-up work for %s failed", room_id)
+            for room_id, batch in batches.items():
+                try:  # stored already, as above
+                    await expire_commands(self.engine, self.http, self.config, self._reader,
+                                          self.rooms[room_id], batch.events)
+                except Exception:
+                    log.exception("expire commands in %s failed", room_id)
             for change in result.policy_changes:
                 try:
                     await self._mirror.policy_changed(self.rooms[change.room_id], change)

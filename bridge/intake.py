@@ -193,8 +193,10 @@ def clean_event(raw: object, room_id: str | None = None) -> Mapping[str, Any] | 
         return event
     cleaned = dict(content)
     relation = content.get("m.relates_to")
-    if relation is not None and not (isinstance(relation, Mapping)
-                                     and is_id(relation.get("event_id"), "$")):
+    if relation is not None and not (isinstance(relation, Mapping) and (
+            is_id(relation.get("event_id"), "$")
+            # A plain reply (`!lethe expire`): read by bot/matrix/expiry.reply_target.
+            or ("event_id" not in relation and "m.in_reply_to" in relation))):
         del cleaned["m.relates_to"]  # a message all the same, without its relation
     if "redacts" in content and not is_id(content["redacts"], "$"):
         del cleaned["redacts"]

@@ -174,9 +174,25 @@ class RoomReader:
                                view.policies.get(BEEPER_EVENT_TYPE))
         if not view.owners or state is None or not state.policy.active:
             return None
+        return self.able_bot(view)
+
+    def able_bot(self, view: RoomView) -> str | None:
+        """A Lethe bot in the room that may redact others' messages, whatever the policy
+        (it answers `!lethe expire` there, and may own messages' own timers)."""
         power = view.power_source.power
         able = sorted(bot for bot in view.owners if power.can_redact_others(bot))
         return able[0] if able else None
+
+    def timers_owner(self, view: RoomView) -> str | None:
+        """Who enforces messages' own timers where the bridge would track nothing (the
+        policy it applies, the room's or its default, is off): an able Lethe bot in
+        the room. Where the bridge applies a policy it keeps tracking them under it,
+        shortened by their timer, so no timer lengthens its rule; a bot tracking the
+        same message then sees the other's redaction and forgets it."""
+        state = resolve_policy(view.policies.get(POLICY_EVENT_TYPE),
+                               view.policies.get(BEEPER_EVENT_TYPE))
+        policy = state.policy if state is not None else self.config.default_policy
+        return None if policy.active else self.able_bot(view)
 
     def load(
         self,
@@ -257,7 +273,8 @@ class RoomReader:
             last_event_id = event_id if isinstance(event_id, str) else last_event_id
             if isinstance(item, Message) and owner is _UNKNOWN:
                 owner = self.deferred_to(view)
-            if isinstance(item, Message) and owner:
+            if isinstance(item, Message) and (owner or (item.timer is not None
+                                              and self.timers_owner(view))):
                 # A Lethe bot that can enforce the room is in it: the message is the
                 # bot's. Still a position receipts may point at.
                 item = Marker(item.event_id)

@@ -14,7 +14,12 @@ from bot.cli.census import STATUS_NAMES
 from bot.cli.common import cli_config, config_option, run_async
 from bot.cli.context import admin_session, readonly_store
 from bot.cli.output import emit_json, json_option, relative, say, table, when
+from bot.engine.msgtimer import Own
 from bot.errors import UsageError
+
+# Why an event has a deadline of its own (none: the room's rule).
+OWN_NAMES: dict[Own | int, str | None] = {Own.NONE: None, Own.TIMER: "timer",
+                                          Own.EXPIRE: "expire"}
 
 
 @click.command()
@@ -42,7 +47,8 @@ def pending(ctx: click.Context, room: str | None, limit: int, as_json: bool) -> 
         if as_json:
             emit_json([
                 {"event_id": r.event_id, "room_id": r.room_id, "sender": r.sender,
-                 "sent": r.origin_ts, "due": r.due_at, "state": STATUS_NAMES.get(r.status)}
+                 "sent": r.origin_ts, "due": r.due_at, "state": STATUS_NAMES.get(r.status),
+                 "own": OWN_NAMES.get(r.own)}
                 for r in rows
             ])
             return
@@ -50,10 +56,12 @@ def pending(ctx: click.Context, room: str | None, limit: int, as_json: bool) -> 
             say("Nothing is scheduled" + (f" in {room}." if room else "."))
             return
         now = int(time.time() * 1000)
-        headers = ("DUE", "", "STATUS", "EVENT", *(() if room else ("ROOM",)), "SENDER", "SENT")
+        headers = ("DUE", "", "STATUS", "EVENT", *(() if room else ("ROOM",)), "SENDER", "SENT",
+                   "OWN")
         table(headers, [
             (when(r.due_at), relative(r.due_at, now), STATUS_NAMES.get(r.status, r.status),
-             r.event_id, *(() if room else (r.room_id,)), r.sender, when(r.origin_ts))
+             r.event_id, *(() if room else (r.room_id,)), r.sender, when(r.origin_ts),
+             OWN_NAMES.get(r.own) or "-")
             for r in rows
         ])
         if len(rows) == limit:

@@ -19,6 +19,7 @@ from bot.engine.bounds import BoundsConfig, Enforcement, row_enforcement
 from bot.engine.clock import Clock, SystemClock
 from bot.engine.delayed import DelayedStatus, DelayedTransport, Takeover, Why
 from bot.engine.echoes import EchoConfirmation
+from bot.engine.expire import expire
 from bot.engine.givenup import META_KEY as GIVEN_UP_KEY
 from bot.engine.givenup import GivenUpRoom, dump_given_up, load_given_up
 from bot.engine.ids import server_name
@@ -26,6 +27,7 @@ from bot.engine.ingest import IngestConfig, Ingestor
 from bot.engine.ledger import LedgerKeeper
 from bot.engine.media import MediaDeleter, MediaStats, MediaTransport
 from bot.engine.model import DueEvent, EventStatus, IngestResult, MediaCounts, RoomRow, RoomUpdate
+from bot.engine.msgtimer import Expiry
 from bot.engine.policy import Policy
 from bot.engine.reclamp import reclamp_rooms
 from bot.engine.redactor import RedactionStats, Redactor, Transport
@@ -241,6 +243,14 @@ class Engine:
         self._wake_media()
         self.wake_delayed()  # its delayed redactions are queued for cancelling
         return given_up
+
+    async def expire_event(self, room_id: str, event_id: str, due_ms: int, *,
+                           untracked: tuple[str, int] | None = None) -> Expiry:
+        """A deadline of the event's own, never later than the one it has (expire.py)."""
+        result = await expire(self._store, room_id, event_id, due_ms, untracked)
+        self._scheduler.wake()
+        self.wake_delayed()
+        return result
 
     async def set_meta(self, key: str, value: str) -> None:
         """Keep a front's own small state (a JSON text, say) in the database."""

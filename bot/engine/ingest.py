@@ -29,6 +29,7 @@ from bot.engine.model import (
     RoomUpdate,
     TrackedEvent,
 )
+from bot.engine.msgtimer import Own, effective_policy
 from bot.engine.policy import Mode, Policy
 from bot.engine.roompolicy import RoomState, apply_policy_event
 from bot.engine.sendtimes import SEEN_KEY, read_time, seen_time, sent_time
@@ -223,7 +224,7 @@ class Ingestor:
         tracked_parents: set[str],
         now_ms: int,
     ) -> TrackedEvent | None:
-        policy = room.policy
+        policy = effective_policy(room.policy, msg.timer, self._config.default_cap_ms)
         media = msg.media if self._config.track_media else ()
         child = msg.parent_id is not None and msg.parent_id in tracked_parents
         sent = sent_time(msg.origin_ts, now_ms, self._previous_ms)
@@ -248,7 +249,7 @@ class Ingestor:
         return TrackedEvent(
             msg.event_id, room_id, msg.sender, seq, msg.origin_ts, msg.thread_id,
             msg.parent_id if child else None, policy, read_at, due, sent, readers_left,
-            media,
+            media, Own.NONE if policy == room.policy else Own.TIMER,
         )
 
     async def _prune_positions(self, tx: TransactionOps, room_id: str, stored: int) -> None:

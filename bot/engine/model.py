@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import IntEnum
 
+from bot.engine.msgtimer import MessageTimer, Own
 from bot.engine.policy import Policy, StatePolicy
 
 
@@ -120,6 +121,7 @@ class TrackedEvent:
     sent_at: int | None = None  # origin_ts as Lethe bounds it; None: origin_ts
     readers_left: int | None = None  # unread after_read: required readers yet to read
     media: tuple[MediaRef, ...] = ()  # its files, kept only while media deletion is on
+    own: Own = Own.NONE  # whether its deadline is its own (msgtimer.py)
 
 
 @dataclass(frozen=True)
@@ -185,6 +187,7 @@ class PendingEvent:
     origin_ts: int
     due_at: int | None
     status: EventStatus | int  # an int only for a status this version does not know
+    own: Own | int = Own.NONE  # whether its deadline is its own (msgtimer.py)
 
 
 @dataclass(frozen=True)
@@ -225,6 +228,7 @@ class Message:
     thread_id: str | None = None  # thread root, for events in a thread
     parent_id: str | None = None  # the event an edit, reaction or poll response belongs to
     media: tuple[MediaRef, ...] = ()  # the files it points at (ids only, never content)
+    timer: MessageTimer | None = None  # its own com.beeper.disappearing_timer (msgtimer.py)
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,8 @@ from bot.engine.givenup import GivenUpRoom
 from bot.engine.policy import Mode, Policy
 from bot.engine.power import PowerState
 from bot.front import texts
-from bot.front.commands import CommandError, Help, SetMirror, Status, parse_command
+from bot.front.commands import CommandError, Expire, Help, SetMirror, Status, parse_command
+from bot.front.expire import run_expire
 from bot.front.joins import META_KEY as JOINS_META
 from bot.front.reader import CommandRequest, Invite, inviter_allowed
 from bot.front.throttle import ReplyThrottle
@@ -253,7 +254,9 @@ class ActionWorker:
         except CommandError as exc:
             await self.notice(request.room_id, texts.command_error(request.sender, exc))
             return
-        if isinstance(command, Help):
+        if isinstance(command, Expire):
+            await run_expire(bot, self, request, command)
+        elif isinstance(command, Help):
             await self.notice(request.room_id, texts.usage(prefix))
         elif isinstance(command, Status):
             await self._status(request.room_id)

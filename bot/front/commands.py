@@ -1,7 +1,8 @@
 """In-room commands: ``!lethe help|status|off|after-send DUR|after-read DUR [cap DUR]
-[readers all|any]``, each policy command with an optional ``retention on|off``, and
+[readers all|any]``, each policy command with an optional ``retention on|off``,
 ``!lethe retention on|off`` alone (the mirror into ``m.room.retention``, keeping the
-rule). Parsing is pure; the bot executes what it returns."""
+rule), and ``!lethe expire DUR`` sent as a reply (one message's own deadline,
+bot/front/expire.py). Parsing is pure; the bot executes what it returns."""
 
 from __future__ import annotations
 
@@ -47,19 +48,39 @@ class SetMirror:
     on: bool
 
 
-Command = Help | Status | SetPolicy | SetMirror
+@dataclass(frozen=True)
+class Expire:
+    """Sent as a reply: the replied-to message goes ``duration_ms`` after this command."""
+
+    duration_ms: int
+
+
+Command = Help | Status | SetPolicy | SetMirror | Expire
+
+EXPIRE_USAGE = "{prefix} expire DUR, sent as a reply to the message (e.g. {prefix} expire 5m)"
 
 _ON_OFF = {"on": True, "off": False}
 
 
+def without_reply_fallback(body: str) -> str:
+    """A reply's body without the quote of the message it answers (``> <@who> ...``
+    lines and a blank line, which clients before Matrix 1.13 put first)."""
+    lines = body.split("\n")
+    if not lines or not lines[0].startswith("> "):
+        return body
+    rest = lines[next((i for i, line in enumerate(lines) if not line.startswith(">")),
+                      len(lines)):]
+    return "\n".join(rest[1:] if rest and not rest[0].strip() else rest)
+
+
 def is_command(body: str, prefix: str) -> bool:
-    head = body.strip().split(maxsplit=1)
+    head = without_reply_fallback(body).strip().split(maxsplit=1)
     return bool(head) and head[0].lower() == prefix.lower()
 
 
 def parse_command(body: str, prefix: str, default_cap_ms: int) -> Command:
     """Parse a message already known to start with ``prefix``."""
-    words = body.strip().split()
+    words = without_reply_fallback(body).strip().split()
     if not words or words[0].lower() != prefix.lower():
         raise CommandError(f"commands start with {prefix}")
     args = [w.lower() for w in words[1:]]
@@ -83,6 +104,10 @@ def parse_command(body: str, prefix: str, default_cap_ms: int) -> Command:
                              _options(rest[1:], {"retention"}).retention)
         if verb == "after-read":
             return _after_read(rest, prefix, default_cap_ms)
+        if verb == "expire":
+            if len(rest) != 1:
+                raise CommandError("usage: " + EXPIRE_USAGE.format(prefix=prefix))
+            return Expire(parse_duration(rest[0]))
     except PolicyError as exc:
         raise CommandError(str(exc)) from None
     raise CommandError(f"unknown command {shown(' '.join(words[1:]), 60)}; try {prefix} help")

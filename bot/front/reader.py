@@ -20,6 +20,7 @@ from bot.engine.model import MemberChange, Message, PolicyEvent, Receipt, RoomUp
 from bot.engine.power import PowerState
 from bot.front.commands import is_command
 from bot.matrix.events import as_encrypted, receipts_from_ephemeral, to_item, to_items
+from bot.matrix.expiry import reply_target
 from bot.matrix.roomstate import PowerSource, checked
 
 log = logging.getLogger(__name__)
@@ -42,6 +43,8 @@ class CommandRequest:
     sender: str
     event_id: str
     body: str = field(repr=False)  # plaintext: never logged, never stored
+    reply_to: str | None = None  # the event it replies to (m.in_reply_to), if any
+    origin_ts: int = 0
 
 
 @dataclass
@@ -214,9 +217,11 @@ class SyncReader:
                 and is_command(event.body, self.prefix)
             ):
                 if self._run_commands:
-                    reading.commands.append(
-                        CommandRequest(room_id, item.sender, item.event_id, event.body)
-                    )
+                    content = source.get("content")
+                    reading.commands.append(CommandRequest(
+                        room_id, item.sender, item.event_id, event.body,
+                        reply_target(content) if isinstance(content, Mapping) else None,
+                        item.origin_ts))
                 else:
                     reading.commands_skipped += 1
             items.append(self._checked(room_id, item))

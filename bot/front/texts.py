@@ -9,9 +9,12 @@ from bot.engine.delayed import DelayedStatus
 from bot.engine.engine import RoomStatus
 from bot.engine.media import describe_media
 from bot.engine.model import InvalidPolicy, PolicyChange
+from bot.engine.msgtimer import Expiry
 from bot.engine.policy import Policy, format_duration
 from bot.engine.power import PowerState, describe_level
+from bot.front.commands import EXPIRE_USAGE
 from bot.front.untracked import UntrackedSpan, when
+from bot.matrix.expiry import Refusal
 from bot.matrix.retention import Mirror, Outcome
 
 
@@ -27,6 +30,8 @@ def usage(prefix: str) -> str:
         "the homeserver (where its retention feature is on) purges expired messages from "
         "its database; it reaches back to older messages too. Also an option of the "
         f"commands above, e.g. {prefix} after-send 1d retention on\n"
+        f"{prefix} expire DUR, sent as a reply to your message: it (and the command) "
+        "disappears DUR from now, if that is sooner; moderators may do it to anybody's\n"
         "Durations: 30s, 5m, 1h30m, 2d, 1w. Only members who may send both policy state "
         "events (room settings) may change the policy."
     )
@@ -159,3 +164,28 @@ def while_stopped(delayed: DelayedStatus, armed: int) -> str:
                 "message(s) here it holds a delayed redaction of")
     return (f"While I am stopped: nothing is redacted until I am back; delayed redactions "
             f"are not in use: {delayed.reason}")
+
+
+_EXPIRE_REFUSALS = {
+    Refusal.NO_REPLY: "send it as a reply to the message that is to disappear: {usage}",
+    Refusal.NOT_FOUND: "I cannot find the message you replied to in this room",
+    Refusal.GONE: "the message you replied to is already gone",
+    Refusal.NOT_A_MESSAGE: "that is not a message (room settings do not expire)",
+    Refusal.NOT_YOURS: "you may only shorten the life of your own messages here; "
+                       "moderators (who may redact others' messages) may do it for anybody's",
+    Refusal.UNREACHABLE: "I could not ask the homeserver about that message; try again later",
+}
+
+
+def expire_refused(sender: str, refusal: Refusal, prefix: str) -> str:
+    reason = _EXPIRE_REFUSALS[refusal].format(usage=EXPIRE_USAGE.format(prefix=prefix))
+    return f"{sender}: {reason}. Nothing was changed."
+
+
+def expire_done(sender: str, result: Expiry, due_ms: int) -> str:
+    if result is Expiry.EARLIER:
+        return (f"{sender}: that message is already due to disappear by {when(due_ms)} "
+                "or sooner; its deadline stays.")
+    if result is Expiry.GOING:
+        return f"{sender}: that message is already being removed."
+    return f"{sender}: that message and your command will disappear at {when(due_ms)}."

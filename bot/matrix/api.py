@@ -147,6 +147,12 @@ class MatrixHttp:
             params=params or None,
         )
 
+    async def relations(self, room_id: str, event_id: str, **params: str) -> HttpReply:
+        return await self.request(
+            "GET", f"{CLIENT_V1}/rooms/{q(room_id)}/relations/{q(event_id)}",
+            params=params or None,
+        )
+
     async def redact(self, room_id: str, event_id: str, txn_id: str, reason: str,
                      **params: str) -> HttpReply:
         return await self.request(

@@ -1,8 +1,9 @@
 """Translate raw Matrix event JSON into engine values. No nio, no I/O: the bot and the
 bridge both use it. Malformed events become None (ignored), never an exception.
 Message content is looked at only for relations (``m.relates_to``, which stays in
-clear text even in encrypted rooms) and for the ids of the files it points at (in
-encrypted rooms, once decrypted), and is never copied.
+clear text even in encrypted rooms), for the ids of the files it points at and for
+its own timer (``com.beeper.disappearing_timer``; both in encrypted rooms once
+decrypted), and is never copied.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from bot.engine.model import (
     Redaction,
     TimelineItem,
 )
+from bot.engine.msgtimer import parse_timer
 from bot.engine.policy import POLICY_STATE_TYPES
 
 # Relations whose event only makes sense with its target and would leak it if left
@@ -177,7 +179,14 @@ def to_item(event: Mapping[str, Any], *, in_timeline: bool = True) -> TimelineIt
     if isinstance(unsigned, Mapping) and unsigned.get("redacted_because"):
         return Marker(event_id)  # already redacted: nothing left to do
     thread_id, parent_id = _relation(content)
-    return Message(event_id, sender, ts, thread_id, parent_id, media_refs(content))
+    # An edit carries no timer of its own: it goes with the message it edits.
+    timer = None if _is_edit(content) else parse_timer(content)
+    return Message(event_id, sender, ts, thread_id, parent_id, media_refs(content), timer)
+
+
+def _is_edit(content: Mapping[str, Any]) -> bool:
+    rel = content.get("m.relates_to")
+    return isinstance(rel, Mapping) and rel.get("rel_type") == "m.replace"
 
 
 def to_items(

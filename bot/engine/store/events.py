@@ -18,6 +18,7 @@ from bot.engine.model import (
     RedactionTarget,
     TrackedEvent,
 )
+from bot.engine.msgtimer import Own
 from bot.engine.policy import Readers
 from bot.engine.store import erasures, media
 from bot.engine.store.sql import (
@@ -64,8 +65,8 @@ async def queue_cancels(conn: aiosqlite.Connection, where: str, params: dict[str
 async def insert_events(conn: aiosqlite.Connection, rows: Sequence[TrackedEvent]) -> None:
     await conn.executemany(
         "INSERT INTO events (event_id, room_id, sender, seq, origin_ts, thread_id, parent_id, "
-        "mode, timer_ms, cap_ms, readers_any, read_at, due_at, sent_at, readers_left) "
-        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+        "mode, timer_ms, cap_ms, readers_any, read_at, due_at, sent_at, readers_left, own) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
         [
             (
                 r.event_id,
@@ -83,6 +84,7 @@ async def insert_events(conn: aiosqlite.Connection, rows: Sequence[TrackedEvent]
                 r.due_at,
                 r.origin_ts if r.sent_at is None else r.sent_at,
                 r.readers_left,
+                int(r.own),
             )
             for r in rows
         ],
@@ -121,7 +123,7 @@ async def pending_count(conn: aiosqlite.Connection, room_id: str | None) -> int:
 async def pending(
     conn: aiosqlite.Connection, room_id: str | None, limit: int
 ) -> list[PendingEvent]:
-    sql = f"SELECT event_id, room_id, sender, origin_ts, {SHOWN_DUE}, status FROM events"
+    sql = f"SELECT event_id, room_id, sender, origin_ts, {SHOWN_DUE}, status, own FROM events"
     args: list[Any] = []
     if room_id is not None:
         sql += " WHERE room_id = ?"
@@ -130,7 +132,8 @@ async def pending(
     args.append(limit)
     async with conn.execute(sql, args) as cur:
         return [
-            PendingEvent(row[0], row[1], row[2], row[3], row[4], _status(row[5]))
+            PendingEvent(row[0], row[1], row[2], row[3], row[4], _status(row[5]),
+                         own_kind(row[6]))
             for row in await cur.fetchall()
         ]
 
@@ -138,6 +141,13 @@ async def pending(
 async def count_by_status(conn: aiosqlite.Connection) -> dict[EventStatus | int, int]:
     async with conn.execute("SELECT status, count(*) FROM events GROUP BY status") as cur:
         return {_status(status): int(count) for status, count in await cur.fetchall()}
+
+
+def own_kind(value: int) -> Own | int:
+    try:
+        return Own(value)
+    except ValueError:
+        return int(value)  # written by a newer version
 
 
 def _status(value: int) -> EventStatus | int:

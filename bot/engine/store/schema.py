@@ -192,5 +192,10 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             tries INTEGER NOT NULL DEFAULT 0
         )""",
     ),
+    # 9: whether an event's deadline is its own (msgtimer.Own: its content's timer, or
+    # `!lethe expire`), for `lethe pending`.
+    (
+        "ALTER TABLE events ADD COLUMN own INTEGER NOT NULL DEFAULT 0",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)

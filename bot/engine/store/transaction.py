@@ -16,8 +16,9 @@ from bot.engine.model import (
     RedactionTarget,
     TrackedEvent,
 )
+from bot.engine.msgtimer import Expiry
 from bot.engine.policy import Policy, StatePolicy
-from bot.engine.store import delayed, erasures, events, media, meta, receipts, rooms
+from bot.engine.store import delayed, erasures, events, expiry, media, meta, receipts, rooms
 from bot.engine.store.errors import StoreError
 
 
@@ -140,6 +141,10 @@ class Transaction:
         """An event seen twice (backfill overlap) keeps its first row. Their files
         (``TrackedEvent.media``) are held until the message is gone."""
         await events.insert_events(self._conn, rows)
+
+    async def expire(self, room_id: str, event_id: str, due_ms: int) -> Expiry:
+        """Give a tracked event a deadline of its own, if earlier than its own."""
+        return await expiry.expire(self._conn, room_id, event_id, due_ms)
 
     async def reset_in_flight(self) -> None:
         """On start: whatever a previous process had in flight is due again."""
