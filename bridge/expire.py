@@ -48,10 +48,10 @@ async def expire_commands(engine: Engine, http: MatrixHttp, config: BridgeConfig
         except CommandError:
             continue  # the others are the bot's, where there is one
         if isinstance(command, Expire):
-            await _expire(engine, http, view, event, sender, reply_target(content), command)
+            await _expire(engine, http, config, view, event, sender, reply_target(content), command)
 
 
-async def _expire(engine: Engine, http: MatrixHttp, view: RoomView,
+async def _expire(engine: Engine, http: MatrixHttp, config: BridgeConfig, view: RoomView,
                   event: Mapping[str, Any], sender: str, reply_to: str | None,
                   command: Expire) -> None:
     room_id, event_id, ts = view.room_id, event["event_id"], event["origin_server_ts"]
@@ -64,6 +64,10 @@ async def _expire(engine: Engine, http: MatrixHttp, view: RoomView,
         target = Refusal.NOT_YOURS
     if isinstance(target, Refusal):
         log.info("expire %s in %s by %s refused: %s", event_id, room_id, sender, target.value)
+        return
+    bound = config.bounds.for_room(room_id).check_own_timer(command.duration_ms)
+    if bound is not None:
+        log.info("expire %s in %s by %s refused: %s", event_id, room_id, sender, bound)
         return
     due = ts + command.duration_ms
     result = await engine.expire_event(room_id, target.event_id, due,

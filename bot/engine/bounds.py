@@ -94,6 +94,14 @@ class Bounds:
                      if _outside("timer", ms, self.min_timer_ms, self.max_timer_ms,
                                  self._at) is None)
 
+    def check_own_timer(self, ms: int) -> str | None:
+        """Why one message may not be given a timer of ``ms`` of its own (``!lethe
+        expire``), naming the bound; None if it may. Only the shortest bound and an
+        only-off room matter: a message's own timer never lengthens the room's rule."""
+        if self.only_off:
+            return f"only off is allowed in this room (only_off, {self._at('only_off')})"
+        return _outside("timer", ms, self.min_timer_ms, None, self._at)
+
     def describe(self) -> str:
         """The bounds in a line, for status and the CLI."""
         if self.only_off:

@@ -224,7 +224,10 @@ class Ingestor:
         tracked_parents: set[str],
         now_ms: int,
     ) -> TrackedEvent | None:
-        policy = effective_policy(room.policy, msg.timer, self._config.default_cap_ms)
+        # A message's own timer is held to the bounds too: none in an only-off room,
+        # never shorter than the shortest bound.
+        policy = room.policy if msg.timer is None else room.bounds.clamp(
+            effective_policy(room.policy, msg.timer, self._config.default_cap_ms))
         media = msg.media if self._config.track_media else ()
         child = msg.parent_id is not None and msg.parent_id in tracked_parents
         sent = sent_time(msg.origin_ts, now_ms, self._previous_ms)

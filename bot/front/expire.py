@@ -39,6 +39,10 @@ async def run_expire(bot: LetheBot, worker: ActionWorker, request: CommandReques
         await worker.notice(room_id, texts.expire_refused(request.sender, Refusal.NOT_YOURS,
                                                           prefix))
         return
+    bound = bot.config.bounds.for_room(room_id).check_own_timer(command.duration_ms)
+    if bound is not None:
+        await worker.notice(room_id, texts.outside_bounds(request.sender, bound))
+        return
     due = request.origin_ts + command.duration_ms
     result = await bot.engine.expire_event(room_id, target.event_id, due,
                                            untracked=(target.sender, target.origin_ts))
