@@ -17,9 +17,10 @@ from urllib.parse import urlparse
 import yaml
 
 from bot.engine.ids import server_name
-from bot.engine.policy import PolicyError, parse_duration
+from bot.engine.policy import Policy, PolicyError, parse_duration
 from bot.erasureconfig import ErasureConfig, read_erasure
 from bot.errors import SetupError
+from bot.policyconfig import policy_setting
 
 DEFAULT_PREFIX = "!lethe"
 DEFAULT_CAP = "7d"
@@ -90,6 +91,7 @@ class Config:
     metrics: MetricsConfig | None = None  # None: no metrics endpoint
     erasure: ErasureConfig = field(default_factory=ErasureConfig)
     delayed_redactions: bool = True  # redaction.delayed: auto (True) or off
+    on_join: Policy | None = None  # policy.on_join: put in force where a room has none
 
     @property
     def db_path(self) -> Path:
@@ -191,6 +193,19 @@ class ConfigReader:
 
     def default_cap_ms(self) -> int:
         return self.duration(self.section("policy"), "policy.default_cap", DEFAULT_CAP)
+
+    def on_join(self) -> Policy | None:
+        """``policy.on_join``; None when absent or off (nothing to put in force)."""
+        policy = policy_setting(self, self.section("policy"), "policy.on_join",
+                                self.default_cap_ms())
+        return policy if policy is not None and policy.active else None
+
+    def command_prefix(self) -> str:
+        prefix = self.string(self.section("commands"), "commands.prefix",
+                             default=DEFAULT_PREFIX) or DEFAULT_PREFIX
+        if any(c.isspace() for c in prefix):
+            raise self.fail("commands.prefix", "must not contain spaces")
+        return prefix
 
     def ignore_readers(self) -> tuple[str, ...]:
         return self.globs(self.section("readers"), "readers.ignore", ())
@@ -296,7 +311,7 @@ KNOWN_KEYS: dict[str, Any] = {
     "e2ee": {"pickle_key": None, "trust": None},
     "invites": {"allow": None},
     "commands": {"prefix": None},
-    "policy": {"default_cap": None},
+    "policy": {"default_cap": None, "on_join": None},
     "readers": {"ignore": None},
     "redaction": {"workers": None, "delayed": None},
     "logging": {"level": None},
@@ -353,11 +368,6 @@ def load_config(path: Path | str, env: dict[str, str] | None = None) -> Config:
     server = server_name(user_id)
     invites_allow = r.globs(invites, "invites.allow", (f"@*:{server}",))
 
-    commands = r.section("commands")
-    prefix = r.string(commands, "commands.prefix", default=DEFAULT_PREFIX) or DEFAULT_PREFIX
-    if any(c.isspace() for c in prefix):
-        raise r.fail("commands.prefix", "must not contain spaces")
-
     return Config(
         path=path,
         homeserver=HomeserverConfig(url),
@@ -365,7 +375,7 @@ def load_config(path: Path | str, env: dict[str, str] | None = None) -> Config:
         data_dir=data_dir,
         e2ee=E2EEConfig(pickle_key, trust),
         invites_allow=invites_allow,
-        command_prefix=prefix,
+        command_prefix=r.command_prefix(),
         default_cap_ms=r.default_cap_ms(),
         ignore_readers=r.ignore_readers(),
         workers=r.workers(),
@@ -373,4 +383,5 @@ def load_config(path: Path | str, env: dict[str, str] | None = None) -> Config:
         metrics=r.metrics(),
         erasure=r.erasure(env),
         delayed_redactions=r.delayed_redactions(),
+        on_join=r.on_join(),
     )

@@ -18,15 +18,14 @@ from typing import Any
 
 from bot.config import ConfigReader, MetricsConfig, read_config_file
 from bot.engine.ids import localpart, server_name
-from bot.engine.policy import Mode, Policy, PolicyError, Readers, after_read_policy
+from bot.engine.policy import Policy
 from bot.erasureconfig import ErasureConfig
+from bot.policyconfig import policy_setting
 
 DEFAULT_ID = "lethe"
 DEFAULT_PORT = 29331
 DEFAULT_REGISTRATION = "lethe-registration.yaml"
 DEFAULT_DATABASE = "bridge.db"
-
-_POLICY_KEYS = {"mode", "timer", "cap", "readers"}
 
 
 @dataclass(frozen=True)
@@ -160,35 +159,4 @@ def _subsection(r: ConfigReader, section: dict[str, Any], key: str) -> dict[str,
 
 
 def _default_policy(r: ConfigReader, bridge: dict[str, Any], default_cap_ms: int) -> Policy:
-    key = "bridge.default_policy"
-    raw = _subsection(r, bridge, key)
-    if not raw:
-        return Policy.off()
-    unknown = sorted(set(raw) - _POLICY_KEYS)
-    if unknown:
-        raise r.fail(f"{key}.{unknown[0]}", "unknown key; expected mode, timer, cap or readers")
-    try:
-        mode = Mode(str(raw.get("mode")))
-    except ValueError:
-        raise r.fail(f"{key}.mode", f"must be off, after_send or after_read, "
-                                    f"not {raw.get('mode')!r}") from None
-    if mode is Mode.OFF:
-        return Policy.off()
-    if raw.get("timer") is None:
-        raise r.fail(f"{key}.timer", f"is required for {mode.value}, e.g. 3d")
-    timer = r.duration(raw, f"{key}.timer", "")
-    if mode is Mode.AFTER_SEND:
-        if "cap" in raw or "readers" in raw:
-            raise r.fail(key, "cap and readers apply only to after_read")
-        return Policy.after_send(timer)
-    # No cap: the default cap (bot/engine/policy.py, after_read_policy).
-    cap = None if raw.get("cap") is None else r.duration(raw, f"{key}.cap", "")
-    try:
-        readers = Readers(str(raw.get("readers", Readers.ALL.value)))
-    except ValueError:
-        raise r.fail(f"{key}.readers", f"must be all or any, not {raw.get('readers')!r}") \
-            from None
-    try:
-        return after_read_policy(timer, cap, readers, default_cap_ms)
-    except PolicyError as exc:
-        raise r.fail(key, str(exc)) from None
+    return policy_setting(r, bridge, "bridge.default_policy", default_cap_ms) or Policy.off()

@@ -27,7 +27,7 @@ from bot.engine.givenup import GivenUpRoom
 from bot.engine.policy import Mode, Policy
 from bot.engine.power import PowerState
 from bot.front import texts
-from bot.front.commands import CommandError, Help, SetMirror, Status, parse_command
+from bot.front.commands import CommandError, DefaultCommand, Help, SetMirror, Status, parse_command
 from bot.front.joins import META_KEY as JOINS_META
 from bot.front.reader import CommandRequest, Invite, inviter_allowed
 from bot.front.throttle import ReplyThrottle
@@ -78,7 +78,12 @@ class PolicyChanged:
     event_ids: tuple[str, ...] = ()
 
 
-Action = Invite | Notice | CheckPower | LeaveIfAlone | PolicyChanged | CommandRequest
+@dataclass(frozen=True)
+class Defaults:  # a room just met: a default into its state if it has none (defaults.py)
+    room_id: str
+
+
+Action = Invite | Notice | CheckPower | LeaveIfAlone | PolicyChanged | CommandRequest | Defaults
 
 
 class ActionWorker:
@@ -117,6 +122,8 @@ class ActionWorker:
             await self._leave_if_alone(action.room_id)
         elif isinstance(action, PolicyChanged):
             await self._policy_changed(action)
+        elif isinstance(action, Defaults):
+            await self._bot.defaults.on_join(action.room_id)
         else:
             await self._command(action)
 
@@ -137,6 +144,7 @@ class ActionWorker:
             error = type(exc).__name__
         if error is None:
             log.info("joined %s on the invite of %s", invite.room_id, invite.inviter)
+            bot.defaults.joined(invite)
             if bot.joins.done(invite.room_id):
                 await self.save_joins()
             return
@@ -253,7 +261,9 @@ class ActionWorker:
         except CommandError as exc:
             await self.notice(request.room_id, texts.command_error(request.sender, exc))
             return
-        if isinstance(command, Help):
+        if isinstance(command, DefaultCommand):
+            await bot.defaults.command(request, command)
+        elif isinstance(command, Help):
             await self.notice(request.room_id, texts.usage(prefix))
         elif isinstance(command, Status):
             await self._status(request.room_id)
@@ -279,7 +289,8 @@ class ActionWorker:
                       if isinstance(found, str) else
                       mirror_status(status.policy, found, power, me))
         await self.notice(room_id, texts.status_text(status, power, me, untracked, mirror,
-                                                     await bot.engine.delayed_status()))
+                                                     await bot.engine.delayed_status(),
+                                                     await bot.defaults.status_note(room_id)))
 
     async def mirror(self, room_id: str, policy: Policy, *, changed: bool) -> Mirror | None:
         """Keep the room's m.room.retention in step with ``policy`` (bot/matrix/
@@ -310,21 +321,29 @@ class ActionWorker:
         if missing is not None:
             await self.notice(room_id, texts.bot_may_not_change_policy(missing.needed))
             return
+        if await self.put_policy(room_id, policy, texts.policy_changed(sender, policy)):
+            log.info("policy in %s set to %s by %s", room_id, policy.mode.value, sender)
+
+    async def put_policy(self, room_id: str, policy: Policy, text: str) -> bool:
+        """Write ``policy`` into the room's state (the caller checked the bot's power)
+        and announce it with ``text``; whether it was written."""
+        bot = self._bot
+        assert bot.http is not None and bot.engine is not None
+        power, me = bot.power(room_id), bot.config.bot.user_id
         try:
             # Remembered before the sync that brings them back can be handled.
             written = await write_policy(bot.http, room_id, policy)
         except PolicyWriteFailed as exc:
             log.warning("could not write the policy in %s: %s", room_id, exc)
             await self.notice(room_id, texts.POLICY_WRITE_FAILED)
-            return
+            return False
         bot.own_writes.add(written, policy)
         await bot.engine.set_meta(OWN_WRITES_KEY, bot.own_writes.to_json())
-        log.info("policy in %s set to %s by %s", room_id, policy.mode.value, sender)
-        text = texts.policy_changed(sender, policy)
         if policy.mode is not Mode.OFF and not power.can_redact_others(me):
             text += " " + texts.cannot_redact_others(power, me)
         mirror = await self.mirror(room_id, policy, changed=True)
         await self.notice(room_id, texts.with_mirror(text, policy, mirror) or text)
+        return True
 
     async def _policy_changed(self, change: PolicyChanged) -> None:
         """Announce a change made by state (a member's client, or `lethe policy` with the
@@ -343,6 +362,8 @@ class ActionWorker:
         if change.initial:
             text = (texts.hello(self._bot.config.command_prefix, change.policy)
                     if change.greet else None)
+            if change.greet:  # after the hello: a default where the state has no policy
+                self.put(Defaults(change.room_id))
         elif own:
             log.info("policy in %s set to %s from the bot's account (lethe policy)",
                      change.room_id, change.policy.mode.value)

@@ -1,7 +1,10 @@
 """In-room commands: ``!lethe help|status|off|after-send DUR|after-read DUR [cap DUR]
 [readers all|any]``, each policy command with an optional ``retention on|off``, and
 ``!lethe retention on|off`` alone (the mirror into ``m.room.retention``, keeping the
-rule). Parsing is pure; the bot executes what it returns."""
+rule). A person's own defaults for new chats (bot/matrix/defaults.py): ``!lethe
+default`` (show), ``!lethe default dm|group POLICY`` (POLICY as the commands above:
+off, after-send DUR, after-read DUR ...), ``!lethe default clear [dm|group]``.
+Parsing is pure; the bot executes what it returns."""
 
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ from bot.engine.policy import (
     parse_readers,
     shown,
 )
+from bot.matrix.defaults import RoomKind
 
 
 class CommandError(ValueError):
@@ -47,7 +51,26 @@ class SetMirror:
     on: bool
 
 
-Command = Help | Status | SetPolicy | SetMirror
+@dataclass(frozen=True)
+class ShowDefault:
+    """The sender's own defaults for new chats."""
+
+
+@dataclass(frozen=True)
+class SetDefault:
+    """The sender's default for new chats of ``kind`` (``off``: they start with none)."""
+
+    kind: RoomKind
+    policy: Policy
+
+
+@dataclass(frozen=True)
+class ClearDefault:
+    kinds: tuple[RoomKind, ...]
+
+
+DefaultCommand = ShowDefault | SetDefault | ClearDefault
+Command = Help | Status | SetPolicy | SetMirror | DefaultCommand
 
 _ON_OFF = {"on": True, "off": False}
 
@@ -83,6 +106,8 @@ def parse_command(body: str, prefix: str, default_cap_ms: int) -> Command:
                              _options(rest[1:], {"retention"}).retention)
         if verb == "after-read":
             return _after_read(rest, prefix, default_cap_ms)
+        if verb == "default":
+            return _default(rest, prefix, default_cap_ms)
     except PolicyError as exc:
         raise CommandError(str(exc)) from None
     raise CommandError(f"unknown command {shown(' '.join(words[1:]), 60)}; try {prefix} help")
@@ -98,6 +123,26 @@ def _after_read(rest: list[str], prefix: str, default_cap_ms: int) -> SetPolicy:
     options = _options(rest[1:], {"cap", "readers", "retention"})
     return SetPolicy(after_read_policy(timer, options.cap, options.readers, default_cap_ms),
                      options.retention)
+
+
+_KINDS = {kind.value: kind for kind in RoomKind}
+
+
+def _default(rest: list[str], prefix: str, default_cap_ms: int) -> DefaultCommand:
+    usage = (f"usage: {prefix} default [dm|group off|after-send DUR|after-read DUR ...] or "
+             f"{prefix} default clear [dm|group] (e.g. {prefix} default dm after-send 1d)")
+    if not rest:
+        return ShowDefault()
+    if rest[0] == "clear":
+        if len(rest) > 2 or (len(rest) == 2 and rest[1] not in _KINDS):
+            raise CommandError(usage)
+        return ClearDefault((_KINDS[rest[1]],) if len(rest) == 2 else tuple(RoomKind))
+    if rest[0] not in _KINDS or len(rest) < 2:
+        raise CommandError(usage)
+    policy = parse_command(" ".join([prefix, *rest[1:]]), prefix, default_cap_ms)
+    if not isinstance(policy, SetPolicy):
+        raise CommandError(usage)
+    return SetDefault(_KINDS[rest[0]], policy.policy.mirrored(bool(policy.mirror)))
 
 
 _SYNTAX = {"cap": "cap DUR", "readers": "readers all|any", "retention": "retention on|off"}
