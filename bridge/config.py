@@ -1,8 +1,7 @@
 """The bridge's configuration: its own ``bridge`` section of the Lethe YAML config, plus
 the settings it shares with the bot (``homeserver.url``, ``data_dir``,
-``policy.default_cap``, ``readers.ignore``, ``redaction.workers`` and ``.delayed``,
-``logging.level``,
-``erasure``),
+``policy.default_cap``, ``readers.ignore``, ``commands.prefix``, ``redaction.workers``
+and ``.delayed``, ``logging.level``, ``erasure``),
 read with the bot's reader so both name keys and problems the same way.
 """
 
@@ -65,6 +64,7 @@ class BridgeConfig:
     metrics: MetricsConfig | None = None  # None: no metrics endpoint
     erasure: ErasureConfig = field(default_factory=ErasureConfig)
     delayed_redactions: bool = True  # redaction.delayed: auto (True) or off
+    command_prefix: str = "!lethe"  # commands.prefix: `!lethe default` to the bridge's bot
 
     @property
     def server_name(self) -> str:
@@ -132,6 +132,7 @@ def load_bridge_config(path: Path | str, env: dict[str, str] | None = None) -> B
         metrics=r.metrics(_subsection(r, bridge, "bridge.metrics"), "bridge.metrics.listen"),
         erasure=r.erasure(env),
         delayed_redactions=r.delayed_redactions(),
+        command_prefix=r.command_prefix(),
     )
 
 

@@ -107,6 +107,21 @@ def defaults_changed(defaults: UserDefaults, dropped: tuple[str, ...]) -> str:
     return "\n".join(lines)
 
 
+def bridge_usage(prefix: str) -> str:
+    """The bridge's bot, in a direct chat: it keeps only people's defaults."""
+    return (f"I apply your own default to the rooms you create on this server.\n"
+            f"{prefix} default: show yours\n"
+            f"{prefix} default dm|group POLICY: set it for new direct chats or groups, e.g. "
+            f"{prefix} default dm after-send 1d (POLICY: off, after-send DUR or after-read "
+            f"DUR [cap DUR] [readers all|any])\n"
+            f"{prefix} default clear [dm|group]: remove it")
+
+
+def bridge_only_defaults(sender: str, prefix: str) -> str:
+    return (f"{sender}: here I keep only your defaults for new chats ({prefix} help); a "
+            "room's own policy is set in its settings or with the Lethe bot.")
+
+
 def _whose(chosen: Chosen) -> str:
     kind = _KIND_NAMES[chosen.kind]
     if chosen.user_id is None:
