@@ -28,7 +28,7 @@ from typing import Any
 from bot.engine.policy import POLICY_STATE_TYPES
 from bot.front import texts
 from bot.front.commands import CommandError, DefaultCommand, Help, is_command, parse_command
-from bot.front.defaultcommands import default_reply
+from bot.front.defaultcommands import default_reply, in_direct_chat
 from bot.matrix.api import HomeserverUnavailable, MatrixHttp
 from bot.matrix.defaults import (
     DefaultsUnavailable,
@@ -161,21 +161,29 @@ class BridgeDefaults:
     # --- commands to the bridge's bot ---------------------------------------------------
 
     async def _command(self, item: _Command) -> None:
+        """A ``default`` command is answered anywhere (refused outside a direct chat);
+        anything else only in a direct chat with the bridge's bot: in a group it is
+        another bot's command (a Lethe bot's), not the bridge's to answer."""
         config = self._config
         prefix = config.command_prefix
         try:
-            command = parse_command(item.body, prefix, config.default_cap_ms)
+            command: object = parse_command(item.body, prefix, config.default_cap_ms)
         except CommandError as exc:
-            await self._notice(item.room_id, texts.command_error(item.sender, exc))
+            command = exc
+        if isinstance(command, DefaultCommand):
+            await self._notice(item.room_id, await default_reply(
+                self._http, config.user_id, item.room_id, item.sender, command,
+                on_join=None, prefix=prefix, applies_to=texts.APPLIES_TO_BRIDGE))
             return
-        if not isinstance(command, DefaultCommand):
-            text = texts.bridge_usage(prefix) if isinstance(command, Help) else \
-                texts.bridge_only_defaults(item.sender, prefix)
-            await self._notice(item.room_id, text)
+        if not await in_direct_chat(self._http, item.room_id, item.sender, config.user_id):
             return
-        await self._notice(item.room_id, await default_reply(
-            self._http, config.user_id, item.room_id, item.sender, command,
-            on_join=None, prefix=prefix, applies_to=texts.APPLIES_TO_BRIDGE))
+        if isinstance(command, CommandError):
+            text = texts.command_error(item.sender, command)
+        elif isinstance(command, Help):
+            text = texts.bridge_usage(prefix)
+        else:
+            text = texts.bridge_only_defaults(item.sender, prefix)
+        await self._notice(item.room_id, text)
 
     async def _notice(self, room_id: str, text: str) -> None:
         try:

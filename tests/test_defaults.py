@@ -7,6 +7,7 @@ room whose state already sets a policy."""
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 from typing import Any
 
@@ -133,8 +134,13 @@ async def test_a_persons_defaults_for_direct_chats_and_groups(
         result = await lethe_cli(config, "defaults", "show", alice.user_id)
         assert result.exit_code == 0, result.output
         assert "after-send 1d" in result.stdout and "after-read 1h" in result.stdout
+        as_json = await lethe_cli(config, "defaults", "show", alice.user_id, "--json")
+        assert as_json.exit_code == 0, as_json.output
+        assert json.loads(as_json.stdout)["dm"] == {"mode": "after_send", "timer_ms": D}
         bad = await lethe_cli(config, "defaults", "show", "alice")
         assert bad.exit_code == 2 and "not a user id" in one_line_error(bad)
+        nobody = await lethe_cli(config, "defaults", "show", f"@nobody:{synapse.server_name}")
+        assert nobody.exit_code == 2 and "unknown user" in one_line_error(nobody)
 
         # Cleared: a new direct chat starts without a policy.
         cleared = await _say(alice, dm, "!lethe default clear dm", "Saved")

@@ -83,6 +83,9 @@ async def test_bridge_applies_a_users_defaults_to_rooms_they_create(
     await eventually(lambda: _joined(alice, plain, bridge_bot), 20,
                      what="the bridge's bot joined the group")
     await _say(alice, plain, "!lethe default group off", "direct chat with me")
+    # Other commands in a group are another bot's: the bridge's bot stays silent.
+    await alice.send(plain, "!lethe after-send 1h")
+    assert await stays(lambda: _answers(alice, plain, bridge_bot, 1), 3)
     assert await stays(lambda: _has(alice, stated, own), 3)
     assert (await _policy_of(alice, secret))[0] is None
     assert (await _policy_of(alice, deferred))[0] is None
@@ -93,6 +96,13 @@ async def test_bridge_applies_a_users_defaults_to_rooms_they_create(
     await _say(alice, dm, "!lethe default clear", "Saved")
     later = await alice.create_room([bob.user_id], is_direct=True)
     assert await stays(lambda: _has(alice, later, None), 4)
+
+
+async def _answers(person: Person, room: str, bot: str, count: int) -> bool:
+    status, data = await person.api("GET", f"/rooms/{quote(room)}/messages",
+                                    params={"dir": "b"})
+    return status == 200 and count == sum(
+        e.get("sender") == bot and e.get("type") == "m.room.message" for e in data["chunk"])
 
 
 async def _has(person: Person, room: str, expected: dict[str, Any] | None) -> bool:
