@@ -7,8 +7,8 @@ an invite: when a local user creates one, it waits a moment for the creation's
 invites (``SETTLE_S``), then reads the room's state as that user and, if the state
 holds no policy, writes the user's default for direct chats (an invite with
 ``is_direct``) or for groups into it, as that user. It leaves alone rooms outside
-``bridge.rooms`` and rooms a Lethe bot (``bridge.defer_to``) is invited to or joined:
-that bot puts its own defaults in force.
+``bridge.rooms``, rooms a Lethe bot (``bridge.defer_to``) is invited to or joined
+(that bot puts its own defaults in force), and upgrades of existing rooms.
 
 One owned worker does it all, in the order the homeserver pushed it; a failure is
 logged and never ends the bridge. Message bodies are read only to parse a command,
@@ -124,10 +124,14 @@ class BridgeDefaults:
         aliases: tuple[str, ...] = ()
         members: list[Mapping[str, Any]] = []
         for event in state:
+            content = event.get("content")
             if event.get("type") == "m.room.canonical_alias":
-                aliases, _ = clean_aliases(event.get("content"))
+                aliases, _ = clean_aliases(content)
             elif event.get("type") == "m.room.member":
                 members.append(event)
+            elif event.get("type") == "m.room.create" and isinstance(content, Mapping) \
+                    and content.get("predecessor") is not None:
+                return  # an upgrade continues an existing room: not a new chat
         if not config.rooms.allows(room_id, aliases):
             return
         if any(isinstance(m.get("state_key"), str) and config.defers_to(m["state_key"])

@@ -77,6 +77,10 @@ async def test_bridge_applies_a_users_defaults_to_rooms_they_create(
     assert isinstance(resp, RoomCreateResponse), resp
     secret = str(resp.room_id)
     deferred = await alice.create_room([bob.user_id, lethe_bot])
+    status, upgrade = await alice.api("POST", f"/rooms/{quote(stated)}/upgrade",
+                                      {"new_version": "12"})
+    assert status == 200, upgrade
+    upgraded = upgrade["replacement_room"]  # continues a room: not a new chat
     # (unencrypted: the bridge holds no keys, so it reads no command in encrypted rooms)
     plain = await alice.create_room([bob.user_id, bridge_bot], encrypted=False)
     await bob.join(plain)
@@ -87,6 +91,7 @@ async def test_bridge_applies_a_users_defaults_to_rooms_they_create(
     await alice.send(plain, "!lethe after-send 1h")
     assert await stays(lambda: _answers(alice, plain, bridge_bot, 1), 3)
     assert await stays(lambda: _has(alice, stated, own), 3)
+    assert await stays(lambda: _has(alice, upgraded, None), 1)
     assert (await _policy_of(alice, secret))[0] is None
     assert (await _policy_of(alice, deferred))[0] is None
     shown = await _say(alice, dm, "!lethe default", "Your default for new groups")
