@@ -7,11 +7,14 @@ each by their own default; never where the room's state has a policy, outside
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 from urllib.parse import quote
 
+from click.testing import CliRunner
 from nio import RoomCreateResponse
 
+from bot.cli.main import main
 from tests.harness import Person, eventually, stays, unique
 from tests.test_bridge import (  # noqa: F401  (fixtures)
     BridgeServer,
@@ -39,7 +42,7 @@ async def test_bridge_applies_a_users_defaults_to_rooms_they_create(
     bridge_server: BridgeServer, bridges, people,  # noqa: F811  (imported fixtures)
 ) -> None:
     lethe_bot = bridge_server.hs.register(unique("lethebot")).user_id
-    await bridges(rooms={"exclude": ["#secret*"]}, defer_to=[lethe_bot])
+    handle = await bridges(rooms={"exclude": ["#secret*"]}, defer_to=[lethe_bot])
     bridge_bot = bridge_server.bridge_user
     alice = await people("alice")
     bob = await people("bob")
@@ -97,10 +100,25 @@ async def test_bridge_applies_a_users_defaults_to_rooms_they_create(
     shown = await _say(alice, dm, "!lethe default", "Your default for new groups")
     assert "new groups: after-send 2h" in shown, shown  # the refused "off" changed nothing
 
+    # The operator reads them with the registration's token.
+    shown_cli = await lethe_cli_bridge(handle.config, "defaults", alice.user_id)
+    assert shown_cli.exit_code == 0, shown_cli.output
+    assert "after-send 1d" in shown_cli.stdout and "after-send 2h" in shown_cli.stdout
+    nobody = await lethe_cli_bridge(handle.config, "defaults",
+                                    f"@nobody:{bridge_server.hs.server_name}")
+    assert nobody.exit_code == 2 and "unknown user" in nobody.output
+
     # Cleared: the next direct chat starts without a policy.
     await _say(alice, dm, "!lethe default clear", "Saved")
     later = await alice.create_room([bob.user_id], is_direct=True)
     assert await stays(lambda: _has(alice, later, None), 4)
+
+
+async def lethe_cli_bridge(config: Any, *args: str) -> Any:
+    """``lethe -c CONFIG bridge ARGS...`` in a worker thread (the bridge keeps running)."""
+    runner = CliRunner()
+    return await asyncio.to_thread(runner.invoke, main, ["-c", str(config.path), "bridge",
+                                                         *args], catch_exceptions=False)
 
 
 async def _answers(person: Person, room: str, bot: str, count: int) -> bool:
