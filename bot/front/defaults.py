@@ -26,6 +26,7 @@ from bot.matrix.defaults import (
     UserDefaults,
     choose_default,
     read_defaults,
+    state_has_policy,
 )
 from bot.matrix.policy_state import missing_policy_power
 
@@ -76,11 +77,12 @@ class BotDefaults:
             return  # the room's state says: it wins over every default
         kind = RoomKind.DM if invite is not None and invite.is_direct else RoomKind.GROUP
         try:
-            chosen = choose_default(kind, await self._people(room_id, invite),
+            chosen = choose_default(kind, await self._people(room_id, invite, kind),
                                     bot.config.on_join)
         except DefaultsUnavailable as exc:
             log.warning("no default put in force in %s: %s", room_id, exc)
-            await bot.actions.notice(room_id, texts.DEFAULTS_UNAVAILABLE)
+            await bot.engine.set_meta(NOTE_KEY + room_id, texts.DEFAULTS_UNREADABLE_ON_JOIN)
+            await bot.actions.notice(room_id, texts.DEFAULTS_UNREADABLE_ON_JOIN)
             return
         if chosen is None or chosen.policy is None:
             return
@@ -93,15 +95,19 @@ class BotDefaults:
             await bot.engine.set_meta(NOTE_KEY + room_id, note)
             await bot.actions.notice(room_id, note)
             return
+        if await state_has_policy(bot.http, room_id):
+            log.info("%s: a policy was set meanwhile; no default", room_id)
+            return
         if await bot.actions.put_policy(room_id, chosen.policy, texts.default_applied(chosen)):
             await bot.engine.set_meta(NOTE_KEY + room_id, "")
             log.info("put the %s default of %s in force in %s", chosen.kind.value,
                      chosen.user_id or "the server (policy.on_join)", room_id)
 
-    async def _people(self, room_id: str, invite: Invite | None) -> list[tuple[str,
-                                                                              UserDefaults]]:
+    async def _people(self, room_id: str, invite: Invite | None,
+                      kind: RoomKind) -> list[tuple[str, UserDefaults]]:
         """Whose defaults count, in order: the inviter (if they may change the policy
-        here: no one imposes a rule on a room they could not set it in), the creator."""
+        here: no one imposes a rule on a room they could not set it in), the creator.
+        Read until one has a default of ``kind``."""
         bot = self._bot
         assert bot.http is not None
         power = bot.power(room_id)
@@ -114,8 +120,13 @@ class BotDefaults:
         if isinstance(creator, str) and creator not in candidates:
             candidates.append(creator)
         me = bot.config.bot.user_id
-        return [(user, await read_defaults(bot.http, me, user))
-                for user in candidates if user != me]
+        people: list[tuple[str, UserDefaults]] = []
+        for user in candidates:
+            if user != me:
+                people.append((user, await read_defaults(bot.http, me, user)))
+                if people[-1][1].get(kind) is not None:
+                    break
+        return people
 
     async def status_note(self, room_id: str) -> str | None:
         """Why the default was not put in force here, while the room still has none."""

@@ -79,6 +79,11 @@ DEFAULTS_UNAVAILABLE = ("I could not read or store the defaults just now (the ho
                         "did not answer); nothing was changed, please try again.")
 
 
+DEFAULTS_UNREADABLE_ON_JOIN = ("Default not put in force: I could not read the defaults of "
+                               "the people who brought me here (the homeserver did not "
+                               "answer). Nothing was changed; set the policy with a command.")
+
+
 def _default_line(kind: RoomKind, policy: Policy | None) -> str:
     said = "none" if policy is None else policy.describe()
     return f"Your default for {_KIND_NAMES[kind]}: {said}"

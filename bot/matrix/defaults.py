@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any
 
-from bot.engine.policy import Policy, PolicyError, policy_from_state
+from bot.engine.policy import POLICY_STATE_TYPES, Policy, PolicyError, policy_from_state
 from bot.errors import HomeserverError
 from bot.matrix.api import HomeserverUnavailable, MatrixHttp
 from bot.matrix.events import is_id
@@ -120,6 +120,20 @@ async def write_defaults(http: MatrixHttp, owner: str, user_id: str,
     if not reply.ok:
         raise DefaultsUnavailable(f"storing the defaults of {user_id}: HTTP {reply.status} "
                                   f"{reply.errcode}".rstrip())
+
+
+async def state_has_policy(http: MatrixHttp, room_id: str) -> bool:
+    """Whether the room's current state holds either policy event, asked right before a
+    default is written: a member may have set one since the bot last synced. Unsure
+    (no answer) counts as yes: a default never overwrites what someone may have set."""
+    for event_type in POLICY_STATE_TYPES:
+        try:
+            reply = await http.get_state(room_id, event_type)
+        except HomeserverUnavailable:
+            return True
+        if reply.status != 404:
+            return True
+    return False
 
 
 def kind_of_invite(member_content: object) -> RoomKind:
