@@ -20,7 +20,7 @@ from bot.engine.ids import server_name
 from bot.engine.policy import Policy, PolicyError, parse_duration
 from bot.erasureconfig import ErasureConfig, read_erasure
 from bot.errors import SetupError
-from bot.policyconfig import policy_setting
+from bot.policyconfig import read_on_join
 
 DEFAULT_PREFIX = "!lethe"
 DEFAULT_CAP = "7d"
@@ -193,12 +193,6 @@ class ConfigReader:
 
     def default_cap_ms(self) -> int:
         return self.duration(self.section("policy"), "policy.default_cap", DEFAULT_CAP)
-
-    def on_join(self) -> Policy | None:
-        """``policy.on_join``; None when absent or off (nothing to put in force)."""
-        policy = policy_setting(self, self.section("policy"), "policy.on_join",
-                                self.default_cap_ms())
-        return policy if policy is not None and policy.active else None
 
     def command_prefix(self) -> str:
         prefix = self.string(self.section("commands"), "commands.prefix",
@@ -383,5 +377,5 @@ def load_config(path: Path | str, env: dict[str, str] | None = None) -> Config:
         metrics=r.metrics(),
         erasure=r.erasure(env),
         delayed_redactions=r.delayed_redactions(),
-        on_join=r.on_join(),
+        on_join=read_on_join(r),
     )

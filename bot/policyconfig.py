@@ -59,3 +59,9 @@ def policy_setting(r: ConfigReader, section: dict[str, Any], key: str,
         return after_read_policy(timer, cap, readers, default_cap_ms)
     except PolicyError as exc:
         raise r.fail(key, str(exc)) from None
+
+
+def read_on_join(r: ConfigReader) -> Policy | None:
+    """``policy.on_join``; None when absent or off (nothing to put in force)."""
+    policy = policy_setting(r, r.section("policy"), "policy.on_join", r.default_cap_ms())
+    return policy if policy is not None and policy.active else None
