@@ -16,12 +16,13 @@ from urllib.parse import urlparse
 
 import yaml
 
-from bot.boundsconfig import read_bounds
+from bot.boundsconfig import check_default_policy, read_bounds
 from bot.engine.bounds import BoundsConfig
 from bot.engine.ids import server_name
-from bot.engine.policy import PolicyError, parse_duration
+from bot.engine.policy import Policy, PolicyError, parse_duration
 from bot.erasureconfig import ErasureConfig, read_erasure
 from bot.errors import SetupError
+from bot.policyconfig import read_on_join
 
 DEFAULT_PREFIX = "!lethe"
 DEFAULT_CAP = "7d"
@@ -93,6 +94,7 @@ class Config:
     erasure: ErasureConfig = field(default_factory=ErasureConfig)
     delayed_redactions: bool = True  # redaction.delayed: auto (True) or off
     bounds: BoundsConfig = field(default_factory=BoundsConfig)  # policy.bounds, .rooms
+    on_join: Policy | None = None  # policy.on_join: put in force where a room has none
 
     @property
     def db_path(self) -> Path:
@@ -194,6 +196,13 @@ class ConfigReader:
 
     def default_cap_ms(self) -> int:
         return self.duration(self.section("policy"), "policy.default_cap", DEFAULT_CAP)
+
+    def command_prefix(self) -> str:
+        prefix = self.string(self.section("commands"), "commands.prefix",
+                             default=DEFAULT_PREFIX) or DEFAULT_PREFIX
+        if any(c.isspace() for c in prefix):
+            raise self.fail("commands.prefix", "must not contain spaces")
+        return prefix
 
     def ignore_readers(self) -> tuple[str, ...]:
         return self.globs(self.section("readers"), "readers.ignore", ())
@@ -299,7 +308,8 @@ KNOWN_KEYS: dict[str, Any] = {
     "e2ee": {"pickle_key": None, "trust": None},
     "invites": {"allow": None},
     "commands": {"prefix": None},
-    "policy": {"default_cap": None, "rooms": None,  # rooms: bot/boundsconfig.py checks
+    "policy": {"default_cap": None, "on_join": None,
+               "rooms": None,  # rooms: bot/boundsconfig.py checks
                "bounds": dict.fromkeys(("min_timer", "max_timer", "min_cap", "max_cap",
                                         "allow_off"))},
     "readers": {"ignore": None},
@@ -358,12 +368,11 @@ def load_config(path: Path | str, env: dict[str, str] | None = None) -> Config:
     server = server_name(user_id)
     invites_allow = r.globs(invites, "invites.allow", (f"@*:{server}",))
 
-    commands = r.section("commands")
-    prefix = r.string(commands, "commands.prefix", default=DEFAULT_PREFIX) or DEFAULT_PREFIX
-    if any(c.isspace() for c in prefix):
-        raise r.fail("commands.prefix", "must not contain spaces")
-
     default_cap_ms = r.default_cap_ms()
+    bounds = read_bounds(r, default_cap_ms)
+    on_join = read_on_join(r)
+    if on_join is not None:
+        check_default_policy(r, bounds, on_join, "policy.on_join")
     return Config(
         path=path,
         homeserver=HomeserverConfig(url),
@@ -371,7 +380,7 @@ def load_config(path: Path | str, env: dict[str, str] | None = None) -> Config:
         data_dir=data_dir,
         e2ee=E2EEConfig(pickle_key, trust),
         invites_allow=invites_allow,
-        command_prefix=prefix,
+        command_prefix=r.command_prefix(),
         default_cap_ms=default_cap_ms,
         ignore_readers=r.ignore_readers(),
         workers=r.workers(),
@@ -379,5 +388,6 @@ def load_config(path: Path | str, env: dict[str, str] | None = None) -> Config:
         metrics=r.metrics(),
         erasure=r.erasure(env),
         delayed_redactions=r.delayed_redactions(),
-        bounds=read_bounds(r, default_cap_ms),
+        bounds=bounds,
+        on_join=on_join,
     )

@@ -9,7 +9,8 @@ user with the permission to redact others' messages (bridge/transport.py,
 bridge/followup.py).
 
 Tasks it owns (all cancelled on stop, bot/lifecycle.py): the HTTP listener, the
-start-up ping retry, and the engine's scheduler with its redaction workers (and its
+start-up ping retry, people's defaults for new rooms (bridge/defaults.py), and the
+engine's scheduler with its redaction workers (and its
 media deletion, with an admin token).
 """
 
@@ -27,6 +28,7 @@ from bot.lifecycle import FrontLife
 from bot.matrix.api import HomeserverUnavailable, MatrixHttp
 from bot.matrix.transport import AdminMediaTransport
 from bridge.config import BridgeConfig, is_loopback
+from bridge.defaults import BridgeDefaults
 from bridge.expire import expire_commands
 from bridge.firstsight import StateFetcher
 from bridge.followup import FollowUp
@@ -71,6 +73,7 @@ class Bridge:
         self._state: StateFetcher | None = None
         self._follow: FollowUp | None = None
         self._mirror: BridgeMirror | None = None
+        self._defaults: BridgeDefaults | None = None  # people's defaults for new rooms
 
     # --- lifecycle -----------------------------------------------------------
 
@@ -112,6 +115,8 @@ class Bridge:
         self._follow = FollowUp(config, engine, http, self._reader, self.stats, owners)
         self._mirror = BridgeMirror(config, engine, http, self._reader,
                                     load_room_map(await engine.get_meta(MIRRORS_META)))
+        self._defaults = BridgeDefaults(config, http)
+        self.life.own(self._defaults.run(), name="lethe-bridge-defaults")
         await self.life.start_metrics(config.metrics, self)
         self._server = AppserviceServer(registration.hs_token, self.on_transaction)
         try:
@@ -241,6 +246,9 @@ class Bridge:
                          f"; enforced at the bound: {change.bound}" if change.bound else "")
             assert self._follow is not None and self._mirror is not None
             assert self.http is not None
+            assert self._defaults is not None
+            for room_id, batch in batches.items():
+                self._defaults.observe(self.rooms[room_id].bot_joined, batch.events)
             for room_id, reading in readings.items():
                 try:
                     await self._follow.follow_up(self.rooms[room_id], reading)

@@ -1,5 +1,6 @@
 """`lethe bridge ...`: write the appservice registration, run the bridge, list its
-rooms, print Synapse's retention section matching its default policy.
+rooms, print Synapse's retention section matching its default policy, show a
+person's defaults for new chats kept by the bridge's bot.
 
 Loaded lazily by the `lethe` group, so the bot never imports the bridge.
 """
@@ -252,3 +253,36 @@ def _enforced(row: RoomRow) -> str:
     level = "unknown" if row.bot_level is None else row.bot_level
     return (f"NO (remote senders: the bridge's bot must be joined with power level "
             f"{row.redact_level}; its level: {level})")
+
+
+@bridge.command()
+@click.argument("user")
+@config_option
+@json_option
+@click.pass_context
+def defaults(ctx: click.Context, user: str, as_json: bool) -> None:
+    """The defaults USER set for new direct chats and groups with the bridge's bot
+    (`!lethe default` in a direct chat with it), from its account data, with the
+    registration's token. Read-only."""
+    from bot.cli.defaults import checked_user, fetch_defaults, show_defaults
+    from bot.matrix.api import MatrixHttp
+    from bridge.registration import load_registration
+
+    config = _config(ctx)
+    checked_user(user)
+    try:
+        token = load_registration(config.registration_path).as_token
+    except RegistrationError as exc:
+        raise SetupError(str(exc)) from None
+
+    async def go() -> None:
+        http = MatrixHttp(config.homeserver_url, token)
+        try:
+            found = await fetch_defaults(http, config.user_id, user)
+        finally:
+            await http.close()
+        show_defaults(user, config.user_id, found, "none: the room starts without "
+                      "(the bridge enforces bridge.default_policy, not in its state)",
+                      None, as_json)
+
+    run_async(go)

@@ -1,8 +1,8 @@
 """The bridge's configuration: its own ``bridge`` section of the Lethe YAML config, plus
 the settings it shares with the bot (``homeserver.url``, ``data_dir``,
-``policy.default_cap``, ``readers.ignore``, ``redaction.workers`` and ``.delayed``,
-``logging.level``,
-``erasure``, ``policy.bounds`` and ``policy.rooms``: the bounds bind both fronts),
+``policy.default_cap``, ``readers.ignore``, ``commands.prefix``, ``redaction.workers``
+and ``.delayed``, ``logging.level``, ``erasure``, ``policy.bounds`` and
+``policy.rooms``: the bounds bind both fronts),
 read with the bot's reader so both name keys and problems the same way.
 """
 
@@ -20,15 +20,14 @@ from bot.boundsconfig import check_default_policy, read_bounds
 from bot.config import ConfigReader, MetricsConfig, read_config_file
 from bot.engine.bounds import BoundsConfig
 from bot.engine.ids import localpart, server_name
-from bot.engine.policy import Mode, Policy, PolicyError, Readers, after_read_policy
+from bot.engine.policy import Policy
 from bot.erasureconfig import ErasureConfig
+from bot.policyconfig import policy_setting
 
 DEFAULT_ID = "lethe"
 DEFAULT_PORT = 29331
 DEFAULT_REGISTRATION = "lethe-registration.yaml"
 DEFAULT_DATABASE = "bridge.db"
-
-_POLICY_KEYS = {"mode", "timer", "cap", "readers"}
 
 
 @dataclass(frozen=True)
@@ -69,6 +68,7 @@ class BridgeConfig:
     erasure: ErasureConfig = field(default_factory=ErasureConfig)
     delayed_redactions: bool = True  # redaction.delayed: auto (True) or off
     bounds: BoundsConfig = field(default_factory=BoundsConfig)  # policy.bounds, .rooms
+    command_prefix: str = "!lethe"  # commands.prefix: `!lethe default` to the bridge's bot
 
     @property
     def server_name(self) -> str:
@@ -140,6 +140,7 @@ def load_bridge_config(path: Path | str, env: dict[str, str] | None = None) -> B
         erasure=r.erasure(env),
         delayed_redactions=r.delayed_redactions(),
         bounds=bounds,
+        command_prefix=r.command_prefix(),
     )
 
 
@@ -167,35 +168,4 @@ def _subsection(r: ConfigReader, section: dict[str, Any], key: str) -> dict[str,
 
 
 def _default_policy(r: ConfigReader, bridge: dict[str, Any], default_cap_ms: int) -> Policy:
-    key = "bridge.default_policy"
-    raw = _subsection(r, bridge, key)
-    if not raw:
-        return Policy.off()
-    unknown = sorted(set(raw) - _POLICY_KEYS)
-    if unknown:
-        raise r.fail(f"{key}.{unknown[0]}", "unknown key; expected mode, timer, cap or readers")
-    try:
-        mode = Mode(str(raw.get("mode")))
-    except ValueError:
-        raise r.fail(f"{key}.mode", f"must be off, after_send or after_read, "
-                                    f"not {raw.get('mode')!r}") from None
-    if mode is Mode.OFF:
-        return Policy.off()
-    if raw.get("timer") is None:
-        raise r.fail(f"{key}.timer", f"is required for {mode.value}, e.g. 3d")
-    timer = r.duration(raw, f"{key}.timer", "")
-    if mode is Mode.AFTER_SEND:
-        if "cap" in raw or "readers" in raw:
-            raise r.fail(key, "cap and readers apply only to after_read")
-        return Policy.after_send(timer)
-    # No cap: the default cap (bot/engine/policy.py, after_read_policy).
-    cap = None if raw.get("cap") is None else r.duration(raw, f"{key}.cap", "")
-    try:
-        readers = Readers(str(raw.get("readers", Readers.ALL.value)))
-    except ValueError:
-        raise r.fail(f"{key}.readers", f"must be all or any, not {raw.get('readers')!r}") \
-            from None
-    try:
-        return after_read_policy(timer, cap, readers, default_cap_ms)
-    except PolicyError as exc:
-        raise r.fail(key, str(exc)) from None
+    return policy_setting(r, bridge, "bridge.default_policy", default_cap_ms) or Policy.off()

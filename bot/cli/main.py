@@ -40,6 +40,7 @@ class Lethe(click.Group):
         "audit": "bot.cli.audit:audit",
         "bridge": "bridge.cli:bridge",
         "config": "bot.cli.config:config",
+        "defaults": "bot.cli.defaults:defaults",
         "doctor": "bot.cli.doctor:doctor",
         "pending": "bot.cli.pending:pending",
         "policy": "bot.cli.policy:policy",

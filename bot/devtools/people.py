@@ -99,16 +99,17 @@ class Person:
 
     async def create_room(
         self, invite: list[str] = (), *, encrypted: bool = True,  # type: ignore[assignment]
-        power: dict[str, int] | None = None,
+        power: dict[str, int] | None = None, is_direct: bool = False,
+        state: list[dict[str, Any]] = (),  # type: ignore[assignment]
     ) -> str:
-        initial_state = []
+        initial_state = list(state)
         if encrypted:
             initial_state.append({"type": "m.room.encryption", "state_key": "",
                                   "content": {"algorithm": "m.megolm.v1.aes-sha2"}})
         override = {"users": power} if power else None
         resp = await self.client.room_create(
             invite=list(invite), initial_state=initial_state,
-            power_level_override=override,
+            power_level_override=override, is_direct=is_direct,
         )
         assert isinstance(resp, RoomCreateResponse), resp
         room_id = str(resp.room_id)

@@ -27,7 +27,15 @@ from bot.engine.givenup import GivenUpRoom
 from bot.engine.policy import Mode, Policy
 from bot.engine.power import PowerState
 from bot.front import texts
-from bot.front.commands import CommandError, Expire, Help, SetMirror, Status, parse_command
+from bot.front.commands import (
+    CommandError,
+    DefaultCommand,
+    Expire,
+    Help,
+    SetMirror,
+    Status,
+    parse_command,
+)
 from bot.front.expire import run_expire
 from bot.front.joins import META_KEY as JOINS_META
 from bot.front.reader import CommandRequest, Invite, inviter_allowed
@@ -79,7 +87,12 @@ class PolicyChanged:
     event_ids: tuple[str, ...] = ()
 
 
-Action = Invite | Notice | CheckPower | LeaveIfAlone | PolicyChanged | CommandRequest
+@dataclass(frozen=True)
+class Defaults:  # a room just met: a default into its state if it has none (defaults.py)
+    room_id: str
+
+
+Action = Invite | Notice | CheckPower | LeaveIfAlone | PolicyChanged | CommandRequest | Defaults
 
 
 class ActionWorker:
@@ -118,6 +131,8 @@ class ActionWorker:
             await self._leave_if_alone(action.room_id)
         elif isinstance(action, PolicyChanged):
             await self._policy_changed(action)
+        elif isinstance(action, Defaults):
+            await self._bot.defaults.on_join(action.room_id)
         else:
             await self._command(action)
 
@@ -138,6 +153,7 @@ class ActionWorker:
             error = type(exc).__name__
         if error is None:
             log.info("joined %s on the invite of %s", invite.room_id, invite.inviter)
+            bot.defaults.joined(invite)
             if bot.joins.done(invite.room_id):
                 await self.save_joins()
             return
@@ -256,6 +272,8 @@ class ActionWorker:
             return
         if isinstance(command, Expire):
             await run_expire(bot, self, request, command)
+        elif isinstance(command, DefaultCommand):
+            await bot.defaults.command(request, command)
         elif isinstance(command, Help):
             await self.notice(request.room_id, texts.usage(prefix))
         elif isinstance(command, Status):
@@ -282,7 +300,8 @@ class ActionWorker:
                       if isinstance(found, str) else
                       mirror_status(status.policy, found, power, me))
         await self.notice(room_id, texts.status_text(status, power, me, untracked, mirror,
-                                                     await bot.engine.delayed_status()))
+                                                     await bot.engine.delayed_status(),
+                                                     await bot.defaults.status_note(room_id)))
 
     async def mirror(self, room_id: str, policy: Policy, *, changed: bool) -> Mirror | None:
         """Keep the room's m.room.retention in step with ``policy`` (bot/matrix/
@@ -318,21 +337,29 @@ class ActionWorker:
             log.info("refused a policy change in %s by %s: %s", room_id, sender, outside)
             await self.notice(room_id, texts.outside_bounds(sender, outside))
             return
+        if await self.put_policy(room_id, policy, texts.policy_changed(sender, policy)):
+            log.info("policy in %s set to %s by %s", room_id, policy.mode.value, sender)
+
+    async def put_policy(self, room_id: str, policy: Policy, text: str) -> bool:
+        """Write ``policy`` into the room's state (the caller checked the bot's power)
+        and announce it with ``text``; whether it was written."""
+        bot = self._bot
+        assert bot.http is not None and bot.engine is not None
+        power, me = bot.power(room_id), bot.config.bot.user_id
         try:
             # Remembered before the sync that brings them back can be handled.
             written = await write_policy(bot.http, room_id, policy)
         except PolicyWriteFailed as exc:
             log.warning("could not write the policy in %s: %s", room_id, exc)
             await self.notice(room_id, texts.POLICY_WRITE_FAILED)
-            return
+            return False
         bot.own_writes.add(written, policy)
         await bot.engine.set_meta(OWN_WRITES_KEY, bot.own_writes.to_json())
-        log.info("policy in %s set to %s by %s", room_id, policy.mode.value, sender)
-        text = texts.policy_changed(sender, policy)
         if policy.mode is not Mode.OFF and not power.can_redact_others(me):
             text += " " + texts.cannot_redact_others(power, me)
         mirror = await self.mirror(room_id, policy, changed=True)
         await self.notice(room_id, texts.with_mirror(text, policy, mirror) or text)
+        return True
 
     async def _policy_changed(self, change: PolicyChanged) -> None:
         """Announce a change made by state (a member's client, or `lethe policy` with the
@@ -351,6 +378,8 @@ class ActionWorker:
         if change.initial:
             text = (texts.hello(self._bot.config.command_prefix, change.policy)
                     if change.greet else None)
+            if change.greet:  # after the hello: a default where the state has no policy
+                self.put(Defaults(change.room_id))
         elif own:
             log.info("policy in %s set to %s from the bot's account (lethe policy)",
                      change.room_id, change.policy.mode.value)

@@ -26,6 +26,7 @@ from bot.engine.redactor import ECHO_WAIT_MS
 from bot.front.actions import ActionWorker
 from bot.front.catchup import BACKFILL_PAGE_SIZE, BACKFILL_PAGES, CatchUp, nio_decrypter
 from bot.front.client import ensure_own_identity, login
+from bot.front.defaults import BotDefaults
 from bot.front.joins import META_KEY as JOINS_META
 from bot.front.joins import JoinRetries, load_pending
 from bot.front.reader import SyncReader
@@ -55,6 +56,7 @@ class LetheBot:
         self.reader = SyncReader(config.bot.user_id, config.command_prefix)
         self.life = FrontLife()
         self.actions = ActionWorker(self)
+        self.defaults = BotDefaults(self)  # a person's defaults, policy.on_join
         self.sync_loop: SyncLoop | None = None  # made on start, with the HTTP client
         # lethe.db holds no sync yet but a login was saved: the database was lost (or
         # this is the first run after `lethe login`). The first sync rebuilds the

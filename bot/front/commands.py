@@ -2,7 +2,10 @@
 [readers all|any]``, each policy command with an optional ``retention on|off``,
 ``!lethe retention on|off`` alone (the mirror into ``m.room.retention``, keeping the
 rule), and ``!lethe expire DUR`` sent as a reply (one message's own deadline,
-bot/front/expire.py). Parsing is pure; the bot executes what it returns."""
+bot/front/expire.py). A person's own defaults for new chats (bot/matrix/defaults.py):
+``!lethe default`` (show), ``!lethe default dm|group POLICY`` (POLICY as the commands
+above: off, after-send DUR, after-read DUR ...), ``!lethe default clear [dm|group]``.
+Parsing is pure; the bot executes what it returns."""
 
 from __future__ import annotations
 
@@ -17,6 +20,7 @@ from bot.engine.policy import (
     parse_readers,
     shown,
 )
+from bot.matrix.defaults import RoomKind
 
 
 class CommandError(ValueError):
@@ -55,7 +59,26 @@ class Expire:
     duration_ms: int
 
 
-Command = Help | Status | SetPolicy | SetMirror | Expire
+@dataclass(frozen=True)
+class ShowDefault:
+    """The sender's own defaults for new chats."""
+
+
+@dataclass(frozen=True)
+class SetDefault:
+    """The sender's default for new chats of ``kind`` (``off``: they start with none)."""
+
+    kind: RoomKind
+    policy: Policy
+
+
+@dataclass(frozen=True)
+class ClearDefault:
+    kinds: tuple[RoomKind, ...]
+
+
+DefaultCommand = ShowDefault | SetDefault | ClearDefault
+Command = Help | Status | SetPolicy | SetMirror | Expire | DefaultCommand
 
 EXPIRE_USAGE = "{prefix} expire DUR, sent as a reply to the message (e.g. {prefix} expire 5m)"
 
@@ -108,6 +131,8 @@ def parse_command(body: str, prefix: str, default_cap_ms: int) -> Command:
             if len(rest) != 1:
                 raise CommandError("usage: " + EXPIRE_USAGE.format(prefix=prefix))
             return Expire(parse_duration(rest[0]))
+        if verb == "default":
+            return _default(rest, prefix, default_cap_ms)
     except PolicyError as exc:
         raise CommandError(str(exc)) from None
     raise CommandError(f"unknown command {shown(' '.join(words[1:]), 60)}; try {prefix} help")
@@ -123,6 +148,26 @@ def _after_read(rest: list[str], prefix: str, default_cap_ms: int) -> SetPolicy:
     options = _options(rest[1:], {"cap", "readers", "retention"})
     return SetPolicy(after_read_policy(timer, options.cap, options.readers, default_cap_ms),
                      options.retention)
+
+
+_KINDS = {kind.value: kind for kind in RoomKind}
+
+
+def _default(rest: list[str], prefix: str, default_cap_ms: int) -> DefaultCommand:
+    usage = (f"usage: {prefix} default [dm|group off|after-send DUR|after-read DUR ...] or "
+             f"{prefix} default clear [dm|group] (e.g. {prefix} default dm after-send 1d)")
+    if not rest:
+        return ShowDefault()
+    if rest[0] == "clear":
+        if len(rest) > 2 or (len(rest) == 2 and rest[1] not in _KINDS):
+            raise CommandError(usage)
+        return ClearDefault((_KINDS[rest[1]],) if len(rest) == 2 else tuple(RoomKind))
+    if rest[0] not in _KINDS or len(rest) < 2:
+        raise CommandError(usage)
+    policy = parse_command(" ".join([prefix, *rest[1:]]), prefix, default_cap_ms)
+    if not isinstance(policy, SetPolicy):
+        raise CommandError(usage)
+    return SetDefault(_KINDS[rest[0]], policy.policy.mirrored(bool(policy.mirror)))
 
 
 _SYNTAX = {"cap": "cap DUR", "readers": "readers all|any", "retention": "retention on|off"}

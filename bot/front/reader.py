@@ -19,6 +19,7 @@ from nio import InviteMemberEvent, ReceiptEvent, RoomMessageText, SyncResponse
 from bot.engine.model import MemberChange, Message, PolicyEvent, Receipt, RoomUpdate, TimelineItem
 from bot.engine.power import PowerState
 from bot.front.commands import is_command
+from bot.matrix.defaults import RoomKind, kind_of_invite
 from bot.matrix.events import as_encrypted, receipts_from_ephemeral, to_item, to_items
 from bot.matrix.expiry import reply_target
 from bot.matrix.roomstate import PowerSource, checked
@@ -35,6 +36,7 @@ class Invite:
 
     room_id: str
     inviter: str | None
+    is_direct: bool = False  # the invite says this is a direct chat (bot/front/defaults.py)
 
 
 @dataclass(frozen=True)
@@ -105,7 +107,7 @@ class SyncReader:
         self._ephemeral = ephemeral
         self._run_commands = run_commands
         for room_id, info in resp.rooms.invite.items():
-            reading.invites.append(Invite(room_id, self._inviter(info.invite_state)))
+            reading.invites.append(self._invite(room_id, info.invite_state))
         reading.left.extend(resp.rooms.leave.keys())
         for room_id, info in resp.rooms.join.items():
             gap = (backfill or {}).get(room_id)
@@ -113,10 +115,11 @@ class SyncReader:
             reading.updates.append(update)
         return reading
 
-    def _inviter(self, invite_state: Sequence[Any]) -> str | None:
-        """The sender of the invite event itself. The stripped state before it comes
-        from the inviting server, which can put a member event "from" anybody there;
-        Synapse appends the real invite event last, so the last match is the one."""
+    def _invite(self, room_id: str, invite_state: Sequence[Any]) -> Invite:
+        """The sender of the invite event itself, and its ``is_direct``. The stripped
+        state before it comes from the inviting server, which can put a member event
+        "from" anybody there; Synapse appends the real invite event last, so the last
+        match is the one."""
         # nio keeps no raw source for stripped invite state, only parsed fields.
         for event in reversed(invite_state):
             if (
@@ -124,8 +127,9 @@ class SyncReader:
                 and event.state_key == self.bot_user_id
                 and event.membership == "invite"
             ):
-                return event.sender if isinstance(event.sender, str) else None
-        return None
+                sender = event.sender if isinstance(event.sender, str) else None
+                return Invite(room_id, sender, kind_of_invite(event.content) is RoomKind.DM)
+        return Invite(room_id, None)
 
     def _watch_power(self, room_id: str, source: Mapping[str, Any], reading: SyncReading) -> None:
         if self.power_sources.setdefault(room_id, PowerSource()).observe(source):

@@ -14,6 +14,7 @@ from bot.engine.policy import Policy, format_duration
 from bot.engine.power import PowerState, describe_level
 from bot.front.commands import EXPIRE_USAGE
 from bot.front.untracked import UntrackedSpan, when
+from bot.matrix.defaults import Chosen, RoomKind, UserDefaults
 from bot.matrix.expiry import Refusal
 from bot.matrix.retention import Mirror, Outcome
 
@@ -32,6 +33,10 @@ def usage(prefix: str) -> str:
         f"commands above, e.g. {prefix} after-send 1d retention on\n"
         f"{prefix} expire DUR, sent as a reply to your message: it (and the command) "
         "disappears DUR from now, if that is sooner; moderators may do it to anybody's\n"
+        f"{prefix} default [dm|group POLICY]: your own default for new direct chats or "
+        f"groups you invite me into, e.g. {prefix} default dm after-send 1d (POLICY: off, "
+        f"after-send DUR or after-read DUR ...); {prefix} default clear [dm|group]. Only in "
+        "a direct chat with me\n"
         "Durations: 30s, 5m, 1h30m, 2d, 1w. Only members who may send both policy state "
         "events (room settings) may change the policy."
     )
@@ -63,6 +68,87 @@ def policy_changed(sender: str | None, policy: Policy) -> str:
 def operator_changed_policy(policy: Policy) -> str:
     """A change made with the bot's account elsewhere (`lethe policy set|clear`)."""
     return f"The bot's operator changed the retention policy: {policy.describe()}"
+
+
+# --- a person's defaults (bot/front/defaults.py) -------------------------------------
+
+_KIND_NAMES = {RoomKind.DM: "new direct chats", RoomKind.GROUP: "new groups"}
+
+
+def default_needs_direct_chat(sender: str) -> str:
+    return (f"{sender}: defaults are personal: send it in a direct chat with me (a room "
+            "with only you and me). Nothing was changed.")
+
+
+DEFAULTS_UNAVAILABLE = ("I could not read or store the defaults just now (the homeserver "
+                        "did not answer); nothing was changed, please try again.")
+
+
+DEFAULTS_UNREADABLE_ON_JOIN = ("Default not put in force: I could not read the defaults of "
+                               "the people who brought me here (the homeserver did not "
+                               "answer). Nothing was changed; set the policy with a command.")
+
+
+def _default_line(kind: RoomKind, policy: Policy | None) -> str:
+    said = "none" if policy is None else policy.describe()
+    return f"Your default for {_KIND_NAMES[kind]}: {said}"
+
+
+APPLIES_TO_BOT = ("rooms you create and invite me into, or invite me into, whose settings "
+                  "have no policy yet")
+APPLIES_TO_BRIDGE = "rooms you create on this server whose settings have no policy yet"
+
+
+def defaults_shown(defaults: UserDefaults, on_join: Policy | None, prefix: str,
+                   applies_to: str) -> str:
+    lines = [_default_line(kind, defaults.get(kind)) for kind in RoomKind]
+    lines += [f"Note: {problem}; set it again" for problem in defaults.problems]
+    lines.append("Without one: " + (f"this server's default on join, {on_join.describe()}"
+                                    if on_join is not None else "no policy"))
+    lines.append(f"They apply to {applies_to}. Change: {prefix} default dm|group POLICY; "
+                 f"remove: {prefix} default clear [dm|group]")
+    return "\n".join(lines)
+
+
+def defaults_changed(defaults: UserDefaults, dropped: tuple[str, ...]) -> str:
+    lines = ["Saved. " + _default_line(RoomKind.DM, defaults.dm),
+             _default_line(RoomKind.GROUP, defaults.group)]
+    lines += [f"Dropped: {problem}" for problem in dropped]
+    return "\n".join(lines)
+
+
+def bridge_usage(prefix: str) -> str:
+    """The bridge's bot, in a direct chat: it keeps only people's defaults."""
+    return (f"I apply your own default to the rooms you create on this server.\n"
+            f"{prefix} default: show yours\n"
+            f"{prefix} default dm|group POLICY: set it for new direct chats or groups, e.g. "
+            f"{prefix} default dm after-send 1d (POLICY: off, after-send DUR or after-read "
+            f"DUR [cap DUR] [readers all|any])\n"
+            f"{prefix} default clear [dm|group]: remove it")
+
+
+def bridge_only_defaults(sender: str, prefix: str) -> str:
+    return (f"{sender}: here I keep only your defaults for new chats ({prefix} help); a "
+            "room's own policy is set in its settings or with the Lethe bot.")
+
+
+def _whose(chosen: Chosen) -> str:
+    kind = _KIND_NAMES[chosen.kind]
+    if chosen.user_id is None:
+        return "this server's default for rooms I join without a policy (policy.on_join)"
+    return f"the default {chosen.user_id} set for {kind}"
+
+
+def default_applied(chosen: Chosen) -> str:
+    assert chosen.policy is not None
+    return f"Retention policy set to {chosen.policy.describe()}: {_whose(chosen)}"
+
+
+def default_not_applied(chosen: Chosen, needed: int) -> str:
+    assert chosen.policy is not None
+    return (f"Default not put in force: {_whose(chosen)} is {chosen.policy.describe()}, but "
+            f"I may not change room settings here (I need power level {needed}). Nothing "
+            "was changed; give me the power and set the policy with a command.")
 
 
 def invalid_policy(bad: InvalidPolicy) -> str:
@@ -125,7 +211,7 @@ POLICY_WRITE_FAILED = "Could not write the policy to the room state; please try 
 
 def status_text(status: RoomStatus | None, power: PowerState, bot_user_id: str,
                 untracked: UntrackedSpan | None = None, mirror: str | None = None,
-                delayed: DelayedStatus | None = None) -> str:
+                delayed: DelayedStatus | None = None, default_note: str | None = None) -> str:
     """`!lethe status`: the policy, whether it can be enforced, and what is pending."""
     if status is None:
         return "I have not seen this room's state yet; try again in a moment."
@@ -154,6 +240,8 @@ def status_text(status: RoomStatus | None, power: PowerState, bot_user_id: str,
         lines.append(f"Mirror in m.room.retention: {mirror}")
     if delayed is not None:
         lines.append(while_stopped(delayed, status.armed))
+    if default_note is not None:
+        lines.append(default_note)
     return "\n".join(lines)
 
 

@@ -182,6 +182,35 @@ class MatrixHttp:
                                        json={"action": "cancel"}, params=params or None)
         return reply
 
+    async def get_account_data(self, user_id: str, event_type: str,
+                               **params: str) -> HttpReply:
+        """``user_id``'s global account data of ``event_type`` (404: none)."""
+        return await self.request(
+            "GET", f"{CLIENT_V3}/user/{q(user_id)}/account_data/{q(event_type)}",
+            params=params or None)
+
+    async def put_account_data(self, user_id: str, event_type: str,
+                               content: Mapping[str, Any], **params: str) -> HttpReply:
+        return await self.request(
+            "PUT", f"{CLIENT_V3}/user/{q(user_id)}/account_data/{q(event_type)}",
+            json=content, params=params or None)
+
+    async def profile(self, user_id: str) -> HttpReply:
+        """A user's profile; 404 for a local user who does not exist."""
+        return await self.request("GET", f"{CLIENT_V3}/profile/{q(user_id)}")
+
+    async def joined_members(self, room_id: str, **params: str) -> HttpReply:
+        """The room's joined members, in ``body["joined"]`` (user id -> profile)."""
+        return await self.request("GET", f"{CLIENT_V3}/rooms/{q(room_id)}/joined_members",
+                                  params=params or None)
+
+    async def send_message(self, room_id: str, txn_id: str, content: Mapping[str, Any],
+                           **params: str) -> HttpReply:
+        """An unencrypted ``m.room.message`` (the bridge's replies; it has no E2EE)."""
+        return await self.request(
+            "PUT", f"{CLIENT_V3}/rooms/{q(room_id)}/send/m.room.message/{q(txn_id)}",
+            json=content, params=params or None)
+
     async def join(self, room_id: str) -> HttpReply:
         return await self.request("POST", f"{CLIENT_V3}/rooms/{q(room_id)}/join", json={})
 

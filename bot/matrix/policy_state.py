@@ -53,15 +53,17 @@ def policy_refusal(power: PowerState, sender: str) -> str | None:
             f"{describe_level(power.level(sender))}")
 
 
-async def write_policy(http: MatrixHttp, room_id: str, policy: Policy) -> tuple[str, ...]:
-    """PUT both state events; returns their event ids."""
+async def write_policy(http: MatrixHttp, room_id: str, policy: Policy,
+                       **params: str) -> tuple[str, ...]:
+    """PUT both state events; returns their event ids. ``params``: the bridge's
+    ``user_id``, to write as a local user."""
     event_ids: list[str] = []
     for event_type, content in (
         (POLICY_EVENT_TYPE, policy.to_state()),
         (BEEPER_EVENT_TYPE, policy.to_beeper()),
     ):
         try:
-            reply = await http.put_state(room_id, event_type, content)
+            reply = await http.put_state(room_id, event_type, content, **params)
         except HomeserverUnavailable as exc:
             raise PolicyWriteFailed(f"{event_type}: {exc}") from None
         if not reply.ok:

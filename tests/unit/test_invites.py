@@ -41,6 +41,21 @@ def test_the_inviter_is_the_sender_of_the_real_invite_event_not_forged_stripped_
     assert [i.inviter for i in reading.invites] == ["@mallory:evil.example"]
 
 
+def test_a_direct_chat_is_told_by_the_real_invite_events_is_direct() -> None:
+    """The kind of room a person's default is chosen by (bot/front/defaults.py): the
+    ``is_direct`` of the real invite event, not of forged stripped state before it."""
+    forged = member("@admin:ours.example", BOT, "invite")
+    forged["content"]["is_direct"] = True
+    real = member("@alice:ours.example", BOT, "invite")
+    reading = SyncReader(BOT, "!lethe").read(invite_sync([forged, real]), set(), 0)
+    assert [(i.inviter, i.is_direct) for i in reading.invites] == [("@alice:ours.example",
+                                                                    False)]
+    direct = member("@alice:ours.example", BOT, "invite")
+    direct["content"]["is_direct"] = True
+    reading = SyncReader(BOT, "!lethe").read(invite_sync([direct]), set(), 0)
+    assert [i.is_direct for i in reading.invites] == [True]
+
+
 def test_join_retries_back_off_then_give_up() -> None:
     retries = JoinRetries()
     delays = [retries.failed("!r:x", "@a:x", "not invited", i * 1000) for i in range(8)]
