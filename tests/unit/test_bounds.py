@@ -14,7 +14,8 @@ from bot.config import ConfigError, load_config
 from bot.engine.bounds import Bounds, BoundsConfig, Enforcement, RoomRule
 from bot.engine.engine import EngineConfig
 from bot.engine.model import Message, PolicyEvent
-from bot.engine.policy import BEEPER_EVENT_TYPE, Policy, Readers
+from bot.engine.msgtimer import MessageTimer
+from bot.engine.policy import BEEPER_EVENT_TYPE, Mode, Policy, Readers
 from bridge.config import load_bridge_config
 
 from .conftest import ADMIN, ALICE, BOT, ROOM, Harness
@@ -232,3 +233,31 @@ async def test_bounds_changed_between_runs_reclamp_new_messages_only(tmp_path: P
 
 def test_engine_config_defaults_to_no_bounds() -> None:
     assert EngineConfig(bot_user_id=BOT).bounds.unbounded
+
+
+# --- one message's own timer -------------------------------------------------
+
+
+def test_a_messages_own_timer_is_refused_below_min_timer_and_in_only_off_rooms() -> None:
+    assert BOUNDED.check_own_timer(M) is None
+    assert BOUNDED.check_own_timer(10 * D) is None  # longer never matters: it only shortens
+    assert "min_timer 1m" in (BOUNDED.check_own_timer(S) or "")
+    assert "only_off" in (Bounds(only_off=True).check_own_timer(H) or "")
+
+
+async def test_a_messages_own_timer_is_held_to_the_bounds(tmp_path: Path) -> None:
+    bounds = BoundsConfig(Bounds(min_timer_ms=M), (RoomRule("!legal:*", Bounds(only_off=True)),))
+    h = await Harness(tmp_path / "l.db",
+                      config=EngineConfig(bot_user_id=BOT, bounds=bounds)).start()
+    try:
+        await h.ingest(h.policy_event(Policy.after_send(D)),
+                       Message("$short", ALICE, h.now(), timer=MessageTimer(Mode.AFTER_SEND, S)),
+                       Message("$hour", ALICE, h.now(), timer=MessageTimer(Mode.AFTER_SEND, H)))
+        assert (await h.event("$short"))["due_at"] == h.now() + M  # raised to min_timer
+        assert (await h.event("$hour"))["due_at"] == h.now() + H  # shortened as asked
+        # In an only-off room a message's own timer tracks nothing.
+        await h.ingest(Message("$legal", ALICE, h.now(), timer=MessageTimer(Mode.AFTER_SEND, H)),
+                       room="!legal:x")
+        assert await h.event("$legal") is None
+    finally:
+        await h.close()
