@@ -20,6 +20,8 @@ from bot.engine.delayed import DelayedStatus, DelayedTransport, Takeover, Why
 from bot.engine.echoes import EchoConfirmation
 from bot.engine.givenup import META_KEY as GIVEN_UP_KEY
 from bot.engine.givenup import GivenUpRoom, dump_given_up, load_given_up
+from bot.engine.held import HeldEvent
+from bot.engine.holds import Holds
 from bot.engine.ids import server_name
 from bot.engine.ingest import IngestConfig, Ingestor
 from bot.engine.ledger import LedgerKeeper
@@ -100,6 +102,7 @@ class Engine:
             ),
             self._echoes,
         )
+        self._holds = self._ingestor.holds = Holds(store, self._clock)
         self._scheduler = Scheduler(
             store,
             self._redactor,
@@ -160,6 +163,7 @@ class Engine:
 
     async def start(self) -> None:
         await self._ingestor.load()
+        await self._holds.load()
         await self._ledger.prune()
         await self._scheduler.start()
         if self._media is not None:
@@ -236,6 +240,23 @@ class Engine:
         self._wake_media()
         self.wake_delayed()  # its delayed redactions are queued for cancelling
         return given_up
+
+    async def hold(self, room_id: str, event_id: str) -> bool:
+        """Exempt the front's own event from expiry, before or after it is ingested
+        (bot/engine/holds.py); False if it is being redacted already."""
+        held = await self._holds.hold(room_id, event_id)
+        self.wake_delayed()  # its delayed redaction, if any, is to be cancelled
+        return held
+
+    async def release(self, room_id: str, event_id: str) -> HeldEvent | None:
+        """End a hold: the event expires by the rule it was sent under again."""
+        found = await self._holds.release(room_id, event_id)
+        self._scheduler.wake()
+        self.wake_delayed()
+        return found
+
+    async def held(self, room_id: str | None = None) -> list[HeldEvent]:
+        return await self._holds.held(room_id)
 
     async def set_meta(self, key: str, value: str) -> None:
         """Keep a front's own small state (a JSON text, say) in the database."""
