@@ -20,6 +20,7 @@ from bot.engine.ids import server_name
 from bot.engine.policy import PolicyError, parse_duration
 from bot.erasureconfig import ErasureConfig, read_erasure
 from bot.errors import SetupError
+from bot.noticesconfig import NoticesConfig, read_notices
 
 DEFAULT_PREFIX = "!lethe"
 DEFAULT_CAP = "7d"
@@ -90,6 +91,7 @@ class Config:
     metrics: MetricsConfig | None = None  # None: no metrics endpoint
     erasure: ErasureConfig = field(default_factory=ErasureConfig)
     delayed_redactions: bool = True  # redaction.delayed: auto (True) or off
+    notices: NoticesConfig = field(default_factory=NoticesConfig)  # bot/noticesconfig.py
 
     @property
     def db_path(self) -> Path:
@@ -299,6 +301,7 @@ KNOWN_KEYS: dict[str, Any] = {
     "policy": {"default_cap": None},
     "readers": {"ignore": None},
     "redaction": {"workers": None, "delayed": None},
+    "notices": {"pin": None, "room_features": None, "topic": None},
     "logging": {"level": None},
     "metrics": {"listen": None},
     "erasure": {"admin_token_file": None, "media": None, "max_held": None, "ledger": None},
@@ -373,4 +376,5 @@ def load_config(path: Path | str, env: dict[str, str] | None = None) -> Config:
         metrics=r.metrics(),
         erasure=r.erasure(env),
         delayed_redactions=r.delayed_redactions(),
+        notices=read_notices(r),
     )

@@ -29,6 +29,7 @@ from bot.engine.power import PowerState
 from bot.front import texts
 from bot.front.commands import CommandError, Help, SetMirror, Status, parse_command
 from bot.front.joins import META_KEY as JOINS_META
+from bot.front.pinning import Visibility
 from bot.front.reader import CommandRequest, Invite, inviter_allowed
 from bot.front.throttle import ReplyThrottle
 from bot.front.untracked import UNTRACKED_KEY, UntrackedSpan
@@ -89,6 +90,7 @@ class ActionWorker:
         # Per room, whether the bot may redact others' messages, as last announced.
         self._can_redact_others: dict[str, bool] = {}
         self._join_timers: dict[str, asyncio.Task[None]] = {}  # room -> its next try
+        self.visible = Visibility(bot)  # the pinned notice, room_features, topic
 
     def put(self, action: Action) -> None:
         self._queue.put_nowait(action)
@@ -278,8 +280,11 @@ class ActionWorker:
             mirror = (f"unknown: could not read m.room.retention ({found})"
                       if isinstance(found, str) else
                       mirror_status(status.policy, found, power, me))
-        await self.notice(room_id, texts.status_text(status, power, me, untracked, mirror,
-                                                     await bot.engine.delayed_status()))
+        text = texts.status_text(status, power, me, untracked, mirror,
+                                 await bot.engine.delayed_status())
+        if status is not None:
+            text += "\n" + await self.visible.status(room_id, status.policy)
+        await self.notice(room_id, text)
 
     async def mirror(self, room_id: str, policy: Policy, *, changed: bool) -> Mirror | None:
         """Keep the room's m.room.retention in step with ``policy`` (bot/matrix/
@@ -324,7 +329,8 @@ class ActionWorker:
         if policy.mode is not Mode.OFF and not power.can_redact_others(me):
             text += " " + texts.cannot_redact_others(power, me)
         mirror = await self.mirror(room_id, policy, changed=True)
-        await self.notice(room_id, texts.with_mirror(text, policy, mirror) or text)
+        notice_id = await self.notice(room_id, texts.with_mirror(text, policy, mirror) or text)
+        await self.visible.announced(room_id, policy, notice_id)
 
     async def _policy_changed(self, change: PolicyChanged) -> None:
         """Announce a change made by state (a member's client, or `lethe policy` with the
@@ -350,8 +356,8 @@ class ActionWorker:
         else:
             text = texts.policy_changed(change.sender, change.policy)
         text = texts.with_mirror(text, change.policy, mirror, announce=not change.initial)
-        if text is not None:
-            await self.notice(change.room_id, text)
+        notice_id = await self.notice(change.room_id, text) if text is not None else None
+        await self.visible.announced(change.room_id, change.policy, notice_id)
 
 
 def log_given_up(given_up: GivenUpRoom | None) -> None:

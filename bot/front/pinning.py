@@ -1,0 +1,153 @@
+"""Making the room's rule visible in every client, after each policy notice: the
+notice pinned (``m.room.pinned_events``, shown at the top of the room), the timers
+the room accepts published (``com.beeper.room_features``), and, with
+``notices.topic``, the rule in the topic.
+
+The pinned notice does not expire while pinned: the engine holds it
+(bot/engine/holds.py), whether its echo has been ingested yet or not. Which pin is
+the bot's is the room's state and the engine's holds together; the bot never pins
+anything but a policy notice it just sent, so a member who unpins it by hand is not
+overruled until the policy next changes. Whatever the bot cannot do it says in
+`!lethe status` (and `lethe rooms show`), from the meta key PIN_PROBLEMS_KEY.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import TYPE_CHECKING
+
+from bot.engine.policy import Policy
+from bot.engine.power import describe_level
+from bot.matrix.pins import (
+    PINNED_EVENTS_TYPE,
+    cannot_pin,
+    pin_summary,
+    read_pins,
+    repinned,
+    write_pins,
+)
+from bot.matrix.roomfeatures import (
+    ROOM_FEATURES_TYPE,
+    accepted_timers,
+    disappearing_timer,
+    publish_timers,
+)
+from bot.matrix.topic import TOPIC_TYPE, keep_topic
+
+if TYPE_CHECKING:
+    from bot.front.bot import LetheBot
+
+log = logging.getLogger(__name__)
+
+PIN_PROBLEMS_KEY = "pin_problems"  # meta: {room id: why the notice is not pinned}
+
+
+def load_problems(raw: str | None) -> dict[str, str]:
+    try:
+        data = json.loads(raw) if raw else {}
+    except ValueError:
+        return {}
+    return {k: v for k, v in data.items() if isinstance(k, str) and isinstance(v, str)} \
+        if isinstance(data, dict) else {}
+
+
+class Visibility:
+    def __init__(self, bot: LetheBot) -> None:
+        self._bot = bot
+
+    async def announced(self, room_id: str, policy: Policy, notice_id: str | None) -> None:
+        """After the notice announcing ``policy`` in ``room_id`` (``notice_id``: its
+        event id; None if none went out)."""
+        notices = self._bot.config.notices
+        if notices.pin:
+            await self._pin(room_id, policy, notice_id)
+        if notices.room_features:
+            await self._features(room_id, policy)
+        # Off: a suffix left from when it was on is taken out (only where there is one).
+        await self._topic(room_id, policy if notices.topic else None)
+
+    async def _pin(self, room_id: str, policy: Policy, notice_id: str | None) -> None:
+        bot = self._bot
+        assert bot.engine is not None and bot.http is not None
+        me = bot.config.bot.user_id
+        held = [found.event_id for found in await bot.engine.held(room_id)]
+        new = notice_id if policy.active else None
+        if new is not None and not await bot.engine.hold(room_id, new):
+            log.warning("not pinning the policy notice in %s: it is being redacted already",
+                        room_id)
+            new = None
+        if new is None and not held:
+            await self._note(room_id, None)  # nothing pinned, nothing to pin
+            return
+        power = bot.power(room_id)
+        problem: str | None = None
+        if not power.can_send_state(me, PINNED_EVENTS_TYPE):
+            problem = cannot_pin(describe_level(power.level(me)),
+                                 power.needed_for_state(PINNED_EVENTS_TYPE))
+        else:
+            pins = await read_pins(bot.http, room_id)
+            problem = pins.problem
+            if problem is None:
+                wanted = repinned(pins.pinned, held, new)
+                if wanted != list(pins.pinned):
+                    problem = await write_pins(bot.http, room_id, wanted)
+        # Held stays only what is pinned: on success the new notice (the old ones, and
+        # any a member unpinned by hand, expire by their own rule again); on failure the
+        # old ones, still pinned, and the new notice expires like any other.
+        for event_id in held if problem is None else [new] if new is not None else []:
+            await bot.engine.release(room_id, event_id)
+        await self._note(room_id, problem)
+        if problem is None:
+            log.info("policy notice in %s: %s", room_id, "pinned" if new else "unpinned")
+        else:
+            log.warning("could not pin the policy notice in %s: %s", room_id, problem)
+
+    async def _note(self, room_id: str, problem: str | None) -> None:
+        engine = self._bot.engine
+        assert engine is not None
+        problems = load_problems(await engine.get_meta(PIN_PROBLEMS_KEY))
+        if problems.get(room_id) == problem:
+            return
+        if problem is None:
+            problems.pop(room_id, None)
+        else:
+            problems[room_id] = problem
+        await engine.set_meta(PIN_PROBLEMS_KEY, json.dumps(problems))
+
+    async def _features(self, room_id: str, policy: Policy) -> None:
+        bot = self._bot
+        assert bot.http is not None
+        if not bot.power(room_id).can_send_state(bot.config.bot.user_id, ROOM_FEATURES_TYPE):
+            log.info("not publishing %s in %s: no power to send it", ROOM_FEATURES_TYPE,
+                     room_id)
+            return
+        # The operator's bounds (policy.bounds) narrow accepted_timers' range here.
+        problem = await publish_timers(bot.http, room_id,
+                                       disappearing_timer(accepted_timers(current=policy)))
+        if problem is not None:
+            log.warning("could not publish %s in %s: %s", ROOM_FEATURES_TYPE, room_id,
+                        problem)
+
+    async def _topic(self, room_id: str, policy: Policy | None) -> None:
+        bot = self._bot
+        assert bot.http is not None
+        if not bot.power(room_id).can_send_state(bot.config.bot.user_id, TOPIC_TYPE):
+            if policy is not None:
+                log.info("not adding the rule to the topic of %s: no power to", room_id)
+            return
+        rule = policy.mirrored(False).describe() if policy and policy.active else None
+        problem = await keep_topic(bot.http, room_id, rule)
+        if problem is not None:
+            log.warning("could not keep the rule in the topic of %s: %s", room_id, problem)
+
+    async def status(self, room_id: str, policy: Policy) -> str:
+        """The `!lethe status` line: whether the policy notice is pinned, or why not."""
+        bot = self._bot
+        assert bot.engine is not None and bot.http is not None
+        if not bot.config.notices.pin:
+            return "Pinned notice: not pinned (notices.pin is off)"
+        held = {found.event_id for found in await bot.engine.held(room_id)}
+        problem = load_problems(await bot.engine.get_meta(PIN_PROBLEMS_KEY)).get(room_id)
+        return "Pinned notice: " + pin_summary(policy.active, await read_pins(bot.http, room_id),
+                                               held, problem)
