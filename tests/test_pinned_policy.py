@@ -17,6 +17,7 @@ import pytest
 
 from bot.devtools.localsynapse import LocalSynapse
 from bot.matrix.roomfeatures import DEFAULT_TIMERS_MS
+from tests.cli_harness import lethe_cli, out_json, text_fields
 from tests.harness import BotHandle, all_redacted, bot_room, eventually, stays, write_bot_config
 
 PINNED = "m.room.pinned_events"
@@ -97,6 +98,8 @@ async def test_the_policy_notice_is_pinned_and_outlives_the_timer(people, lethe)
     await alice.send(room, "!lethe status")
     status = await alice.wait_notice(room, "Pinned notice:")
     assert f"Pinned notice: yes ({second}; it does not expire while pinned)" in status, status
+    detail = out_json(await lethe_cli(lethe.config, "rooms", "show", room, "--json"))
+    assert detail["pinned_notice"] == f"yes ({second}; it does not expire while pinned)"
 
     # Off: unpinned (the member's pin kept), and redacted by the rule it was sent under.
     await alice.send(room, "!lethe off")
@@ -122,6 +125,9 @@ async def test_without_the_power_to_pin_status_says_why(people, lethe) -> None:
     assert ("Pinned notice: NO: I cannot pin the policy notice: my power level is 50 and "
             "m.room.pinned_events needs 100") in status, status
     assert await pinned(alice, room) == []
+    shown = text_fields((await lethe_cli(lethe.config, "rooms", "show", room)).stdout)
+    assert shown["Pinned notice"].startswith(
+        "NO: I cannot pin the policy notice: my power level is 50"), shown
     # Not pinned, so not exempt: it expires like any notice.
     await eventually(all_redacted(alice, room, notice), 30, what="the unpinned notice expiring")
 

@@ -8,7 +8,7 @@ The pinned notice does not expire while pinned: the engine holds it
 the bot's is the room's state and the engine's holds together; the bot never pins
 anything but a policy notice it just sent, so a member who unpins it by hand is not
 overruled until the policy next changes. Whatever the bot cannot do it says in
-`!lethe status` (and `lethe rooms show`), from the meta key PIN_PROBLEMS_KEY.
+`!lethe status` (and `lethe rooms show`), from the meta key PIN_PROBLEMS_KEY (bot/matrix/pins.py).
 """
 
 from __future__ import annotations
@@ -20,8 +20,10 @@ from typing import TYPE_CHECKING
 from bot.engine.policy import Policy
 from bot.engine.power import describe_level
 from bot.matrix.pins import (
+    PIN_PROBLEMS_KEY,
     PINNED_EVENTS_TYPE,
     cannot_pin,
+    load_problems,
     pin_summary,
     read_pins,
     repinned,
@@ -39,18 +41,6 @@ if TYPE_CHECKING:
     from bot.front.bot import LetheBot
 
 log = logging.getLogger(__name__)
-
-PIN_PROBLEMS_KEY = "pin_problems"  # meta: {room id: why the notice is not pinned}
-
-
-def load_problems(raw: str | None) -> dict[str, str]:
-    try:
-        data = json.loads(raw) if raw else {}
-    except ValueError:
-        return {}
-    return {k: v for k, v in data.items() if isinstance(k, str) and isinstance(v, str)} \
-        if isinstance(data, dict) else {}
-
 
 class Visibility:
     def __init__(self, bot: LetheBot) -> None:
@@ -149,5 +139,6 @@ class Visibility:
             return "Pinned notice: not pinned (notices.pin is off)"
         held = {found.event_id for found in await bot.engine.held(room_id)}
         problem = load_problems(await bot.engine.get_meta(PIN_PROBLEMS_KEY)).get(room_id)
-        return "Pinned notice: " + pin_summary(policy.active, await read_pins(bot.http, room_id),
-                                               held, problem)
+        pins = await read_pins(bot.http, room_id)
+        return "Pinned notice: " + pin_summary(policy.active, pins, held, problem,
+                                               bot.power(room_id), bot.config.bot.user_id)

@@ -5,9 +5,11 @@ policy notice, bot/engine/holds.py)."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Collection
 from dataclasses import dataclass
 
+from bot.engine.power import PowerState, describe_level
 from bot.matrix.api import MatrixHttp
 from bot.matrix.statewrite import StateProblem, read_state, write_state
 
@@ -50,14 +52,31 @@ def cannot_pin(level: str, needed: int) -> str:
             f"{PINNED_EVENTS_TYPE} needs {needed}")
 
 
-def pin_summary(active: bool, pins: Pins, held: Collection[str], problem: str | None
-                ) -> str:
+PIN_PROBLEMS_KEY = "pin_problems"  # meta: {room id: why its notice is not pinned}
+
+
+def load_problems(raw: str | None) -> dict[str, str]:
+    """The meta value under PIN_PROBLEMS_KEY (written by bot/front/pinning.py)."""
+    try:
+        data = json.loads(raw) if raw else {}
+    except ValueError:
+        return {}
+    if not isinstance(data, dict):
+        return {}
+    return {k: v for k, v in data.items() if isinstance(k, str) and isinstance(v, str)}
+
+
+def pin_summary(active: bool, pins: Pins, held: Collection[str], problem: str | None,
+                power: PowerState, bot_user_id: str) -> str:
     """Whether the room's policy notice is pinned, and if not, why: for `!lethe status`
     and `lethe rooms show`. ``held``: the bot's pinned notices the engine holds;
     ``problem``: why its last try failed, if it did."""
     if pins.problem is not None:
         return f"unknown: could not read {PINNED_EVENTS_TYPE} ({pins.problem})"
     mine = [event_id for event_id in pins.pinned if event_id in held]
+    if active and not mine and not power.can_send_state(bot_user_id, PINNED_EVENTS_TYPE):
+        problem = cannot_pin(describe_level(power.level(bot_user_id)),
+                             power.needed_for_state(PINNED_EVENTS_TYPE))
     if not active:
         return "nothing (the policy is off)" if not mine else \
             f"still {mine[-1]}, though the policy is off: {problem or 'not unpinned yet'}"
