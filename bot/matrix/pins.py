@@ -5,13 +5,13 @@ policy notice, bot/engine/holds.py)."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Collection
 from dataclasses import dataclass
 
 from bot.engine.power import PowerState, describe_level
 from bot.matrix.api import MatrixHttp
 from bot.matrix.statewrite import StateProblem, read_state, write_state
+from bot.matrix.textmap import load_text_map
 
 PINNED_EVENTS_TYPE = "m.room.pinned_events"
 
@@ -57,13 +57,7 @@ PIN_PROBLEMS_KEY = "pin_problems"  # meta: {room id: why its notice is not pinne
 
 def load_problems(raw: str | None) -> dict[str, str]:
     """The meta value under PIN_PROBLEMS_KEY (written by bot/front/pinning.py)."""
-    try:
-        data = json.loads(raw) if raw else {}
-    except ValueError:
-        return {}
-    if not isinstance(data, dict):
-        return {}
-    return {k: v for k, v in data.items() if isinstance(k, str) and isinstance(v, str)}
+    return load_text_map(raw)
 
 
 def pin_summary(active: bool, pins: Pins, held: Collection[str], problem: str | None,
