@@ -92,7 +92,7 @@ def test_notices_config(tmp_path: Path) -> None:
     assert (config.notices.pin, config.notices.room_features, config.notices.topic) == (
         True, True, True)
     assert load_config(_config(tmp_path, None), env={}).notices.topic is False
-    with pytest.raises(ConfigError, match="notices.topic: must be true or false"):
+    with pytest.raises(ConfigError, match=r"notices\.topic: must be true or false"):
         load_config(_config(tmp_path, {"topic": "yes"}), env={})
-    with pytest.raises(ConfigError, match="notices.pinned: unknown key"):
+    with pytest.raises(ConfigError, match=r"notices\.pinned: unknown key"):
         load_config(_config(tmp_path, {"pinned": True}), env={})
