@@ -29,7 +29,7 @@ from bot.engine.power import PowerState
 from bot.front import texts
 from bot.front.commands import CommandError, Help, SetMirror, Status, parse_command
 from bot.front.joins import META_KEY as JOINS_META
-from bot.front.pinning import Visibility
+from bot.front.pinning import PinsChanged, ShowPolicy, Visibility
 from bot.front.reader import CommandRequest, Invite, inviter_allowed
 from bot.front.throttle import ReplyThrottle
 from bot.front.untracked import UNTRACKED_KEY, UntrackedSpan
@@ -79,7 +79,8 @@ class PolicyChanged:
     event_ids: tuple[str, ...] = ()
 
 
-Action = Invite | Notice | CheckPower | LeaveIfAlone | PolicyChanged | CommandRequest
+Action = (Invite | Notice | CheckPower | LeaveIfAlone | PolicyChanged | CommandRequest
+          | ShowPolicy | PinsChanged)
 
 
 class ActionWorker:
@@ -119,6 +120,8 @@ class ActionWorker:
             await self._leave_if_alone(action.room_id)
         elif isinstance(action, PolicyChanged):
             await self._policy_changed(action)
+        elif isinstance(action, ShowPolicy | PinsChanged):
+            await self.visible.act(action)
         else:
             await self._command(action)
 
@@ -330,7 +333,7 @@ class ActionWorker:
             text += " " + texts.cannot_redact_others(power, me)
         mirror = await self.mirror(room_id, policy, changed=True)
         notice_id = await self.notice(room_id, texts.with_mirror(text, policy, mirror) or text)
-        await self.visible.announced(room_id, policy, notice_id)
+        self.put(ShowPolicy(room_id, policy, notice_id))  # pinned etc. next
 
     async def _policy_changed(self, change: PolicyChanged) -> None:
         """Announce a change made by state (a member's client, or `lethe policy` with the
@@ -357,7 +360,7 @@ class ActionWorker:
             text = texts.policy_changed(change.sender, change.policy)
         text = texts.with_mirror(text, change.policy, mirror, announce=not change.initial)
         notice_id = await self.notice(change.room_id, text) if text is not None else None
-        await self.visible.announced(change.room_id, change.policy, notice_id)
+        self.put(ShowPolicy(change.room_id, change.policy, notice_id))
 
 
 def log_given_up(given_up: GivenUpRoom | None) -> None:

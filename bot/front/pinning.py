@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from bot.engine.policy import Policy
@@ -22,6 +23,7 @@ from bot.engine.power import describe_level
 from bot.matrix.pins import (
     PIN_PROBLEMS_KEY,
     PINNED_EVENTS_TYPE,
+    UNPINNED,
     cannot_pin,
     load_problems,
     pin_summary,
@@ -42,9 +44,51 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+@dataclass(frozen=True)
+class ShowPolicy:
+    """Make ``policy`` visible in ``room_id``, after its notice ``notice_id`` (None:
+    none went out): queued behind the notice, so a command's answer comes first."""
+
+    room_id: str
+    policy: Policy
+    notice_id: str | None
+
+
+@dataclass(frozen=True)
+class PinsChanged:
+    """Somebody else changed the room's pinned events."""
+
+    room_id: str
+
+
 class Visibility:
     def __init__(self, bot: LetheBot) -> None:
         self._bot = bot
+
+    async def act(self, action: ShowPolicy | PinsChanged) -> None:
+        if isinstance(action, ShowPolicy):
+            await self.announced(action.room_id, action.policy, action.notice_id)
+        else:
+            await self._unpinned(action.room_id)
+
+    async def _unpinned(self, room_id: str) -> None:
+        """A notice a member unpinned by hand is not pinned again (until the next
+        policy change); it expires by its own rule again at once."""
+        bot = self._bot
+        assert bot.engine is not None and bot.http is not None
+        held = [found.event_id for found in await bot.engine.held(room_id)]
+        if not held:
+            return
+        pins = await read_pins(bot.http, room_id)
+        if pins.problem is not None:
+            return  # kept as it is: the next change looks again
+        gone = [event_id for event_id in held if event_id not in pins.pinned]
+        for event_id in gone:
+            log.info("the policy notice in %s was unpinned by hand; it expires by its rule "
+                     "again", room_id)
+            await bot.engine.release(room_id, event_id)
+        if gone and len(gone) == len(held):
+            await self._note(room_id, UNPINNED)
 
     async def announced(self, room_id: str, policy: Policy, notice_id: str | None) -> None:
         """After the notice announcing ``policy`` in ``room_id`` (``notice_id``: its

@@ -53,6 +53,7 @@ def cannot_pin(level: str, needed: int) -> str:
 
 
 PIN_PROBLEMS_KEY = "pin_problems"  # meta: {room id: why its notice is not pinned}
+UNPINNED = "a member unpinned it; the next policy change pins its notice again"
 
 
 def load_problems(raw: str | None) -> dict[str, str]:
@@ -76,8 +77,8 @@ def pin_summary(active: bool, pins: Pins, held: Collection[str], problem: str | 
             f"still {mine[-1]}, though the policy is off: {problem or 'not unpinned yet'}"
     if mine and problem is None:
         return f"yes ({mine[-1]}; it does not expire while pinned)"
+    if problem == UNPINNED or (problem is None and held):
+        return f"no: {UNPINNED}"
     if problem is not None:
         return f"NO: {problem}"
-    if held:
-        return "no: a member unpinned it; the next policy change pins its notice again"
     return "no (the policy was set before I pinned notices, or its notice was not sent)"

@@ -12,7 +12,7 @@ import yaml
 from bot.config import ConfigError, load_config
 from bot.engine.policy import Policy
 from bot.engine.power import PowerState
-from bot.matrix.pins import Pins, pin_summary, repinned
+from bot.matrix.pins import UNPINNED, Pins, pin_summary, repinned
 from bot.matrix.roomfeatures import (
     DEFAULT_TIMERS_MS,
     accepted_timers,
@@ -72,6 +72,7 @@ def test_status_says_why_the_notice_is_not_pinned() -> None:
         "m.room.pinned_events needs 100")
     assert pin_summary(True, Pins(()), {"$n"}, None, may, BOT).startswith(
         "no: a member unpinned it")
+    assert pin_summary(True, Pins(()), set(), UNPINNED, may, BOT) == f"no: {UNPINNED}"
     assert pin_summary(True, Pins(("$n",)), {"$n"}, "HTTP 403", may, BOT) == "NO: HTTP 403"
     assert pin_summary(False, Pins(()), set(), None, may, BOT) == "nothing (the policy is off)"
     assert pin_summary(True, Pins(problem="down"), set(), None, may, BOT).startswith("unknown")
