@@ -94,8 +94,8 @@ class Visibility:
         """After the notice announcing ``policy`` in ``room_id`` (``notice_id``: its
         event id; None if none went out)."""
         notices = self._bot.config.notices
-        if notices.pin:
-            await self._pin(room_id, policy, notice_id)
+        # notices.pin off: nothing new is pinned, and a pin of before goes now.
+        await self._pin(room_id, policy, notice_id if notices.pin else None)
         if notices.room_features:
             await self._features(room_id, policy)
         # Off: a suffix left from when it was on is taken out (only where there is one).
