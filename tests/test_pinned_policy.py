@@ -19,6 +19,7 @@ from bot.devtools.localsynapse import LocalSynapse
 from bot.matrix.roomfeatures import DEFAULT_TIMERS_MS
 from tests.cli_harness import lethe_cli, out_json, text_fields
 from tests.harness import BotHandle, all_redacted, bot_room, eventually, stays, write_bot_config
+from tests.test_continuity import lose_database
 
 PINNED = "m.room.pinned_events"
 FEATURES = "com.beeper.room_features"
@@ -189,3 +190,22 @@ async def test_the_rule_in_the_topic_keeps_what_members_wrote(people, topic_leth
     await alice.send(room, "!lethe off")
     await alice.wait_notice(room, "changed the retention policy: off")
     await eventually(lambda: topic_is("Planning, v2"), 20, what="the rule removed")
+
+
+async def test_after_a_lost_database_the_bots_old_pin_is_still_replaced(people, lethe) -> None:
+    """Room state is the source of truth: a pinned event the bot sent is its notice,
+    even when its database no longer holds it."""
+    alice, _, room = await bot_room(people, lethe)
+    own = await alice.send(room, "the agenda")
+    assert await alice.put_state(room, PINNED, {"pinned": [own]}) == 200
+    await alice.send(room, "!lethe after-send 1h")
+    first = await notice_id(alice, room, "changed the retention policy: after-send 1h")
+    await eventually(pins_are(alice, room, [own, first]), 20, what="the notice pinned")
+    await lethe.stop()
+    lose_database(lethe.config)
+    await lethe.start()
+
+    await alice.send(room, "!lethe after-send 2h")
+    second = await notice_id(alice, room, "changed the retention policy: after-send 2h")
+    await eventually(pins_are(alice, room, [own, second]), 30,
+                     what="the old pin replaced, the member's kept")

@@ -26,6 +26,7 @@ from bot.matrix.pins import (
     UNPINNED,
     cannot_pin,
     load_problems,
+    own_pins,
     pin_summary,
     read_pins,
     repinned,
@@ -111,31 +112,35 @@ class Visibility:
             log.warning("not pinning the policy notice in %s: it is being redacted already",
                         room_id)
             new = None
-        if new is None and not held:
-            await self._note(room_id, None)  # nothing pinned, nothing to pin
-            return
         power = bot.power(room_id)
+        may = power.can_send_state(me, PINNED_EVENTS_TYPE)
+        if new is None and not held and not may:
+            await self._note(room_id, None)  # nothing to pin, nothing it could unpin
+            return
         problem: str | None = None
-        if not power.can_send_state(me, PINNED_EVENTS_TYPE):
+        changed = False
+        if not may:
             problem = cannot_pin(describe_level(power.level(me)),
                                  power.needed_for_state(PINNED_EVENTS_TYPE))
         else:
             pins = await read_pins(bot.http, room_id)
             problem = pins.problem
             if problem is None:
-                wanted = repinned(pins.pinned, held, new)
-                if wanted != list(pins.pinned):
+                mine = await own_pins(bot.http, room_id, pins, held, me)
+                wanted = repinned(pins.pinned, mine, new)
+                changed = wanted != list(pins.pinned)
+                if changed:
                     problem = await write_pins(bot.http, room_id, wanted)
         # Held stays only what is pinned: on success the new notice (the old ones, and
         # any a member unpinned by hand, expire by their own rule again); on failure the
         # old ones, still pinned, and the new notice expires like any other.
         for event_id in held if problem is None else [new] if new is not None else []:
             await bot.engine.release(room_id, event_id)
-        await self._note(room_id, problem)
-        if problem is None:
-            log.info("policy notice in %s: %s", room_id, "pinned" if new else "unpinned")
-        else:
+        await self._note(room_id, problem if new is not None or held else None)
+        if problem is not None:
             log.warning("could not pin the policy notice in %s: %s", room_id, problem)
+        elif changed:
+            log.info("policy notice in %s: %s", room_id, "pinned" if new else "unpinned")
 
     async def _note(self, room_id: str, problem: str | None) -> None:
         engine = self._bot.engine

@@ -9,7 +9,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 
 from bot.engine.power import PowerState, describe_level
-from bot.matrix.api import MatrixHttp
+from bot.matrix.api import HomeserverUnavailable, MatrixHttp
 from bot.matrix.statewrite import StateProblem, read_state, write_state
 from bot.matrix.textmap import load_text_map
 
@@ -33,6 +33,25 @@ async def read_pins(http: MatrixHttp, room_id: str) -> Pins:
     if not isinstance(pinned, list):
         return Pins()  # none, malformed or emptied: nothing pinned that clients show
     return Pins(tuple(e for e in pinned if isinstance(e, str) and e))
+
+
+# At most this many pins not known as the bot's are looked up by their sender.
+_LOOKUPS = 20
+
+
+async def own_pins(http: MatrixHttp, room_id: str, pins: Pins, held: Collection[str],
+                   bot_user_id: str) -> set[str]:
+    """The bot's pins among ``pins``: those the engine holds, and (its database lost,
+    say) any pinned event the bot itself sent, which can only be a notice of its."""
+    mine = {event_id for event_id in pins.pinned if event_id in held}
+    for event_id in [e for e in pins.pinned if e not in mine][-_LOOKUPS:]:
+        try:
+            reply = await http.event(room_id, event_id)
+        except HomeserverUnavailable:
+            continue
+        if reply.ok and reply.body.get("sender") == bot_user_id:
+            mine.add(event_id)
+    return mine
 
 
 def repinned(pinned: tuple[str, ...], drop: Collection[str], add: str | None) -> list[str]:
