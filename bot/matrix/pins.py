@@ -1,7 +1,7 @@
 """A room's pinned events (``m.room.pinned_events``): reading them, and the list with
-the bot's own pin replaced, every member's pin kept. Which pin is the bot's is not
-guessed from the list: it is the one whose event the engine holds (the bot's own
-policy notice, bot/engine/holds.py)."""
+the bot's own pins replaced, every member's pin kept. The bot's pins are those whose
+event the engine holds (its pinned policy notice, bot/engine/holds.py) and, where
+its database no longer knows them, any pinned event the bot itself sent."""
 
 from __future__ import annotations
 

@@ -81,3 +81,17 @@ async def test_held_under_an_off_policy_is_not_tracked_when_released(h: Harness)
     found = await h.engine.release(ROOM, "$pin")
     assert found is not None and found.rule == Policy.off()
     assert await h.event("$pin") is None
+
+
+async def test_an_after_read_notice_released_counts_as_read_when_sent(h: Harness) -> None:
+    policy = Policy.after_read(M, 10 * M)
+    await h.set_policy(policy)
+    assert h.engine is not None
+    sent = h.now()
+    await h.ingest(Message("$pin", BOT, sent))
+    assert await h.engine.hold(ROOM, "$pin")
+    await h.advance(M // 2)
+    found = await h.engine.release(ROOM, "$pin")
+    assert found is not None and found.rule == policy
+    row = await h.event("$pin")
+    assert row is not None and row["due_at"] == sent + M and row["read_at"] == sent
