@@ -22,6 +22,7 @@ from bot.engine.ids import server_name
 from bot.engine.policy import Policy, PolicyError, parse_duration
 from bot.erasureconfig import ErasureConfig, read_erasure
 from bot.errors import SetupError
+from bot.noticesconfig import NoticesConfig, read_notices
 from bot.policyconfig import read_on_join
 
 DEFAULT_PREFIX = "!lethe"
@@ -95,6 +96,7 @@ class Config:
     delayed_redactions: bool = True  # redaction.delayed: auto (True) or off
     bounds: BoundsConfig = field(default_factory=BoundsConfig)  # policy.bounds, .rooms
     on_join: Policy | None = None  # policy.on_join: put in force where a room has none
+    notices: NoticesConfig = field(default_factory=NoticesConfig)  # bot/noticesconfig.py
 
     @property
     def db_path(self) -> Path:
@@ -314,6 +316,7 @@ KNOWN_KEYS: dict[str, Any] = {
                                         "allow_off"))},
     "readers": {"ignore": None},
     "redaction": {"workers": None, "delayed": None},
+    "notices": {"pin": None, "room_features": None, "topic": None},
     "logging": {"level": None},
     "metrics": {"listen": None},
     "erasure": {"admin_token_file": None, "media": None, "max_held": None, "ledger": None},
@@ -390,4 +393,5 @@ def load_config(path: Path | str, env: dict[str, str] | None = None) -> Config:
         delayed_redactions=r.delayed_redactions(),
         bounds=bounds,
         on_join=on_join,
+        notices=read_notices(r),
     )

@@ -30,6 +30,7 @@ from bot.matrix.transport import AdminMediaTransport
 from bridge.config import BridgeConfig, is_loopback
 from bridge.defaults import BridgeDefaults
 from bridge.expire import expire_commands
+from bridge.features import publish_features
 from bridge.firstsight import StateFetcher
 from bridge.followup import FollowUp
 from bridge.intake import PushedTransaction, TryLater, shown
@@ -264,6 +265,9 @@ class Bridge:
             for change in result.policy_changes:
                 try:
                     await self._mirror.policy_changed(self.rooms[change.room_id], change)
+                    assert self.engine is not None and self.http is not None
+                    await publish_features(self.config, self.engine, self.http, self._reader,
+                                           self.rooms[change.room_id], change)
                 except Exception:
                     log.exception("mirroring the policy of %s failed", change.room_id)
 

@@ -14,7 +14,6 @@ event, so the two never share a message.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections.abc import Iterable, Mapping
@@ -31,6 +30,7 @@ from bot.engine.policy import (
 )
 from bot.matrix.events import to_item
 from bot.matrix.roomstate import PowerSource, checked, state_policy
+from bot.matrix.textmap import load_text_map
 from bridge.config import BridgeConfig
 from bridge.intake import clean_aliases, clean_create, clean_power_levels, shown, where
 
@@ -43,13 +43,7 @@ OWNERS_META = "bridge_owners"  # meta key: room -> the Lethe bot that enforces i
 def load_room_map(raw: str | None) -> dict[str, str]:
     """A stored room -> text map (the bot that owns each room, the m.room.retention the
     bridge wrote in each); a damaged value counts as none."""
-    try:
-        data = json.loads(raw) if raw else {}
-    except ValueError:
-        return {}
-    if not isinstance(data, dict):
-        return {}
-    return {k: v for k, v in data.items() if isinstance(k, str) and isinstance(v, str)}
+    return load_text_map(raw)
 
 
 @dataclass(frozen=True)

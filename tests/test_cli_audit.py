@@ -59,6 +59,10 @@ async def test_audit_finds_an_overdue_message_and_passes_once_it_is_gone(people,
 
     await lethe.start()  # catches up on the gap and redacts what is due
     await eventually(lambda: bob.is_redacted(room, missed), 30, what="the late redaction")
+    # The policy notice the bot had pinned goes too, once the bot has unpinned it (off).
+    async def audit_clean() -> bool:
+        return (await lethe_cli(lethe.config, "audit", room, "--grace", "0")).exit_code == 0
+    await eventually(audit_clean, 30, interval=0.5, what="the audit clean")
     clean = await lethe_cli(lethe.config, "audit", room, "--grace", "0")
     assert clean.exit_code == 0, clean.output
     assert "Clean" in clean.stdout

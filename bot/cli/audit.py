@@ -15,6 +15,7 @@ redacted there (bot/cli/erasure_audit.py).
 from __future__ import annotations
 
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import click
@@ -26,6 +27,7 @@ from bot.cli.history import History, PastEvent
 from bot.cli.output import emit_json, json_option, progress, relative, say, table, when
 from bot.engine.policy import Mode, format_duration
 from bot.errors import UsageError
+from bot.matrix.pins import read_pins
 
 AFTER_READ_NOTE = (
     "after-read is checked against its cap, the latest any message may live: read "
@@ -49,8 +51,9 @@ class Findings:
 
 
 def judge(events_newest_first: list[PastEvent], now_ms: int, grace_ms: int,
-          bot_user_id: str | None = None) -> Findings:
-    """Which events are past their due time and still there."""
+          bot_user_id: str | None = None, pinned: Collection[str] = ()) -> Findings:
+    """Which events are past their due time and still there. The bot's own events in
+    ``pinned`` (its pinned policy notice) do not expire while pinned."""
     dues: dict[str, int | None] = {}
     leads: dict[str, int | None] = {}  # the due time an event's children follow
     overdue: list[Overdue] = []
@@ -58,7 +61,8 @@ def judge(events_newest_first: list[PastEvent], now_ms: int, grace_ms: int,
     after_read = False
     for event in reversed(events_newest_first):  # parents before their children
         due: int | None = None
-        if event.bot_joined and event.policy.active:
+        if event.bot_joined and event.policy.active and not (
+                event.sender == bot_user_id and event.event_id in pinned):
             policy = event.policy
             after_read = after_read or policy.mode is Mode.AFTER_READ
             due = policy.deadline(event.origin_ts)  # unread: receipts cannot be seen here
@@ -131,7 +135,8 @@ def audit(ctx: click.Context, room: str, since: str | None, grace: str, erasure:
                         reached[0] = max(ts, oldest)
 
                 events = await History(admin, state).walk(start, advance)
-        found = judge(events, now, grace_ms, admin.bot)
+            pins = await read_pins(admin.http, room_id)
+        found = judge(events, now, grace_ms, admin.bot, pins.pinned)
         if as_json:
             emit_json({
                 "room_id": room_id,

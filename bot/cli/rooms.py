@@ -27,6 +27,7 @@ from bot.cli.output import (
     say,
     table,
 )
+from bot.cli.pinned import pinned_notice
 from bot.cli.roomstate import RoomState
 from bot.config import Config
 from bot.engine.givenup import META_KEY as GIVEN_UP_KEY
@@ -170,6 +171,7 @@ def show(ctx: click.Context, room: str, as_json: bool) -> None:
             schedule = (await room_schedules(store)).get(room_id) if store else None
             row = await store.get_room(room_id) if store else None
             media = await _media(store, room_id)
+            pinned = await pinned_notice(admin.http, store, state, admin.bot)
         deletes = config.erasure.deletes_media
         data = {
             **summary(state, schedule, store, config, media_json(media, deletes)),
@@ -179,6 +181,7 @@ def show(ctx: click.Context, room: str, as_json: bool) -> None:
             "lethe_policy": policy_json(row.policy) if row else None,
             "redacted": row.redacted_count if row else None,
             "failed": row.failed_count if row else None,
+            "pinned_notice": pinned,
         }
         if as_json:
             emit_json(data)
@@ -195,6 +198,7 @@ def show(ctx: click.Context, room: str, as_json: bool) -> None:
              + (f", set by {state.policy_sender}" if state.policy_sender else "")),
             ("Enforced", enforcement_text(state, admin.bot, long=True)),
             *policy_lines(state, row, config),
+            ("Pinned notice", pinned),
         ]
         if data["pending"] is not None:
             lines.append(("Pending", f"{data['pending']}, next due "

@@ -29,6 +29,7 @@ from bot.engine.policy import parse_duration
 from bot.front.bot import LetheBot
 from bot.matrix.delayed import listed
 from bot.matrix.files import write_secret
+from bot.matrix.pins import PINNED_EVENTS_TYPE
 
 # Long enough for the bot to hand the homeserver a delayed redaction and stop before
 # the message is due (bot/engine/delayed.py MIN_LEAD_MS: nothing due sooner is armed).
@@ -107,6 +108,9 @@ async def run_demo(timer: str = "5s", keep: bool = False,
             await _await_redaction(bob, room, event_id, timer_ms / 1000 + 30)
             say(f"message {number} redacted, as bob sees it, "
                 f"{time.monotonic() - sent_at:.1f} s after it was sent")
+        pinned = await _pinned_notice(bob, room)
+        say(f"the policy notice ({pinned}) is pinned at the top of the room: it stays "
+            "while the messages go")
 
         await alice.send(room, "!lethe after-read 3s cap 1m")
         await alice.wait_notice(room, "after-read 3s")
@@ -195,6 +199,20 @@ async def _until(check: Callable[[], Awaitable[bool]], timeout: float, what: str
         await eventually(check, timeout, interval=0.2, what=what)
     except AssertionError as exc:
         raise DemoError(str(exc)) from None
+
+
+async def _pinned_notice(person: Person, room: str) -> str:
+    """The bot's pinned policy notice as ``person`` sees it, still there."""
+    found: list[str] = []
+
+    async def pinned() -> bool:
+        found[:] = (await person.get_state(room, PINNED_EVENTS_TYPE) or {}).get("pinned", [])
+        return bool(found)
+
+    await _until(pinned, 30, "the policy notice pinned")
+    if await person.is_redacted(room, found[-1]):
+        raise DemoError("the pinned policy notice was redacted")
+    return found[-1]
 
 
 async def _audit(config_path: Path, room: str) -> dict[str, Any]:

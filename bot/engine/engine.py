@@ -22,6 +22,8 @@ from bot.engine.echoes import EchoConfirmation
 from bot.engine.expire import expire
 from bot.engine.givenup import META_KEY as GIVEN_UP_KEY
 from bot.engine.givenup import GivenUpRoom, dump_given_up, load_given_up
+from bot.engine.held import HeldEvent
+from bot.engine.holds import Holds
 from bot.engine.ids import server_name
 from bot.engine.ingest import IngestConfig, Ingestor
 from bot.engine.ledger import LedgerKeeper
@@ -106,6 +108,7 @@ class Engine:
             ),
             self._echoes,
         )
+        self._holds = self._ingestor.holds = Holds(store, self._clock)
         self._scheduler = Scheduler(
             store,
             self._redactor,
@@ -167,6 +170,7 @@ class Engine:
     async def start(self) -> None:
         await self._ingestor.load()
         await reclamp_rooms(self._store, self.config.bounds, self.config.default_policy)
+        await self._holds.load()
         await self._ledger.prune()
         await self._scheduler.start()
         if self._media is not None:
@@ -251,6 +255,22 @@ class Engine:
         self._scheduler.wake()
         self.wake_delayed()
         return result
+    async def hold(self, room_id: str, event_id: str) -> bool:
+        """Exempt the front's own event from expiry, before or after it is ingested
+        (bot/engine/holds.py); False if it is being redacted already."""
+        held = await self._holds.hold(room_id, event_id)
+        self.wake_delayed()  # its delayed redaction, if any, is to be cancelled
+        return held
+
+    async def release(self, room_id: str, event_id: str) -> HeldEvent | None:
+        """End a hold: the event expires by the rule it was sent under again."""
+        found = await self._holds.release(room_id, event_id)
+        self._scheduler.wake()
+        self.wake_delayed()
+        return found
+
+    async def held(self, room_id: str | None = None) -> list[HeldEvent]:
+        return await self._holds.held(room_id)
 
     async def set_meta(self, key: str, value: str) -> None:
         """Keep a front's own small state (a JSON text, say) in the database."""

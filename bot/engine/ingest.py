@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from bot.engine import reads
 from bot.engine.bounds import BoundsConfig
 from bot.engine.echoes import Echo, EchoConfirmation
+from bot.engine.holds import Holds
 from bot.engine.ids import server_name
 from bot.engine.model import (
     DueEvent,
@@ -82,6 +83,7 @@ class Ingestor:
         # never, or before it kept this); see sendtimes.MAX_SKEW_MS.
         self._previous_ms: int | None = None
         self._newest_sent: int | None = None  # of the batch being applied
+        self.holds: Holds | None = None  # the bot's events exempt from expiry, if any
 
     async def load(self) -> None:
         self._seq = await self._store.max_seq()
@@ -160,6 +162,10 @@ class Ingestor:
             room.policy, room.sender, room.policy_dirty = default, None, True
         return room
 
+    def _held(self, msg: Message) -> bool:
+        return (self.holds is not None and msg.sender == self._config.bot_user_id
+                and self.holds.awaits(msg.event_id))
+
     def _next_seq(self) -> int:
         self._seq += 1
         return self._seq
@@ -188,7 +194,9 @@ class Ingestor:
                 positions.append((room_id, item.event_id, self._next_seq()))
             if isinstance(item, Message):
                 row = self._track(room_id, room, item, self._seq, tracked_parents, now_ms)
-                if row is not None:
+                if self._held(item):
+                    await tx.fill_held(item.event_id, row)  # pinned: see engine/holds.py
+                elif row is not None:
                     rows.append(row)
                     tracked_parents.add(item.event_id)
             elif isinstance(item, MemberChange):

@@ -22,6 +22,7 @@ from bot.front.commands import is_command
 from bot.matrix.defaults import RoomKind, kind_of_invite
 from bot.matrix.events import as_encrypted, receipts_from_ephemeral, to_item, to_items
 from bot.matrix.expiry import reply_target
+from bot.matrix.pins import PINNED_EVENTS_TYPE
 from bot.matrix.roomstate import PowerSource, checked
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,8 @@ class SyncReading:
     commands: list[CommandRequest] = field(default_factory=list)
     # Rooms whose create or power levels event arrived: power must be re-checked.
     power_changed: set[str] = field(default_factory=set)
+    # Rooms whose pinned events somebody else changed (bot/front/pinning.py).
+    pins_changed: set[str] = field(default_factory=set)
     # Commands seen but deliberately not run (a schedule rebuilt after a lost database).
     commands_skipped: int = 0
 
@@ -134,6 +137,8 @@ class SyncReader:
     def _watch_power(self, room_id: str, source: Mapping[str, Any], reading: SyncReading) -> None:
         if self.power_sources.setdefault(room_id, PowerSource()).observe(source):
             reading.power_changed.add(room_id)
+        elif source.get("type") == PINNED_EVENTS_TYPE and source.get("sender") != self.bot_user_id:
+            reading.pins_changed.add(room_id)
 
     def power(self, room_id: str) -> PowerState:
         """The room's power as its state last said (nobody's, for a room not seen)."""

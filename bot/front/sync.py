@@ -23,12 +23,13 @@ from bot.front.actions import (
     CheckPower,
     LeaveIfAlone,
     Notice,
-    PolicyChanged,
     log_given_up,
 )
 from bot.front.catchup import CatchUp, GapUnread
 from bot.front.client import LetheClient
 from bot.front.pace import MIN_INTERVAL_S, SyncNews, SyncPace
+from bot.front.pinning import PinsChanged
+from bot.front.policyactions import PolicyChanged
 from bot.front.reader import SyncReading
 from bot.front.untracked import UNTRACKED_KEY
 from bot.matrix.credentials import LoginFailed
@@ -183,6 +184,8 @@ class SyncLoop:
             put(invite)
         for room_id in sorted(reading.power_changed):
             put(CheckPower(room_id, announce=not first))
+        for room_id in sorted(reading.pins_changed):
+            put(PinsChanged(room_id))
         for change in result.policy_changes:
             own = not change.initial and change.sender == config.bot.user_id
             put(PolicyChanged(

@@ -30,6 +30,7 @@ const { logger } = await import("matrix-js-sdk/lib/logger.js");
 
 const {
     ClientEvent,
+    EventTimeline,
     EventType,
     MatrixError,
     MsgType,
@@ -522,6 +523,31 @@ async function eventState(args) {
     };
 }
 
+async function pinnedEvents(args) {
+    // As Element's pinned-messages banner reads them (usePinnedEvents, then each pin
+    // fetched and decrypted): the live timeline's m.room.pinned_events state.
+    const c = requireClient();
+    const roomId = need(args, "room");
+    const room = c.getRoom(roomId);
+    if (!room) throw new CommandError(`room ${roomId} unknown to this client`);
+    const state = room.getLiveTimeline().getState(EventTimeline.FORWARDS);
+    const content = state?.getStateEvents(EventType.RoomPinnedEvents, "")?.getContent() ?? {};
+    const pinned = Array.isArray(content.pinned) ? content.pinned.filter((id) => typeof id === "string") : [];
+    const events = [];
+    for (const eventId of pinned) {
+        try {
+            const event = await eventFor(c, roomId, eventId);
+            if (decryptionPending(event)) {
+                await until(() => !decryptionPending(event), args.timeout_ms ?? 20000, "pinned event decrypted");
+            }
+            events.push(await describe(event));
+        } catch (err) {
+            events.push({ event_id: eventId, error: errorText(err) });
+        }
+    }
+    return { pinned, events };
+}
+
 // --- crypto state ---------------------------------------------------------------------
 
 async function userVerification(args) {
@@ -587,6 +613,7 @@ const commands = {
     send_receipt: sendReceipt,
     wait_event: waitEventCmd,
     event_state: eventState,
+    pinned_events: pinnedEvents,
     user_verification: userVerification,
 };
 

@@ -394,6 +394,14 @@ class ElementClient:
         """For ``eventually``/``stays``: the event is redacted as this client sees it."""
         return (await self.event_state(room_id, event_id))["redacted"]
 
+    async def pinned_events(self, room_id: str) -> tuple[list[str], list[ElementEvent]]:
+        """The room's pins as Element's banner reads them (m.room.pinned_events in the
+        synced state), and each pinned event fetched and decrypted (a pin that could not
+        be fetched is left out of the second list)."""
+        reply = await self.request("pinned_events", room=room_id)
+        return ([str(e) for e in reply["pinned"]],
+                [ElementEvent.from_reply(e) for e in reply["events"] if "error" not in e])
+
     # --- crypto ----------------------------------------------------------------------
 
     async def user_verification(self, user_id: str) -> UserVerification:

@@ -16,6 +16,7 @@ from bot.engine.engine import EngineConfig
 from bot.engine.model import Message, PolicyEvent
 from bot.engine.msgtimer import MessageTimer
 from bot.engine.policy import BEEPER_EVENT_TYPE, Mode, Policy, Readers
+from bot.matrix.roomfeatures import bounded_capability
 from bridge.config import load_bridge_config
 
 from .conftest import ADMIN, ALICE, BOT, ROOM, Harness
@@ -261,3 +262,13 @@ async def test_a_messages_own_timer_is_held_to_the_bounds(tmp_path: Path) -> Non
         assert await h.event("$legal") is None
     finally:
         await h.close()
+
+
+def test_the_published_timers_are_those_the_bounds_allow() -> None:
+    capability = bounded_capability(Bounds(min_timer_ms=M, max_timer_ms=D, allow_off=False),
+                                    Policy.after_send(2 * H))
+    assert capability["timers"] and all(M <= t <= D for t in capability["timers"])
+    assert 2 * H in capability["timers"] and "" not in capability["types"]
+    only_off = bounded_capability(Bounds(only_off=True), None)
+    assert only_off["types"] == [""] and only_off["timers"] == []
+    assert "" in bounded_capability(Bounds(), None)["types"]

@@ -80,7 +80,7 @@ async def set_last_event(conn: aiosqlite.Connection, room_id: str, event_id: str
 async def delete_room(conn: aiosqlite.Connection, room_id: str) -> None:
     await media.drop_held_of_room(conn, room_id)
     await queue_cancels(conn, "room_id = :room", {"room": room_id})
-    for table in ("events", "positions", "members", "receipts", "rooms"):
+    for table in ("events", "positions", "members", "receipts", "rooms", "held"):
         await conn.execute(f"DELETE FROM {table} WHERE room_id = ?", (room_id,))
 
 

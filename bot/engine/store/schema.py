@@ -197,5 +197,24 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     (
         "ALTER TABLE events ADD COLUMN own INTEGER NOT NULL DEFAULT 0",
     ),
+    # 10: held events: the bot's pinned policy notices, exempt from expiry while pinned
+    # (bot/engine/holds.py). mode NULL: held before the sync that brings the event; its
+    # echo fills in the rule it was sent under, which releasing it puts back in force.
+    (
+        """CREATE TABLE held (
+            event_id TEXT PRIMARY KEY,
+            room_id TEXT NOT NULL,
+            sender TEXT,
+            seq INTEGER,
+            origin_ts INTEGER,
+            sent_at INTEGER,
+            thread_id TEXT,
+            mode INTEGER,
+            timer_ms INTEGER,
+            cap_ms INTEGER,
+            readers_any INTEGER
+        )""",
+        "CREATE INDEX held_room ON held(room_id)",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)

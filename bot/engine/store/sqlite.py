@@ -15,6 +15,7 @@ from pathlib import Path
 
 import aiosqlite
 
+from bot.engine.held import HeldEvent
 from bot.engine.model import (
     ArmCandidate,
     CancelJob,
@@ -28,7 +29,7 @@ from bot.engine.model import (
     RoomRow,
     RoomSchedule,
 )
-from bot.engine.store import delayed, erasures, events, media, meta, receipts, rooms
+from bot.engine.store import delayed, erasures, events, held, media, meta, receipts, rooms
 from bot.engine.store.errors import StoreError
 from bot.engine.store.schema import MIGRATIONS, SCHEMA_VERSION
 from bot.engine.store.transaction import Transaction
@@ -286,6 +287,10 @@ class Store:
     async def cancels(self) -> tuple[int, int | None]:
         """Queued cancellations, and when the next may be tried."""
         return await delayed.cancels(self._conn)
+
+    async def held(self, room_id: str | None = None) -> list[HeldEvent]:
+        """The held events (pinned policy notices, bot/engine/holds.py), oldest first."""
+        return await held.held(self._conn, room_id)
 
 
 def database_unavailable(exc: BaseException) -> bool:

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 import aiosqlite
 
+from bot.engine.held import HeldEvent
 from bot.engine.model import (
     DelayRef,
     DueEvent,
@@ -18,7 +19,17 @@ from bot.engine.model import (
 )
 from bot.engine.msgtimer import Expiry
 from bot.engine.policy import Policy, StatePolicy
-from bot.engine.store import delayed, erasures, events, expiry, media, meta, receipts, rooms
+from bot.engine.store import (
+    delayed,
+    erasures,
+    events,
+    expiry,
+    held,
+    media,
+    meta,
+    receipts,
+    rooms,
+)
 from bot.engine.store.errors import StoreError
 
 
@@ -195,6 +206,20 @@ class Transaction:
         edits, reactions and poll responses keep their own deadline. Its delayed
         redaction, if any, is queued for cancelling."""
         await events.forget(self._conn, room_id, event_id)
+
+    # --- held events (bot/engine/holds.py) -------------------------------------
+
+    async def hold(self, room_id: str, event_id: str) -> bool:
+        """Exempt the event from expiry (see store/held.py); False if it is on its way
+        out already."""
+        return await held.hold(self._conn, room_id, event_id)
+
+    async def fill_held(self, event_id: str, row: TrackedEvent | None) -> None:
+        """A held event's echo: the rule it was sent under (``row``; None: none)."""
+        await held.fill(self._conn, event_id, row)
+
+    async def take_held(self, room_id: str, event_id: str) -> HeldEvent | None:
+        return await held.take(self._conn, room_id, event_id)
 
     # --- media ---------------------------------------------------------------
 
