@@ -189,12 +189,15 @@ class Person:
         return not event.get("content") and "redacted_because" in event.get("unsigned", {})
 
     async def notices(self, room_id: str, limit: int = 50) -> list[str]:
-        """Bodies of the bot's notices this person can read (decrypted by nio)."""
+        """Bodies of others' messages (the bot's notices) this person can read, decrypted by
+        nio; never this person's own."""
         status, data = await self.api(
             "GET", f"/rooms/{quote(room_id)}/messages", params={"dir": "b", "limit": str(limit)})
         assert status == 200, data
         texts = []
         for raw in data.get("chunk", []):
+            if raw.get("sender") == self.user_id:
+                continue  # this person's own messages (a command names what it asks for)
             text = await self._text_of(raw)
             if text is not None:
                 texts.append(text)
