@@ -127,6 +127,24 @@ async def run_demo(timer: str = "5s", keep: bool = False,
         await _await_redaction(bob, room, event_id, 30)
         say(f"redacted {time.monotonic() - read_at:.1f} s after bob read it")
 
+        # Timers for one message, shorter than the room's rule (nobody reads these).
+        event_id = await alice.send_event(room, "m.room.message", {
+            "msgtype": "m.text", "body": "this one carries its own 2 s timer",
+            "com.beeper.disappearing_timer": {"type": "after_send", "timer": 2000}})
+        sent_at = time.monotonic()
+        say(f"alice sent a message with a timer of its own, after-send 2s ({event_id})")
+        await _await_redaction(bob, room, event_id, 30)
+        say(f"redacted {time.monotonic() - sent_at:.1f} s after it was sent, unread: its own "
+            "timer shortened the room's rule for it")
+        event_id = await alice.send(room, "I should not have said that")
+        command = await alice.send(room, "!lethe expire 2s", relates_to={
+            "m.in_reply_to": {"event_id": event_id}})
+        sent_at = time.monotonic()
+        say(f"alice replied to her message ({event_id}) with `!lethe expire 2s`")
+        for gone in (event_id, command):
+            await _await_redaction(bob, room, gone, 30)
+        say(f"the message and the command redacted {time.monotonic() - sent_at:.1f} s later")
+
         # Deletion that does not depend on the bot running.
         await alice.send(room, f"!lethe after-send {STOPPED_TIMER}")
         await alice.wait_notice(room, f"after-send {STOPPED_TIMER}")
