@@ -249,7 +249,10 @@ class Bridge:
             assert self.http is not None
             assert self._defaults is not None
             for room_id, batch in batches.items():
-                self._defaults.observe(self.rooms[room_id].bot_joined, batch.events)
+                try:  # stored already: a failure here must not make the homeserver resend
+                    self._defaults.observe(self.rooms[room_id].bot_joined, batch.events)
+                except Exception:
+                    log.exception("people's defaults in %s failed", room_id)
             for room_id, reading in readings.items():
                 try:
                     await self._follow.follow_up(self.rooms[room_id], reading)
@@ -265,11 +268,13 @@ class Bridge:
             for change in result.policy_changes:
                 try:
                     await self._mirror.policy_changed(self.rooms[change.room_id], change)
-                    assert self.engine is not None and self.http is not None
+                except Exception:
+                    log.exception("mirroring the policy of %s failed", change.room_id)
+                try:
                     await publish_features(self.config, self.engine, self.http, self._reader,
                                            self.rooms[change.room_id], change)
                 except Exception:
-                    log.exception("mirroring the policy of %s failed", change.room_id)
+                    log.exception("publishing the timers of %s failed", change.room_id)
 
     async def _read_room(self, room_id: str, batch: RoomBatch) -> RoomReading:
         view = self.rooms.get(room_id)
