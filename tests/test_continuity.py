@@ -160,7 +160,7 @@ async def test_a_lost_database_is_rebuilt_from_history_and_no_command_runs_again
         # Commands after the rebuild run; the action queue is in order, so once this is
         # answered, whatever the rebuild queued has been handled.
         await alice.send(room_a, "!lethe status")
-        status = await alice.wait_notice(room_a, "Policy:")
+        status = await alice.wait_notice(room_a, "Redacted so far")
         assert "after-send 1h" in status, status
         notices = await alice.notices(room_a, limit=100)
         assert sum("help: this text" in n for n in notices) == 1, "!lethe help ran again"
