@@ -247,7 +247,14 @@ async def test_homeserver_outage_delays_but_loses_nothing(outage_hs, tmp_path, c
         alice, _, room = await bot_room(people, handle, policy="after-send 5s")
         assert handle.task is not None
         sent = [await alice.send(room, f"outage message {i}") for i in range(OUTAGE_EVENTS)]
-        # Everything comes due while the homeserver is down.
+        assert handle.bot is not None
+        engine = handle.bot.engine
+
+        async def tracked() -> bool:
+            return await engine.tracked(sent) == set(sent)
+
+        # Tracked before the homeserver goes away, so everything comes due while it is down.
+        await eventually(tracked, 15, what="the bot tracking the messages")
         outage_hs.stop()
         down_at = time.monotonic()
         try:
