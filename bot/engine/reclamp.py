@@ -14,11 +14,21 @@ from bot.engine.store import StoreBackend
 log = logging.getLogger(__name__)
 
 
+# meta key: the bounds (and default policy) the stored rooms were last clamped under.
+APPLIED_KEY = "bounds_applied"
+
+
 async def reclamp_rooms(store: StoreBackend, bounds: BoundsConfig, default: Policy) -> int:
-    """Store each room's policy as the bounds enforce it now; how many changed."""
+    """Store each room's policy as the bounds enforce it now; how many changed. Only
+    when the configured bounds changed since the last run: a room met since was
+    clamped when it was ingested, so a start with the same config reads no room."""
+    applied = repr((bounds, default))  # frozen dataclasses: a stable description
+    if await store.get_meta(APPLIED_KEY) == applied:
+        return 0
     changed = 0
     rows = await store.list_rooms()
     async with store.transaction() as tx:
+        await tx.set_meta(APPLIED_KEY, applied)
         for row in rows:
             room_bounds = bounds.for_room(row.room_id)
             declared = declared_policy(row, default)

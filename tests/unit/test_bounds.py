@@ -16,6 +16,7 @@ from bot.engine.engine import EngineConfig
 from bot.engine.model import Message, PolicyEvent
 from bot.engine.msgtimer import MessageTimer
 from bot.engine.policy import BEEPER_EVENT_TYPE, Mode, Policy, Readers
+from bot.engine.reclamp import reclamp_rooms
 from bot.matrix.roomfeatures import bounded_capability
 from bridge.config import load_bridge_config
 
@@ -272,3 +273,23 @@ def test_the_published_timers_are_those_the_bounds_allow() -> None:
     only_off = bounded_capability(Bounds(only_off=True), None)
     assert only_off["types"] == [""] and only_off["timers"] == []
     assert "" in bounded_capability(Bounds(), None)["types"]
+
+
+async def test_a_start_under_the_same_bounds_reads_no_room(tmp_path: Path) -> None:
+    h = await Harness(tmp_path / "l.db",
+                      config=EngineConfig(bot_user_id=BOT, bounds=LIMITED)).start()
+    try:
+        await h.ingest(h.policy_event(Policy.after_send(D)), Message("$m", ALICE, h.now()))
+        assert h.engine is not None
+        store = h.engine._store
+        assert await reclamp_rooms(store, BoundsConfig(), Policy.off()) == 1  # lifted
+
+        async def no_listing() -> list[Any]:
+            raise AssertionError("read every room although the bounds did not change")
+
+        listing, store.list_rooms = store.list_rooms, no_listing  # type: ignore[method-assign]
+        assert await reclamp_rooms(store, BoundsConfig(), Policy.off()) == 0
+        store.list_rooms = listing  # type: ignore[method-assign]
+        assert await reclamp_rooms(store, LIMITED, Policy.off()) == 1  # changed again
+    finally:
+        await h.close()
