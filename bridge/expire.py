@@ -16,11 +16,17 @@ import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from bot.config import DEFAULT_PREFIX
 from bot.engine.engine import Engine
 from bot.front.commands import CommandError, Expire, is_command, parse_command
 from bot.matrix.api import MatrixHttp
-from bot.matrix.expiry import Refusal, find_target, followers, may_expire, reply_target
+from bot.matrix.expiry import (
+    Refusal,
+    Target,
+    expire_with_followers,
+    find_target,
+    may_expire,
+    reply_target,
+)
 from bridge.config import BridgeConfig
 from bridge.rooms import RoomReader, RoomView
 
@@ -41,10 +47,10 @@ async def expire_commands(engine: Engine, http: MatrixHttp, config: BridgeConfig
                 or not config.is_local(sender)):
             continue
         body = content.get("body")
-        if not isinstance(body, str) or not is_command(body, DEFAULT_PREFIX):
+        if not isinstance(body, str) or not is_command(body, config.command_prefix):
             continue
         try:
-            command = parse_command(body, DEFAULT_PREFIX, config.default_cap_ms)
+            command = parse_command(body, config.command_prefix, config.default_cap_ms)
         except CommandError:
             continue  # the others are the bot's, where there is one
         if isinstance(command, Expire):
@@ -70,10 +76,6 @@ async def _expire(engine: Engine, http: MatrixHttp, config: BridgeConfig, view: 
         log.info("expire %s in %s by %s refused: %s", event_id, room_id, sender, bound)
         return
     due = ts + command.duration_ms
-    result = await engine.expire_event(room_id, target.event_id, due,
-                                       untracked=(target.sender, target.origin_ts))
-    for follower in await followers(http, target, room_id, user_id=sender):
-        await engine.expire_event(room_id, follower.event_id, due,
-                                  untracked=(follower.sender, follower.origin_ts))
-    await engine.expire_event(room_id, event_id, due, untracked=(sender, ts))
+    result = await expire_with_followers(engine, http, room_id, target,
+                                         Target(event_id, sender, ts), due, user_id=sender)
     log.info("expire of %s in %s by %s: %s", target.event_id, room_id, sender, result.value)

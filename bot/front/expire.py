@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 from bot.front import texts
 from bot.front.commands import Expire
 from bot.front.reader import CommandRequest
-from bot.matrix.expiry import Refusal, find_target, followers, may_expire
+from bot.matrix.expiry import Refusal, Target, expire_with_followers, find_target, may_expire
 
 if TYPE_CHECKING:
     from bot.front.actions import ActionWorker
@@ -44,15 +44,9 @@ async def run_expire(bot: LetheBot, worker: ActionWorker, request: CommandReques
         await worker.notice(room_id, texts.outside_bounds(request.sender, bound))
         return
     due = request.origin_ts + command.duration_ms
-    result = await bot.engine.expire_event(room_id, target.event_id, due,
-                                           untracked=(target.sender, target.origin_ts))
-    # Its edits and reactions with it, also those sent before it was tracked.
-    for follower in await followers(bot.http, target, room_id):
-        await bot.engine.expire_event(room_id, follower.event_id, due,
-                                      untracked=(follower.sender, follower.origin_ts))
-    # The command goes with it (never later than its own deadline, if it has one).
-    await bot.engine.expire_event(room_id, request.event_id, due,
-                                  untracked=(request.sender, request.origin_ts))
+    result = await expire_with_followers(
+        bot.engine, bot.http, room_id, target,
+        Target(request.event_id, request.sender, request.origin_ts), due)
     log.info("expire of %s in %s by %s: %s", target.event_id, room_id, request.sender,
              result.value)
     answer = await worker.notice(room_id, texts.expire_done(request.sender, result, due))

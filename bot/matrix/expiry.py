@@ -15,12 +15,16 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bot.engine.model import Message
 from bot.engine.power import PowerState
 from bot.matrix.api import MatrixHttp
 from bot.matrix.events import MAX_TS, is_id, is_redacted, to_item
+
+if TYPE_CHECKING:
+    from bot.engine.engine import Engine
+    from bot.engine.msgtimer import Expiry
 
 # Pages of 100 of a target's relations read at most (a reaction flood stays bounded).
 _FOLLOWER_PAGES = 5
@@ -106,3 +110,17 @@ async def followers(http: MatrixHttp, target: Target, room_id: str,
 def may_expire(power: PowerState, requester: str, target_sender: str) -> bool:
     """Their own message, or anybody's for one who may redact others' messages."""
     return requester == target_sender or power.can_redact_others(requester)
+
+
+async def expire_with_followers(engine: Engine, http: MatrixHttp, room_id: str,
+                                target: Target, command: Target, due_ms: int,
+                                **params: str) -> Expiry:
+    """``target``, what follows it (also what was sent before it was tracked) and the
+    ``command`` itself, each due at ``due_ms`` unless due sooner; what became of the
+    target. ``params``: the bridge's ``user_id``, to ask as the command's sender."""
+    result = await engine.expire_event(room_id, target.event_id, due_ms,
+                                       untracked=(target.sender, target.origin_ts))
+    for event in [*await followers(http, target, room_id, **params), command]:
+        await engine.expire_event(room_id, event.event_id, due_ms,
+                                  untracked=(event.sender, event.origin_ts))
+    return result
