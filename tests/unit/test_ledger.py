@@ -11,7 +11,8 @@ from pathlib import Path
 from bot.engine.engine import EngineConfig
 from bot.engine.model import Erasure, Message, Redaction
 from bot.engine.policy import Policy
-from bot.engine.store import MIGRATIONS, SCHEMA_VERSION, Store
+from bot.engine.store import MIGRATIONS, SCHEMA_VERSION, Database, Store
+from bot.engine.store.opening import open_store
 
 from .conftest import ALICE, BOB, BOT, ROOM, Harness, TestClock, eventually
 
@@ -97,13 +98,14 @@ async def _ids(h: Harness, expected: set[str]) -> bool:
     return {e.event_id for e in await h.store.ledger(ROOM)} == expected
 
 
-async def test_the_sample_is_the_oldest_and_the_newest(db_path: Path) -> None:
-    store = await Store.open(db_path)
+async def test_the_sample_is_the_oldest_and_the_newest(database: Database) -> None:
+    store = await open_store(database)
     try:
         # Entries go in only with a confirmation; here straight into the table, for times.
-        await store.conn.executemany(
-            "INSERT INTO erasures (room_id, event_id, redacted_at) VALUES (?, ?, ?)",
-            [(ROOM, f"$e{i}", 1000 + i) for i in range(10)])
+        async with store.transaction():
+            await store.conn.executemany(
+                "INSERT INTO erasures (room_id, event_id, redacted_at) VALUES (?, ?, ?)",
+                [(ROOM, f"$e{i}", 1000 + i) for i in range(10)])
         assert [e.event_id for e in await store.ledger_sample(2)] == ["$e0", "$e1", "$e8", "$e9"]
         assert len(await store.ledger_sample(20)) == 10
         assert await store.ledger_oldest() == 1000

@@ -1,4 +1,5 @@
-"""Opening, migrating and protecting the SQLite file."""
+"""Opening, migrating and protecting the store: on both backends where the behaviour
+is the store's, on SQLite only where it is the file's (modes, header, planner)."""
 
 from __future__ import annotations
 
@@ -6,12 +7,17 @@ import os
 import sqlite3
 import stat
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pytest
 
+from bot.devtools.localpostgres import LocalPostgres
 from bot.engine.model import EventStatus, TrackedEvent
 from bot.engine.policy import Policy
-from bot.engine.store import MIGRATIONS, SCHEMA_VERSION, Store, StoreError
+from bot.engine.store import MIGRATIONS, SCHEMA_VERSION, Database, Store, StoreError
+from bot.engine.store.interface import StoreBackend
+from bot.engine.store.opening import open_store
+from tests.conftest import pg_database
 
 
 def _mode(path: Path) -> int:
@@ -40,6 +46,25 @@ def _old_database(path: Path, version: int) -> sqlite3.Connection:
     return conn
 
 
+async def _store_tables(store: StoreBackend) -> set[str]:
+    sql = ("SELECT name FROM sqlite_master WHERE type='table'" if store.database.is_sqlite
+           else "SELECT tablename FROM pg_tables WHERE schemaname = current_schema()")
+    async with store.conn.execute(sql) as cur:
+        return {r[0] for r in await cur.fetchall()}
+
+
+async def _run(store: StoreBackend, sql: str, params: tuple[object, ...] = ()) -> None:
+    """One statement outside the store's transactions, committed (a test's poke)."""
+    await store.conn.execute(sql, params)
+    if store.database.is_sqlite:
+        await store.conn.commit()
+
+
+def _no_password(database: Database, err: BaseException) -> None:
+    password = urlsplit(database.url or "").password
+    assert not password or password not in str(err)
+
+
 async def _migrated(store: Store) -> None:
     async with store.conn.execute("SELECT version FROM schema_version") as cur:
         assert [tuple(r) for r in await cur.fetchall()] == [(SCHEMA_VERSION,)]
@@ -50,26 +75,27 @@ async def _plan(store: Store, sql: str, params: tuple[object, ...] = ()) -> str:
         return " | ".join(str(row[-1]) for row in await cur.fetchall())
 
 
-async def test_new_database_gets_schema_version(db_path: Path) -> None:
-    store = await Store.open(db_path)
+async def test_new_database_gets_schema_version(database: Database) -> None:
+    store = await open_store(database)
     try:
         async with store.conn.execute("SELECT version FROM schema_version") as cur:
             rows = await cur.fetchall()
         assert [tuple(r) for r in rows] == [(SCHEMA_VERSION,)]
+        assert {"schema_version", "meta", "rooms", "events", "members",
+                "receipts"} <= await _store_tables(store)
     finally:
         await store.close()
-    assert {"schema_version", "meta", "rooms", "events", "members", "receipts"} <= _tables(db_path)
 
 
-async def test_reopen_keeps_data_and_does_not_migrate_again(db_path: Path) -> None:
-    store = await Store.open(db_path)
+async def test_reopen_keeps_data_and_does_not_migrate_again(database: Database) -> None:
+    store = await open_store(database)
     async with store.transaction() as tx:
         await tx.ensure_room("!r:x")
         await tx.set_room_policy("!r:x", Policy.after_send(60_000), "@a:x", None, None)
         await tx.set_meta("sync_token", "s42")
     await store.close()
 
-    store = await Store.open(db_path)
+    store = await open_store(database)
     try:
         room = await store.get_room("!r:x")
         assert room is not None
@@ -82,18 +108,44 @@ async def test_reopen_keeps_data_and_does_not_migrate_again(db_path: Path) -> No
         await store.close()
 
 
-async def test_transaction_rolls_back_on_error(db_path: Path) -> None:
-    store = await Store.open(db_path)
+async def test_transaction_rolls_back_on_error(database: Database) -> None:
+    store = await open_store(database)
     try:
+        async with store.transaction() as tx:
+            await tx.ensure_room("!r:x")
         with pytest.raises(RuntimeError):
             async with store.transaction() as tx:
                 await tx.set_meta("k", "v")
+                await tx.set_room_policy("!r:x", Policy.after_send(60_000), "@a:x", None, None)
                 raise RuntimeError("boom")
+        # Nothing of the failed batch stayed: neither write, on either backend.
         assert await store.get_meta("k") is None
+        room = await store.get_room("!r:x")
+        assert room is not None and room.policy == Policy.off() and room.policy_sender is None
         async with store.transaction() as tx:  # the lock was released, no transaction open
             await tx.set_meta("k", "w")
         with pytest.raises(StoreError):  # a transaction is only valid inside its block
             await tx.set_meta("k", "x")
+        assert await store.get_meta("k") == "w"
+    finally:
+        await store.close()
+
+
+async def test_transaction_failing_in_the_database_rolls_back_whole(database: Database) -> None:
+    """A statement the database refuses (here a duplicate key) ends the batch, and
+    the writes before it in the same batch are gone too; the store writes on after."""
+    store = await open_store(database)
+    try:
+        with pytest.raises(Exception) as err:
+            async with store.transaction() as tx:
+                await tx.set_meta("k", "v")
+                await tx.ensure_room("!r:x")
+                await store.conn.execute("INSERT INTO rooms (room_id) VALUES ('!r:x')")
+        assert not isinstance(err.value, StoreError)
+        assert await store.get_meta("k") is None
+        assert await store.get_room("!r:x") is None
+        async with store.transaction() as tx:
+            await tx.set_meta("k", "w")
         assert await store.get_meta("k") == "w"
     finally:
         await store.close()
@@ -140,32 +192,65 @@ async def test_readonly_open_of_missing_file(tmp_path: Path) -> None:
     assert not path.exists()
 
 
-async def test_readonly_store_reads_but_refuses_writes(db_path: Path) -> None:
-    store = await Store.open(db_path)
+async def test_readonly_store_reads_but_refuses_writes(database: Database) -> None:
+    store = await open_store(database)
     async with store.transaction() as tx:
         await tx.set_meta("sync_token", "s1")
     await store.close()
 
-    ro = await Store.open(db_path, readonly=True)
+    ro = await open_store(database, readonly=True)
     try:
         assert await ro.get_meta("sync_token") == "s1"
         with pytest.raises(StoreError):
             async with ro.transaction():
                 pass
+        # Not just the store's own check: the connection itself cannot write.
+        with pytest.raises(Exception):  # noqa: B017 - each backend's own error
+            await _run(ro, "UPDATE meta SET value = 'forged' WHERE key = 'sync_token'")
+        assert await ro.get_meta("sync_token") == "s1"
     finally:
         await ro.close()
 
 
-async def test_newer_schema_is_refused(db_path: Path) -> None:
-    store = await Store.open(db_path)
+async def test_newer_schema_is_refused(database: Database) -> None:
+    store = await open_store(database)
+    await _run(store, "UPDATE schema_version SET version = ?", (SCHEMA_VERSION + 1,))
     await store.close()
-    with sqlite3.connect(db_path) as conn:
-        conn.execute("UPDATE schema_version SET version = ?", (SCHEMA_VERSION + 1,))
-    conn.close()
+    with pytest.raises(StoreError, match="newer") as err:
+        await open_store(database)
+    _no_password(database, err.value)
     with pytest.raises(StoreError, match="newer"):
-        await Store.open(db_path)
+        await open_store(database, readonly=True)
 
 
+async def test_readonly_open_of_empty_postgres_schema_is_refused(postgres: LocalPostgres) -> None:
+    database = pg_database(postgres)
+    with pytest.raises(StoreError, match="no Lethe database") as err:
+        await open_store(database, readonly=True)
+    _no_password(database, err.value)
+    schema = database.url.rsplit("search_path=", 1)[1]
+    tables = postgres.psql(
+        f"SELECT count(*) FROM pg_tables WHERE schemaname = '{schema}'", "lethe_tests")
+    assert tables.strip() == "0"
+
+
+async def test_foreign_postgres_schema_is_refused_and_left_alone(postgres: LocalPostgres) -> None:
+    database = pg_database(postgres)
+    schema = database.url.rsplit("search_path=", 1)[1]
+    postgres.psql(f"CREATE TABLE {schema}.accounts (id serial PRIMARY KEY, name text); "
+                  f"INSERT INTO {schema}.accounts (name) VALUES ('precious')", "lethe_tests")
+    with pytest.raises(StoreError) as err:
+        await open_store(database)
+    assert "accounts" in str(err.value) and "not a Lethe database" in str(err.value)
+    _no_password(database, err.value)
+    tables = postgres.psql(
+        f"SELECT string_agg(tablename, ',') FROM pg_tables WHERE schemaname = '{schema}'",
+        "lethe_tests")
+    assert tables.strip() == "accounts"
+    assert postgres.psql(f"SELECT name FROM {schema}.accounts", "lethe_tests").strip() == "precious"
+
+
+@pytest.mark.sqlite_only
 async def test_database_files_are_private(db_path: Path) -> None:
     store = await Store.open(db_path)
     try:
@@ -182,6 +267,7 @@ async def test_database_files_are_private(db_path: Path) -> None:
         await store.close()
 
 
+@pytest.mark.sqlite_only
 async def test_existing_file_mode_is_not_changed(tmp_path: Path) -> None:
     path = tmp_path / "lethe.db"
     store = await Store.open(path)
@@ -326,19 +412,18 @@ async def test_schema_4_database_migrates_with_sent_times_and_reader_counts(
         await store.close()
 
 
-async def test_a_status_of_a_newer_version_is_read_not_refused(db_path: Path) -> None:
+async def test_a_status_of_a_newer_version_is_read_not_refused(database: Database) -> None:
     """After a downgrade, a row in a status this version does not know must not stop
     ingest when its redaction comes by: it is read as the bare number, and no rule for
     a known status applies to it."""
-    store = await Store.open(db_path)
+    store = await open_store(database)
     try:
         async with store.transaction() as tx:
             await tx.ensure_room("!r:x")
             await tx.insert_events([TrackedEvent(
                 "$m", "!r:x", "@a:x", 1, 1000, None, None, Policy.after_send(60_000),
                 None, 61_000)])
-        await store.conn.execute("UPDATE events SET status = 99 WHERE event_id = '$m'")
-        await store.conn.commit()
+        await _run(store, "UPDATE events SET status = 99 WHERE event_id = '$m'")
         async with store.transaction() as tx:
             target = await tx.redaction_target("!r:x", "$m")
         assert target is not None and target.status == 99
