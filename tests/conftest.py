@@ -72,6 +72,14 @@ def pg_database(pg: LocalPostgres) -> Database:
     return Database.postgresql(f"{pg.url('lethe_tests')}?search_path={name}")
 
 
+def database_config(request: pytest.FixtureRequest) -> dict[str, str]:
+    """The bot's ``database:`` for a test that takes ``backend``: a fresh PostgreSQL
+    schema on its postgresql variant; nothing (the SQLite file in data_dir) otherwise."""
+    if "backend" not in request.fixturenames or request.getfixturevalue("backend") == "sqlite":
+        return {}
+    return {"database": pg_database(request.getfixturevalue("postgres")).url}
+
+
 @pytest.fixture
 def make_database(request: pytest.FixtureRequest, backend: str, tmp_path: Path):
     """Factory: the store's place for a file name (the same name: the same place), on
@@ -138,9 +146,11 @@ PeopleFactory = "Callable[[str], Awaitable[Person]]"
 
 
 @pytest.fixture
-async def lethe(synapse: LocalSynapse, tmp_path: Path) -> AsyncIterator[BotHandle]:
-    """A configured bot, not yet started (tests start and stop it)."""
-    handle = BotHandle(write_bot_config(synapse, tmp_path / "bot"))
+async def lethe(synapse: LocalSynapse, tmp_path: Path,
+                request: pytest.FixtureRequest) -> AsyncIterator[BotHandle]:
+    """A configured bot, not yet started (tests start and stop it); on the test's
+    ``backend`` when it takes one."""
+    handle = BotHandle(write_bot_config(synapse, tmp_path / "bot", **database_config(request)))
     yield handle
     await handle.stop()
 

@@ -16,13 +16,12 @@ import logging
 import re
 import secrets
 import signal
-import sqlite3
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import aiohttp
 import pytest
@@ -30,6 +29,8 @@ import pytest
 from bot.config import Config
 from bot.devtools.localsynapse import LocalSynapse
 from bot.engine.model import EventStatus
+from bot.engine.store.opening import open_store
+from tests.conftest import database_config
 from tests.harness import (
     BotHandle,
     LetheProcess,
@@ -126,6 +127,8 @@ def assert_no_secrets(text: str, config: Config) -> None:
     assert credentials(config)["access_token"] not in text
     assert config.e2ee.pickle_key not in text
     assert config.bot.password is not None and config.bot.password not in text
+    database_password = urlsplit(config.database.url).password if config.database.url else None
+    assert not database_password or database_password not in text
 
 
 def lag_lines(text: str, room: str) -> dict[str, float]:
@@ -138,10 +141,11 @@ CRASH_EVENTS = 200
 
 
 async def test_sigkill_while_redacting_loses_nothing_and_redacts_nothing_twice(
-    people, synapse, tmp_path
+    people, synapse, tmp_path, backend, request
 ) -> None:
     # Two workers, so the 200 redactions take long enough to be interrupted midway.
-    config = write_bot_config(synapse, tmp_path / "bot", redaction={"workers": 2})
+    config = write_bot_config(synapse, tmp_path / "bot", redaction={"workers": 2},
+                              **database_config(request))
     alice = await people("alice")
     setup = BotHandle(config)
     await setup.start()
@@ -171,11 +175,9 @@ async def test_sigkill_while_redacting_loses_nothing_and_redacts_nothing_twice(
     # Killed midway: some redacted, not all, and some redactions were in flight.
     partial = await count_redacted(alice, room, targets)
     assert 0 < partial < CRASH_EVENTS, partial
-    with sqlite3.connect(config.database.path) as db:
-        # Sent but not yet confirmed: in a worker's hands, or waiting for its echo.
-        in_flight = db.execute("SELECT count(*) FROM events WHERE status IN (?, ?) AND "
-                               "txn_id IS NOT NULL",
-                               (EventStatus.IN_FLIGHT, EventStatus.SENT)).fetchone()[0]
+    # Sent but not yet confirmed: in a worker's hands, or waiting for its echo.
+    in_flight = await _count(config, "SELECT count(*) FROM events WHERE status IN (?, ?) AND "
+                             "txn_id IS NOT NULL", (EventStatus.IN_FLIGHT, EventStatus.SENT))
     assert in_flight >= 1, "the kill did not land while a redaction was in flight"
 
     second = LetheProcess(["-c", str(config.path), "run"], log_path)
@@ -183,7 +185,7 @@ async def test_sigkill_while_redacting_loses_nothing_and_redacts_nothing_twice(
     try:
         await eventually(lambda: all_redacted(alice, room, targets), 120, interval=0.5,
                          what=f"all {CRASH_EVENTS} redacted after the restart")
-        await eventually(lambda: _rows_left(config.database.path, targets) == 0, 60, interval=0.5,
+        await eventually(lambda: _rows_left(config, targets), 60, interval=0.5,
                          what="every redaction confirmed (its echo seen, or fetched)")
         # Clean stop, so no redaction can still be on its way when we count.
         assert await second.signal(signal.SIGTERM) == 0, second.output()[-2000:]
@@ -203,19 +205,27 @@ async def test_sigkill_while_redacting_loses_nothing_and_redacts_nothing_twice(
     assert (pruned["event_id"], pruned["type"], pruned["sender"]) == (
         targets[0], "m.room.message", alice.user_id)
     assert isinstance(pruned["origin_server_ts"], int)
-    assert _rows_left(config.database.path, targets) == 0, "confirmed redactions leave no rows"
+    assert await _rows_left(config, targets), "confirmed redactions leave no rows"
     output = log_path.read_text()  # both runs, at DEBUG
     assert "Traceback" not in output
     assert_no_secrets(output, config)
 
 
-def _rows_left(db_path: Path, event_ids: list[str]) -> int:
-    """Rows the bot still keeps for these events (read while it runs: WAL allows it)."""
-    with sqlite3.connect(db_path) as db:
-        left = db.execute(f"SELECT count(*) FROM events WHERE event_id IN "
-                          f"({','.join('?' * len(event_ids))})", event_ids).fetchone()[0]
-    db.close()
-    return int(left)
+async def _count(config: Config, sql: str, params: tuple[Any, ...] = ()) -> int:
+    """One count from the bot's store, on either backend, read while it may run (a
+    read-only store: SQLite's WAL, PostgreSQL's MVCC allow it)."""
+    store = await open_store(config.database, readonly=True)
+    try:
+        async with store.conn.execute(sql, params) as cur:
+            return int((await cur.fetchone())[0])
+    finally:
+        await store.close()
+
+
+async def _rows_left(config: Config, event_ids: list[str]) -> bool:
+    """Whether the bot keeps no rows for these events (all confirmed)."""
+    return await _count(config, f"SELECT count(*) FROM events WHERE event_id IN "
+                        f"({','.join('?' * len(event_ids))})", tuple(event_ids)) == 0
 
 
 async def _policy_stored(engine: Any, room: str) -> bool:
@@ -237,9 +247,11 @@ def outage_hs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSynapse
     hs.stop()
 
 
-async def test_homeserver_outage_delays_but_loses_nothing(outage_hs, tmp_path, caplog) -> None:
+async def test_homeserver_outage_delays_but_loses_nothing(
+    outage_hs, tmp_path, caplog, backend, request
+) -> None:
     caplog.set_level(logging.DEBUG)
-    config = write_bot_config(outage_hs, tmp_path / "bot")
+    config = write_bot_config(outage_hs, tmp_path / "bot", **database_config(request))
     handle = BotHandle(config)
     async with AsyncExitStack() as stack:
         people = await people_on(outage_hs, tmp_path, stack)

@@ -102,7 +102,7 @@ def mode(path: Path) -> str:
 
 
 async def test_messages_sent_while_stopped_are_redacted_after_restart(
-    people, lethe, synapse, caplog, monkeypatch
+    people, lethe, synapse, caplog, monkeypatch, backend
 ) -> None:
     caplog.set_level(logging.INFO)
     alice, bob, room = await policy_room(people, lethe)
