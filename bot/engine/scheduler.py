@@ -15,8 +15,9 @@ from collections.abc import Awaitable, Callable
 from bot.engine.clock import Clock
 from bot.engine.echoes import EchoConfirmation
 from bot.engine.model import DueEvent
+from bot.engine.outage import DatabaseOutage
 from bot.engine.redactor import Decision, Redactor, Verdict
-from bot.engine.store import StoreBackend
+from bot.engine.store import StoreBackend, database_unavailable
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,7 @@ class Scheduler:
         self.alive = False
         self.last_lag_ms: int | None = None
         self._redaction_listeners: list[RedactionListener] = []
+        self._outage = DatabaseOutage("scheduler")
 
     def wake(self) -> None:
         self._wake.set()
@@ -113,39 +115,56 @@ class Scheduler:
         self.alive = True
         try:
             while True:
-                self._wake.clear()
-                now = self._clock.now_ms()
-                paused = self._redactor.paused_until_ms
-                if paused > now:
-                    await self._clock.sleep_until(paused, asyncio.Event())
-                    continue
-                limit = self._redactor.workers(self._limit)
-                self._start_claimed(limit)
-                # Claim what the free slots need and, under load, a slot-set ahead: a
-                # request ending then starts the next at once, with no database round
-                # trip between them.
-                want = (limit - self._requesting) + limit - len(self._claimed)
-                if want > 0 and (self._requesting < limit or self.backlogged):
-                    batch = await self._claim(now, want)
-                    self._claimed.extend(batch)
-                    self._start_claimed(limit)
-                    # A full batch may have left more due rows behind, beyond the slots
-                    # and the set ahead: a backlog. A short one did not.
-                    self._set_backlogged(len(batch) == want)
-                    if len(batch) == want:
-                        continue
-                if self._requesting >= limit:
-                    await self._wake.wait()  # a worker's request ending wakes us
-                    continue
-                next_due = await self._store.next_due()
-                deadline = next_due if next_due is not None else now + IDLE_RECHECK_MS
-                await self._clock.sleep_until(deadline, self._wake)
+                try:
+                    await self._step()
+                    self._outage.ok()
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    # What is claimed stays claimed; the next step goes on from there.
+                    await self._wait_for_database(exc)
         except asyncio.CancelledError:
             raise
         except Exception:
             log.exception("scheduler loop failed")
             self.alive = False
             raise
+
+    async def _wait_for_database(self, exc: Exception) -> None:
+        """Back off while the database is away; anything else is raised again."""
+        wait = self._outage.failed(exc)
+        if wait is None:
+            raise exc
+        await self._clock.sleep_until(self._clock.now_ms() + int(wait * 1000), asyncio.Event())
+
+    async def _step(self) -> None:
+        self._wake.clear()
+        now = self._clock.now_ms()
+        paused = self._redactor.paused_until_ms
+        if paused > now:
+            await self._clock.sleep_until(paused, asyncio.Event())
+            return
+        limit = self._redactor.workers(self._limit)
+        self._start_claimed(limit)
+        # Claim what the free slots need and, under load, a slot-set ahead: a
+        # request ending then starts the next at once, with no database round
+        # trip between them.
+        want = (limit - self._requesting) + limit - len(self._claimed)
+        if want > 0 and (self._requesting < limit or self.backlogged):
+            batch = await self._claim(now, want)
+            self._claimed.extend(batch)
+            self._start_claimed(limit)
+            # A full batch may have left more due rows behind, beyond the slots
+            # and the set ahead: a backlog. A short one did not.
+            self._set_backlogged(len(batch) == want)
+            if len(batch) == want:
+                return
+        if self._requesting >= limit:
+            await self._wake.wait()  # a worker's request ending wakes us
+            return
+        next_due = await self._store.next_due()
+        deadline = next_due if next_due is not None else now + IDLE_RECHECK_MS
+        await self._clock.sleep_until(deadline, self._wake)
 
     def _start_claimed(self, limit: int) -> None:
         while self._requesting < limit and self._claimed:
@@ -171,14 +190,26 @@ class Scheduler:
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # keep the event: a bug here must not lose a deadline
-            log.exception("redacting %s failed unexpectedly", event.event_id)
+            if database_unavailable(exc):
+                log.warning("redacting %s waits for the database (%s)", event.event_id,
+                            type(exc).__name__)
+            else:
+                log.exception("redacting %s failed unexpectedly", event.event_id)
             decision = Decision(
                 Verdict.RETRY, retry_at=self._clock.now_ms() + 30_000, reason=type(exc).__name__
             )
         finally:
             self._requesting -= 1
             self._wake.set()
-        await self._apply(event, decision)
+        # The outcome is written once the database takes it: the row stays in this
+        # worker's hands (in flight) meanwhile, so no other worker redacts it again.
+        while True:
+            try:
+                await self._apply(event, decision)
+                self._outage.ok()
+                return
+            except Exception as exc:
+                await self._wait_for_database(exc)
 
     def record_done(self, event: DueEvent, now: int, *, echoed: bool,
                     fired: bool = False) -> None:

@@ -17,6 +17,7 @@ from nio import LocalProtocolError, SyncError, SyncResponse
 
 from bot.engine.engine import SYNC_TOKEN_KEY
 from bot.engine.model import IngestResult, PolicyEvent, RoomUpdate
+from bot.engine.store import database_unavailable
 from bot.front import texts
 from bot.front.actions import (
     ActionWorker,
@@ -88,6 +89,13 @@ class SyncLoop:
                     # Nothing of this sync is stored: the same token again, after a
                     # back-off, brings the same gap to read.
                     problem = f"a gap could not be read: {exc}; the sync is not stored"
+                except Exception as exc:
+                    # The database away: nothing of this sync is stored either, so
+                    # the same token brings it again once the database is back.
+                    if not database_unavailable(exc):
+                        raise
+                    problem = (f"the database is unavailable ({type(exc).__name__}); "
+                               "the sync is not stored")
                 else:
                     failures = 0
                     pace.observe(SyncNews.of(resp), backlogged=backlogged)
