@@ -62,6 +62,19 @@ def postgres() -> Iterator[LocalPostgres]:
     shutil.rmtree(pg.workdir, ignore_errors=True)
 
 
+@pytest.fixture
+def own_postgres() -> Iterator[LocalPostgres]:
+    """A PostgreSQL server of the test's own, which it may crash (the session's is
+    shared): ``own_postgres.stop(mode="immediate")``."""
+    if not postgres_available():
+        pytest.fail("PostgreSQL's server binaries (initdb, pg_ctl) are needed")
+    pg = LocalPostgres()
+    pg.start()
+    yield pg
+    pg.stop(mode="immediate")
+    shutil.rmtree(pg.workdir, ignore_errors=True)
+
+
 _SCHEMAS = itertools.count(1)
 
 

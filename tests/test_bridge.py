@@ -33,6 +33,7 @@ from bot.engine.model import EventStatus
 from bridge.app import Bridge, RegistrationNotLoaded
 from bridge.config import BridgeConfig, load_bridge_config
 from bridge.registration import build_registration, load_registration, write_registration
+from tests.conftest import database_config
 from tests.harness import (
     BotHandle,
     LetheProcess,
@@ -538,8 +539,10 @@ async def test_same_transaction_twice_is_processed_once(
     assert handle.bridge.stats.duplicates == 1
 
 
-async def test_stopped_bridge_catches_up_when_restarted(bridges, people) -> None:
-    handle = await bridges(default_policy={"mode": "after_send", "timer": "2s"})
+async def test_stopped_bridge_catches_up_when_restarted(bridges, people, backend,
+                                                        request) -> None:
+    handle = await bridges(default_policy={"mode": "after_send", "timer": "2s"},
+                           **database_config(request))
     alice, (bob,), room = await encrypted_room(people, "bob")
     first = await alice.send(room, "canary-bridge before the stop")
     await handle.tracked(first)

@@ -10,15 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import shutil
-from collections.abc import Iterator
 from contextlib import AsyncExitStack
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import pytest
-
-from bot.devtools.localpostgres import LocalPostgres, postgres_available
 from tests.harness import BotHandle, eventually, write_bot_config
 from tests.test_faults import (
     all_redacted,
@@ -33,18 +28,6 @@ from tests.test_restart_privacy import shown_by_cli
 OUTAGE_S = 15
 BEFORE = 10
 DURING = 5
-
-
-@pytest.fixture
-def own_postgres() -> Iterator[LocalPostgres]:
-    """A server this test may crash (the session's is shared)."""
-    if not postgres_available():
-        pytest.fail("PostgreSQL's server binaries (initdb, pg_ctl) are needed")
-    pg = LocalPostgres()
-    pg.start()
-    yield pg
-    pg.stop(mode="immediate")
-    shutil.rmtree(pg.workdir, ignore_errors=True)
 
 
 async def test_database_outage_delays_but_loses_nothing_and_redacts_nothing_twice(
@@ -103,6 +86,8 @@ async def test_database_outage_delays_but_loses_nothing_and_redacts_nothing_twic
     assert set(targets) <= set(lag_lines(logged, room)), "a redaction without its lag in the log"
     assert "the database is unavailable" in logged
     assert "the database is back after" in logged
+    assert "homeserver is back" not in logged, "the homeserver never went away"
+    assert "the sync is not stored" in logged
     password = urlsplit(url).password
     assert password and password not in logged
     shown = "\n".join(r.getMessage() for r in caplog.records if shown_by_cli(r))

@@ -69,6 +69,7 @@ class SyncLoop:
             await pace.wait_turn(started, engine.backlogged, engine.wait_drained)
             started = loop.time()
             backlogged = engine.backlogged
+            database_down = False
             try:
                 resp = await bot.client.sync(
                     timeout=self._first_timeout_ms() if first else SYNC_TIMEOUT_MS,
@@ -96,6 +97,7 @@ class SyncLoop:
                         raise
                     problem = (f"the database is unavailable ({type(exc).__name__}); "
                                "the sync is not stored")
+                    database_down = True
                 else:
                     failures = 0
                     pace.observe(SyncNews.of(resp), backlogged=backlogged)
@@ -108,7 +110,7 @@ class SyncLoop:
                     raise LoginFailed(f"the homeserver rejected the bot's login: {resp.message}")
                 problem = f"{resp.status_code}"
             failures += 1
-            if down_since is None:
+            if down_since is None and not database_down:  # the homeserver answered
                 down_since = time.monotonic()
             wait = min(MAX_SYNC_BACKOFF_S, 0.5 * 2 ** min(failures, 8))
             log.warning("sync failed (%s); retrying in %.1f s", problem, wait)
