@@ -13,6 +13,7 @@ lock.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any
@@ -21,9 +22,13 @@ from bot.config import MetricsConfig
 from bot.engine.engine import Engine, EngineConfig
 from bot.engine.media import MediaTransport
 from bot.engine.redactor import Transport
-from bot.engine.store import Database
+from bot.engine.store import Database, Leader, NotLeader
 from bot.metrics import Front, LetheMetrics, MetricsServer
 from bot.runlock import RunLock, hold
+
+log = logging.getLogger(__name__)
+
+STANDBY_RETRY_S = 1.0  # how often a standby tries the lock: one cheap connection
 
 
 class FrontLife:
@@ -45,13 +50,29 @@ class FrontLife:
         on_park: Callable[[str, str], Awaitable[None]],
         is_other_sender: Callable[[str], bool] | None = None,
         media: MediaTransport | None = None,
+        leader: Leader | None = None,
     ) -> Engine:
         """The engine on the front's database, started. ``is_other_sender`` says whose
         events need the permission to redact others' messages (default: all but the
         bot's own); ``media`` deletes the files of expired messages (with
-        ``config.delete_media``)."""
-        engine = await Engine.open(database, transport, config, on_park=on_park,
-                                   is_other_sender=is_other_sender, media=media)
+        ``config.delete_media``). With a ``leader`` (PostgreSQL), waits as the standby
+        until the lock is this process's, and ends the run the moment it is lost."""
+        announced = False
+        while True:
+            try:
+                engine = await Engine.open(
+                    database, transport, config, on_park=on_park,
+                    is_other_sender=is_other_sender, media=media,
+                    on_connect=leader.on_connect if leader is not None else None)
+                break
+            except NotLeader as exc:
+                if not announced:
+                    log.info("standby: %s; taking over when it goes", exc)
+                    announced = True
+                await asyncio.sleep(STANDBY_RETRY_S)
+        if leader is not None:
+            log.info("active: this process holds the %s lock on %s", leader.role, database)
+            self.own(leader.watch(), name="lethe-leader")
         self._engine = engine  # before start: ``stop`` closes it even if start fails
         await engine.start()
         return engine
@@ -75,7 +96,18 @@ class FrontLife:
         """``start`` the front, run until ``stop_event`` is set or an owned task fails
         for good (its error is raised), and ``stop`` it whatever happened."""
         try:
-            await start()
+            # A standby waits in ``start``: a stop must end that wait too.
+            starting: asyncio.Future[None] = asyncio.ensure_future(start())
+            stopper: asyncio.Future[Any] = asyncio.ensure_future(stop_event.wait())
+            try:
+                await asyncio.wait([starting, stopper], return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                stopper.cancel()
+            if not starting.done():
+                starting.cancel()
+                await asyncio.gather(starting, return_exceptions=True)
+                return
+            starting.result()
             await self._wait(stop_event)
         finally:
             await stop()

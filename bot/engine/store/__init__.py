@@ -12,6 +12,7 @@ of verified redactions are deleted; rooms keep counters only.
   (``PgStore``, on ``pgconn``, with the SQL translated by ``pgsql``); ``base``: the
   reads they share; ``transaction``: the ``Transaction`` both yield, the only way to
   write.
+- ``leader``: the standby's lock (PostgreSQL): who is the active process.
 - ``schema``: numbered migrations; ``sql``: SQL text built from the engine's enums.
 - ``events``, ``rooms``, ``receipts``, ``meta``, ``media``, ``erasures``: the statements, by table.
 """
@@ -21,6 +22,7 @@ from __future__ import annotations
 from bot.engine.store.database import Backend, Database, DatabaseUrlError
 from bot.engine.store.errors import StoreError
 from bot.engine.store.interface import StoreBackend, TransactionOps
+from bot.engine.store.leader import Leader, LeadershipLost, LockHolder, NotLeader, lock_holder
 from bot.engine.store.opening import database_unavailable, open_store
 from bot.engine.store.pgconn import OnConnect
 from bot.engine.store.postgres import PgStore
@@ -34,6 +36,10 @@ __all__ = [
     "Backend",
     "Database",
     "DatabaseUrlError",
+    "Leader",
+    "LeadershipLost",
+    "LockHolder",
+    "NotLeader",
     "OnConnect",
     "PgStore",
     "Store",
@@ -42,5 +48,6 @@ __all__ = [
     "Transaction",
     "TransactionOps",
     "database_unavailable",
+    "lock_holder",
     "open_store",
 ]
