@@ -22,7 +22,7 @@ from bot.config import MetricsConfig
 from bot.engine.engine import Engine, EngineConfig
 from bot.engine.media import MediaTransport
 from bot.engine.redactor import Transport
-from bot.engine.store import Database, Leader, NotLeader
+from bot.engine.store import Database, Leader, NotLeader, StoreBackend, open_store
 from bot.metrics import Front, LetheMetrics, MetricsServer
 from bot.runlock import RunLock, hold
 
@@ -36,11 +36,42 @@ class FrontLife:
         self._lock: RunLock | None = None
         self._engine: Engine | None = None
         self._metrics_server: MetricsServer | None = None
+        self._metrics: LetheMetrics | None = None
+        self._store: StoreBackend | None = None  # opened by ``lead``, for the engine
+        # What /health says: "active", or (PostgreSQL) "standby" while another process
+        # holds the lock, "starting" between the two.
+        self.role = "starting"
         self._tasks: list[asyncio.Task[None]] = []
 
     def hold(self, path: Path, what: str) -> None:
         """One process per database (raises AlreadyRunning): see bot/runlock.py."""
         self._lock = hold(path, what)
+
+    async def lead(self, database: Database, role: str, metrics: MetricsConfig | None,
+                   front: Front) -> None:
+        """On PostgreSQL, wait as the standby until this process holds the ``role``'s
+        lock on the database (bot/engine/store/leader.py), serving /health (standby)
+        meanwhile; from then on, the run ends the moment the lock is lost. A front calls
+        this first, before anything else touches its database or files. On SQLite it
+        does nothing: the file's run lock (``hold``) keeps to one process."""
+        if database.is_sqlite:
+            return
+        self.role = "standby"
+        await self._start_metrics_server(metrics, front)
+        leader = Leader(role)
+        announced = False
+        while True:
+            try:
+                self._store = await open_store(database, on_connect=leader.on_connect)
+                break
+            except NotLeader as exc:
+                if not announced:
+                    log.info("standby: %s; taking over when it goes", exc)
+                    announced = True
+                await asyncio.sleep(STANDBY_RETRY_S)
+        self.role = "starting"
+        log.info("active: this process holds the %s lock on %s", role, database)
+        self.own(leader.watch(), name="lethe-leader")
 
     async def open_engine(
         self,
@@ -50,39 +81,36 @@ class FrontLife:
         on_park: Callable[[str, str], Awaitable[None]],
         is_other_sender: Callable[[str], bool] | None = None,
         media: MediaTransport | None = None,
-        leader: Leader | None = None,
     ) -> Engine:
-        """The engine on the front's database, started. ``is_other_sender`` says whose
-        events need the permission to redact others' messages (default: all but the
-        bot's own); ``media`` deletes the files of expired messages (with
-        ``config.delete_media``). With a ``leader`` (PostgreSQL), waits as the standby
-        until the lock is this process's, and ends the run the moment it is lost."""
-        announced = False
-        while True:
-            try:
-                engine = await Engine.open(
-                    database, transport, config, on_park=on_park,
-                    is_other_sender=is_other_sender, media=media,
-                    on_connect=leader.on_connect if leader is not None else None)
-                break
-            except NotLeader as exc:
-                if not announced:
-                    log.info("standby: %s; taking over when it goes", exc)
-                    announced = True
-                await asyncio.sleep(STANDBY_RETRY_S)
-        if leader is not None:
-            log.info("active: this process holds the %s lock on %s", leader.role, database)
-            self.own(leader.watch(), name="lethe-leader")
+        """The engine on the front's database (the store ``lead`` opened, if it did),
+        started. ``is_other_sender`` says whose events need the permission to redact
+        others' messages (default: all but the bot's own); ``media`` deletes the files
+        of expired messages (with ``config.delete_media``)."""
+        if self._store is not None:
+            store, self._store = self._store, None
+            engine = Engine(store, transport, config, on_park=on_park,
+                            is_other_sender=is_other_sender, media=media)
+        else:
+            engine = await Engine.open(database, transport, config, on_park=on_park,
+                                       is_other_sender=is_other_sender, media=media)
         self._engine = engine  # before start: ``stop`` closes it even if start fails
         await engine.start()
+        self.role = "active"
         return engine
 
     async def start_metrics(self, config: MetricsConfig | None, front: Front) -> None:
         if config is None or self._engine is None:
             return
-        metrics = LetheMetrics(front)
-        self._engine.observe_redactions(metrics.observe_redaction)
-        self._metrics_server = MetricsServer(config, front, metrics)
+        await self._start_metrics_server(config, front)
+        assert self._metrics is not None
+        self._engine.observe_redactions(self._metrics.observe_redaction)
+
+    async def _start_metrics_server(self, config: MetricsConfig | None, front: Front) -> None:
+        if config is None or self._metrics_server is not None:
+            return
+        self._metrics = LetheMetrics(front)
+        self._metrics_server = MetricsServer(config, front, self._metrics,
+                                             role=lambda: self.role)
         await self._metrics_server.start()
 
     def own(self, coro: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
@@ -129,6 +157,7 @@ class FrontLife:
         if self._metrics_server is not None:
             await self._metrics_server.stop()
             self._metrics_server = None
+            self._metrics = None
         tasks, self._tasks = self._tasks, []
         for task in tasks:
             task.cancel()
@@ -136,6 +165,9 @@ class FrontLife:
         if self._engine is not None:
             await self._engine.close()
             self._engine = None
+        if self._store is not None:  # led, stopped before the engine was made
+            await self._store.close()
+            self._store = None
 
     def release(self) -> None:
         if self._lock is not None:

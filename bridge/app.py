@@ -24,7 +24,6 @@ from typing import Any
 
 from bot.engine.engine import Engine, EngineConfig
 from bot.engine.redactor import ECHO_WAIT_MS
-from bot.engine.store import Leader
 from bot.lifecycle import FrontLife
 from bot.matrix.api import HomeserverUnavailable, MatrixHttp
 from bot.matrix.transport import AdminMediaTransport
@@ -76,7 +75,6 @@ class Bridge:
         self._follow: FollowUp | None = None
         self._mirror: BridgeMirror | None = None
         self._defaults: BridgeDefaults | None = None  # people's defaults for new rooms
-        self._standby = False  # waiting for the database's lock (PostgreSQL)
 
     # --- lifecycle -----------------------------------------------------------
 
@@ -86,11 +84,8 @@ class Bridge:
         # bot/runlock.py; next to the database, so a bot and a bridge may share a
         # data_dir). On PostgreSQL the database's own lock decides which bridge is
         # active; the others wait as standbys (bot/engine/store/leader.py).
-        leader = None
         if config.database.is_sqlite:
             self.life.hold(run_lock_path(config), "lethe bridge run")
-        else:
-            leader = Leader("bridge")
         self.registration = registration = load_registration(config.registration_path)
         check_matches(registration, config)
         if not is_loopback(config.host):
@@ -111,7 +106,7 @@ class Bridge:
         # Pushed events are in clear, so their files are seen; in encrypted rooms the
         # bridge holds no keys and sees none (the bot does).
         self.media = AdminMediaTransport.from_config(config.homeserver_url, config.erasure)
-        self._standby = leader is not None
+        await self.life.lead(config.database, "bridge", config.metrics, self)
         engine = await self.life.open_engine(
             config.database,
             BridgeTransport(http, config.is_local, own_user=config.user_id),
@@ -130,9 +125,7 @@ class Bridge:
             self._on_park,
             is_other_sender=lambda sender: not config.is_local(sender),
             media=self.media,
-            leader=leader,
         )
-        self._standby = False
         owners = load_room_map(await engine.get_meta(OWNERS_META))
         self._state = StateFetcher(http, config, self.stats)
         self._follow = FollowUp(config, engine, http, self._reader, self.stats, owners)
@@ -151,7 +144,7 @@ class Bridge:
         front of an active bridge and its standbys routes by (GET /health)."""
         if self.engine is not None and self._server is not None:
             return True, "active"
-        return False, "standby" if self._standby else "starting"
+        return False, "standby" if self.life.role == "standby" else "starting"
 
     async def stop(self) -> None:
         if self._server is not None:
