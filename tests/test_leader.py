@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from bot.cli.leader import holder_json, holder_text
 from bot.devtools.localpostgres import LocalPostgres
 from bot.engine.store import (
     Database,
@@ -50,7 +51,11 @@ async def test_one_active_per_role_and_schema(postgres: LocalPostgres) -> None:
         holder = await lock_holder(database, "bridge")
         assert holder is not None and holder.application_name.startswith("lethe bridge on ")
         assert holder.client.startswith("127.0.0.1:")
+        text = holder_text(holder, "bridge")  # as `lethe bridge status` says it
+        assert text.startswith("held by lethe bridge on ") and "ago" in text, text
+        assert holder_json(holder) is not None
         assert await lock_holder(database, "bot") is None
+        assert holder_text(None, "bot").startswith("no lethe bot holds the lock")
     finally:
         await first.close()
     assert await lock_holder(database, "bridge") is None
