@@ -11,6 +11,7 @@ must answer 503, never 200, to a transaction it did not commit.
 
 from __future__ import annotations
 
+import asyncio
 import signal
 import time
 from dataclasses import dataclass, field
@@ -176,3 +177,29 @@ async def _role(proxy: Proxy, name: str, role: str) -> bool:
 
 async def _has(person: object, room: str, event_id: str) -> bool:
     return event_id in await redactions(person, room)  # type: ignore[arg-type]
+
+
+async def test_active_bridge_cut_off_from_the_database_stops_at_once(
+    bridge_server: BridgeServer, postgres: LocalPostgres, tmp_path: Path
+) -> None:
+    """Its connection gone, the lock went with it: the process exits (3) rather than
+    write on, and a supervisor would start it again as a standby."""
+    database = pg_database(postgres)
+    config = bridge_server.config(tmp_path / "cut", database=database.url,
+                                  listen={"host": "127.0.0.1", "port": find_free_port()})
+    proc = LetheProcess(["bridge", "run", "-c", str(config.path)], tmp_path / "cut.log")
+    await proc.start()
+    try:
+        await eventually(lambda: "active: this process holds the bridge lock" in proc.output()
+                         or proc.returncode is not None, 30, what="the bridge active")
+        assert proc.returncode is None, proc.output()[-2000:]
+        assert proc.proc is not None
+        postgres.psql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE "
+                      f"application_name LIKE 'lethe bridge on % pid {proc.proc.pid}'",
+                      "lethe_tests")
+        code = await asyncio.wait_for(proc.proc.wait(), 15)
+        assert code == 3, proc.output()[-2000:]
+        assert "no longer the active lethe bridge" in proc.output()
+        assert database.password is None or database.password not in proc.output()
+    finally:
+        await proc.close()

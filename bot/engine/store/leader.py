@@ -69,7 +69,8 @@ class Leader:
         self.lost = asyncio.Event()
         self._why = ""
         # Who holds it, as `lethe doctor` and `lethe bridge status` show it.
-        self.name = f"lethe {role} on {socket.gethostname()} pid {os.getpid()}"[:63]
+        # (PostgreSQL keeps 63 bytes of it: the host name is cut, never the pid.)
+        self.name = f"lethe {role} on {socket.gethostname()[:32]} pid {os.getpid()}"
 
     async def on_connect(self, conn: asyncpg.Connection) -> None:
         if self.lost.is_set():
