@@ -2,7 +2,9 @@
 lock, the engine opened and started, the metrics server, and the background tasks
 they own, all stopped in order on the way out.
 
-A front takes the lock first (before anything touches its database or key store),
+On PostgreSQL a front first ``lead``s: it waits as the standby until it holds the
+database's lock (bot/engine/store/leader.py), and its run ends when that is lost.
+Then it takes the run lock (before anything touches its database or key store),
 opens the engine, starts the metrics, hands its own loops to ``own``, and runs
 until the stop event (SIGINT or SIGTERM, see `lethe run`) is set or one of those
 loops fails for good. ``stop`` stops the metrics, cancels every owned task and
