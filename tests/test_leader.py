@@ -103,3 +103,27 @@ async def test_a_standby_waits_then_takes_over(postgres: LocalPostgres) -> None:
     finally:
         waiting.cancel()
         await standby.stop()
+
+
+async def test_a_stop_ends_a_standby_s_wait(postgres: LocalPostgres) -> None:
+    database = pg_database(postgres)
+    active = FrontLife()
+    await active.lead(database, "bridge", None, _Front())
+    standby = FrontLife()
+    stop = asyncio.Event()
+    stopped = asyncio.Event()
+
+    async def on_stop() -> None:
+        await standby.stop()
+        stopped.set()
+
+    running = asyncio.create_task(standby.run_until(
+        lambda: standby.lead(database, "bridge", None, _Front()), on_stop, stop))
+    try:
+        await asyncio.sleep(1.2)
+        assert standby.role == "standby" and not running.done()
+        stop.set()
+        await asyncio.wait_for(running, 5)
+        assert stopped.is_set()
+    finally:
+        await active.stop()
