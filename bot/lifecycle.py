@@ -133,9 +133,10 @@ class FrontLife:
                 await asyncio.wait([starting, stopper], return_when=asyncio.FIRST_COMPLETED)
             finally:
                 stopper.cancel()
-            if not starting.done():
-                starting.cancel()
-                await asyncio.gather(starting, return_exceptions=True)
+                if not starting.done():  # stopped, or this run itself cancelled
+                    starting.cancel()
+                    await asyncio.gather(starting, return_exceptions=True)
+            if starting.cancelled() and stop_event.is_set():
                 return
             starting.result()
             await self._wait(stop_event)
