@@ -18,6 +18,7 @@ from tests.conftest import pg_database
 from tests.harness import BotHandle, bot_room, clean_env, eventually, lethe_argv, not_redacted
 from tests.test_faults import all_redacted
 from tests.test_restart_privacy import persisted
+from tests.unit.test_db_migrate import bad_urls
 
 TIMER_S = 20
 SLACK_S = 10  # the bot's sync and redaction after a deadline, on a busy machine
@@ -61,14 +62,13 @@ async def test_pending_messages_are_redacted_on_time_after_the_move(
     finally:
         await moved.close()
 
-    # A refused password at start: exit 3, the problem named, the password nowhere
-    # (the run logs at DEBUG).
-    wrong = target.url.replace(f":{target.password}@", ":Zq7-wrong-pw@")
-    bad = _with_database(lethe.config, wrong, "wrong.yaml")
-    code, out = await _lethe("-c", str(bad.path), "run")
-    assert code == 3, out
-    assert "refused the user name or password" in out
-    assert "Zq7-wrong-pw" not in out and target.password not in out
+    # `lethe run` refused at start (the run logs at DEBUG): exit 3, the problem named,
+    # the password nowhere.
+    for url, password, problem in bad_urls(postgres, "Zq7-unmistakable-pw"):
+        bad = _with_database(lethe.config, url, "bad.yaml")
+        code, out = await _lethe("-c", str(bad.path), "run")
+        assert code == 3 and problem in out, out
+        assert password not in out and target.password not in out
 
     assert await not_redacted(bob, room, *sent)()
     again = BotHandle(_with_database(lethe.config, target.url, "pg.yaml"))

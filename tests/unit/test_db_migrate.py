@@ -18,6 +18,7 @@ from bot.cli.main import main
 from bot.devtools.localpostgres import LocalPostgres
 from bot.engine.model import DelayRef, EventStatus, MediaState
 from bot.engine.store import (
+    SCHEMA_VERSION,
     Database,
     PgStore,
     StoreBackend,
@@ -126,7 +127,7 @@ async def test_every_table_reads_the_same_on_postgresql(
     assert _digest(source) == before
 
 
-def _bad_urls(pg: LocalPostgres, secret: str) -> list[tuple[str, str, str]]:
+def bad_urls(pg: LocalPostgres, secret: str) -> list[tuple[str, str, str]]:
     """(url, its password, the problem named): a closed port, a wrong password, a
     missing database (with the right password: that one must not show either)."""
     real = Database.postgresql(pg.url("lethe_tests"))
@@ -141,7 +142,7 @@ def _bad_urls(pg: LocalPostgres, secret: str) -> list[tuple[str, str, str]]:
 
 
 async def test_the_password_never_shows(postgres: LocalPostgres) -> None:
-    for url, password, problem in _bad_urls(postgres, "Zq7-unmistakable-pw"):
+    for url, password, problem in bad_urls(postgres, "Zq7-unmistakable-pw"):
         with pytest.raises(StoreError) as caught:
             await probe_postgres(Database.postgresql(url))
         assert problem in str(caught.value) and password not in str(caught.value)
@@ -197,6 +198,13 @@ async def test_the_command_copies_reports_and_refuses_a_second_time(
                                         "--to", target.url, *flags)
     assert code == 3 and "already holds Lethe data" in out and target.password not in out
     assert _digest(source) == before
+    if not bridge:  # doctor's connection check, on the moved database
+        moved = _config(tmp_path, database=target.url)
+        code, out = await asyncio.to_thread(_run, "-c", str(moved), "doctor")
+        line = next(x for x in out.splitlines() if "PostgreSQL" in x)
+        assert line.startswith("ok") and "round trip" in line, out
+        assert f"schema v{SCHEMA_VERSION}" in line
+        assert target.password not in out
 
 
 def test_a_running_bot_or_a_sqlite_target_is_refused(tmp_path: Path) -> None:
@@ -214,7 +222,7 @@ async def test_no_command_shows_the_password(tmp_path: Path, postgres: LocalPost
     """db migrate, doctor and bridge run, against a closed port, a wrong password and a
     missing database: the problem named, the password nowhere (output or exit)."""
     await _fill(tmp_path / "data" / "lethe.db")
-    for url, password, problem in _bad_urls(postgres, "Zq7-unmistakable-pw"):
+    for url, password, problem in bad_urls(postgres, "Zq7-unmistakable-pw"):
         config = _config(tmp_path, bridge=True)
         code, out = await asyncio.to_thread(_run, "-c", str(config), "db", "migrate",
                                             "--to", url)
