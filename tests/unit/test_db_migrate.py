@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
 import yaml
 from click.testing import CliRunner
@@ -19,11 +20,13 @@ from bot.devtools.localpostgres import LocalPostgres
 from bot.engine.model import DelayRef, EventStatus, MediaState
 from bot.engine.store import (
     SCHEMA_VERSION,
+    CopyMismatch,
     Database,
     PgStore,
     StoreBackend,
     StoreError,
     TargetNotEmpty,
+    lethe_rows,
     migrate,
     open_store,
     probe_postgres,
@@ -242,3 +245,31 @@ async def test_no_command_shows_the_password(tmp_path: Path, postgres: LocalPost
         out = out_bytes.decode()
         assert bridge_run.returncode == 3, out
         assert problem in out and password not in out, out
+
+
+async def test_a_copy_that_differs_is_rolled_back(
+        tmp_path: Path, postgres: LocalPostgres, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A row lost on the way (a fault injected into the copy) fails the verification:
+    nothing is committed, and the same target takes a sound copy afterwards."""
+    source = tmp_path / "lethe.db"
+    await _fill(source)
+    target = pg_database(postgres)
+    real = asyncpg.Connection.copy_records_to_table
+
+    async def lossy(self: asyncpg.Connection, table: str, *, records: list[Any],
+                    **kwargs: Any) -> Any:
+        return await real(self, table, records=records[:-1] if table == "events" else records,
+                          **kwargs)
+
+    monkeypatch.setattr(asyncpg.Connection, "copy_records_to_table", lossy)
+    with pytest.raises(CopyMismatch, match="events differs after the copy"):
+        await migrate(Database.sqlite(source), target)
+    pg = await open_store(target)
+    assert isinstance(pg, PgStore)
+    try:
+        assert not any((await lethe_rows(pg)).values())
+    finally:
+        await pg.close()
+    monkeypatch.setattr(asyncpg.Connection, "copy_records_to_table", real)
+    report = await migrate(Database.sqlite(source), target)
+    assert {t.table: t.rows for t in report.tables}["events"] == len(EventStatus)

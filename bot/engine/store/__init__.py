@@ -26,6 +26,7 @@ from bot.engine.store.copy import (
     TableCopy,
     TargetNotEmpty,
     copy_into,
+    lethe_rows,
     migrate,
 )
 from bot.engine.store.database import Backend, Database, DatabaseUrlError
@@ -59,6 +60,7 @@ __all__ = [
     "TransactionOps",
     "copy_into",
     "database_unavailable",
+    "lethe_rows",
     "migrate",
     "open_store",
     "probe_postgres",

@@ -165,16 +165,19 @@ async def copy_into(source: Store, target: PgStore) -> CopyReport:
 async def _copy(source: Store, target: PgStore) -> CopyReport:
     raw = await target.conn.raw()
     tables = await sqlite_tables(source)
-    if tables != await _pg_tables(raw):
-        raise StoreError(f"{target.database.shown}: its tables differ from the source's "
-                         "(another program's tables?); give Lethe a database of its own")
+    # PostgreSQL may have tables of its own (bookkeeping SQLite does not need); every
+    # table of the source's must be there.
+    missing = sorted(set(tables) - set(await _pg_tables(raw)))
+    if missing:
+        raise StoreError(f"{target.database.shown}: has no table {', '.join(missing)} "
+                         "of the source's; is it the same Lethe version?")
     copied: list[TableCopy] = []
     async with raw.transaction():
         # Migrations and this copy exclude each other; a process that started on the
         # target meanwhile shows in the emptiness check.
         await raw.execute(f"SELECT pg_advisory_xact_lock({MIGRATE_LOCK})")
         await raw.execute(f"LOCK TABLE {', '.join(tables)} IN EXCLUSIVE MODE")
-        held = {t: n for t, n in (await lethe_rows(target)).items() if n}
+        held = {t: n for t, n in (await lethe_rows(target)).items() if n and t in tables}
         if held:
             raise TargetNotEmpty(
                 f"{target.database.shown} already holds Lethe data ("
