@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from urllib.parse import SplitResult, unquote, urlsplit
+from urllib.parse import SplitResult, parse_qsl, unquote, urlsplit
 
 
 class Backend(Enum):
@@ -87,13 +87,19 @@ class Database:
 
     @property
     def password(self) -> str | None:
-        return urlsplit(self.url).password if self.url else None
+        """In the URL's user part, or a ``password=`` query parameter (libpq's)."""
+        if not self.url:
+            return None
+        parts = urlsplit(self.url)
+        given = dict(parse_qsl(parts.query)).get("password")
+        return parts.password or given
 
     def scrub(self, text: str) -> str:
         """``text`` (an error from a driver, say) with the password replaced."""
         secret = self.password
         if secret:
-            text = text.replace(secret, "***")
+            for form in {secret, unquote(secret)}:
+                text = text.replace(form, "***")
         return text.replace(self.url, self.shown) if self.url else text
 
     def __str__(self) -> str:

@@ -102,7 +102,12 @@ class PgStore(BaseStore):
 
 
 async def connect(database: Database, *, readonly: bool = False) -> asyncpg.Connection:
-    settings: dict[str, Any] = {"application_name": "lethe"}
+    # The server's keepalives notice a client whose machine or network went within
+    # about 25 s (not the kernel's 2 h default), and so free its session: with it the
+    # leader lock, for a standby to take over (store/leader.py).
+    settings: dict[str, Any] = {"application_name": "lethe", "tcp_keepalives_idle": "10",
+                                "tcp_keepalives_interval": "5",
+                                "tcp_keepalives_count": "3"}
     if readonly:
         settings["default_transaction_read_only"] = "on"
     return await asyncpg.connect(dsn=database.url, timeout=CONNECT_TIMEOUT_S,
