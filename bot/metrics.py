@@ -9,7 +9,7 @@ imports prometheus. The server runs in the bot's event loop and is owned by it.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Protocol
 
 from aiohttp import web
@@ -184,8 +184,10 @@ class LetheMetrics:
 class MetricsServer:
     """GET /metrics (Prometheus text format) and GET /health (200 or 503, JSON)."""
 
-    def __init__(self, config: MetricsConfig, front: Front, metrics: LetheMetrics) -> None:
+    def __init__(self, config: MetricsConfig, front: Front, metrics: LetheMetrics,
+                 role: Callable[[], str] = lambda: "active") -> None:
         self._config = config
+        self._role = role  # "active", "standby" or "starting" (bot/lifecycle.py)
         self._front = front
         self._metrics = metrics
         self._runner: web.AppRunner | None = None
@@ -222,4 +224,5 @@ class MetricsServer:
             "sync_alive": self._front.sync_alive,
             "scheduler_alive": self._front.scheduler_alive,
         }
-        return web.json_response(health, status=200 if all(health.values()) else 503)
+        ok = all(health.values())
+        return web.json_response({**health, "role": self._role()}, status=200 if ok else 503)

@@ -80,19 +80,34 @@ class Bridge:
 
     async def start(self) -> None:
         config = self.config
-        # Before anything touches the database: one bridge per database (see bot/runlock.py;
-        # next to the database, so a bot and a bridge may share a data_dir).
-        self.life.hold(run_lock_path(config), "lethe bridge run")
+        # On SQLite, before anything touches the database: one bridge per database (see
+        # bot/runlock.py; next to the database, so a bot and a bridge may share a
+        # data_dir). On PostgreSQL the database's own lock decides which bridge is
+        # active; the others wait as standbys (bot/engine/store/leader.py).
+        if config.database.is_sqlite:
+            self.life.hold(run_lock_path(config), "lethe bridge run")
         self.registration = registration = load_registration(config.registration_path)
         check_matches(registration, config)
         if not is_loopback(config.host):
             log.warning("listening on %s, not a loopback address: only the homeserver should "
                         "reach the appservice API", config.host)
+        # Listening first: until the engine is this process's, /health says so and every
+        # push is answered 503, never 200 (the homeserver sends it again later).
+        self._server = AppserviceServer(registration.hs_token, self.on_transaction,
+                                        health=self._health)
+        try:
+            await self._server.start(config.host, config.port)
+        except OSError as exc:
+            raise CannotListen(f"cannot listen on {config.host}:{config.port} "
+                               f"(bridge.listen): {exc.strerror or exc}") from None
+        log.info("appservice API on %s:%d; homeserver %s", config.host, config.port,
+                 config.homeserver_url)
         self.http = http = MatrixHttp(config.homeserver_url, registration.as_token)
         # Pushed events are in clear, so their files are seen; in encrypted rooms the
         # bridge holds no keys and sees none (the bot does).
         self.media = AdminMediaTransport.from_config(config.homeserver_url, config.erasure)
-        self.engine = engine = await self.life.open_engine(
+        await self.life.lead(config.database, "bridge", config.metrics, self)
+        engine = await self.life.open_engine(
             config.database,
             BridgeTransport(http, config.is_local, own_user=config.user_id),
             EngineConfig(
@@ -117,19 +132,19 @@ class Bridge:
         self._mirror = BridgeMirror(config, engine, http, self._reader,
                                     load_room_map(await engine.get_meta(MIRRORS_META)))
         self._defaults = BridgeDefaults(config, http)
+        self.engine = engine  # last: a push is stored only with all of the above ready
         self.life.own(self._defaults.run(), name="lethe-bridge-defaults")
         await self.life.start_metrics(config.metrics, self)
-        self._server = AppserviceServer(registration.hs_token, self.on_transaction)
-        try:
-            await self._server.start(config.host, config.port)
-        except OSError as exc:
-            raise CannotListen(f"cannot listen on {config.host}:{config.port} "
-                               f"(bridge.listen): {exc.strerror or exc}") from None
-        log.info("appservice API on %s:%d; homeserver %s", config.host, config.port,
-                 config.homeserver_url)
         # Last: a successful ping also makes the homeserver re-send what it queued.
         if not await self._ping():
             self.life.own(self._ping_until_answered(), name="lethe-bridge-ping")
+
+    def _health(self) -> tuple[bool, str]:
+        """Whether this bridge takes pushes now, and its role: what a load balancer in
+        front of an active bridge and its standbys routes by (GET /health)."""
+        if self.engine is not None and self._server is not None:
+            return True, "active"
+        return False, "standby" if self.life.role == "standby" else "starting"
 
     async def stop(self) -> None:
         if self._server is not None:
@@ -213,7 +228,8 @@ class Bridge:
         self.stats.received += 1
         async with self._lock:
             if self.engine is None:
-                raise TryLater("the bridge is stopping")
+                raise TryLater("this bridge is not the active one now (standby, starting "
+                               "or stopping)")
             txn_id = txn.txn_id
             self.stats.largest_transaction = max(self.stats.largest_transaction, txn.size)
             if await self.engine.appservice_txn_done(txn_id):

@@ -17,7 +17,7 @@ import click
 from bot.cli.common import config_option, config_path, run_async, setup_logging, stop_on_signals
 from bot.cli.output import json_option
 from bot.engine.model import RoomRow
-from bot.engine.store import open_store
+from bot.engine.store import lock_holder, open_store
 from bot.errors import HomeserverError, SetupError, UsageError
 from bridge.config import BridgeConfig, load_bridge_config
 from bridge.registration import RegistrationError, build_registration, write_registration
@@ -195,6 +195,7 @@ def status(ctx: click.Context, as_json: bool) -> None:
     redactions pending by state, and whether the homeserver redacts on time by itself
     while the bridge is stopped (delayed redactions) and for how many messages."""
     from bot.cli.census import delayed_summary, pending_by_status
+    from bot.cli.leader import holder_json, holder_text
     from bot.cli.output import emit_json
     from bot.engine.bounds import row_enforcement
 
@@ -208,6 +209,8 @@ def status(ctx: click.Context, as_json: bool) -> None:
             rows = await store.list_rooms()
         finally:
             await store.close()
+        led = not config.database.is_sqlite
+        holder = await lock_holder(config.database, "bridge") if led else None
         # Rooms whose state sets a policy outside the operator's bounds (enforced at them).
         at_bound = sorted(row.room_id for row in rows if row_enforcement(
             row, config.bounds, config.default_policy).problem is not None)
@@ -218,8 +221,11 @@ def status(ctx: click.Context, as_json: bool) -> None:
                 "enabled": config.delayed_redactions},
                 "bounds": {"bounds": config.bounds.default.describe(),
                            "room_rules": len(config.bounds.rooms),
-                           "rooms_at_bound": at_bound}})
+                           "rooms_at_bound": at_bound},
+                       **({"active": holder_json(holder)} if led else {})})
             return
+        if led:
+            click.echo(f"Active bridge: {holder_text(holder, 'bridge')}")
         click.echo("Pending: " + ", ".join(f"{n} {name}" for name, n in pending.items()))
         click.echo(f"Delayed redactions: {_delayed_text(delayed, config)}")
         click.echo(f"Bounds: {config.bounds.default.describe()}"

@@ -10,7 +10,12 @@ A transaction is answered 200 once its events are committed (malformed events le
 out, each on its own), and also, at once, when no retry could ever store it (over
 ``MAX_TRANSACTION_BYTES``, not JSON, not an object). It gets a 5xx only when a later
 delivery can succeed (the homeserver or the database unavailable): the homeserver
-sends a transaction again until it gets a 2xx, and nothing after it meanwhile.
+sends a transaction again until it gets a 2xx, and nothing after it meanwhile. A
+standby bridge (or one starting) answers every push 503: it commits nothing.
+
+``GET /health`` needs no token: 200 ``{"role": "active"}`` where pushes are stored,
+503 with ``standby`` or ``starting`` elsewhere, for a load balancer in front of an
+active bridge and its standbys (docs/bridge.md).
 """
 
 from __future__ import annotations
@@ -39,6 +44,9 @@ APP_V1 = "/_matrix/app/v1"
 REFUSAL_LOG_INTERVAL_S = 60.0
 
 TransactionHandler = Callable[[PushedTransaction], Awaitable[None]]
+# Whether the bridge takes pushes now, and its role ("active", "standby", "starting").
+HealthCheck = Callable[[], tuple[bool, str]]
+HEALTH_PATH = "/health"  # no hs_token: a load balancer's health check asks it
 
 
 def _error(status: int, errcode: str, message: str) -> web.Response:
@@ -96,6 +104,7 @@ def make_app(
     *,
     max_body: int = MAX_TRANSACTION_BYTES,
     refusals: RefusalLog | None = None,
+    health: HealthCheck | None = None,
 ) -> web.Application:
     expected = _as_bytes(hs_token)
     refusal_log = refusals if refusals is not None else RefusalLog()
@@ -104,6 +113,8 @@ def make_app(
     async def authenticate(
         request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     ) -> web.StreamResponse:
+        if request.path == HEALTH_PATH and request.method in ("GET", "HEAD"):
+            return await handler(request)  # says only the role: no secret in it
         token = _credentials(request)
         if token is None:
             refusal_log.refused(request, "no hs_token")
@@ -148,6 +159,11 @@ def make_app(
                       where(exc))
         return web.json_response({})
 
+    async def serve_health(request: web.Request) -> web.Response:
+        # 200 only where pushes are stored: a load balancer sends them there alone.
+        ready, role = health() if health is not None else (True, "active")
+        return web.json_response({"role": role}, status=200 if ready else 503)
+
     async def ping(request: web.Request) -> web.Response:
         return web.json_response({})
 
@@ -165,6 +181,7 @@ def make_app(
     app = web.Application(middlewares=[authenticate], client_max_size=max_body)
     app.router.add_put(APP_V1 + "/transactions/{txn_id}", transaction)
     app.router.add_post(APP_V1 + "/ping", ping)
+    app.router.add_get(HEALTH_PATH, serve_health)
     app.router.add_get(APP_V1 + "/users/{user_id}", no_such_user)
     app.router.add_get(APP_V1 + "/rooms/{alias}", no_such_room)
     app.router.add_route("*", "/{tail:.*}", unrecognized)
@@ -186,10 +203,11 @@ class AppserviceServer:
     """The HTTP listener; started and stopped by the bridge."""
 
     def __init__(self, hs_token: str, on_transaction: TransactionHandler, *,
-                 max_body: int = MAX_TRANSACTION_BYTES) -> None:
+                 max_body: int = MAX_TRANSACTION_BYTES,
+                 health: HealthCheck | None = None) -> None:
         self._refusals = RefusalLog()
         self._app = make_app(hs_token, on_transaction, max_body=max_body,
-                             refusals=self._refusals)
+                             refusals=self._refusals, health=health)
         self._runner: web.AppRunner | None = None
 
     async def start(self, host: str, port: int) -> None:

@@ -1,19 +1,29 @@
-"""The database itself down: the bot on a PostgreSQL server of the test's own, with
-messages due, and the server crashed (``pg_ctl stop -m immediate``) for a while, then
-started again. Lethe keeps running and says the database is unavailable (never its
-password); once it is back every message is redacted, none twice, and messages sent
-during the outage are redacted too: the sync that brought them was not acknowledged
-(its token not stored) while nothing of it could be committed.
+"""The database itself unavailable under a running bot with messages due.
+
+SQLite (another process holding the file's write lock for a while): the bot keeps
+running and says the database is unavailable; once it can write again every message
+is redacted, none twice, and messages sent meanwhile too: the sync that brought them
+was not acknowledged (its token not stored) while nothing of it could be committed.
+
+PostgreSQL (the server crashed, ``pg_ctl stop -m immediate``): the connection, and
+with it the standby's lock (bot/engine/store/leader.py), is gone, so the run ends at
+once (``lethe run`` exits 3) without the password in its message, having written
+nothing after; started again once the server is back (as a supervisor would), the bot
+redacts everything, those sent during the outage too, each exactly once.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from contextlib import AsyncExitStack
+import sqlite3
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import pytest
+
+from bot.devtools.localpostgres import LocalPostgres
+from bot.engine.store.leader import LeadershipLost
 from tests.harness import BotHandle, eventually, write_bot_config
 from tests.test_faults import (
     all_redacted,
@@ -31,41 +41,63 @@ DURING = 5
 
 
 async def test_database_outage_delays_but_loses_nothing_and_redacts_nothing_twice(
-    own_postgres, people, synapse, tmp_path: Path, caplog
+    backend, request, people, synapse, tmp_path: Path, caplog
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    url = own_postgres.create("lethe_outage")
-    config = write_bot_config(synapse, tmp_path / "bot", database=url)
-    assert not config.database.is_sqlite
+    pg: LocalPostgres | None = None
+    overrides = {}
+    if backend == "postgresql":
+        pg = request.getfixturevalue("own_postgres")
+        overrides["database"] = pg.create("lethe_outage")
+    config = write_bot_config(synapse, tmp_path / "bot", **overrides)
     handle = BotHandle(config)
-    async with AsyncExitStack() as stack:
-        stack.push_async_callback(handle.stop)
+    try:
         alice = await people("alice")
         await handle.start()
         room = await plain_room(alice, config.bot.user_id, 3000)
         assert handle.bot is not None and handle.task is not None
         engine = handle.bot.engine
-
         before = await send_raw(alice, room, BEFORE)
 
         async def tracked() -> bool:
             return await engine.tracked(before) == set(before)
 
-        # Tracked before the database goes, so they come due while it is down.
+        # Tracked before the database goes, so they come due while it is away.
         await eventually(tracked, 30, what="the bot tracking the messages")
-        own_postgres.stop(mode="immediate")
+        locker = None
+        if pg is not None:
+            pg.stop(mode="immediate")
+        else:
+            assert config.database.path is not None
+            locker = sqlite3.connect(config.database.path, isolation_level=None)
+            locker.execute("BEGIN EXCLUSIVE")
         try:
-            # Sent while the database is down: the sync that brings them cannot be
+            # Sent while the database is away: the sync that brings them cannot be
             # stored, so only a sync after the outage (from the old token) tracks them.
             during = await send_raw(alice, room, DURING)
-            for _ in range(OUTAGE_S):
-                await asyncio.sleep(1)
-                assert not handle.task.done(), "the bot exited during the database outage"
+            if pg is not None:
+                # The lock went with the connection: the run ends, writing nothing more.
+                await eventually(lambda: handle.task.done(), 30, what="the run ending")
+                with pytest.raises(LeadershipLost) as lost:
+                    handle.task.result()
+                assert "connection to the database was lost" in str(lost.value)
+                handle.task = None
+            else:
+                for _ in range(OUTAGE_S):
+                    await asyncio.sleep(1)
+                    assert not handle.task.done(), "the bot exited during the database outage"
             # What came during the outage cannot be on a schedule yet.
             seen = await redactions(alice, room)
             assert not [t for t in during if t in seen]
         finally:
-            own_postgres.start()
+            if pg is not None:
+                pg.start()
+            if locker is not None:
+                locker.execute("ROLLBACK")
+                locker.close()
+        if pg is not None:
+            await handle.start()  # as a supervisor restarts it
+            engine = handle.bot.engine
 
         targets = before + during
         await eventually(lambda: all_redacted(alice, room, targets), 120, interval=1,
@@ -77,19 +109,23 @@ async def test_database_outage_delays_but_loses_nothing_and_redacts_nothing_twic
         await eventually(confirmed, 60, interval=0.5,
                          what="every redaction confirmed, no row left in flight")
         assert not handle.task.done()
-        assert handle.bot.engine.scheduler_alive
+        assert engine.scheduler_alive
+    finally:
+        await handle.stop()
 
     seen = await redactions(alice, room)
     twice = {t: len(seen.get(t, [])) for t in targets if len(seen.get(t, [])) != 1}
     assert twice == {}, f"not redacted exactly once: {twice}"
     logged = "\n".join(r.getMessage() for r in caplog.records)
     assert set(targets) <= set(lag_lines(logged, room)), "a redaction without its lag in the log"
-    assert "the database is unavailable" in logged
-    assert "the database is back after" in logged
-    assert "homeserver is back" not in logged, "the homeserver never went away"
-    assert "the sync is not stored" in logged
-    password = urlsplit(url).password
-    assert password and password not in logged
+    if pg is None:
+        assert "the database is unavailable (OperationalError)" in logged
+        assert "the database is back after" in logged
+        assert "the sync is not stored" in logged
+        assert "homeserver is back" not in logged, "the homeserver never went away"
+    else:
+        password = urlsplit(overrides["database"]).password
+        assert password and password not in logged
     shown = "\n".join(r.getMessage() for r in caplog.records if shown_by_cli(r))
     assert "Traceback" not in shown
     assert_no_secrets(shown, config)

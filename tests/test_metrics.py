@@ -94,11 +94,13 @@ async def test_metrics_and_health(people, synapse, tmp_path) -> None:
         assert not await alice.is_redacted(weak, stuck)
 
         status, body = await health(port)
-        assert (status, body) == (200, {"sync_alive": True, "scheduler_alive": True})
+        assert (status, body) == (200, {"sync_alive": True, "scheduler_alive": True,
+                                          "role": "active"})
         assert handle.bot is not None and handle.bot.engine is not None
         await handle.bot.engine._scheduler.stop()
         status, body = await health(port)
-        assert (status, body) == (503, {"sync_alive": True, "scheduler_alive": False})
+        assert (status, body) == (503, {"sync_alive": True, "scheduler_alive": False,
+                                          "role": "active"})
         assert (await scrape(port))[("lethe_scheduler_alive", ())] == 0
     finally:
         await handle.stop()

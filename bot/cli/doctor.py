@@ -24,11 +24,12 @@ from bot.cli.context import Admin, RequestError, admin_session, readonly_store, 
 from bot.cli.delayedcheck import NAME as DELAYED
 from bot.cli.delayedcheck import delayed_check
 from bot.cli.erasure_doctor import erasure_checks
+from bot.cli.leader import holder_text
 from bot.cli.mediacheck import admin_token_check, media_checks
 from bot.cli.output import emit_json, json_option, say
 from bot.cli.roomstate import RoomState
 from bot.config import PICKLE_KEY_ENV, Config
-from bot.engine.store import SCHEMA_VERSION, StoreError
+from bot.engine.store import SCHEMA_VERSION, StoreError, lock_holder, probe_postgres
 from bot.matrix.api import HomeserverUnavailable
 from bot.matrix.credentials import Credentials, LoginFailed
 from bot.matrix.crosssigning import IdentityError, fingerprint, query_identities, stored_master
@@ -249,6 +250,8 @@ class Doctor:
             self.add("database", WARN, f"{self.config.database} does not exist yet (the bot "
                                        "creates it on its first run)")
             return
+        if not self.config.database.is_sqlite and not await self.database_connection():
+            return
         try:
             async with readonly_store(self.config, required=True) as store:
                 assert store is not None
@@ -264,6 +267,29 @@ class Doctor:
         if counts["failed"]:
             self.add("database", WARN, f"{counts['failed']} redaction(s) the homeserver never "
                                        "confirmed (`lethe pending` lists them as failed)")
+        if not self.config.database.is_sqlite:
+            await self.lock()
+
+    async def lock(self) -> None:
+        """PostgreSQL: which bot is the active one (the others are standbys)."""
+        try:
+            holder = await lock_holder(self.config.database, "bot")
+        except StoreError as exc:
+            self.add("lock", FAIL, str(exc))
+            return
+        self.add("lock", OK if holder is not None else WARN, holder_text(holder, "bot"))
+
+    async def database_connection(self) -> bool:
+        """PostgreSQL: reachable, its version, the schema's, a round trip's time."""
+        try:
+            found = await probe_postgres(self.config.database)
+        except StoreError as exc:  # names the problem, the password masked
+            self.add("database", FAIL, str(exc))
+            return False
+        self.add("database", OK, f"{self.config.database.shown}: PostgreSQL "
+                 f"{found.server_version}, schema v{found.schema_version}, round trip "
+                 f"{found.round_trip_ms:.1f} ms")
+        return True
 
 
 async def _get_json(session: aiohttp.ClientSession, url: str) -> dict[str, Any] | None:

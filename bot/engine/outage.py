@@ -1,7 +1,9 @@
-"""The database unavailable for a while (PostgreSQL restarting or unreachable, SQLite's
-disk full or locked): the loops that write keep what they hold, say so once, and try
-again after a back-off, rather than dying. Nothing is acknowledged meanwhile: the
-sync token and the redactions' outcomes are written only once the database is back."""
+"""The database unavailable for a while (SQLite's file locked or its disk full; on
+PostgreSQL an error a live connection gets past, such as a serialization failure): the
+loops that write keep what they hold, say so once, and try again after a back-off,
+rather than dying. Nothing is acknowledged meanwhile: the sync token and the
+redactions' outcomes are written only once the database is back. (PostgreSQL's
+connection lost ends the run instead: the standby's lock went with it, leader.py.)"""
 
 from __future__ import annotations
 

@@ -74,6 +74,9 @@ class LetheBot:
     # --- lifecycle -----------------------------------------------------------
 
     async def start(self) -> None:
+        # On PostgreSQL, first wait as the standby while another bot holds the database's
+        # lock (bot/engine/store/leader.py): before the data_dir lock and the key store.
+        await self.life.lead(self.config.database, "bot", self.config.metrics, self)
         # Before anything touches the key store or the database: one process per data_dir.
         secure_dir(self.config.data_dir)
         self.life.hold(self.config.data_dir / BOT_LOCK, "lethe run")

@@ -12,18 +12,32 @@ of verified redactions are deleted; rooms keep counters only.
   (``PgStore``, on ``pgconn``, with the SQL translated by ``pgsql``); ``base``: the
   reads they share; ``transaction``: the ``Transaction`` both yield, the only way to
   write.
+- ``leader``: the standby's lock (PostgreSQL): who is the active process.
 - ``schema``: numbered migrations; ``sql``: SQL text built from the engine's enums.
+- ``copy``: moving a SQLite store into an empty PostgreSQL one (`lethe db migrate`);
+  ``probe``: a PostgreSQL store's versions and round trip (`lethe doctor`).
 - ``events``, ``rooms``, ``receipts``, ``meta``, ``media``, ``erasures``: the statements, by table.
 """
 
 from __future__ import annotations
 
+from bot.engine.store.copy import (
+    CopyMismatch,
+    CopyReport,
+    TableCopy,
+    TargetNotEmpty,
+    copy_into,
+    lethe_rows,
+    migrate,
+)
 from bot.engine.store.database import Backend, Database, DatabaseUrlError
 from bot.engine.store.errors import StoreError
 from bot.engine.store.interface import StoreBackend, TransactionOps
+from bot.engine.store.leader import Leader, LeadershipLost, LockHolder, NotLeader, lock_holder
 from bot.engine.store.opening import database_unavailable, open_store
 from bot.engine.store.pgconn import OnConnect
 from bot.engine.store.postgres import PgStore
+from bot.engine.store.probe import PgProbe, probe_postgres
 from bot.engine.store.schema import MIGRATIONS, SCHEMA_VERSION
 from bot.engine.store.sqlite import Store
 from bot.engine.store.transaction import Transaction
@@ -32,15 +46,29 @@ __all__ = [
     "MIGRATIONS",
     "SCHEMA_VERSION",
     "Backend",
+    "CopyMismatch",
+    "CopyReport",
     "Database",
     "DatabaseUrlError",
+    "Leader",
+    "LeadershipLost",
+    "LockHolder",
+    "NotLeader",
     "OnConnect",
+    "PgProbe",
     "PgStore",
     "Store",
     "StoreBackend",
     "StoreError",
+    "TableCopy",
+    "TargetNotEmpty",
     "Transaction",
     "TransactionOps",
+    "copy_into",
     "database_unavailable",
+    "lethe_rows",
+    "lock_holder",
+    "migrate",
     "open_store",
+    "probe_postgres",
 ]

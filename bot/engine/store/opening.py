@@ -6,6 +6,7 @@ from pathlib import Path
 
 from bot.engine.store.database import Database
 from bot.engine.store.interface import StoreBackend
+from bot.engine.store.leader import LeadershipLost, NotLeader
 from bot.engine.store.pgconn import OnConnect
 from bot.engine.store.postgres import PgStore, postgres_unavailable
 from bot.engine.store.sqlite import Store, sqlite_unavailable
@@ -27,4 +28,7 @@ def database_unavailable(exc: BaseException) -> bool:
     """Whether ``exc`` is the database unavailable (locked, busy, unreachable, disk full
     or failing): a later try can get past it. Its other errors are about the data, and
     would fail the same way every time."""
-    return sqlite_unavailable(exc) or postgres_unavailable(exc)
+    # The lock lost or held by another: a later try (the homeserver's, on the process
+    # that is active then) gets past it.
+    return (sqlite_unavailable(exc) or postgres_unavailable(exc)
+            or isinstance(exc, (LeadershipLost, NotLeader)))
