@@ -38,6 +38,8 @@ def machine() -> dict[str, Any]:
         "platform": platform.platform(),
         "cpus": os.cpu_count(),
         "processor": platform.processor() or platform.machine(),
+        # The machine is shared: how busy it was (1, 5, 15 min) when the run ended.
+        "load_average": list(os.getloadavg()),
     }
 
 
