@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed-test
 INTEROP := tests/interop
 INTEROP_STAMP := $(INTEROP)/node_modules/.installed
 
-.PHONY: demo test test-unit lint bench install interop clean
+.PHONY: demo test test-unit lint bench bench-postgres install interop clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -44,6 +44,12 @@ test-unit: $(STAMP)
 # Benchmarks are not tests: each prints a table and writes bench/results/NAME.json.
 bench: $(STAMP)
 	for b in bench/bench_*.py; do $(BIN)/python -m bench.$$(basename $$b .py) || exit 1; done
+
+# Benchmarks 1 to 3 against Synapse on PostgreSQL (a throwaway server from the machine's
+# binaries, as the tests start it); they write bench/results/NAME-postgres.json.
+bench-postgres: $(STAMP)
+	for b in throughput lag after_read; do \
+		$(BIN)/python -m bench.bench_$$b --synapse-db postgres || exit 1; done
 
 # mypy reads its settings (strict, bot and bridge) from pyproject.toml.
 lint: $(STAMP)

@@ -12,7 +12,7 @@ rooms of the same people: alice (sender) and bob (the one required reader).
 Both measure "decision -> verified". Messages go one at a time, alternating
 between the rooms, so both see the same machine.
 
-Run: python -m bench.bench_after_read [--messages 50]
+Run: python -m bench.bench_after_read [--messages 50] [--synapse-db sqlite|postgres]
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from bench.common import (
     spread,
     table,
 )
+from bench.synapsedb import add_synapse_db_option
 from bot.devtools.people import eventually
 from bot.engine.policy import Policy
 
@@ -48,11 +49,12 @@ async def tracked(room: BotRoom, event_id: str) -> None:
     await eventually(known, 30, interval=0.02, what="the bot tracking the message")
 
 
-async def main(messages: int) -> dict[str, object]:
+async def main(messages: int, synapse_db: str = "sqlite") -> dict[str, object]:
     quiet_logging()
     read_lat: list[float] = []
     send_lat: list[float] = []
-    with local_synapse() as hs, tempfile.TemporaryDirectory(prefix="lethe-bench-") as tmp:
+    with local_synapse(synapse_db=synapse_db) as hs, \
+            tempfile.TemporaryDirectory(prefix="lethe-bench-") as tmp:
         room = await bot_room(hs, Path(tmp), ["alice", "bob"])
         try:
             alice, bob = room.people
@@ -86,7 +88,8 @@ async def main(messages: int) -> dict[str, object]:
     ]
     print()
     print(table(f"after_read latency (s), {messages} messages each, timer {TIMER_MS // 1000}s, "
-                "encrypted rooms; ratio = p99 / baseline p99 in this run; goal p99 <= 1 s",
+                f"encrypted rooms, Synapse on {synapse_db}; ratio = p99 / baseline p99 in this "
+                "run; goal p99 <= 1 s",
                 ["measure", "p50", "p99", "max", "p99 ratio", ""], rows))
     return {"messages": messages, "timer_ms": TIMER_MS, "after_read": read, "after_send": send}
 
@@ -94,6 +97,7 @@ async def main(messages: int) -> dict[str, object]:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=50)
+    add_synapse_db_option(parser)
     args = parser.parse_args()
-    result = asyncio.run(main(args.messages))
-    print(f"\nwrote {save('after_read', result)}")
+    result = asyncio.run(main(args.messages, args.synapse_db))
+    print(f"\nwrote {save('after_read', result, args.synapse_db)}")

@@ -15,6 +15,7 @@ itself allows at that load. At each level the two alternate in blocks (Lethe
 first), so that both see the same machine.
 
 Run: python -m bench.bench_lag [--seconds 15] [--levels 0.25 0.5 0.8]
+     [--synapse-db sqlite|postgres]
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from bench.common import (
     spread,
     table,
 )
+from bench.synapsedb import add_synapse_db_option
 from bot.devtools.localsynapse import LocalSynapse
 from bot.devtools.people import Person
 from bot.devtools.synapseusers import RegisteredUser
@@ -92,10 +94,12 @@ async def baseline_lag(hs: LocalSynapse, sender: Person, mod: RegisteredUser, ro
     return lags
 
 
-async def main(seconds: float, levels: Sequence[float]) -> dict[str, object]:
+async def main(seconds: float, levels: Sequence[float],
+               synapse_db: str = "sqlite") -> dict[str, object]:
     quiet_logging()
     results = []
-    with local_synapse() as hs, tempfile.TemporaryDirectory(prefix="lethe-bench-") as tmp:
+    with local_synapse(synapse_db=synapse_db) as hs, \
+            tempfile.TemporaryDirectory(prefix="lethe-bench-") as tmp:
         print(f"measuring the baseline redaction rate ({BASELINE_EVENTS} events, C={WORKERS})",
               flush=True)
         limit = await baseline_rate(hs, BASELINE_EVENTS)
@@ -141,7 +145,8 @@ async def main(seconds: float, levels: Sequence[float]) -> dict[str, object]:
             for r in results]
     print()
     print(table(f"Deletion lag (due -> verified, s) under after_send {TIMER_MS // 1000}s, "
-                f"encrypted room; load = share of the baseline limit {limit:.1f} redactions/s "
+                f"encrypted room, Synapse on {synapse_db}; load = share of the baseline limit "
+                f"{limit:.1f} redactions/s "
                 "measured in this run; goal: Lethe p99 <= 1 s up to 80%",
                 ["load", "target msg/s", "sent msg/s", "messages", "Lethe p50", "Lethe p99",
                  "Lethe max", "minimal p50", "minimal p99", "minimal max", ""], rows))
@@ -153,6 +158,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=15)
     parser.add_argument("--levels", type=float, nargs="+", default=[0.25, 0.5, 0.8])
+    add_synapse_db_option(parser)
     args = parser.parse_args()
-    result = asyncio.run(main(args.seconds, args.levels))
-    print(f"\nwrote {save('lag', result)}")
+    result = asyncio.run(main(args.seconds, args.levels, args.synapse_db))
+    print(f"\nwrote {save('lag', result, args.synapse_db)}")

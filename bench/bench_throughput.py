@@ -19,7 +19,12 @@ A local Synapse with rate limits raised. A sender posts unencrypted messages
   as Lethe does, by each redaction's echo in a /sync of its own (same filter,
   same pacing), which shows what that confirmation costs the homeserver.
 
+Against Synapse on PostgreSQL (--synapse-db postgres), the PostgreSQL server's CPU
+time per redaction is reported beside Synapse's: there the database's work is no
+longer inside the Synapse process.
+
 Run: python -m bench.bench_throughput [--events N] [--rooms 1 50]
+     [--synapse-db sqlite|postgres]
 """
 
 from __future__ import annotations
@@ -50,6 +55,7 @@ from bench.common import (
     send_plain,
     table,
 )
+from bench.synapsedb import add_synapse_db_option, database_cpu_seconds
 from bot.devtools.localsynapse import LocalSynapse
 from bot.devtools.people import eventually
 from bot.devtools.synapseusers import RegisteredUser
@@ -63,6 +69,8 @@ from tests.harness import BotHandle, write_bot_config
 
 WORKERS = EngineConfig("@x:y").workers  # Lethe's default number of redaction workers
 LEAD_MS = 1000  # T is this far after the due times are written
+# The ratio to reach: issue 16 asks more of Synapse as production runs it (PostgreSQL).
+GOAL = {"sqlite": 0.9, "postgres": 0.95}
 
 Target = tuple[str, str]  # (room_id, event_id)
 
@@ -296,24 +304,35 @@ async def scenario(hs: LocalSynapse, bot: BotHandle, n: int, rooms: int) -> dict
     assert hs.pid is not None
     pid = hs.pid
     result: dict[str, float] = {"events": n, "rooms": rooms}
-    hs_cpu = cpu_seconds(pid)
+    hs_cpu, db_cpu, own_cpu = cpu_seconds(pid), database_cpu_seconds(hs), time.process_time()
     base_s = await baseline_redact(hs.base_url, token, base_a, WORKERS)
     base_cpu = cpu_seconds(pid) - hs_cpu
+    base_db_cpu = database_cpu_seconds(hs) - db_cpu
+    base_own_cpu = time.process_time() - own_cpu  # the bare client's (the bot is idle)
     result["baseline_verify_per_s"] = len(verify_part) / await baseline_redact(
         hs.base_url, token, verify_part, WORKERS, verify=True)
     hs_cpu, own_cpu = cpu_seconds(pid), time.process_time()
+    db_cpu = database_cpu_seconds(hs)
     lethe = await lethe_redact(bot, lethe_part)
-    # Where the time goes: homeserver CPU, and this process's (the bot's) CPU.
+    # Where the time goes: homeserver CPU, its PostgreSQL server's (if it has one),
+    # and this process's (the bot's) CPU.
     result["lethe_hs_cpu_ms"] = (cpu_seconds(pid) - hs_cpu) * 1000 / len(lethe_part)
+    result["lethe_db_cpu_ms"] = (database_cpu_seconds(hs) - db_cpu) * 1000 / len(lethe_part)
     result["lethe_own_cpu_ms"] = (time.process_time() - own_cpu) * 1000 / len(lethe_part)
-    hs_cpu = cpu_seconds(pid)
+    hs_cpu, db_cpu, own_cpu = cpu_seconds(pid), database_cpu_seconds(hs), time.process_time()
     base_s += await baseline_redact(hs.base_url, token, base_b, WORKERS)
     base_cpu += cpu_seconds(pid) - hs_cpu
+    base_db_cpu += database_cpu_seconds(hs) - db_cpu
+    base_own_cpu += time.process_time() - own_cpu
+    result["baseline_own_cpu_ms"] = base_own_cpu * 1000 / (len(base_a) + len(base_b))
     result["baseline_hs_cpu_ms"] = base_cpu * 1000 / (len(base_a) + len(base_b))
-    hs_cpu = cpu_seconds(pid)
+    result["baseline_db_cpu_ms"] = base_db_cpu * 1000 / (len(base_a) + len(base_b))
+    hs_cpu, db_cpu = cpu_seconds(pid), database_cpu_seconds(hs)
     result["baseline_echo_per_s"] = len(echo_part) / await baseline_echo(
         hs.base_url, token, echo_part, WORKERS)
     result["baseline_echo_hs_cpu_ms"] = (cpu_seconds(pid) - hs_cpu) * 1000 / len(echo_part)
+    result["baseline_echo_db_cpu_ms"] = (
+        database_cpu_seconds(hs) - db_cpu) * 1000 / len(echo_part)
     result["baseline_c16_per_s"] = len(c16_part) / await baseline_redact(
         hs.base_url, token, c16_part, 16)
     result["baseline_per_s"] = (len(base_a) + len(base_b)) / base_s
@@ -325,10 +344,12 @@ async def scenario(hs: LocalSynapse, bot: BotHandle, n: int, rooms: int) -> dict
     return result
 
 
-async def main(n: int, room_counts: Sequence[int]) -> dict[str, object]:
+async def main(n: int, room_counts: Sequence[int],
+               synapse_db: str = "sqlite") -> dict[str, object]:
     quiet_logging()
     results = []
-    with local_synapse() as hs, tempfile.TemporaryDirectory(prefix="lethe-bench-") as tmp:
+    with local_synapse(synapse_db=synapse_db) as hs, \
+            tempfile.TemporaryDirectory(prefix="lethe-bench-") as tmp:
         bot = BotHandle(write_bot_config(hs, Path(tmp) / "bot"))
         await bot.start()
         try:
@@ -339,18 +360,25 @@ async def main(n: int, room_counts: Sequence[int]) -> dict[str, object]:
             await bot.stop()
     rows = [[f"{r['events']:,} events, {r['rooms']} room(s)", r["baseline_per_s"],
              r["baseline_c16_per_s"], r["baseline_verify_per_s"], r["baseline_echo_per_s"],
-             r["lethe_per_s"], f"{r['ratio']:.2f}", "ok" if r["ratio"] >= 0.9 else "MISSED",
+             r["lethe_per_s"], f"{r['ratio']:.2f}",
+             "ok" if r["ratio"] >= GOAL[synapse_db] else "MISSED",
              f"{r['ratio_to_echo']:.2f}",
              f"{r['baseline_hs_cpu_ms']:.1f} / {r['baseline_echo_hs_cpu_ms']:.1f} / "
-             f"{r['lethe_hs_cpu_ms']:.1f}"]
+             f"{r['lethe_hs_cpu_ms']:.1f}",
+             f"{r['baseline_db_cpu_ms']:.1f} / {r['baseline_echo_db_cpu_ms']:.1f} / "
+             f"{r['lethe_db_cpu_ms']:.1f}",
+             f"{r['baseline_own_cpu_ms']:.1f} / {r['lethe_own_cpu_ms']:.1f}"]
             for r in results]
     print()
-    print(table(f"Redaction throughput (redactions/s; C = {WORKERS}, Lethe's workers, unless "
-                "said; ratios are same-script comparisons, goal >= 0.9)",
+    print(table(f"Redaction throughput against Synapse on {synapse_db} (redactions/s; "
+                f"C = {WORKERS}, Lethe's workers, unless said; ratios are same-script "
+                f"comparisons, goal >= {GOAL[synapse_db]})",
                 ["case", f"baseline C={WORKERS}", "baseline C=16",
                  f"baseline + GET each C={WORKERS}", f"baseline + echo C={WORKERS}",
                  "Lethe (due -> confirmed)", "ratio", "", "ratio to echo baseline",
-                 "Synapse CPU ms/redaction: baseline / + echo / Lethe"], rows))
+                 "Synapse CPU ms/redaction: baseline / + echo / Lethe",
+                 "PostgreSQL CPU ms/redaction: baseline / + echo / Lethe",
+                 "own CPU ms/redaction: bare client / Lethe"], rows))
     return {"workers": WORKERS, "scenarios": results}
 
 
@@ -358,6 +386,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=2000)
     parser.add_argument("--rooms", type=int, nargs="+", default=[1, 50])
+    add_synapse_db_option(parser)
     args = parser.parse_args()
-    result = asyncio.run(main(args.events, args.rooms))
-    print(f"\nwrote {save('throughput', result)}")
+    result = asyncio.run(main(args.events, args.rooms, args.synapse_db))
+    print(f"\nwrote {save('throughput', result, args.synapse_db)}")

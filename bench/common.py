@@ -14,13 +14,14 @@ import os
 import platform
 import resource
 import secrets
-import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench.synapsedb import local_synapse as local_synapse
+from bench.synapsedb import versions
 from bot.devtools.localsynapse import LocalSynapse
 from bot.devtools.people import Person, eventually
 from bot.engine.engine import Engine
@@ -37,6 +38,8 @@ def machine() -> dict[str, Any]:
         "platform": platform.platform(),
         "cpus": os.cpu_count(),
         "processor": platform.processor() or platform.machine(),
+        # The machine is shared: how busy it was (1, 5, 15 min) when the run ended.
+        "load_average": list(os.getloadavg()),
     }
 
 
@@ -93,28 +96,21 @@ def _fmt(value: Any) -> str:
     return str(value)
 
 
-def save(name: str, data: dict[str, Any]) -> Path:
+def save(name: str, data: dict[str, Any], synapse_db: str | None = None) -> Path:
+    """bench/results/NAME.json; against Synapse on PostgreSQL, NAME-postgres.json.
+    ``synapse_db``: the benchmark's homeserver database, recorded with the versions."""
     RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / f"{name}.json"
+    suffix = f"-{synapse_db}" if synapse_db not in (None, "sqlite") else ""
+    path = RESULTS / f"{name}{suffix}.json"
+    homeserver = {} if synapse_db is None else {
+        "synapse_db": synapse_db, "versions": versions(synapse_db)}
     payload = {"benchmark": name, "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-               "machine": machine(), **data}
+               "machine": machine(), **homeserver, **data}
     path.write_text(json.dumps(payload, indent=2))
     return path
 
 
 # --- homeserver helpers (benchmarks 1, 2, 3, 5) -----------------------------------------
-
-
-@contextlib.contextmanager
-def local_synapse(extra_config: dict[str, Any] | None = None) -> Iterator[LocalSynapse]:
-    """A throwaway Synapse on loopback with rate limits raised (LocalSynapse's default)."""
-    with tempfile.TemporaryDirectory(prefix="lethe-bench-hs-") as tmp:
-        hs = LocalSynapse(Path(tmp) / "synapse", extra_config=extra_config)
-        hs.start()
-        try:
-            yield hs
-        finally:
-            hs.stop()
 
 
 def quiet_logging() -> None:

@@ -20,7 +20,7 @@ from tests.harness import BotHandle, Person, unique, write_bot_config
 # `synapse`: `make test-unit` (-m "not synapse") leaves it out.
 HOMESERVER_FIXTURES = frozenset({
     "synapse", "federation", "bridge_server", "outage_hs", "limited_hs", "retention_hs",
-    "censoring_hs", "delayed_hs", "delayed_bridge_server",
+    "censoring_hs", "delayed_hs", "delayed_bridge_server", "postgres_synapse",
 })
 
 

@@ -1,6 +1,7 @@
 """Throwaway local Synapse homeserver for `lethe demo` and the test suite.
 
-Everything lives in one work directory (config, signing key, SQLite database, media, logs)
+Everything lives in one work directory (config, signing key, SQLite database unless a
+PostgreSQL one is given, media, logs)
 and the server listens on 127.0.0.1 only, with federation and every outbound feature
 switched off: the machines this runs on may have no network at all.
 
@@ -96,7 +97,11 @@ class LocalSynapse:
         rate_limited: bool = False,
         port: int | None = None,
         extra_config: Mapping[str, Any] | None = None,
+        database: Mapping[str, Any] | None = None,
     ) -> None:
+        """``database``: Synapse's ``database:`` section, e.g. psycopg2's from
+        LocalPostgres.synapse_database (its server must use the C locale); default a
+        SQLite file in ``workdir``."""
         _require_synapse()
         self.workdir = Path(workdir).resolve()
         self.server_name = server_name
@@ -108,6 +113,8 @@ class LocalSynapse:
         self._macaroon_secret_key = secrets.token_urlsafe(32)
         self._form_secret = secrets.token_urlsafe(32)
         self._extra_config: dict[str, Any] = dict(extra_config or {})
+        self._database: dict[str, Any] = dict(database or {
+            "name": "sqlite3", "args": {"database": str(self.workdir / "homeserver.db")}})
         self._app_service_files: list[Path] = []
         self._proc: subprocess.Popen[bytes] | None = None
         self._atexit_registered = False
@@ -166,10 +173,7 @@ class LocalSynapse:
                     "resources": [{"names": ["client"], "compress": False}],
                 }
             ],
-            "database": {
-                "name": "sqlite3",
-                "args": {"database": str(self.workdir / "homeserver.db")},
-            },
+            "database": self._database,
             "media_store_path": str(self.workdir / "media_store"),
             "log_config": str(self._log_config_path),
             "signing_key_path": str(self._signing_key_path),
