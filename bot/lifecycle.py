@@ -3,7 +3,8 @@ lock, the engine opened and started, the metrics server, and the background task
 they own, all stopped in order on the way out.
 
 On PostgreSQL a front first ``lead``s: it waits as the standby until it holds the
-database's lock (bot/engine/store/leader.py), and its run ends when that is lost.
+database's lock (bot/engine/store/leader.py), and its run ends if that is lost for
+good (another process led while its connection was away).
 Then it takes the run lock (before anything touches its database or key store),
 opens the engine, starts the metrics, hands its own loops to ``own``, and runs
 until the stop event (SIGINT or SIGTERM, see `lethe run`) is set or one of those
@@ -24,7 +25,7 @@ from bot.config import MetricsConfig
 from bot.engine.engine import Engine, EngineConfig
 from bot.engine.media import MediaTransport
 from bot.engine.redactor import Transport
-from bot.engine.store import Database, Leader, NotLeader, StoreBackend, open_store
+from bot.engine.store import Database, Leader, NotLeader, PgStore, StoreBackend, open_store
 from bot.metrics import Front, LetheMetrics, MetricsServer
 from bot.runlock import RunLock, hold
 
@@ -71,9 +72,11 @@ class FrontLife:
                     log.info("standby: %s; taking over when it goes", exc)
                     announced = True
                 await asyncio.sleep(STANDBY_RETRY_S)
+        await leader.begin(self._store)
         self.role = "starting"
         log.info("active: this process holds the %s lock on %s", role, database)
-        self.own(leader.watch(), name="lethe-leader")
+        reconnect = self._store.conn.reconnect if isinstance(self._store, PgStore) else None
+        self.own(leader.watch(reconnect), name="lethe-leader")
 
     async def open_engine(
         self,

@@ -1,6 +1,7 @@
 """The standby's lock on a real PostgreSQL server (store/leader.py, bot/lifecycle.py):
-one active process per role and schema, the lock lost with its connection and never
-written past, a standby that takes over, and who holds it."""
+one active process per role and schema, the lock taken up again after a lost
+connection only if nobody led meanwhile (and never written past otherwise), a standby
+that takes over, and who holds it."""
 
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ from bot.engine.store import (
     lock_holder,
     open_store,
 )
+from bot.engine.store.leader import lock_key
+from bot.engine.store.postgres import connect
 from bot.lifecycle import FrontLife
 from tests.conftest import pg_database
 
@@ -61,27 +64,65 @@ async def test_one_active_per_role_and_schema(postgres: LocalPostgres) -> None:
     assert await lock_holder(database, "bridge") is None
 
 
-async def test_a_lost_connection_is_a_lost_leadership_and_nothing_is_written(
+async def _lead(database: Database) -> tuple[Leader, object]:
+    leader = Leader("bridge")
+    store = await open_store(database, on_connect=leader.on_connect)
+    await leader.begin(store)
+    return leader, store
+
+
+async def test_a_lost_connection_nobody_took_over_is_taken_up_again(
     postgres: LocalPostgres,
 ) -> None:
     database = pg_database(postgres)
-    leader = Leader("bridge")
-    active = await open_store(database, on_connect=leader.on_connect)
-    postgres.psql(f"SELECT pg_terminate_backend({await _backend_pid(active)})", "lethe_tests")
-    await asyncio.wait_for(leader.lost.wait(), 10)
-    with pytest.raises(LeadershipLost):
-        await asyncio.wait_for(leader.watch(), 1)
-    taker = await open_store(database, on_connect=Leader("bridge").on_connect)
+    leader, active = await _lead(database)
     try:
-        # The old store reconnects on its next statement, and refuses to go on: the
-        # lock is another's now, and even were it free, its memory may be stale.
-        with pytest.raises(LeadershipLost):
-            async with active.transaction() as tx:
-                await tx.set_meta("written_after_loss", "yes")
-        assert await taker.get_meta("written_after_loss") is None
+        postgres.psql(f"SELECT pg_terminate_backend({await _backend_pid(active)})",
+                      "lethe_tests")
+        # The first statement finds the connection gone (an error the engine waits
+        # out); the next reconnects, takes the lock again, finds its own epoch, and
+        # goes on; a standby is kept out again.
+        for attempt in range(2):
+            try:
+                async with active.transaction() as tx:  # type: ignore[attr-defined]
+                    await tx.set_meta("written_after_reconnect", "yes")
+                break
+            except Exception as exc:
+                assert attempt == 0 and database_unavailable(exc), exc
+        assert not leader.lost.is_set()
+        assert await active.get_meta("written_after_reconnect") == "yes"  # type: ignore[attr-defined]
+        with pytest.raises(NotLeader):
+            await open_store(database, on_connect=Leader("bridge").on_connect)
     finally:
-        await active.close()
-        await taker.close()
+        await active.close()  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("taker_stays", [True, False])
+async def test_a_lost_connection_another_led_meanwhile_is_a_lost_leadership(
+    postgres: LocalPostgres, taker_stays: bool,
+) -> None:
+    """Another process led while the connection was away (and holds the lock still, or
+    let it go): the old one must not write on; its memory may be stale."""
+    database = pg_database(postgres)
+    leader, active = await _lead(database)
+    postgres.psql(f"SELECT pg_terminate_backend({await _backend_pid(active)})", "lethe_tests")
+    _, taker = await _lead(database)
+    if not taker_stays:
+        await taker.close()  # type: ignore[attr-defined]
+    try:
+        with pytest.raises(LeadershipLost):
+            async with active.transaction() as tx:  # type: ignore[attr-defined]
+                await tx.set_meta("written_after_loss", "yes")
+        assert leader.lost.is_set()
+        with pytest.raises(LeadershipLost):
+            await asyncio.wait_for(leader.watch(), 1)
+        reader = await open_store(database, readonly=True)
+        assert await reader.get_meta("written_after_loss") is None
+        await reader.close()
+    finally:
+        await active.close()  # type: ignore[attr-defined]
+        if taker_stays:
+            await taker.close()  # type: ignore[attr-defined]
 
 
 async def test_a_standby_waits_then_takes_over(postgres: LocalPostgres) -> None:
@@ -126,4 +167,46 @@ async def test_a_stop_ends_a_standby_s_wait(postgres: LocalPostgres) -> None:
         await asyncio.wait_for(running, 5)
         assert stopped.is_set()
     finally:
+        await active.stop()
+
+
+async def test_a_leader_makes_its_lost_connection_again_at_once(postgres: LocalPostgres) -> None:
+    """No statement needed: the leader's own task reconnects and takes the lock again
+    (nobody else waited), or stops the run at once (a standby took it), so that /health
+    never goes on saying active for a process that no longer is."""
+    database = pg_database(postgres)
+    alone = FrontLife()
+    await alone.lead(database, "bot", None, _Front())
+    try:
+        before = await lock_holder(database, "bot")
+        postgres.psql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE "
+                      "application_name LIKE 'lethe bot on %'", "lethe_tests")
+
+        async def held_again() -> bool:
+            holder = await lock_holder(database, "bot")
+            return holder is not None and before is not None and holder.since > before.since
+
+        deadline = time.monotonic() + 10
+        while not await held_again():
+            assert time.monotonic() < deadline, "the lock was not taken again"
+            await asyncio.sleep(0.1)
+        assert not any(task.done() for task in alone._tasks)
+    finally:
+        await alone.stop()
+
+    # Another takes the lock the moment it goes (as a standby could): the leader's
+    # reconnection finds it held and the run ends, with no statement of its own.
+    active = FrontLife()
+    await active.lead(database, "bot", None, _Front())
+    taker = await connect(database)
+    try:
+        key = lock_key("bot", await taker.fetchval("SELECT current_schema()"))
+        await taker.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE "
+                            "application_name LIKE 'lethe bot on %'")
+        await asyncio.wait_for(taker.execute("SELECT pg_advisory_lock($1::bigint)", key), 10)
+        watch = active._tasks[0]
+        await asyncio.wait_for(asyncio.wait([watch]), 10)
+        assert isinstance(watch.exception(), LeadershipLost)
+    finally:
+        await taker.close()
         await active.stop()

@@ -23,6 +23,8 @@ from aiohttp import web
 
 from bot.devtools.localpostgres import LocalPostgres
 from bot.devtools.localsynapse import find_free_port
+from bot.engine.store.leader import lock_key
+from bot.engine.store.postgres import connect
 from tests import test_bridge
 from tests.conftest import pg_database
 from tests.harness import LetheProcess, eventually
@@ -179,27 +181,40 @@ async def _has(person: object, room: str, event_id: str) -> bool:
     return event_id in await redactions(person, room)  # type: ignore[arg-type]
 
 
-async def test_active_bridge_cut_off_from_the_database_stops_at_once(
+async def test_active_bridge_cut_off_from_the_database_leads_on_or_stops(
     bridge_server: BridgeServer, postgres: LocalPostgres, tmp_path: Path
 ) -> None:
-    """Its connection gone, the lock went with it: the process exits (3) rather than
-    write on, and a supervisor would start it again as a standby."""
+    """Its connection gone, the lock went with it. Nobody took it: the bridge makes the
+    connection again at once, takes the lock again and leads on. Another took it: the
+    process exits (3) rather than write on, and a supervisor would start it again as a
+    standby."""
     database = pg_database(postgres)
     config = bridge_server.config(tmp_path / "cut", database=database.url,
                                   listen={"host": "127.0.0.1", "port": find_free_port()})
     proc = LetheProcess(["bridge", "run", "-c", str(config.path)], tmp_path / "cut.log")
     await proc.start()
+    taker = None
     try:
         await eventually(lambda: "active: this process holds the bridge lock" in proc.output()
                          or proc.returncode is not None, 30, what="the bridge active")
         assert proc.returncode is None, proc.output()[-2000:]
         assert proc.proc is not None
-        postgres.psql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE "
-                      f"application_name LIKE 'lethe bridge on % pid {proc.proc.pid}'",
+        mine = f"application_name LIKE 'lethe bridge on % pid {proc.proc.pid}'"
+        postgres.psql(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE {mine}",
                       "lethe_tests")
+        await eventually(lambda: "this process still leads" in proc.output()
+                         or proc.returncode is not None, 15, what="the lock taken again")
+        assert proc.returncode is None, proc.output()[-2000:]
+
+        taker = await connect(database)
+        key = lock_key("bridge", await taker.fetchval("SELECT current_schema()"))
+        await taker.execute(f"SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE {mine}")
+        await asyncio.wait_for(taker.execute("SELECT pg_advisory_lock($1::bigint)", key), 10)
         code = await asyncio.wait_for(proc.proc.wait(), 15)
         assert code == 3, proc.output()[-2000:]
         assert "no longer the active lethe bridge" in proc.output()
         assert database.password is None or database.password not in proc.output()
     finally:
+        if taker is not None:
+            await taker.close()
         await proc.close()

@@ -20,6 +20,7 @@ from typing import Any
 
 import asyncpg
 
+from bot.engine.store.errors import StoreError
 from bot.engine.store.pgsql import translate
 
 Connector = Callable[[], Awaitable[asyncpg.Connection]]
@@ -119,9 +120,12 @@ class PgConnection:
         self._conn: asyncpg.Connection | None = None
         self._prepared: dict[tuple[str, tuple[str | None, ...]], _Prepared] = {}
         self._lock = asyncio.Lock()
+        self._closed = False  # for good: no statement makes it again
 
     async def raw(self) -> asyncpg.Connection:
         """The live connection (made if there is none): for the store's own use."""
+        if self._closed:
+            raise StoreError("the database connection was closed")
         if self._conn is None or self._conn.is_closed():
             self._prepared.clear()
             self._conn = None
@@ -134,6 +138,12 @@ class PgConnection:
                 raise
             self._conn = conn
         return self._conn
+
+    async def reconnect(self) -> None:
+        """Make the connection again now if it went (its hook runs), not at the next
+        statement."""
+        async with self._lock:
+            await self.raw()
 
     def execute(self, sql: str, parameters: Any = None, /) -> PgResult:
         return PgResult(self._execute(sql, parameters))
@@ -190,6 +200,7 @@ class PgConnection:
             self._prepared.clear()
 
     async def close(self) -> None:
+        self._closed = True
         async with self._lock:
             if self._conn is not None:
                 conn, self._conn = self._conn, None
