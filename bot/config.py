@@ -17,9 +17,11 @@ from urllib.parse import urlparse
 import yaml
 
 from bot.boundsconfig import check_default_policy, read_bounds
+from bot.databaseconfig import BOT_DATABASE_ENV, read_database
 from bot.engine.bounds import BoundsConfig
 from bot.engine.ids import server_name
 from bot.engine.policy import Policy, PolicyError, parse_duration
+from bot.engine.store import Database
 from bot.erasureconfig import ErasureConfig, read_erasure
 from bot.errors import SetupError
 from bot.noticesconfig import NoticesConfig, read_notices
@@ -89,6 +91,7 @@ class Config:
     command_prefix: str
     default_cap_ms: int
     ignore_readers: tuple[str, ...]
+    database: Database  # `database:`, default data_dir/lethe.db (bot/databaseconfig.py)
     workers: int = 8
     log_level: str = "INFO"
     metrics: MetricsConfig | None = None  # None: no metrics endpoint
@@ -97,10 +100,6 @@ class Config:
     bounds: BoundsConfig = field(default_factory=BoundsConfig)  # policy.bounds, .rooms
     on_join: Policy | None = None  # policy.on_join: put in force where a room has none
     notices: NoticesConfig = field(default_factory=NoticesConfig)  # bot/noticesconfig.py
-
-    @property
-    def db_path(self) -> Path:
-        return self.data_dir / "lethe.db"
 
     @property
     def credentials_path(self) -> Path:
@@ -307,6 +306,7 @@ KNOWN_KEYS: dict[str, Any] = {
     "homeserver": {"url": None},
     "bot": {"user_id": None, "password": None, "device_name": None},
     "data_dir": None,
+    "database": None,
     "e2ee": {"pickle_key": None, "trust": None},
     "invites": {"allow": None},
     "commands": {"prefix": None},
@@ -386,6 +386,8 @@ def load_config(path: Path | str, env: dict[str, str] | None = None) -> Config:
         command_prefix=r.command_prefix(),
         default_cap_ms=default_cap_ms,
         ignore_readers=r.ignore_readers(),
+        database=read_database(r, r.data, "database", "database", data_dir, "lethe.db",
+                               env, BOT_DATABASE_ENV),
         workers=r.workers(),
         log_level=r.log_level(),
         metrics=r.metrics(),

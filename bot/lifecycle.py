@@ -21,6 +21,7 @@ from bot.config import MetricsConfig
 from bot.engine.engine import Engine, EngineConfig
 from bot.engine.media import MediaTransport
 from bot.engine.redactor import Transport
+from bot.engine.store import Database
 from bot.metrics import Front, LetheMetrics, MetricsServer
 from bot.runlock import RunLock, hold
 
@@ -38,7 +39,7 @@ class FrontLife:
 
     async def open_engine(
         self,
-        db_path: Path,
+        database: Database,
         transport: Transport,
         config: EngineConfig,
         on_park: Callable[[str, str], Awaitable[None]],
@@ -49,7 +50,7 @@ class FrontLife:
         events need the permission to redact others' messages (default: all but the
         bot's own); ``media`` deletes the files of expired messages (with
         ``config.delete_media``)."""
-        engine = await Engine.open(db_path, transport, config, on_park=on_park,
+        engine = await Engine.open(database, transport, config, on_park=on_park,
                                    is_other_sender=is_other_sender, media=media)
         self._engine = engine  # before start: ``stop`` closes it even if start fails
         await engine.start()

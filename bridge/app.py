@@ -27,7 +27,7 @@ from bot.engine.redactor import ECHO_WAIT_MS
 from bot.lifecycle import FrontLife
 from bot.matrix.api import HomeserverUnavailable, MatrixHttp
 from bot.matrix.transport import AdminMediaTransport
-from bridge.config import BridgeConfig, is_loopback
+from bridge.config import BridgeConfig, is_loopback, run_lock_path
 from bridge.defaults import BridgeDefaults
 from bridge.expire import expire_commands
 from bridge.features import publish_features
@@ -82,7 +82,7 @@ class Bridge:
         config = self.config
         # Before anything touches the database: one bridge per database (see bot/runlock.py;
         # next to the database, so a bot and a bridge may share a data_dir).
-        self.life.hold(config.db_path.with_suffix(".lock"), "lethe bridge run")
+        self.life.hold(run_lock_path(config), "lethe bridge run")
         self.registration = registration = load_registration(config.registration_path)
         check_matches(registration, config)
         if not is_loopback(config.host):
@@ -93,7 +93,7 @@ class Bridge:
         # bridge holds no keys and sees none (the bot does).
         self.media = AdminMediaTransport.from_config(config.homeserver_url, config.erasure)
         self.engine = engine = await self.life.open_engine(
-            config.db_path,
+            config.database,
             BridgeTransport(http, config.is_local, own_user=config.user_id),
             EngineConfig(
                 config.user_id,

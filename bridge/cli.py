@@ -17,7 +17,7 @@ import click
 from bot.cli.common import config_option, config_path, run_async, setup_logging, stop_on_signals
 from bot.cli.output import json_option
 from bot.engine.model import RoomRow
-from bot.engine.store import Store
+from bot.engine.store import open_store
 from bot.errors import HomeserverError, SetupError, UsageError
 from bridge.config import BridgeConfig, load_bridge_config
 from bridge.registration import RegistrationError, build_registration, write_registration
@@ -128,7 +128,7 @@ def rooms(ctx: click.Context, as_json: bool) -> None:
     deletes = config.erasure.deletes_media
 
     async def go() -> None:
-        store = await Store.open(config.db_path, readonly=True)
+        store = await open_store(config.database, readonly=True)
         try:
             rows = await store.list_rooms()
             schedules = await room_schedules(store)
@@ -201,7 +201,7 @@ def status(ctx: click.Context, as_json: bool) -> None:
     config = _config(ctx)
 
     async def go() -> None:
-        store = await Store.open(config.db_path, readonly=True)
+        store = await open_store(config.database, readonly=True)
         try:
             pending = await pending_by_status(store)
             delayed = await delayed_summary(store)

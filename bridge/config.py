@@ -18,9 +18,11 @@ from typing import Any
 
 from bot.boundsconfig import check_default_policy, read_bounds
 from bot.config import ConfigReader, MetricsConfig, read_config_file
+from bot.databaseconfig import BRIDGE_DATABASE_ENV, read_database
 from bot.engine.bounds import BoundsConfig
 from bot.engine.ids import localpart, server_name
 from bot.engine.policy import Policy
+from bot.engine.store import Database
 from bot.erasureconfig import ErasureConfig
 from bot.policyconfig import policy_setting
 
@@ -56,7 +58,8 @@ class BridgeConfig:
     registration_path: Path
     host: str
     port: int
-    db_path: Path
+    database: Database  # bridge.database (bot/databaseconfig.py)
+    data_dir: Path
     default_policy: Policy
     rooms: RoomFilter
     defer_to: tuple[str, ...]  # user-ID globs of Lethe bots that own the rooms they are in
@@ -100,9 +103,8 @@ def load_bridge_config(path: Path | str, env: dict[str, str] | None = None) -> B
     registration = r.string(bridge, "bridge.registration", default=DEFAULT_REGISTRATION)
     assert registration is not None
     registration_path = _relative_to(path.parent, registration)
-    database = r.string(bridge, "bridge.database", default=DEFAULT_DATABASE)
-    assert database is not None
-    db_path = _relative_to(data_dir, database)
+    database = read_database(r, bridge, "bridge.database", "database", data_dir,
+                             DEFAULT_DATABASE, env, BRIDGE_DATABASE_ENV)
 
     listen = _subsection(r, bridge, "bridge.listen")
     host = r.string(listen, "bridge.listen.host", default="127.0.0.1") or "127.0.0.1"
@@ -128,7 +130,8 @@ def load_bridge_config(path: Path | str, env: dict[str, str] | None = None) -> B
         registration_path=registration_path,
         host=host,
         port=port,
-        db_path=db_path,
+        database=database,
+        data_dir=data_dir,
         default_policy=default_policy,
         rooms=room_filter,
         defer_to=r.globs(bridge, "bridge.defer_to", ()),
@@ -142,6 +145,14 @@ def load_bridge_config(path: Path | str, env: dict[str, str] | None = None) -> B
         bounds=bounds,
         command_prefix=r.command_prefix(),
     )
+
+
+def run_lock_path(config: BridgeConfig) -> Path:
+    """The bridge's run lock: next to its SQLite database, so a bot and a bridge may share
+    a data_dir; in data_dir for a PostgreSQL one."""
+    if config.database.path is not None:
+        return config.database.path.with_suffix(".lock")
+    return config.data_dir / "bridge.lock"
 
 
 def is_loopback(host: str) -> bool:

@@ -3,12 +3,16 @@ per test (so tests do not see each other's rooms)."""
 
 from __future__ import annotations
 
+import itertools
+import shutil
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
+from bot.devtools.localpostgres import LocalPostgres, postgres_available
 from bot.devtools.localsynapse import LocalSynapse, synapse_available
+from bot.engine.store import Database
 from tests.harness import BotHandle, Person, unique, write_bot_config
 
 # Every fixture that starts a homeserver (here and in test modules: add a new one
@@ -20,10 +24,73 @@ HOMESERVER_FIXTURES = frozenset({
 })
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+# The store's backends: a test that takes the ``backend`` fixture runs on each.
+BACKENDS = ("sqlite", "postgresql")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    kept, dropped = [], []
     for item in items:
         if HOMESERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.synapse)
+        callspec = getattr(item, "callspec", None)
+        on_postgres = callspec is not None and callspec.params.get("backend") == "postgresql"
+        # A test of what only SQLite has (its file, its planner) runs there only.
+        (dropped if on_postgres and item.get_closest_marker("sqlite_only") else kept).append(item)
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = kept
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[LocalPostgres]:
+    """One PostgreSQL server for the session (the machine's own binaries); each test
+    takes a schema of its own in its database (``pg_database``)."""
+    if not postgres_available():
+        pytest.fail("PostgreSQL's server binaries (initdb, pg_ctl) are needed for the "
+                    "PostgreSQL store tests: apt-get install postgresql")
+    pg = LocalPostgres()
+    pg.start()
+    pg.create("lethe_tests")
+    yield pg
+    pg.stop()
+    shutil.rmtree(pg.workdir, ignore_errors=True)
+
+
+_SCHEMAS = itertools.count(1)
+
+
+def pg_database(pg: LocalPostgres) -> Database:
+    """A fresh, empty place for one store: a new schema, named in the URL."""
+    name = f"t{next(_SCHEMAS)}"
+    pg.psql(f"CREATE SCHEMA {name}", "lethe_tests")
+    return Database.postgresql(f"{pg.url('lethe_tests')}?search_path={name}")
+
+
+@pytest.fixture
+def make_database(request: pytest.FixtureRequest, backend: str, tmp_path: Path):
+    """Factory: the store's place for a file name (the same name: the same place), on
+    the test's backend."""
+    made: dict[Path, Database] = {}
+
+    def make(path: Path | None = None) -> Database:
+        path = path or tmp_path / "data" / "lethe.db"
+        if path not in made:
+            made[path] = (Database.sqlite(path) if backend == "sqlite"
+                          else pg_database(request.getfixturevalue("postgres")))
+        return made[path]
+
+    return make
+
+
+@pytest.fixture
+def database(make_database) -> Database:
+    return make_database()
 
 
 @pytest.fixture(scope="session")

@@ -256,7 +256,7 @@ async def test_message_text_is_neither_logged_nor_stored(bridges, people, caplog
     logged = "\n".join(r.getMessage() for r in caplog.records if not r.name.startswith("nio"))
     assert "redacted" in logged
     assert canary not in logged
-    for path in handle.config.db_path.parent.iterdir():
+    for path in handle.config.database.path.parent.iterdir():
         assert canary.encode() not in path.read_bytes(), f"{path.name} holds message text"
 
 

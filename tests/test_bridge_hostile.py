@@ -397,7 +397,7 @@ async def test_locked_database_is_answered_503_and_nothing_is_lost(
     message = room.event()
     txn = f"locked-{secrets.token_hex(6)}"
     # In a thread: while it waits its turn, the bridge must be free to commit.
-    locker = sqlite3.connect(handle.config.db_path, isolation_level=None,
+    locker = sqlite3.connect(handle.config.database.path, isolation_level=None,
                              check_same_thread=False)
     try:
         await asyncio.to_thread(locker.execute, "BEGIN IMMEDIATE")

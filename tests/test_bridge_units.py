@@ -77,7 +77,7 @@ def test_minimal_bridge_config_defaults(tmp_path: Path) -> None:
     assert (config.server_name, config.localpart) == ("example.org", "lethe-bridge")
     assert (config.host, config.port, config.appservice_id) == ("127.0.0.1", 29331, "lethe")
     assert config.registration_path == tmp_path / "lethe-registration.yaml"
-    assert config.db_path == tmp_path / "data" / "bridge.db"
+    assert config.database.path == tmp_path / "data" / "bridge.db"
     assert config.default_policy == Policy.off()
     assert config.rooms == RoomFilter(("*",), ())
     assert config.defer_to == ()

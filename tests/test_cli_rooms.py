@@ -185,7 +185,7 @@ async def test_cli_reads_while_the_bot_works(people, lethe) -> None:
     assert lethe.task is not None and not lethe.task.done()
     assert bot.engine.stats.failures == 0
     await lethe.stop()
-    with sqlite3.connect(lethe.config.db_path) as conn:
+    with sqlite3.connect(lethe.config.database.path) as conn:
         assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
 
 

@@ -69,7 +69,7 @@ def test_minimal_config_loads_with_defaults(tmp_path: Path) -> None:
     # The data dir is relative to the config file, and the secrets live under it.
     assert config.data_dir == (tmp_path / "data").resolve()
     assert config.credentials_path.parent == config.data_dir
-    assert config.db_path.parent == config.data_dir
+    assert config.database.path.parent == config.data_dir
     assert config.store_dir.parent == config.data_dir
 
 

@@ -128,7 +128,7 @@ REBUILT = 130
 
 def lose_database(config: Any) -> None:
     for suffix in ("", "-wal", "-shm"):
-        path = config.db_path.with_name(config.db_path.name + suffix)
+        path = config.database.path.with_name(config.database.path.name + suffix)
         path.unlink(missing_ok=True)
 
 

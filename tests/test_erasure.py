@@ -111,7 +111,7 @@ async def test_erasure_audit_held_then_purged_and_never_content(
     assert "redacted" in logged  # the bot did log at DEBUG meanwhile
     for output in [*outputs, logged]:
         assert marker not in output and token not in output
-    assert marker.encode() not in lethe.config.db_path.read_bytes()
+    assert marker.encode() not in lethe.config.database.path.read_bytes()
 
 
 async def test_hard_purge_never_leaves_a_scheduled_event_to_fail(

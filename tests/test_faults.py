@@ -171,7 +171,7 @@ async def test_sigkill_while_redacting_loses_nothing_and_redacts_nothing_twice(
     # Killed midway: some redacted, not all, and some redactions were in flight.
     partial = await count_redacted(alice, room, targets)
     assert 0 < partial < CRASH_EVENTS, partial
-    with sqlite3.connect(config.db_path) as db:
+    with sqlite3.connect(config.database.path) as db:
         # Sent but not yet confirmed: in a worker's hands, or waiting for its echo.
         in_flight = db.execute("SELECT count(*) FROM events WHERE status IN (?, ?) AND "
                                "txn_id IS NOT NULL",
@@ -183,7 +183,7 @@ async def test_sigkill_while_redacting_loses_nothing_and_redacts_nothing_twice(
     try:
         await eventually(lambda: all_redacted(alice, room, targets), 120, interval=0.5,
                          what=f"all {CRASH_EVENTS} redacted after the restart")
-        await eventually(lambda: _rows_left(config.db_path, targets) == 0, 60, interval=0.5,
+        await eventually(lambda: _rows_left(config.database.path, targets) == 0, 60, interval=0.5,
                          what="every redaction confirmed (its echo seen, or fetched)")
         # Clean stop, so no redaction can still be on its way when we count.
         assert await second.signal(signal.SIGTERM) == 0, second.output()[-2000:]
@@ -203,7 +203,7 @@ async def test_sigkill_while_redacting_loses_nothing_and_redacts_nothing_twice(
     assert (pruned["event_id"], pruned["type"], pruned["sender"]) == (
         targets[0], "m.room.message", alice.user_id)
     assert isinstance(pruned["origin_server_ts"], int)
-    assert _rows_left(config.db_path, targets) == 0, "confirmed redactions leave no rows"
+    assert _rows_left(config.database.path, targets) == 0, "confirmed redactions leave no rows"
     output = log_path.read_text()  # both runs, at DEBUG
     assert "Traceback" not in output
     assert_no_secrets(output, config)

@@ -117,12 +117,12 @@ def all_there(person: Person, uris: list[str]) -> Any:
 
 
 def database_bytes(handle: BotHandle) -> bytes:
-    db = handle.config.db_path
+    db = handle.config.database.path
     return b"".join(p.read_bytes() for p in db.parent.glob(db.name + "*"))
 
 
 def media_rows(handle: BotHandle) -> list[tuple[Any, ...]]:
-    with sqlite3.connect(handle.config.db_path) as conn:
+    with sqlite3.connect(handle.config.database.path) as conn:
         return conn.execute("SELECT * FROM media").fetchall()
 
 

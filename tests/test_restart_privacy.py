@@ -214,9 +214,9 @@ async def test_secret_files_are_private_whatever_the_umask(people, lethe) -> Non
         def check() -> None:
             assert mode(config.data_dir) == "0o700"
             assert mode(config.credentials_path) == "0o600"
-            assert mode(config.db_path) == "0o600"
+            assert mode(config.database.path) == "0o600"
             for suffix in ("-wal", "-shm"):
-                extra = config.db_path.with_name(config.db_path.name + suffix)
+                extra = config.database.path.with_name(config.database.path.name + suffix)
                 if extra.exists():
                     assert mode(extra) == "0o600", extra
             assert mode(config.store_dir) == "0o700"

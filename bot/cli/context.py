@@ -15,7 +15,7 @@ from bot.cli.output import warn
 from bot.cli.roomstate import RoomState
 from bot.config import Config
 from bot.engine.policy import PolicyError, parse_duration
-from bot.engine.store import Store, StoreError
+from bot.engine.store import StoreBackend, StoreError, open_store
 from bot.errors import CheckFailed, HomeserverError, LetheError, UsageError
 from bot.matrix.api import HttpReply, MatrixHttp
 from bot.matrix.credentials import Credentials, LoginFailed, load_credentials
@@ -141,12 +141,12 @@ async def admin_session(config: Config) -> AsyncIterator[Admin]:
 
 
 @asynccontextmanager
-async def readonly_store(config: Config, *, required: bool) -> AsyncIterator[Store | None]:
+async def readonly_store(config: Config, *, required: bool) -> AsyncIterator[StoreBackend | None]:
     """Lethe's database, read-only: safe while the bot runs (WAL readers never block
     its writer). With ``required=False`` a missing or unusable database is a warning
     and yields None."""
     try:
-        store = await Store.open(config.db_path, readonly=True)
+        store = await open_store(config.database, readonly=True)
     except StoreError as exc:
         if required:
             raise

@@ -19,7 +19,7 @@ NAME = "delayed redactions"
 async def delayed_check(config: Config, versions: dict[str, Any] | None) -> tuple[str, str]:
     """(status, detail); ``versions`` is the homeserver's /versions (None: no answer)."""
     armed = ""
-    if config.db_path.exists():
+    if not config.database.absent:
         async with readonly_store(config, required=False) as store:
             if store is not None:
                 summary = await delayed_summary(store)

@@ -217,10 +217,9 @@ class Doctor:
     def files(self) -> None:
         config = self.config
         expected: list[tuple[Path, int]] = [(config.data_dir, 0o700), (config.store_dir, 0o700)]
-        expected += [(p, 0o600) for p in (config.credentials_path, config.db_path,
-                                          config.cross_signing_path)]
-        expected += [(config.db_path.with_name(config.db_path.name + s), 0o600)
-                     for s in ("-wal", "-shm")]
+        expected += [(p, 0o600) for p in (config.credentials_path, config.cross_signing_path)]
+        if (db_path := config.database.path) is not None:
+            expected += [(db_path.with_name(db_path.name + s), 0o600) for s in ("", "-wal", "-shm")]
         if config.store_dir.is_dir():
             expected += [(p, 0o600) for p in sorted(config.store_dir.iterdir()) if p.is_file()]
         wrong = [f"{path} is {oct(mode)}, should be {oct(want)}"
@@ -246,8 +245,8 @@ class Doctor:
                                        "default")
 
     async def database(self) -> None:
-        if not self.config.db_path.exists():
-            self.add("database", WARN, f"{self.config.db_path} does not exist yet (the bot "
+        if self.config.database.absent:
+            self.add("database", WARN, f"{self.config.database} does not exist yet (the bot "
                                        "creates it on its first run)")
             return
         try:

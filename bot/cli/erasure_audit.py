@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import click
@@ -30,7 +29,7 @@ from bot.cli.erasure import (
 )
 from bot.cli.output import emit_json, progress, relative, say, table, when
 from bot.engine.policy import format_duration
-from bot.engine.store import Store
+from bot.engine.store import Database, open_store
 from bot.erasureconfig import ErasureConfig
 from bot.errors import UsageError
 from bot.matrix.api import HttpReply
@@ -46,20 +45,20 @@ class LedgerSource:
     name: str  # "bot" | "bridge"
     homeserver_url: str
     erasure: ErasureConfig
-    db_path: Path
+    database: Database
     server_name: str  # the homeserver's: its files are the ones it can say it stores
 
 
 def ledger_source(ctx: click.Context, bridge: bool) -> LedgerSource:
     if not bridge:
         config = cli_config(ctx)
-        return LedgerSource("bot", config.homeserver.url, config.erasure, config.db_path,
+        return LedgerSource("bot", config.homeserver.url, config.erasure, config.database,
                             config.bot.server_name)
     from bridge.config import load_bridge_config  # the bot never imports the bridge
 
     bridge_config = load_bridge_config(config_path(ctx, "lethe -c CONFIG audit ..."))
     return LedgerSource("bridge", bridge_config.homeserver_url, bridge_config.erasure,
-                        bridge_config.db_path, bridge_config.server_name)
+                        bridge_config.database, bridge_config.server_name)
 
 
 def erasure_audit(ctx: click.Context, room: str, since_ms: int | None,
@@ -79,7 +78,7 @@ def erasure_audit(ctx: click.Context, room: str, since_ms: int | None,
                 return reply
 
             room_id = await room_id_of(http, room, checked)
-            store = await Store.open(source.db_path, readonly=True)
+            store = await open_store(source.database, readonly=True)
             try:
                 entries = await store.ledger(room_id, start)
                 known = bool(entries) or await store.get_room(room_id) is not None

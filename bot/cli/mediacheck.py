@@ -8,7 +8,7 @@ from bot.cli.checks import FAIL, OK, WARN, Check
 from bot.config import Config
 from bot.engine.ids import server_name
 from bot.engine.media import MEDIA_KEPT, describe_media
-from bot.engine.store import Store, StoreError
+from bot.engine.store import StoreError, open_store
 from bot.matrix.api import HomeserverUnavailable, MatrixHttp
 
 
@@ -67,10 +67,10 @@ async def _database(config: Config, *, accepted: bool) -> list[Check]:
     """``accepted``: the homeserver takes the token (or was not asked)."""
     status, lead = ((OK, "the local media of expired messages are deleted") if accepted
                     else (WARN, "the media of expired messages wait for the token"))
-    if not config.db_path.exists():
+    if config.database.absent:
         return [Check("media", status, lead)]
     try:
-        store = await Store.open(config.db_path, readonly=True)
+        store = await open_store(config.database, readonly=True)
     except StoreError as exc:
         return [Check("media", WARN, f"the files of expired messages are unknown: {exc}")]
     try:

@@ -4,12 +4,12 @@ room's state, the bot's holds and its last problem, as `!lethe status` says it."
 from __future__ import annotations
 
 from bot.cli.roomstate import RoomState
-from bot.engine.store import Store
+from bot.engine.store import StoreBackend
 from bot.matrix.api import MatrixHttp
 from bot.matrix.pins import PIN_PROBLEMS_KEY, load_problems, pin_summary, read_pins
 
 
-async def pinned_notice(http: MatrixHttp, store: Store | None, state: RoomState,
+async def pinned_notice(http: MatrixHttp, store: StoreBackend | None, state: RoomState,
                         bot_user_id: str) -> str:
     held: set[str] = set()
     problem = None

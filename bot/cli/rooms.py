@@ -34,12 +34,12 @@ from bot.engine.givenup import META_KEY as GIVEN_UP_KEY
 from bot.engine.givenup import GivenUpRoom, load_given_up
 from bot.engine.media import describe_media
 from bot.engine.model import MediaCounts
-from bot.engine.store import Store
+from bot.engine.store import StoreBackend
 from bot.front.joins import META_KEY as JOINS_META
 from bot.front.joins import PendingInvite, load_pending
 
 
-def summary(state: RoomState, schedule: RoomSchedule | None, store: Store | None,
+def summary(state: RoomState, schedule: RoomSchedule | None, store: StoreBackend | None,
             config: Config, media: dict[str, Any] | None = None) -> dict[str, Any]:
     """One room, as `rooms list --json` shows it."""
     known = store is not None
@@ -149,7 +149,7 @@ def list_rooms(ctx: click.Context, as_json: bool) -> None:
     run_async(go)
 
 
-async def _media(store: Store | None, room_id: str | None) -> MediaCounts | None:
+async def _media(store: StoreBackend | None, room_id: str | None) -> MediaCounts | None:
     """The files Lethe knows of in ``room_id`` (None: everywhere); None: no database."""
     return await store.media_counts(room_id) if store is not None else None
 

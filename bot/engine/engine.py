@@ -34,7 +34,7 @@ from bot.engine.policy import Policy
 from bot.engine.reclamp import reclamp_rooms
 from bot.engine.redactor import RedactionStats, Redactor, Transport
 from bot.engine.scheduler import ParkListener, RedactionListener, Scheduler
-from bot.engine.store import Store, StoreBackend
+from bot.engine.store import Database, OnConnect, StoreBackend, open_store
 
 log = logging.getLogger(__name__)
 
@@ -150,7 +150,7 @@ class Engine:
     @classmethod
     async def open(
         cls,
-        db_path: Path,
+        database: Database | Path,
         transport: Transport,
         config: EngineConfig,
         *,
@@ -158,10 +158,11 @@ class Engine:
         on_park: ParkListener | None = None,
         is_other_sender: Callable[[str], bool] | None = None,
         media: MediaTransport | None = None,
+        on_connect: OnConnect | None = None,
     ) -> Engine:
         """The way a front makes its engine: opens (and migrates) the database. With
         ``media`` and ``config.delete_media``, the files of expired messages are deleted."""
-        store = await Store.open(db_path)
+        store = await open_store(database, on_connect=on_connect)
         return cls(store, transport, config, clock=clock, on_park=on_park,
                    is_other_sender=is_other_sender, media=media)
 

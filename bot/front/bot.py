@@ -83,7 +83,7 @@ class LetheBot:
         self.media = AdminMediaTransport.from_config(self.config.homeserver.url,
                                                      self.config.erasure)
         self.engine = engine = await self.life.open_engine(
-            self.config.db_path,
+            self.config.database,
             HttpTransport(self.http, own_user=self.config.bot.user_id),
             EngineConfig(
                 self.config.bot.user_id,

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import re
 import sqlite3
 from collections import defaultdict, deque
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 from hypothesis import settings
@@ -27,7 +29,8 @@ from bot.engine.model import (
 )
 from bot.engine.policy import POLICY_EVENT_TYPE, Policy
 from bot.engine.redactor import Outcome, Reply
-from bot.engine.store import Store
+from bot.engine.store import Database
+from bot.engine.store.pgsql import translate
 
 # No per-example deadline to flake on a slow CI machine.
 settings.register_profile("lethe-unit", deadline=None)
@@ -155,14 +158,16 @@ class Harness:
 
     def __init__(
         self,
-        path: Path,
+        database: Database | Path,
         *,
         clock: TestClock | None = None,
         transport: FakeTransport | None = None,
         config: EngineConfig | None = None,
         on_park: Callable[[str, str], Awaitable[None]] | None = None,
     ) -> None:
-        self.path = path
+        self.database = database = (Database.sqlite(database) if isinstance(database, Path)
+                                    else database)
+        self.path = database.path  # SQLite's file (None on PostgreSQL)
         self.on_park = on_park
         self.clock = clock or TestClock()
         self.transport = transport or FakeTransport()
@@ -170,14 +175,15 @@ class Harness:
         self.engine: Engine | None = None
 
     @property
-    def store(self) -> Store:
+    def store(self) -> Any:
         """The database, for looking (and, in a few tests, writing behind the engine)."""
         assert self.engine is not None
         return self.engine._store
 
     async def start(self) -> Harness:
         self.engine = await Engine.open(
-            self.path, self.transport, self.config, clock=self.clock, on_park=self.on_park
+            self.database, self.transport, self.config, clock=self.clock,
+            on_park=self.on_park
         )
         await self.engine.start()
         await self.settle()
@@ -263,9 +269,44 @@ class Harness:
             assert row is not None, f"no room {room}"
             return dict(zip([c[0] for c in cur.description], row, strict=True))
 
-    def sync_db(self) -> sqlite3.Connection:
-        """A second, independent connection: sees only what is committed."""
-        return sqlite3.connect(self.path)
+    def sync_db(self) -> Any:
+        """A second, independent connection: sees only what is committed. sqlite3's API
+        (``with db:`` commits) on either backend; SQL in the store's dialect."""
+        if self.path is not None:
+            return sqlite3.connect(self.path)
+        return PgSyncDb(self.database)
+
+
+class PgSyncDb:
+    """sqlite3's connection API over psycopg2, for ``Harness.sync_db`` on PostgreSQL."""
+
+    def __init__(self, database: Database) -> None:
+        import psycopg2
+
+        parts = urlsplit(database.url)
+        schema = dict(parse_qsl(parts.query)).get("search_path")
+        self._conn = psycopg2.connect(
+            parts._replace(query="").geturl(),
+            options=f"-c search_path={schema}" if schema else None)
+
+    def execute(self, sql: str, params: Any = ()) -> Any:
+        text = re.sub(r"\$\d+\b", "%s", translate(sql).sql.replace("%", "%%"))
+        values = [int(v) if isinstance(v, int) else v for v in params]
+        cur = self._conn.cursor()
+        cur.execute(text, values or None)
+        return cur
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def __enter__(self) -> PgSyncDb:
+        return self
+
+    def __exit__(self, exc_type: Any, *rest: Any) -> None:
+        if exc_type is None:
+            self._conn.commit()
+        else:
+            self._conn.rollback()
 
 
 @pytest.fixture
@@ -274,12 +315,13 @@ def db_path(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-async def make_harness(db_path: Path):
-    """Factory: ``await make_harness(clock=..., transport=..., config=..., path=...)``."""
+async def make_harness(make_database):
+    """Factory: ``await make_harness(clock=..., transport=..., config=..., path=...)``,
+    on the test's backend (``path``: another store; the same path, the same store)."""
     made: list[Harness] = []
 
     async def make(path: Path | None = None, **kwargs: Any) -> Harness:
-        harness = Harness(path or db_path, **kwargs)
+        harness = Harness(make_database(path), **kwargs)
         made.append(harness)
         return await harness.start()
 

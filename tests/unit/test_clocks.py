@@ -5,6 +5,8 @@ across rooms, and a receipt costs what it newly covers."""
 
 from __future__ import annotations
 
+import pytest
+
 from bot.engine.engine import EngineConfig
 from bot.engine.model import MemberChange, Message, Receipt, RoomUpdate
 from bot.engine.policy import Policy
@@ -245,6 +247,7 @@ async def _receipt_steps(h: Harness, members: int, events: int) -> int:
     return steps
 
 
+@pytest.mark.sqlite_only  # reads SQLite's own machinery
 async def test_a_receipt_costs_what_it_covers_not_members_times_events(
     make_harness, tmp_path
 ) -> None:

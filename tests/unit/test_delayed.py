@@ -497,6 +497,7 @@ async def test_a_rebuilt_database_adopts_what_the_homeserver_still_holds(
     assert fake.arm_calls == [] and fake.cancel_calls == []
 
 
+@pytest.mark.sqlite_only  # reads SQLite's own machinery
 async def test_a_database_from_before_migrates_and_its_events_get_scheduled(
     make_harness: Any, db_path: Any,
 ) -> None:

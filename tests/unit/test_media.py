@@ -25,7 +25,7 @@ from bot.engine.media import (
 )
 from bot.engine.model import MediaCounts, MediaRef, MediaState, Message, Redaction
 from bot.engine.policy import Policy
-from bot.engine.store import MIGRATIONS, SCHEMA_VERSION, Store
+from bot.engine.store import MIGRATIONS, SCHEMA_VERSION, Database, Store
 from bot.matrix.api import HttpReply
 from bot.matrix.transport import media_outcome
 
@@ -68,15 +68,15 @@ class FakeMedia:
 class MediaHarness(Harness):
     __test__ = False
 
-    def __init__(self, path: Path, media: FakeMedia, **kwargs: Any) -> None:
+    def __init__(self, database: Database, media: FakeMedia, **kwargs: Any) -> None:
         kwargs.setdefault("config", EngineConfig(BOT, delete_media=True, ledger_ms=M))
-        super().__init__(path, **kwargs)
+        super().__init__(database, **kwargs)
         self.media = media
 
     async def start(self) -> MediaHarness:
         from bot.engine.engine import Engine
 
-        self.engine = await Engine.open(self.path, self.transport, self.config,
+        self.engine = await Engine.open(self.database, self.transport, self.config,
                                         clock=self.clock, media=self.media)
         await self.engine.start()
         await self.settle()
@@ -92,11 +92,12 @@ class MediaHarness(Harness):
 
 
 @pytest.fixture
-async def make_media(db_path: Path):
+async def make_media(make_database):
     made: list[MediaHarness] = []
 
     async def make(media: FakeMedia | None = None, **kwargs: Any) -> MediaHarness:
-        harness = MediaHarness(kwargs.pop("path", db_path), media or FakeMedia(), **kwargs)
+        harness = MediaHarness(make_database(kwargs.pop("path", None)), media or FakeMedia(),
+                               **kwargs)
         made.append(harness)
         return await harness.start()
 

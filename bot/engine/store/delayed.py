@@ -7,9 +7,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-import aiosqlite
-
 from bot.engine.model import ArmCandidate, CancelJob, Delay, DelayRef, DelayState
+from bot.engine.store.conn import Connection
 from bot.engine.store.sql import (
     DELAY_ARMED,
     DELAY_ARMING,
@@ -29,7 +28,7 @@ def _candidate(row: Any) -> ArmCandidate:
     return ArmCandidate(row[0], row[1], row[2], int(row[3]), delay)
 
 
-async def arm_candidates(conn: aiosqlite.Connection, low: int, high: int | None,
+async def arm_candidates(conn: Connection, low: int, high: int | None,
                          limit: int) -> list[ArmCandidate]:
     """Events with no delayed redaction, due from ``low`` to ``high``, earliest first,
     in rooms where Lethe may redact everybody's messages (elsewhere it would fail)."""
@@ -43,7 +42,7 @@ async def arm_candidates(conn: aiosqlite.Connection, low: int, high: int | None,
         return [_candidate(row) for row in await cur.fetchall()]
 
 
-async def stale(conn: aiosqlite.Connection, low: int, limit: int) -> list[ArmCandidate]:
+async def stale(conn: Connection, low: int, limit: int) -> list[ArmCandidate]:
     """Waiting events due from ``low`` on whose deadline moved before the delayed
     redaction scheduled for them: it is to be replaced."""
     async with conn.execute(
@@ -54,7 +53,7 @@ async def stale(conn: aiosqlite.Connection, low: int, limit: int) -> list[ArmCan
         return [_candidate(row) for row in await cur.fetchall()]
 
 
-async def next_unarmed(conn: aiosqlite.Connection, low: int) -> int | None:
+async def next_unarmed(conn: Connection, low: int) -> int | None:
     """The earliest due time from ``low`` on of an event with no delayed redaction."""
     async with conn.execute(
         f"SELECT min(due_at) FROM events INDEXED BY events_unarmed WHERE {UNARMED} "
@@ -64,7 +63,7 @@ async def next_unarmed(conn: aiosqlite.Connection, low: int) -> int | None:
     return None if row is None or row[0] is None else int(row[0])
 
 
-async def begin_arm(conn: aiosqlite.Connection, event_id: str, txn_id: str, by: str,
+async def begin_arm(conn: Connection, event_id: str, txn_id: str, by: str,
                     at: int) -> bool:
     cur = await conn.execute(
         f"UPDATE events SET delay_state = {DELAY_ARMING}, delay_txn = ?, delay_by = ?, "
@@ -75,7 +74,7 @@ async def begin_arm(conn: aiosqlite.Connection, event_id: str, txn_id: str, by: 
     return cur.rowcount > 0
 
 
-async def armed(conn: aiosqlite.Connection, event_id: str, txn_id: str, delay_id: str,
+async def armed(conn: Connection, event_id: str, txn_id: str, delay_id: str,
                 grace_ms: int) -> bool:
     cur = await conn.execute(
         f"UPDATE events SET delay_state = {DELAY_ARMED}, delay_id = ?, "
@@ -86,7 +85,7 @@ async def armed(conn: aiosqlite.Connection, event_id: str, txn_id: str, delay_id
     return cur.rowcount > 0
 
 
-async def adopt(conn: aiosqlite.Connection, event_id: str, delay_id: str, by: str, at: int,
+async def adopt(conn: Connection, event_id: str, delay_id: str, by: str, at: int,
                 grace_ms: int) -> bool:
     """A delayed redaction found in ``by``'s list for an event scheduling one (ARMING),
     or (the database was lost) with none: it is the event's."""
@@ -100,7 +99,7 @@ async def adopt(conn: aiosqlite.Connection, event_id: str, delay_id: str, by: st
     return cur.rowcount > 0
 
 
-async def disarm(conn: aiosqlite.Connection, event_id: str, *, never: bool,
+async def disarm(conn: Connection, event_id: str, *, never: bool,
                  delay_id: str | None = None) -> bool:
     """The delayed redaction is no more (cancelled, refused, or never made): NEVER when
     Lethe redacts the event itself from now on, else it may get another. With
@@ -115,13 +114,13 @@ async def disarm(conn: aiosqlite.Connection, event_id: str, *, never: bool,
     return cur.rowcount > 0
 
 
-async def leave_to_lethe(conn: aiosqlite.Connection, event_id: str) -> None:
+async def leave_to_lethe(conn: Connection, event_id: str) -> None:
     await conn.execute(
         f"UPDATE events SET delay_state = {DELAY_NEVER} WHERE event_id = ? "
         f"AND delay_state = {DELAY_NONE}", (event_id,))
 
 
-async def arming(conn: aiosqlite.Connection) -> list[ArmCandidate]:
+async def arming(conn: Connection) -> list[ArmCandidate]:
     """Events whose scheduling request may or may not have reached the homeserver."""
     async with conn.execute(
         f"SELECT e.event_id, e.room_id, e.sender, e.due_at, e.delay_txn, e.delay_by, "
@@ -132,7 +131,7 @@ async def arming(conn: aiosqlite.Connection) -> list[ArmCandidate]:
                 for r in await cur.fetchall()]
 
 
-async def delays_of(conn: aiosqlite.Connection, event_ids: Iterable[str]) -> dict[str, Delay]:
+async def delays_of(conn: Connection, event_ids: Iterable[str]) -> dict[str, Delay]:
     """The delayed-redaction state of each of ``event_ids`` Lethe tracks."""
     ids = list(event_ids)
     found: dict[str, Delay] = {}
@@ -151,7 +150,7 @@ async def delays_of(conn: aiosqlite.Connection, event_ids: Iterable[str]) -> dic
     return found
 
 
-async def armed_count(conn: aiosqlite.Connection, by: str | None = None,
+async def armed_count(conn: Connection, by: str | None = None,
                       room_id: str | None = None) -> int:
     sql = f"SELECT count(*) FROM events WHERE {DELAYED}"
     args: list[Any] = []
@@ -166,7 +165,7 @@ async def armed_count(conn: aiosqlite.Connection, by: str | None = None,
     return int(row[0]) if row else 0
 
 
-async def latest_armed(conn: aiosqlite.Connection, by: str) -> ArmCandidate | None:
+async def latest_armed(conn: Connection, by: str) -> ArmCandidate | None:
     """``by``'s delayed redaction that fires last."""
     async with conn.execute(
         f"SELECT {_CANDIDATE} FROM events AS e INDEXED BY events_delayed "
@@ -178,7 +177,7 @@ async def latest_armed(conn: aiosqlite.Connection, by: str) -> ArmCandidate | No
     return None if row is None else _candidate(row)
 
 
-async def fire_seconds(conn: aiosqlite.Connection, low: int) -> dict[int, int]:
+async def fire_seconds(conn: Connection, low: int) -> dict[int, int]:
     """How many delayed redactions fire in each second (ms // 1000) from ``low`` on."""
     async with conn.execute(
         f"SELECT delay_at / 1000, count(*) FROM events WHERE {DELAYED} AND delay_at >= ? "
@@ -190,14 +189,14 @@ async def fire_seconds(conn: aiosqlite.Connection, low: int) -> dict[int, int]:
 # --- the queue of delayed redactions to cancel ---------------------------------------
 
 
-async def queue_cancel(conn: aiosqlite.Connection, job: DelayRef) -> None:
+async def queue_cancel(conn: Connection, job: DelayRef) -> None:
     await conn.execute(
         "INSERT INTO delay_cancels (delay_id, user_id, room_id, target) VALUES (?, ?, ?, ?)",
         (job.delay_id, job.user_id, job.room_id, job.target),
     )
 
 
-async def due_cancels(conn: aiosqlite.Connection, now_ms: int, limit: int) -> list[CancelJob]:
+async def due_cancels(conn: Connection, now_ms: int, limit: int) -> list[CancelJob]:
     async with conn.execute(
         "SELECT id, delay_id, user_id, room_id, target, tries FROM delay_cancels "
         "WHERE not_before <= ? ORDER BY id LIMIT ?", (now_ms, limit),
@@ -206,18 +205,18 @@ async def due_cancels(conn: aiosqlite.Connection, now_ms: int, limit: int) -> li
                 for r in await cur.fetchall()]
 
 
-async def cancel_done(conn: aiosqlite.Connection, job_id: int) -> None:
+async def cancel_done(conn: Connection, job_id: int) -> None:
     await conn.execute("DELETE FROM delay_cancels WHERE id = ?", (job_id,))
 
 
-async def cancel_later(conn: aiosqlite.Connection, job_id: int, not_before: int) -> None:
+async def cancel_later(conn: Connection, job_id: int, not_before: int) -> None:
     await conn.execute(
         "UPDATE delay_cancels SET not_before = ?, tries = tries + 1 WHERE id = ?",
         (not_before, job_id),
     )
 
 
-async def cancels(conn: aiosqlite.Connection) -> tuple[int, int | None]:
+async def cancels(conn: Connection) -> tuple[int, int | None]:
     """How many cancellations are queued, and when the next may be tried."""
     async with conn.execute("SELECT count(*), min(not_before) FROM delay_cancels") as cur:
         row = await cur.fetchone()

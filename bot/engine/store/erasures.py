@@ -4,26 +4,25 @@ confirmed each. Ids and times only; written with the confirmation itself
 
 from __future__ import annotations
 
-import aiosqlite
-
 from bot.engine.model import Erasure
+from bot.engine.store.conn import Connection
 
 _COLUMNS = "room_id, event_id, redacted_at"
 
 
-async def record(conn: aiosqlite.Connection, room_id: str, event_id: str, now_ms: int) -> None:
+async def record(conn: Connection, room_id: str, event_id: str, now_ms: int) -> None:
     await conn.execute(
         f"INSERT INTO erasures ({_COLUMNS}) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
         (room_id, event_id, now_ms),
     )
 
 
-async def prune(conn: aiosqlite.Connection, before_ms: int) -> int:
+async def prune(conn: Connection, before_ms: int) -> int:
     cur = await conn.execute("DELETE FROM erasures WHERE redacted_at < ?", (before_ms,))
     return max(cur.rowcount, 0)
 
 
-async def in_room(conn: aiosqlite.Connection, room_id: str, since_ms: int | None) -> list[Erasure]:
+async def in_room(conn: Connection, room_id: str, since_ms: int | None) -> list[Erasure]:
     async with conn.execute(
         f"SELECT {_COLUMNS} FROM erasures WHERE room_id = ? AND redacted_at >= ? "
         "ORDER BY redacted_at, event_id",
@@ -32,7 +31,7 @@ async def in_room(conn: aiosqlite.Connection, room_id: str, since_ms: int | None
         return [Erasure(*row) for row in await cur.fetchall()]
 
 
-async def sample(conn: aiosqlite.Connection, each: int) -> list[Erasure]:
+async def sample(conn: Connection, each: int) -> list[Erasure]:
     """The ``each`` oldest and ``each`` newest entries (fewer when the ledger is short),
     oldest first, each once."""
     found: dict[tuple[str, str], Erasure] = {}
@@ -46,7 +45,7 @@ async def sample(conn: aiosqlite.Connection, each: int) -> list[Erasure]:
     return sorted(found.values(), key=lambda e: (e.redacted_at, e.event_id))
 
 
-async def oldest(conn: aiosqlite.Connection) -> int | None:
+async def oldest(conn: Connection) -> int | None:
     async with conn.execute("SELECT min(redacted_at) FROM erasures") as cur:
         row = await cur.fetchone()
     return None if row is None or row[0] is None else int(row[0])

@@ -7,8 +7,6 @@ from collections import deque
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-import aiosqlite
-
 from bot.engine.model import (
     Delay,
     DelayState,
@@ -21,6 +19,7 @@ from bot.engine.model import (
 from bot.engine.msgtimer import Own
 from bot.engine.policy import Readers
 from bot.engine.store import erasures, media
+from bot.engine.store.conn import Connection
 from bot.engine.store.sql import (
     DELAYED,
     DUE_COLUMNS,
@@ -51,7 +50,7 @@ def due_event(row: Sequence[Any]) -> DueEvent:
     return DueEvent(row[0], row[1], row[2], row[3], row[4], row[5], delay)
 
 
-async def queue_cancels(conn: aiosqlite.Connection, where: str, params: dict[str, Any]) -> None:
+async def queue_cancels(conn: Connection, where: str, params: dict[str, Any]) -> None:
     """Before rows matching ``where`` go: the delayed redactions scheduled for them are
     to be cancelled (store/delayed.py works the queue)."""
     await conn.execute(
@@ -62,7 +61,7 @@ async def queue_cancels(conn: aiosqlite.Connection, where: str, params: dict[str
     )
 
 
-async def insert_events(conn: aiosqlite.Connection, rows: Sequence[TrackedEvent]) -> None:
+async def insert_events(conn: Connection, rows: Sequence[TrackedEvent]) -> None:
     await conn.executemany(
         "INSERT INTO events (event_id, room_id, sender, seq, origin_ts, thread_id, parent_id, "
         "mode, timer_ms, cap_ms, readers_any, read_at, due_at, sent_at, readers_left, own) "
@@ -93,7 +92,7 @@ async def insert_events(conn: aiosqlite.Connection, rows: Sequence[TrackedEvent]
 
 
 async def known_event_ids(
-    conn: aiosqlite.Connection, event_ids: Iterable[str], room_id: str | None
+    conn: Connection, event_ids: Iterable[str], room_id: str | None
 ) -> set[str]:
     ids = list(event_ids)
     known: set[str] = set()
@@ -109,7 +108,7 @@ async def known_event_ids(
     return known
 
 
-async def pending_count(conn: aiosqlite.Connection, room_id: str | None) -> int:
+async def pending_count(conn: Connection, room_id: str | None) -> int:
     sql = f"SELECT count(*) FROM events WHERE status != {FAILED}"
     args: tuple[Any, ...] = ()
     if room_id is not None:
@@ -121,7 +120,7 @@ async def pending_count(conn: aiosqlite.Connection, room_id: str | None) -> int:
 
 
 async def pending(
-    conn: aiosqlite.Connection, room_id: str | None, limit: int
+    conn: Connection, room_id: str | None, limit: int
 ) -> list[PendingEvent]:
     sql = f"SELECT event_id, room_id, sender, origin_ts, {SHOWN_DUE}, status, own FROM events"
     args: list[Any] = []
@@ -138,7 +137,7 @@ async def pending(
         ]
 
 
-async def count_by_status(conn: aiosqlite.Connection) -> dict[EventStatus | int, int]:
+async def count_by_status(conn: Connection) -> dict[EventStatus | int, int]:
     async with conn.execute("SELECT status, count(*) FROM events GROUP BY status") as cur:
         return {_status(status): int(count) for status, count in await cur.fetchall()}
 
@@ -157,11 +156,11 @@ def _status(value: int) -> EventStatus | int:
         return int(value)  # written by a newer version
 
 
-async def next_due(conn: aiosqlite.Connection) -> int | None:
+async def next_due(conn: Connection) -> int | None:
     async with conn.execute(
         "SELECT min(at) FROM ("
         f"SELECT min(due_at) AS at FROM events WHERE {SCHEDULED} "
-        f"UNION ALL SELECT min(check_at) FROM events WHERE status = {SENT})"
+        f"UNION ALL SELECT min(check_at) FROM events WHERE status = {SENT}) AS due"
     ) as cur:
         row = await cur.fetchone()
     return None if row is None or row[0] is None else int(row[0])
@@ -176,7 +175,7 @@ class DueRooms:
 
 
 async def claim_due(
-    conn: aiosqlite.Connection, due_rooms: DueRooms, now_ms: int, limit: int
+    conn: Connection, due_rooms: DueRooms, now_ms: int, limit: int
 ) -> list[DueEvent]:
     # Two queries, each along its own index, rather than one OR the planner would
     # answer by sorting every due row.
@@ -204,7 +203,7 @@ async def claim_due(
 
 
 async def _claim_fairly(
-    conn: aiosqlite.Connection, due: DueRooms, now_ms: int, limit: int
+    conn: Connection, due: DueRooms, now_ms: int, limit: int
 ) -> list[DueEvent]:
     """Up to ``limit`` due events, the rooms with due events taking turns: each gives
     its earliest, a share at a time, starting after the room served last. The rooms
@@ -243,11 +242,11 @@ async def _claim_fairly(
     return picked[:limit]
 
 
-async def reset_in_flight(conn: aiosqlite.Connection) -> None:
+async def reset_in_flight(conn: Connection) -> None:
     await conn.execute(f"UPDATE events SET status = {WAITING} WHERE status = {IN_FLIGHT}")
 
 
-async def record_txn(conn: aiosqlite.Connection, event_id: str, txn_id: str) -> None:
+async def record_txn(conn: Connection, event_id: str, txn_id: str) -> None:
     await conn.execute(
         "UPDATE events SET txn_id = ?, attempts = attempts + 1 WHERE event_id = ?",
         (txn_id, event_id),
@@ -255,7 +254,7 @@ async def record_txn(conn: aiosqlite.Connection, event_id: str, txn_id: str) -> 
 
 
 async def mark_sent(
-    conn: aiosqlite.Connection, event_id: str, redaction_id: str, check_at: int
+    conn: Connection, event_id: str, redaction_id: str, check_at: int
 ) -> None:
     await conn.execute(
         f"UPDATE events SET status = {SENT}, redaction_id = ?, check_at = ? "
@@ -264,7 +263,7 @@ async def mark_sent(
     )
 
 
-async def reschedule(conn: aiosqlite.Connection, event_id: str, due_at: int) -> None:
+async def reschedule(conn: Connection, event_id: str, due_at: int) -> None:
     await conn.execute(
         f"UPDATE events SET status = {WAITING}, due_at = ?, redaction_id = NULL "
         "WHERE event_id = ?",
@@ -272,7 +271,7 @@ async def reschedule(conn: aiosqlite.Connection, event_id: str, due_at: int) -> 
     )
 
 
-async def park(conn: aiosqlite.Connection, room_id: str, event_id: str) -> None:
+async def park(conn: Connection, room_id: str, event_id: str) -> None:
     await conn.execute(
         f"UPDATE events SET status = {PARKED}, redaction_id = NULL WHERE event_id = ?",
         (event_id,),
@@ -280,7 +279,7 @@ async def park(conn: aiosqlite.Connection, room_id: str, event_id: str) -> None:
     await conn.execute("UPDATE rooms SET can_redact = 0 WHERE room_id = ?", (room_id,))
 
 
-async def fail(conn: aiosqlite.Connection, room_id: str, event_id: str) -> None:
+async def fail(conn: Connection, room_id: str, event_id: str) -> None:
     await conn.execute(
         f"UPDATE events SET status = {FAILED}, redaction_id = NULL WHERE event_id = ?",
         (event_id,),
@@ -290,7 +289,7 @@ async def fail(conn: aiosqlite.Connection, room_id: str, event_id: str) -> None:
     )
 
 
-async def finish_redacted(conn: aiosqlite.Connection, room_id: str, event_id: str,
+async def finish_redacted(conn: Connection, room_id: str, event_id: str,
                           now_ms: int, *, fired: bool = False) -> bool:
     async with conn.execute(
         "DELETE FROM events WHERE event_id = ? AND room_id = ? "
@@ -314,7 +313,7 @@ async def finish_redacted(conn: aiosqlite.Connection, room_id: str, event_id: st
     return gone is not None
 
 
-async def _cascade(conn: aiosqlite.Connection, room_id: str, parent_id: str, now_ms: int) -> None:
+async def _cascade(conn: Connection, room_id: str, parent_id: str, now_ms: int) -> None:
     """Lethe expired ``parent_id``: its edits, reactions and poll responses are due now.
 
     Rows stored before thread replies became messages of their own name their thread
@@ -329,7 +328,7 @@ async def _cascade(conn: aiosqlite.Connection, room_id: str, parent_id: str, now
     await _drop_followers(conn, room_id, parent_id)
 
 
-async def _drop_followers(conn: aiosqlite.Connection, room_id: str, parent_id: str) -> None:
+async def _drop_followers(conn: Connection, room_id: str, parent_id: str) -> None:
     """``parent_id`` is gone without taking its children along: those tracked only to
     follow it (sent while the policy was off, so no deadline of their own), and
     theirs in turn, are forgotten rather than left waiting forever; the others keep
@@ -354,7 +353,7 @@ async def _drop_followers(conn: aiosqlite.Connection, room_id: str, parent_id: s
 
 
 async def redaction_target(
-    conn: aiosqlite.Connection, room_id: str, event_id: str
+    conn: Connection, room_id: str, event_id: str
 ) -> RedactionTarget | None:
     async with conn.execute(
         f"SELECT {DUE_COLUMNS}, status, redaction_id "
@@ -368,7 +367,7 @@ async def redaction_target(
     return RedactionTarget(_status(row[10]), row[11], due)
 
 
-async def forget(conn: aiosqlite.Connection, room_id: str, event_id: str) -> None:
+async def forget(conn: Connection, room_id: str, event_id: str) -> None:
     await queue_cancels(conn, "event_id = :event AND room_id = :room",
                         {"event": event_id, "room": room_id})
     await conn.execute(

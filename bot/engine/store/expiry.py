@@ -3,13 +3,12 @@ earlier, never later."""
 
 from __future__ import annotations
 
-import aiosqlite
-
 from bot.engine.msgtimer import Expiry, Own
+from bot.engine.store.conn import Connection
 from bot.engine.store.sql import PARKED, WAITING
 
 
-async def expire(conn: aiosqlite.Connection, room_id: str, event_id: str,
+async def expire(conn: Connection, room_id: str, event_id: str,
                  due_ms: int) -> Expiry:
     """Make the tracked ``event_id`` of ``room_id`` due at ``due_ms`` if that is earlier
     than its deadline (a receipt only ever moves due_at earlier, so it stays)."""

@@ -11,11 +11,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import aiosqlite
-
 from bot.engine.held import HeldEvent
 from bot.engine.model import TrackedEvent
 from bot.engine.policy import Mode, Policy, Readers
+from bot.engine.store.conn import Connection
 from bot.engine.store.events import queue_cancels
 from bot.engine.store.sql import MODE_CODE, WAITING
 
@@ -24,7 +23,7 @@ _MODES = {code: mode for mode, code in MODE_CODE.items()}
 _RULE = "sender, seq, origin_ts, sent_at, thread_id, mode, timer_ms, cap_ms, readers_any"
 
 
-async def hold(conn: aiosqlite.Connection, room_id: str, event_id: str) -> bool:
+async def hold(conn: Connection, room_id: str, event_id: str) -> bool:
     """Take the event off the schedule, keeping its rule; or, not tracked yet, wait for
     it. False if it is on its way out already (claimed, sent, parked or failed)."""
     cur = await conn.execute(
@@ -43,7 +42,7 @@ async def hold(conn: aiosqlite.Connection, room_id: str, event_id: str) -> bool:
     return True
 
 
-async def fill(conn: aiosqlite.Connection, event_id: str, row: TrackedEvent | None) -> None:
+async def fill(conn: Connection, event_id: str, row: TrackedEvent | None) -> None:
     """The held event's echo: the row it would have been tracked as, or None (the
     room's policy was off then: releasing it tracks nothing)."""
     values: tuple[Any, ...] = (None, None, None, None, None, MODE_CODE[Mode.OFF], None,
@@ -59,7 +58,7 @@ async def fill(conn: aiosqlite.Connection, event_id: str, row: TrackedEvent | No
         "AND mode IS NULL", (*values, event_id))
 
 
-async def take(conn: aiosqlite.Connection, room_id: str, event_id: str) -> HeldEvent | None:
+async def take(conn: Connection, room_id: str, event_id: str) -> HeldEvent | None:
     """Remove the hold; what it held, or None if nothing was."""
     async with conn.execute(
         f"SELECT event_id, room_id, {_RULE} FROM held WHERE event_id = ? AND room_id = ?",
@@ -72,7 +71,7 @@ async def take(conn: aiosqlite.Connection, room_id: str, event_id: str) -> HeldE
     return _held(found)
 
 
-async def held(conn: aiosqlite.Connection, room_id: str | None) -> list[HeldEvent]:
+async def held(conn: Connection, room_id: str | None) -> list[HeldEvent]:
     where, args = ("WHERE room_id = ?", (room_id,)) if room_id is not None else ("", ())
     async with conn.execute(
         f"SELECT event_id, room_id, {_RULE} FROM held {where} ORDER BY rowid", args,

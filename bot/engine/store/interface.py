@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
-from pathlib import Path
 from typing import Protocol
 
 from bot.engine.held import HeldEvent
@@ -37,6 +36,7 @@ from bot.engine.model import (
 )
 from bot.engine.msgtimer import Expiry
 from bot.engine.policy import Policy, StatePolicy
+from bot.engine.store.database import Database
 
 
 class TransactionOps(Protocol):
@@ -101,7 +101,7 @@ class TransactionOps(Protocol):
 class StoreBackend(Protocol):
     """Reads, and the door to writes (see sqlite.Store for what each does)."""
 
-    path: Path
+    database: Database
     readonly: bool
 
     def transaction(self) -> AbstractAsyncContextManager[TransactionOps]: ...

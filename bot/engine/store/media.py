@@ -14,9 +14,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-import aiosqlite
-
 from bot.engine.model import DueMedia, MediaCounts, MediaState, TrackedEvent
+from bot.engine.store.conn import Connection
 from bot.engine.store.sql import MEDIA_DELETED, MEDIA_DUE, MEDIA_HELD, MEDIA_REMOTE
 
 # A due file no tracked message still holds (alias ``m``).
@@ -25,7 +24,7 @@ _FREE = (f"m.state = {MEDIA_DUE} AND NOT EXISTS (SELECT 1 FROM media AS h "
          f"AND h.state = {MEDIA_HELD})")
 
 
-async def insert_media(conn: aiosqlite.Connection, rows: Sequence[TrackedEvent]) -> None:
+async def insert_media(conn: Connection, rows: Sequence[TrackedEvent]) -> None:
     """With the events: a row seen twice (backfill overlap) keeps its first state."""
     media = [(r.event_id, m.server, m.media_id, r.room_id) for r in rows for m in r.media]
     if media:
@@ -34,7 +33,7 @@ async def insert_media(conn: aiosqlite.Connection, rows: Sequence[TrackedEvent])
             "ON CONFLICT DO NOTHING", media)
 
 
-async def message_gone(conn: aiosqlite.Connection, event_id: str, now_ms: int) -> None:
+async def message_gone(conn: Connection, event_id: str, now_ms: int) -> None:
     """The message is redacted: its files are due (in the same transaction)."""
     await conn.execute(
         f"UPDATE media SET state = {MEDIA_DUE}, changed_at = ?, retry_at = ? "
@@ -42,14 +41,14 @@ async def message_gone(conn: aiosqlite.Connection, event_id: str, now_ms: int) -
         (now_ms, now_ms, event_id))
 
 
-async def drop_held_of_room(conn: aiosqlite.Connection, room_id: str) -> None:
+async def drop_held_of_room(conn: Connection, room_id: str) -> None:
     """Lethe left the room: its messages stay, and so do their files. Due ones, whose
     message is gone already, are still deleted."""
     await conn.execute(f"DELETE FROM media WHERE room_id = ? AND state = {MEDIA_HELD}",
                        (room_id,))
 
 
-async def due_files(conn: aiosqlite.Connection, now_ms: int, limit: int) -> list[DueMedia]:
+async def due_files(conn: Connection, now_ms: int, limit: int) -> list[DueMedia]:
     """Up to ``limit`` files due by ``now_ms`` that no tracked message still holds,
     the longest waiting first."""
     async with conn.execute(
@@ -61,7 +60,7 @@ async def due_files(conn: aiosqlite.Connection, now_ms: int, limit: int) -> list
         return [DueMedia(row[0], row[1], int(row[2])) for row in await cur.fetchall()]
 
 
-async def next_due(conn: aiosqlite.Connection) -> int | None:
+async def next_due(conn: Connection) -> int | None:
     """When the earliest due file no tracked message holds is to be tried."""
     async with conn.execute(
         f"SELECT min(m.retry_at) FROM media AS m INDEXED BY media_due WHERE {_FREE}"
@@ -70,7 +69,7 @@ async def next_due(conn: aiosqlite.Connection) -> int | None:
     return None if row is None or row[0] is None else int(row[0])
 
 
-async def settle(conn: aiosqlite.Connection, server: str, media_id: str,
+async def settle(conn: Connection, server: str, media_id: str,
                  state: MediaState, now_ms: int) -> None:
     """Every due row of the file is done: DELETED or REMOTE."""
     assert state in (MediaState.DELETED, MediaState.REMOTE)
@@ -80,7 +79,7 @@ async def settle(conn: aiosqlite.Connection, server: str, media_id: str,
         (int(state), now_ms, server, media_id))
 
 
-async def retry(conn: aiosqlite.Connection, server: str, media_id: str,
+async def retry(conn: Connection, server: str, media_id: str,
                 retry_at: int) -> None:
     await conn.execute(
         "UPDATE media SET retry_at = ?, attempts = attempts + 1 "
@@ -88,7 +87,7 @@ async def retry(conn: aiosqlite.Connection, server: str, media_id: str,
         (retry_at, server, media_id))
 
 
-async def prune(conn: aiosqlite.Connection, before_ms: int) -> int:
+async def prune(conn: Connection, before_ms: int) -> int:
     """Forget settled files older than the ledger; returns how many rows went."""
     cur = await conn.execute(
         f"DELETE FROM media WHERE state IN ({MEDIA_DELETED}, {MEDIA_REMOTE}) "
@@ -96,7 +95,7 @@ async def prune(conn: aiosqlite.Connection, before_ms: int) -> int:
     return int(cur.rowcount)
 
 
-async def counts(conn: aiosqlite.Connection, room_id: str | None) -> MediaCounts:
+async def counts(conn: Connection, room_id: str | None) -> MediaCounts:
     """Files by state (a file two messages point at counts once)."""
     sql = "SELECT state, count(DISTINCT server || '/' || media_id) FROM media"
     args: tuple[Any, ...] = ()
@@ -109,7 +108,7 @@ async def counts(conn: aiosqlite.Connection, room_id: str | None) -> MediaCounts
         MediaState.HELD, MediaState.DUE, MediaState.DELETED, MediaState.REMOTE)))
 
 
-async def files_of(conn: aiosqlite.Connection, event_ids: Sequence[str]
+async def files_of(conn: Connection, event_ids: Sequence[str]
                    ) -> list[tuple[str, str, str, MediaState]]:
     """(event_id, server, media_id, state) of the files these events pointed at."""
     found: list[tuple[str, str, str, MediaState]] = []

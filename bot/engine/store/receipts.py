@@ -6,10 +6,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import aiosqlite
-
 from bot.engine.model import ReceiptMove
 from bot.engine.reads import plan_cover_many
+from bot.engine.store.conn import Connection
 from bot.engine.store.sql import UNREAD, read_deadline
 
 # Whether member m has read event e (thread keys as in ``reads.receipt_thread``).
@@ -54,9 +53,9 @@ _NEWLY_COVERED = f"""
 # than its cap). SET sees the old readers_left: "<= 1" means "now 0".
 _COVER = f"""
 UPDATE events AS e
-SET readers_left = CASE WHEN e.readers_any THEN 0 ELSE e.readers_left - 1 END,
-    read_at = CASE WHEN e.readers_any OR e.readers_left <= 1 THEN :read_at END,
-    due_at = CASE WHEN e.readers_any OR e.readers_left <= 1
+SET readers_left = CASE WHEN e.readers_any <> 0 THEN 0 ELSE e.readers_left - 1 END,
+    read_at = CASE WHEN e.readers_any <> 0 OR e.readers_left <= 1 THEN :read_at END,
+    due_at = CASE WHEN e.readers_any <> 0 OR e.readers_left <= 1
         THEN {read_deadline(":read_at", "e.due_at", "e.timer_ms")}
         ELSE e.due_at END
 WHERE {_NEWLY_COVERED}
@@ -98,7 +97,7 @@ WHERE room_id = :room_id AND seq < coalesce(
 
 
 async def move_receipt(
-    conn: aiosqlite.Connection, room_id: str, user_id: str, thread: str, seq: int
+    conn: Connection, room_id: str, user_id: str, thread: str, seq: int
 ) -> int | None:
     async with conn.execute(
         "SELECT seq FROM receipts WHERE room_id = ? AND user_id = ? AND thread = ?",
@@ -116,7 +115,7 @@ async def move_receipt(
     return old
 
 
-async def event_seq(conn: aiosqlite.Connection, room_id: str, event_id: str) -> int | None:
+async def event_seq(conn: Connection, room_id: str, event_id: str) -> int | None:
     async with conn.execute(
         "SELECT seq FROM positions WHERE room_id = ? AND event_id = ? "
         "UNION ALL SELECT seq FROM events WHERE event_id = ? AND room_id = ? LIMIT 1",
@@ -127,7 +126,7 @@ async def event_seq(conn: aiosqlite.Connection, room_id: str, event_id: str) -> 
 
 
 async def insert_positions(
-    conn: aiosqlite.Connection, rows: Sequence[tuple[str, str, int]]
+    conn: Connection, rows: Sequence[tuple[str, str, int]]
 ) -> None:
     await conn.executemany(
         "INSERT INTO positions (room_id, event_id, seq) VALUES (?, ?, ?) "
@@ -136,7 +135,7 @@ async def insert_positions(
     )
 
 
-async def cap_positions(conn: aiosqlite.Connection, room_id: str, keep: int) -> int:
+async def cap_positions(conn: Connection, room_id: str, keep: int) -> int:
     cur = await conn.execute(
         "DELETE FROM positions WHERE room_id = :room AND seq < ("
         "SELECT seq FROM positions WHERE room_id = :room "
@@ -146,12 +145,12 @@ async def cap_positions(conn: aiosqlite.Connection, room_id: str, keep: int) -> 
     return cur.rowcount
 
 
-async def prune_positions(conn: aiosqlite.Connection, room_id: str) -> int:
+async def prune_positions(conn: Connection, room_id: str) -> int:
     cur = await conn.execute(_PRUNE_POSITIONS, {"room_id": room_id})
     return cur.rowcount
 
 
-async def has_unread(conn: aiosqlite.Connection, room_id: str) -> bool:
+async def has_unread(conn: Connection, room_id: str) -> bool:
     async with conn.execute(
         f"SELECT 1 FROM events AS e WHERE e.room_id = ? AND {UNREAD} LIMIT 1", (room_id,)
     ) as cur:
@@ -159,7 +158,7 @@ async def has_unread(conn: aiosqlite.Connection, room_id: str) -> bool:
 
 
 async def cover(
-    conn: aiosqlite.Connection, room_id: str, user_id: str, thread: str,
+    conn: Connection, room_id: str, user_id: str, thread: str,
     old_seq: int, new_seq: int, read_at: int,
 ) -> int:
     cur = await conn.execute(_COVER, {
@@ -170,7 +169,7 @@ async def cover(
 
 
 async def cover_many(
-    conn: aiosqlite.Connection, room_id: str, moves: Sequence[ReceiptMove]
+    conn: Connection, room_id: str, moves: Sequence[ReceiptMove]
 ) -> int:
     if not moves:
         return 0
@@ -202,8 +201,8 @@ async def cover_many(
     changes = plan_cover_many(moves, users, joined, stored, events)
     await conn.executemany(
         "UPDATE events SET readers_left = ?1, "
-        "read_at = CASE WHEN ?2 THEN ?3 END, "
-        f"due_at = CASE WHEN ?2 THEN {read_deadline('?3')} "
+        "read_at = CASE WHEN ?2 <> 0 THEN ?3 END, "
+        f"due_at = CASE WHEN ?2 <> 0 THEN {read_deadline('?3')} "
         "ELSE due_at END "
         "WHERE event_id = ?4",
         changes,
@@ -211,12 +210,12 @@ async def cover_many(
     return len(changes)
 
 
-async def leave(conn: aiosqlite.Connection, room_id: str, user_id: str) -> int:
+async def leave(conn: Connection, room_id: str, user_id: str) -> int:
     cur = await conn.execute(_LEAVE, {"room_id": room_id, "user_id": user_id})
     return cur.rowcount
 
 
-async def mark_read(conn: aiosqlite.Connection, room_id: str, read_at: int, max_seq: int) -> int:
+async def mark_read(conn: Connection, room_id: str, read_at: int, max_seq: int) -> int:
     cur = await conn.execute(
         _MARK_READ, {"room_id": room_id, "read_at": read_at, "max_seq": max_seq}
     )

@@ -6,8 +6,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import aiosqlite
-
 from bot.engine.held import HeldEvent
 from bot.engine.model import (
     DelayRef,
@@ -30,19 +28,20 @@ from bot.engine.store import (
     receipts,
     rooms,
 )
+from bot.engine.store.conn import Connection
 from bot.engine.store.errors import StoreError
 
 
 class Transaction:
-    def __init__(self, conn: aiosqlite.Connection, due_rooms: events.DueRooms) -> None:
-        self._live: aiosqlite.Connection | None = conn
+    def __init__(self, conn: Connection, due_rooms: events.DueRooms) -> None:
+        self._live: Connection | None = conn
         self._due_rooms = due_rooms
 
     def _end(self) -> None:
         self._live = None
 
     @property
-    def _conn(self) -> aiosqlite.Connection:
+    def _conn(self) -> Connection:
         if self._live is None:
             raise StoreError("a transaction was used after it ended")
         return self._live
