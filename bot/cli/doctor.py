@@ -28,7 +28,7 @@ from bot.cli.mediacheck import admin_token_check, media_checks
 from bot.cli.output import emit_json, json_option, say
 from bot.cli.roomstate import RoomState
 from bot.config import PICKLE_KEY_ENV, Config
-from bot.engine.store import SCHEMA_VERSION, StoreError
+from bot.engine.store import SCHEMA_VERSION, StoreError, probe_postgres
 from bot.matrix.api import HomeserverUnavailable
 from bot.matrix.credentials import Credentials, LoginFailed
 from bot.matrix.crosssigning import IdentityError, fingerprint, query_identities, stored_master
@@ -249,6 +249,8 @@ class Doctor:
             self.add("database", WARN, f"{self.config.database} does not exist yet (the bot "
                                        "creates it on its first run)")
             return
+        if not self.config.database.is_sqlite and not await self.database_connection():
+            return
         try:
             async with readonly_store(self.config, required=True) as store:
                 assert store is not None
@@ -264,6 +266,19 @@ class Doctor:
         if counts["failed"]:
             self.add("database", WARN, f"{counts['failed']} redaction(s) the homeserver never "
                                        "confirmed (`lethe pending` lists them as failed)")
+
+
+    async def database_connection(self) -> bool:
+        """PostgreSQL: reachable, its version, the schema's, a round trip's time."""
+        try:
+            found = await probe_postgres(self.config.database)
+        except StoreError as exc:  # names the problem, the password masked
+            self.add("database", FAIL, str(exc))
+            return False
+        self.add("database", OK, f"{self.config.database.shown}: PostgreSQL "
+                 f"{found.server_version}, schema v{found.schema_version}, round trip "
+                 f"{found.round_trip_ms:.1f} ms")
+        return True
 
 
 async def _get_json(session: aiohttp.ClientSession, url: str) -> dict[str, Any] | None:

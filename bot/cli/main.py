@@ -40,6 +40,7 @@ class Lethe(click.Group):
         "audit": "bot.cli.audit:audit",
         "bridge": "bridge.cli:bridge",
         "config": "bot.cli.config:config",
+        "db": "bot.cli.db:db",
         "defaults": "bot.cli.defaults:defaults",
         "doctor": "bot.cli.doctor:doctor",
         "pending": "bot.cli.pending:pending",
