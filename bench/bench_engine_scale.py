@@ -34,7 +34,7 @@ from typing import Any
 import asyncpg
 
 from bench.common import Timer, peak_rss_mb, save, table
-from bot.devtools.localpostgres import LocalPostgres
+from bot.devtools.localpostgres import LocalPostgres, postgres_available
 from bot.engine.engine import Engine, EngineConfig
 from bot.engine.model import MemberChange, Message, PolicyEvent, RoomUpdate
 from bot.engine.policy import POLICY_EVENT_TYPE, Policy
@@ -286,7 +286,8 @@ def main() -> None:
     parser.add_argument("--rooms", type=int, default=10_000)
     parser.add_argument("--backend", choices=("sqlite", "postgresql", "both"), default="both")
     parser.add_argument("--dir", type=Path, default=Path(tempfile.gettempdir()),
-                        help="where the databases go (10 M events: about 8 GB at the peak)")
+                        help="where the databases go (10 M events: a few GB each); as root, "
+                        "the postgres account must be able to reach it")
     parser.add_argument("--child", choices=("sqlite", "postgresql"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
@@ -294,6 +295,9 @@ def main() -> None:
         print(json.dumps(result))
         return
     backends = ("sqlite", "postgresql") if args.backend == "both" else (args.backend,)
+    if args.backend == "both" and not postgres_available():
+        print("PostgreSQL's server binaries are not installed: SQLite only", flush=True)
+        backends = ("sqlite",)
     results = {}
     for backend in backends:
         with Timer() as took:
