@@ -219,9 +219,22 @@ class Ingestor:
                     # to follow, and must not wait on it forever.
                     tracked_parents.discard(item.target)
         await tx.insert_events(rows)
+        positions = await self._kept_positions(update, positions)
         await tx.insert_positions(positions)
         room.positions = len(positions)
         return len(rows)
+
+    async def _kept_positions(
+        self, update: RoomUpdate, positions: list[tuple[str, str, int]]
+    ) -> list[tuple[str, str, int]]:
+        """The positions the pruning after this update keeps, and those its receipts name
+        (read before the pruning): with nothing unread in the room, this batch's events
+        included, prune_positions keeps only the newest. Writing the rest to delete them
+        at once cost two index inserts and two deletes per event (benchmark 4)."""
+        if len(positions) <= 1 or await self._store.has_unread(update.room_id):
+            return positions
+        named = {receipt.event_id for receipt in update.receipts}
+        return [p for p in positions[:-1] if p[1] in named] + positions[-1:]
 
     def _track(
         self,

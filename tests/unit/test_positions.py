@@ -12,6 +12,7 @@ import pytest
 from bot.engine import ingest
 from bot.engine.model import Marker, MemberChange, Message, PolicyEvent, Receipt, TimelineItem
 from bot.engine.policy import Policy
+from bot.engine.store import receipts as receipts_store
 
 from .conftest import ALICE, BOB, CAROL, ROOM, T0, Harness, TestClock
 
@@ -158,3 +159,32 @@ async def test_forgetting_a_room_drops_its_positions(h: Harness) -> None:
     await h.engine.forget_room(ROOM)
     assert await _positions(h) == 0
     assert await _positions(h, "!other:x") == 1
+
+
+async def test_with_nothing_unread_only_what_is_kept_is_written(h: Harness, monkeypatch) -> None:
+    """Nothing unread (the batch included): the pruning would keep only the newest
+    position, so only it is written, and any a receipt in the same update names, which
+    still counts. With an unread message every position is written."""
+    written: list[str] = []
+    real = receipts_store.insert_positions
+
+    async def spy(conn: object, rows: list[tuple[str, str, int]]) -> None:
+        written.extend(row[1] for row in rows)
+        await real(conn, rows)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(receipts_store, "insert_positions", spy)
+    await _room(h)
+    await h.ingest(Message("$m1", ALICE, h.now()), receipts=(Receipt(BOB, "$m1"),))
+    assert (await h.event("$m1"))["read_at"] is not None
+    written.clear()
+    await h.ingest(*(Marker(f"$s{i}") for i in range(10)), receipts=(Receipt(BOB, "$s3"),))
+    assert written == ["$s3", "$s9"]
+    async with h.store.conn.execute(
+        "SELECT r.seq, p.seq FROM receipts AS r, positions AS p WHERE r.user_id = ? "
+        "AND p.event_id = ?", (BOB, "$s9")) as cur:
+        [(receipt_seq, newest)] = [tuple(row) for row in await cur.fetchall()]
+    assert receipt_seq == newest - 6, "bob's receipt moved to $s3"
+    assert await _positions(h) == 1
+    written.clear()
+    await h.ingest(Message("$m2", ALICE, h.now()), *(Marker(f"$t{i}") for i in range(5)))
+    assert written == ["$m2", *(f"$t{i}" for i in range(5))], "$m2 is unread: all kept"

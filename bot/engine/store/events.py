@@ -157,13 +157,12 @@ def _status(value: int) -> EventStatus | int:
 
 
 async def next_due(conn: Connection) -> int | None:
-    async with conn.execute(
+    rows = await conn.execute_fetchall(
         "SELECT min(at) FROM ("
         f"SELECT min(due_at) AS at FROM events WHERE {SCHEDULED} "
-        f"UNION ALL SELECT min(check_at) FROM events WHERE status = {SENT}) AS due"
-    ) as cur:
-        row = await cur.fetchone()
-    return None if row is None or row[0] is None else int(row[0])
+        f"UNION ALL SELECT min(check_at) FROM events WHERE status = {SENT}) AS due")
+    at = next(iter(rows), (None,))[0]
+    return None if at is None else int(at)
 
 
 class DueRooms:

@@ -151,6 +151,9 @@ class PgConnection:
     def executemany(self, sql: str, parameters: Any, /) -> PgResult:
         return PgResult(self._executemany(sql, list(parameters)))
 
+    async def execute_fetchall(self, sql: str, parameters: Any = None, /) -> Iterable[Any]:
+        return await (await self._execute(sql, parameters)).fetchall()
+
     async def _statement(self, conn: asyncpg.Connection, sql: str,
                          signature: tuple[str | None, ...]) -> _Prepared:
         key = (sql, signature)

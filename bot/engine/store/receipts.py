@@ -116,13 +116,11 @@ async def move_receipt(
 
 
 async def event_seq(conn: Connection, room_id: str, event_id: str) -> int | None:
-    async with conn.execute(
+    rows = await conn.execute_fetchall(
         "SELECT seq FROM positions WHERE room_id = ? AND event_id = ? "
         "UNION ALL SELECT seq FROM events WHERE event_id = ? AND room_id = ? LIMIT 1",
-        (room_id, event_id, event_id, room_id),
-    ) as cur:
-        row = await cur.fetchone()
-    return None if row is None else int(row[0])
+        (room_id, event_id, event_id, room_id))
+    return next((int(row[0]) for row in rows), None)
 
 
 async def insert_positions(
@@ -151,10 +149,9 @@ async def prune_positions(conn: Connection, room_id: str) -> int:
 
 
 async def has_unread(conn: Connection, room_id: str) -> bool:
-    async with conn.execute(
-        f"SELECT 1 FROM events AS e WHERE e.room_id = ? AND {UNREAD} LIMIT 1", (room_id,)
-    ) as cur:
-        return await cur.fetchone() is not None
+    rows = await conn.execute_fetchall(
+        f"SELECT 1 FROM events AS e WHERE e.room_id = ? AND {UNREAD} LIMIT 1", (room_id,))
+    return any(True for _ in rows)
 
 
 async def cover(

@@ -26,11 +26,9 @@ async def ensure_room(conn: Connection, room_id: str) -> None:
 
 
 async def get_room(conn: Connection, room_id: str) -> RoomRow | None:
-    async with conn.execute(
-        f"SELECT {_ROOM_COLUMNS} FROM rooms WHERE room_id = ?", (room_id,)
-    ) as cur:
-        row = await cur.fetchone()
-    return None if row is None else _room_row(row)
+    rows = await conn.execute_fetchall(
+        f"SELECT {_ROOM_COLUMNS} FROM rooms WHERE room_id = ?", (room_id,))
+    return next((_room_row(row) for row in rows), None)
 
 
 async def list_rooms(conn: Connection) -> list[RoomRow]:
@@ -111,8 +109,9 @@ async def room_schedules(conn: Connection) -> dict[str, RoomSchedule]:
 
 
 async def members(conn: Connection, room_id: str) -> set[str]:
-    async with conn.execute("SELECT user_id FROM members WHERE room_id = ?", (room_id,)) as cur:
-        return {r[0] for r in await cur.fetchall()}
+    rows = await conn.execute_fetchall("SELECT user_id FROM members WHERE room_id = ?",
+                                       (room_id,))
+    return {r[0] for r in rows}
 
 
 async def add_member(conn: Connection, room_id: str, user_id: str, join_seq: int) -> None:
