@@ -230,7 +230,8 @@ async def lethe_redact(bot: BotHandle, targets: Sequence[Target]) -> dict[str, f
     verified = RedactionLog().attach(engine)
     due = engine.now_ms() + LEAD_MS
     # Behind the engine's back, as a tool would: a second connection to its database.
-    with sqlite3.connect(bot.bot.config.db_path, timeout=30) as conn:
+    assert bot.bot.config.database.path is not None  # the bot's store is SQLite here
+    with sqlite3.connect(bot.bot.config.database.path, timeout=30) as conn:
         # The deadline of an after_send row is origin_ts + timer_ms: make it T for each.
         conn.executemany(
             "UPDATE events SET timer_ms = ? - origin_ts, due_at = ? WHERE event_id = ?",
