@@ -3,6 +3,7 @@ is the store's, on SQLite only where it is the file's (modes, header, planner)."
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sqlite3
 import stat
@@ -16,7 +17,7 @@ from bot.engine.model import EventStatus, TrackedEvent
 from bot.engine.policy import Policy
 from bot.engine.store import MIGRATIONS, SCHEMA_VERSION, Database, Store, StoreError
 from bot.engine.store.interface import StoreBackend
-from bot.engine.store.opening import open_store
+from bot.engine.store.opening import database_unavailable, open_store
 from tests.conftest import pg_database
 
 
@@ -248,6 +249,39 @@ async def test_foreign_postgres_schema_is_refused_and_left_alone(postgres: Local
         "lethe_tests")
     assert tables.strip() == "accounts"
     assert postgres.psql(f"SELECT name FROM {schema}.accounts", "lethe_tests").strip() == "precious"
+
+
+async def test_a_transaction_whose_connection_went_is_never_committed_in_part(
+    postgres: LocalPostgres,
+) -> None:
+    """PostgreSQL: the connection dies between two writes of one transaction, and the
+    driver notices before the second. That write must fail (the whole transaction is
+    then rolled back and retried by its owner), not run on a new connection by itself
+    and commit alone."""
+    database = pg_database(postgres)
+    store = await open_store(database)
+    try:
+        with pytest.raises(Exception) as lost:
+            async with store.transaction() as tx:
+                await tx.set_meta("first", "1")
+                raw = await store.conn.raw()  # type: ignore[attr-defined]
+                pid = await raw.fetchval("SELECT pg_backend_pid()")
+                postgres.psql(f"SELECT pg_terminate_backend({pid})", "lethe_tests")
+                for _ in range(500):  # until the driver has seen it go
+                    if raw.is_closed():
+                        break
+                    await asyncio.sleep(0.01)
+                assert raw.is_closed(), "the driver never saw the connection go"
+                await tx.set_meta("second", "2")
+        assert database_unavailable(lost.value), lost.value
+        # The next transaction gets a new connection, and sees neither write.
+        assert await store.get_meta("first") is None
+        assert await store.get_meta("second") is None
+        async with store.transaction() as tx:
+            await tx.set_meta("after", "3")
+        assert await store.get_meta("after") == "3"
+    finally:
+        await store.close()
 
 
 @pytest.mark.sqlite_only

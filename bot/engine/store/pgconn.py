@@ -121,12 +121,19 @@ class PgConnection:
         self._prepared: dict[tuple[str, tuple[str | None, ...]], _Prepared] = {}
         self._lock = asyncio.Lock()
         self._closed = False  # for good: no statement makes it again
+        self._tx_conn: asyncpg.Connection | None = None  # an open transaction's
 
     async def raw(self) -> asyncpg.Connection:
         """The live connection (made if there is none): for the store's own use."""
         if self._closed:
             raise StoreError("the database connection was closed")
         if self._conn is None or self._conn.is_closed():
+            if self._tx_conn is not None:
+                # The transaction went with its connection: its remaining statements
+                # must fail (the owner rolls back and retries it whole), never run one
+                # by one, committed each, on a new connection.
+                raise asyncpg.ConnectionDoesNotExistError(
+                    "the connection to the database was lost in the middle of a transaction")
             self._prepared.clear()
             self._conn = None
             conn = await self._connect()
@@ -167,11 +174,10 @@ class PgConnection:
 
     async def _execute(self, sql: str, parameters: Any) -> PgCursor:
         async with self._lock:
+            if not parameters and sql.lstrip()[:8].upper().startswith(_SIMPLE):
+                return await self._simple(sql)
             conn = await self.raw()
             try:
-                if not parameters and sql.lstrip()[:8].upper().startswith(_SIMPLE):
-                    status = await conn.execute(translate(sql).sql)
-                    return PgCursor([], _count(status), [])
                 values = _values(parameters, translate(sql).names)
                 prepared = await self._statement(conn, sql, _signature([values]))
                 rows = await prepared.statement.fetch(*values)
@@ -180,6 +186,27 @@ class PgConnection:
             except BaseException:
                 await self._drop_if_broken()
                 raise
+
+    async def _simple(self, sql: str) -> PgCursor:
+        """A statement without parameters (DDL, transaction control), as it is. Which
+        connection a transaction began on is kept: see ``raw``."""
+        word = sql.split(None, 1)[0].upper()
+        ends = word in ("COMMIT", "ROLLBACK")
+        if word == "ROLLBACK" and self._tx_conn is not None and self._tx_conn.is_closed():
+            self._tx_conn = None  # it went with its connection: nothing to roll back
+            return PgCursor([], -1, [])
+        try:
+            conn = await self.raw()
+            status = await conn.execute(translate(sql).sql)
+        except BaseException:
+            await self._drop_if_broken()
+            raise
+        finally:
+            if ends:
+                self._tx_conn = None
+        if word == "BEGIN":
+            self._tx_conn = conn
+        return PgCursor([], _count(status), [])
 
     async def _executemany(self, sql: str, rows: list[Any]) -> PgCursor:
         if not rows:
