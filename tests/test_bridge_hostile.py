@@ -422,15 +422,16 @@ async def test_a_bug_meeting_one_event_costs_that_event_only(
     room = await _pushed_room(bridge_server, handle)
     store = handle.bridge.engine._store
     first, poison, last = room.event(), room.event(), room.event()
+    insert_events = Transaction.insert_events
     insert_positions = Transaction.insert_positions
     record_txn = Transaction.record_appservice_txn
 
     async def buggy(tx: Transaction, rows: Any) -> None:
-        if any(row[1] == poison["event_id"] for row in rows):
+        if any(row.event_id == poison["event_id"] for row in rows):
             raise TypeError("a bug")
-        await insert_positions(tx, rows)
+        await insert_events(tx, rows)
 
-    Transaction.insert_positions = buggy  # type: ignore[method-assign]
+    Transaction.insert_events = buggy  # type: ignore[method-assign]
     try:
         txn = f"bug-{secrets.token_hex(6)}"
         body = {"events": [first, poison, last],
@@ -446,12 +447,14 @@ async def test_a_bug_meeting_one_event_costs_that_event_only(
         async def broken(*args: Any) -> None:
             raise TypeError("the engine is broken")
 
+        Transaction.insert_events = broken  # type: ignore[method-assign]
         Transaction.insert_positions = broken  # type: ignore[method-assign]
         Transaction.record_appservice_txn = broken  # type: ignore[method-assign]
         message = room.event()
         status, _ = await push(bridge_server, f"broken-{txn}", {"events": [message]})
         assert status == 503
     finally:
+        Transaction.insert_events = insert_events  # type: ignore[method-assign]
         Transaction.insert_positions = insert_positions  # type: ignore[method-assign]
         Transaction.record_appservice_txn = record_txn  # type: ignore[method-assign]
     assert (await push(bridge_server, f"broken-{txn}", {"events": [message]}))[0] == 200
