@@ -19,7 +19,6 @@ import secrets
 import shutil
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -167,10 +166,6 @@ class LocalPostgres:
         self._run("pg_ctl", "stop", "-D", str(self.datadir), "-m", mode, "-w", timeout=60)
         self._running = False
 
-    def restart(self) -> None:
-        self.stop()
-        self.start()
-
     def psql(self, sql: str, database: str = "postgres") -> str:
         """Run SQL as the superuser over the socket; its output (unaligned, no header)."""
         done = self._run("psql", "-h", str(self.socket_dir), "-p", str(self.port), "-U",
@@ -183,13 +178,6 @@ class LocalPostgres:
         """A new empty database; its URL."""
         self.psql(f'CREATE DATABASE "{database}" TEMPLATE template0')
         return self.url(database)
-
-    def wait_ready(self, timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
-        while self._run("pg_isready", "-h", "127.0.0.1", "-p", str(self.port)).returncode:
-            if time.monotonic() > deadline:
-                raise PostgresStartError(f"not ready in {timeout} s\n{log_tail(self.log_path)}")
-            time.sleep(0.1)
 
     def __enter__(self) -> LocalPostgres:
         self.start()

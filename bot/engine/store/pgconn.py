@@ -240,12 +240,6 @@ class PgConnection:
                         TimeoutError):
                     conn.terminate()
 
-    def terminate(self) -> None:
-        """Drop the connection at once (a lost leadership: nothing more may be written)."""
-        if self._conn is not None:
-            self._conn.terminate()
-            self._conn = None
-
 
 def _count(status: str | None) -> int:
     """Rows affected, from a command tag ("UPDATE 3", "INSERT 0 5")."""
